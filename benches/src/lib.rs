@@ -1,0 +1,1 @@
+//! Baselines the benchmarks compare against (competitor crates are dependencies of this crate only).

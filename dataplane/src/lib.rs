@@ -1,0 +1,3 @@
+//! QoS dataplane: a sans-IO hierarchical WFQ scheduler.
+#![deny(unsafe_code)]
+pub mod sched;
