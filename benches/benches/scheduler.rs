@@ -1,0 +1,2 @@
+//! Placeholder: replaced by the real benchmark in the same session.
+fn main() {}
