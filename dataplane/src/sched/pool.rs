@@ -1,0 +1,150 @@
+//! Preallocated packet descriptors with intrusive singly-linked FIFOs (S13).
+//!
+//! Descriptors live in one `Vec` reserved at construction; the free list and every
+//! per-stream FIFO thread through the descriptors' `next` index, so queueing a packet
+//! never allocates. A descriptor is 24 bytes plus the embedder's handle.
+
+/// The null index of every intrusive list.
+pub(crate) const NIL: u32 = u32::MAX;
+
+/// One queued packet: the embedder's handle, its length and its arrival time.
+#[derive(Debug)]
+pub(crate) struct Desc<P> {
+    packet: Option<P>,
+    /// Arrival time in ns while queued; the reclaim tag once dropped (see `Scheduler`).
+    pub(crate) stamp: u64,
+    pub(crate) len: u32,
+    pub(crate) next: u32,
+}
+
+/// A FIFO of descriptors (head and tail indices, `NIL` when empty).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Fifo {
+    pub(crate) head: u32,
+    pub(crate) tail: u32,
+}
+
+impl Fifo {
+    pub(crate) const EMPTY: Fifo = Fifo {
+        head: NIL,
+        tail: NIL,
+    };
+}
+
+/// The descriptor pool.
+#[derive(Debug)]
+pub(crate) struct Pool<P> {
+    descs: Vec<Desc<P>>,
+    free: u32,
+    in_use: u32,
+}
+
+impl<P> Pool<P> {
+    /// A pool of `capacity` descriptors, reserved now and filled lazily.
+    pub(crate) fn with_capacity(capacity: u32) -> Self {
+        Self {
+            descs: Vec::with_capacity(capacity as usize),
+            free: NIL,
+            in_use: 0,
+        }
+    }
+
+    /// Descriptors currently holding a packet (queued or awaiting reclaim).
+    pub(crate) fn in_use(&self) -> u32 {
+        self.in_use
+    }
+
+    /// Total descriptors the pool can hand out.
+    pub(crate) fn capacity(&self) -> u32 {
+        self.descs.capacity() as u32
+    }
+
+    /// Takes a descriptor for `packet`, or hands the packet back when the pool is full.
+    #[inline]
+    pub(crate) fn alloc(&mut self, packet: P, len: u32, stamp: u64) -> Result<u32, P> {
+        let idx = if self.free != NIL {
+            let idx = self.free;
+            let d = &mut self.descs[idx as usize];
+            self.free = d.next;
+            d.packet = Some(packet);
+            d.stamp = stamp;
+            d.len = len;
+            d.next = NIL;
+            idx
+        } else if self.descs.len() < self.descs.capacity() {
+            // Within the reserved capacity: `push` does not reallocate.
+            self.descs.push(Desc {
+                packet: Some(packet),
+                stamp,
+                len,
+                next: NIL,
+            });
+            (self.descs.len() - 1) as u32
+        } else {
+            return Err(packet);
+        };
+        self.in_use += 1;
+        Ok(idx)
+    }
+
+    /// Returns descriptor `idx` to the free list and gives back its packet.
+    #[inline]
+    pub(crate) fn release(&mut self, idx: u32) -> Option<P> {
+        let d = &mut self.descs[idx as usize];
+        let packet = d.packet.take();
+        d.next = self.free;
+        self.free = idx;
+        self.in_use -= 1;
+        packet
+    }
+
+    #[inline(always)]
+    pub(crate) fn get(&self, idx: u32) -> &Desc<P> {
+        &self.descs[idx as usize]
+    }
+
+    /// Appends descriptor `idx` to `fifo`.
+    #[inline]
+    pub(crate) fn push_back(&mut self, fifo: &mut Fifo, idx: u32) {
+        self.descs[idx as usize].next = NIL;
+        if fifo.tail == NIL {
+            fifo.head = idx;
+        } else {
+            self.descs[fifo.tail as usize].next = idx;
+        }
+        fifo.tail = idx;
+    }
+
+    /// Unlinks and returns the head of `fifo` (which must not be empty).
+    #[inline]
+    pub(crate) fn pop_front(&mut self, fifo: &mut Fifo) -> u32 {
+        let idx = fifo.head;
+        fifo.head = self.descs[idx as usize].next;
+        if fifo.head == NIL {
+            fifo.tail = NIL;
+        }
+        idx
+    }
+
+    /// Moves every descriptor of `from` to the back of `to`, tagging each with `stamp`.
+    /// Returns how many moved. Cost is linear in the moved count (a control event).
+    pub(crate) fn splice_tagged(&mut self, from: &mut Fifo, to: &mut Fifo, stamp: u64) -> u32 {
+        let mut moved = 0;
+        let mut idx = from.head;
+        while idx != NIL {
+            self.descs[idx as usize].stamp = stamp;
+            moved += 1;
+            idx = self.descs[idx as usize].next;
+        }
+        if from.head != NIL {
+            if to.tail == NIL {
+                to.head = from.head;
+            } else {
+                self.descs[to.tail as usize].next = from.head;
+            }
+            to.tail = from.tail;
+        }
+        *from = Fifo::EMPTY;
+        moved
+    }
+}

@@ -1,0 +1,208 @@
+//! Counters (S11), drop and refusal reasons, sojourn histograms and budget windows (S10).
+
+use hdrhistogram::Histogram;
+
+use super::policy::PRIORITIES;
+
+/// Why a packet that was accepted for a stream was later dropped (S11). Every drop is
+/// counted under its reason and the packet is handed back (directly or by reclaim).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The stream's queue was at `max_queue_depth` (tail drop, S7).
+    QueueFull,
+    /// The stream was disconnected for ignoring backpressure (S8).
+    Disconnected,
+    /// The stream was closed while packets were queued.
+    Closed,
+}
+
+impl DropReason {
+    /// Number of reasons.
+    pub const COUNT: usize = 3;
+    /// All reasons, in counter order.
+    pub const ALL: [DropReason; Self::COUNT] = [
+        DropReason::QueueFull,
+        DropReason::Disconnected,
+        DropReason::Closed,
+    ];
+    /// Label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::Disconnected => "disconnected",
+            DropReason::Closed => "closed",
+        }
+    }
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why a packet was refused at the door: it was never accepted, is not counted as
+/// enqueued, and goes straight back to the caller (counted per reason per shard).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RefuseReason {
+    /// The handle names no stream (never opened, or its slot was reused).
+    UnknownStream,
+    /// The stream was closed.
+    Closed,
+    /// The stream was disconnected (S8) and must be reopened.
+    Disconnected,
+    /// Length 0 or above `max_packet_bytes`.
+    InvalidLength,
+    /// Every packet descriptor is in use: shard capacity, not the stream's fault.
+    PoolExhausted,
+}
+
+impl RefuseReason {
+    /// Number of reasons.
+    pub const COUNT: usize = 5;
+    /// All reasons, in counter order.
+    pub const ALL: [RefuseReason; Self::COUNT] = [
+        RefuseReason::UnknownStream,
+        RefuseReason::Closed,
+        RefuseReason::Disconnected,
+        RefuseReason::InvalidLength,
+        RefuseReason::PoolExhausted,
+    ];
+    /// Label for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefuseReason::UnknownStream => "unknown_stream",
+            RefuseReason::Closed => "closed",
+            RefuseReason::Disconnected => "disconnected",
+            RefuseReason::InvalidLength => "invalid_length",
+            RefuseReason::PoolExhausted => "pool_exhausted",
+        }
+    }
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Counters of one priority, kept under each stream's own (base) priority.
+///
+/// Conservation (S11): `enqueued + moved_in == dequeued + dropped.sum() + queued +
+/// moved_out`, where `moved_*` count queued packets carried along when a stream's
+/// priority is changed by [`crate::sched::Scheduler::update`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PriorityStats {
+    /// Packets accepted or tail-dropped.
+    pub enqueued: u64,
+    /// Packets dequeued.
+    pub dequeued: u64,
+    /// Bytes dequeued.
+    pub dequeued_bytes: u64,
+    /// Drops, indexed by [`DropReason`] order.
+    pub dropped: [u64; DropReason::COUNT],
+    /// Packets queued now.
+    pub queued: u64,
+    /// Queued packets carried in from another priority by a stream update.
+    pub moved_in: u64,
+    /// Queued packets carried out to another priority by a stream update.
+    pub moved_out: u64,
+    /// Streams promoted by aging (S9).
+    pub promotions: u64,
+    /// Packets whose sojourn exceeded the priority's budget (S10).
+    pub budget_violations: u64,
+    /// WARNING signals raised (S7).
+    pub warnings: u64,
+    /// CRITICAL signals raised (S7).
+    pub criticals: u64,
+    /// Streams disconnected (S8).
+    pub disconnects: u64,
+}
+
+impl PriorityStats {
+    /// Total drops over all reasons.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+    /// `true` when the S11 identity holds.
+    pub fn is_conserved(&self) -> bool {
+        self.enqueued + self.moved_in
+            == self.dequeued + self.dropped_total() + self.queued + self.moved_out
+    }
+    pub(crate) fn add(&mut self, o: &PriorityStats) {
+        self.enqueued += o.enqueued;
+        self.dequeued += o.dequeued;
+        self.dequeued_bytes += o.dequeued_bytes;
+        for (a, b) in self.dropped.iter_mut().zip(o.dropped) {
+            *a += b;
+        }
+        self.queued += o.queued;
+        self.moved_in += o.moved_in;
+        self.moved_out += o.moved_out;
+        self.promotions += o.promotions;
+        self.budget_violations += o.budget_violations;
+        self.warnings += o.warnings;
+        self.criticals += o.criticals;
+        self.disconnects += o.disconnects;
+    }
+}
+
+/// Service given by one tier (by the tier that served it, promoted streams included).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Packets served.
+    pub packets: u64,
+    /// Bytes served.
+    pub bytes: u64,
+}
+
+/// Counters of the whole scheduler (one shard).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardStats {
+    /// Sum of the per-priority counters (for a shard, `moved_in == moved_out`).
+    pub totals: PriorityStats,
+    /// Refusals, indexed by [`RefuseReason`] order.
+    pub refused: [u64; RefuseReason::COUNT],
+    /// Events that did not fit the event queue.
+    pub events_lost: u64,
+    /// Packet descriptors in use (queued plus awaiting reclaim).
+    pub descriptors_in_use: u32,
+    /// Descriptors the pool holds.
+    pub descriptor_capacity: u32,
+    /// Dropped packets awaiting [`crate::sched::Scheduler::pop_reclaimed`].
+    pub awaiting_reclaim: u64,
+    /// Streams open (including disconnected ones not yet closed).
+    pub open_streams: u32,
+}
+
+impl ShardStats {
+    /// `true` when the S11 identity holds for the shard.
+    pub fn is_conserved(&self) -> bool {
+        self.totals.is_conserved() && self.totals.moved_in == self.totals.moved_out
+    }
+}
+
+/// Highest sojourn the histograms track exactly, in ns (larger values are clamped).
+pub const SOJOURN_MAX_NS: u64 = 100_000_000_000;
+
+/// A fresh, empty sojourn histogram of the shape the scheduler records into.
+pub fn new_sojourn_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, SOJOURN_MAX_NS, 3).expect("static histogram bounds are valid")
+}
+
+/// Per-priority sample counts of the current budget window (S10).
+#[derive(Debug)]
+pub(crate) struct BudgetWindow {
+    pub(crate) samples: [u64; PRIORITIES],
+    pub(crate) over: [u64; PRIORITIES],
+    pub(crate) end: u64,
+}
+
+impl BudgetWindow {
+    pub(crate) fn new(end: u64) -> Self {
+        Self {
+            samples: [0; PRIORITIES],
+            over: [0; PRIORITIES],
+            end,
+        }
+    }
+
+    /// `p95 > budget` exactly when more than 5% of the window's samples exceeded it.
+    pub(crate) fn p95_over(&self, p: usize) -> bool {
+        self.over[p] * 20 > self.samples[p]
+    }
+}
