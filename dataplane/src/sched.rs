@@ -744,7 +744,7 @@ impl<P> Scheduler<P> {
                     None => Next::Idle,
                 };
             };
-            let s = self.wfq.drr_head(&mut self.streams, gid);
+            let s = self.wfq.drr_head(gid);
             let st = &self.streams[s as usize];
             let head = self.pool.get(st.fifo.head);
             let len = head.len;
@@ -797,6 +797,8 @@ impl<P> Scheduler<P> {
             if self.streams[s as usize].has(PROMOTED) {
                 self.restore_priority(s);
             }
+        } else {
+            self.wfq.served(&mut self.streams, s);
         }
         let st = &mut self.streams[s as usize];
         let ps = &mut self.prio_stats[base];

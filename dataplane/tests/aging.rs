@@ -27,7 +27,11 @@ fn s9_low_packet_older_than_aging_timeout_is_promoted() {
     let id = sim.sources[low].stream;
     let events: Vec<Event> = std::iter::from_fn(|| sim.sched.pop_event()).collect();
     assert!(
-        events.contains(&Event::Promoted { stream: id, from: 1, to: 4 }),
+        events.contains(&Event::Promoted {
+            stream: id,
+            from: 1,
+            to: 4
+        }),
         "no promotion event in {} events",
         events.len()
     );
@@ -38,10 +42,22 @@ fn s9_low_packet_older_than_aging_timeout_is_promoted() {
     let p = Policy::default();
     let medium = sim.sched.tier_stats(p.tier_of(4));
     let medium_own = medium.totals.dequeued_bytes;
-    assert!(medium.served.bytes > medium_own, "promoted Low bytes were served by Medium");
-    let worst = sim.sent.iter().filter(|s| s.stream == id).map(|s| s.sojourn_ns).max().unwrap();
+    assert!(
+        medium.served.bytes > medium_own,
+        "promoted Low bytes were served by Medium"
+    );
+    let worst = sim
+        .sent
+        .iter()
+        .filter(|s| s.stream == id)
+        .map(|s| s.sojourn_ns)
+        .max()
+        .unwrap();
     assert!(worst < 1_250 * MS, "worst Low sojourn {worst} ns");
-    assert!(sim.sent.iter().all(|s| s.stream != id || s.priority == 1), "counted as P1");
+    assert!(
+        sim.sent.iter().all(|s| s.stream != id || s.priority == 1),
+        "counted as P1"
+    );
     sim.assert_conserved();
 }
 
@@ -49,8 +65,16 @@ fn s9_low_packet_older_than_aging_timeout_is_promoted() {
 fn s9_without_aging_the_same_queue_waits_for_seconds() {
     let (mut sim, low) = run(100 * SEC);
     let id = sim.sources[low].stream;
-    assert!(std::iter::from_fn(|| sim.sched.pop_event()).all(|e| !matches!(e, Event::Promoted { .. })));
+    assert!(
+        std::iter::from_fn(|| sim.sched.pop_event()).all(|e| !matches!(e, Event::Promoted { .. }))
+    );
     assert_eq!(sim.sched.priority_stats(1).promotions, 0);
-    let worst = sim.sent.iter().filter(|s| s.stream == id).map(|s| s.sojourn_ns).max().unwrap();
+    let worst = sim
+        .sent
+        .iter()
+        .filter(|s| s.stream == id)
+        .map(|s| s.sojourn_ns)
+        .max()
+        .unwrap();
     assert!(worst > 1_800 * MS, "worst Low sojourn {worst} ns");
 }

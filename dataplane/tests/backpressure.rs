@@ -9,8 +9,15 @@ use qos_dataplane::sched::{
 };
 
 fn sched_with_depth(depth: u32) -> Scheduler<u32> {
-    let policy = PolicyBuilder { max_queue_depth: depth, ..PolicyBuilder::default() };
-    Scheduler::new(SchedulerConfig::default(), Arc::new(policy.build().unwrap())).unwrap()
+    let policy = PolicyBuilder {
+        max_queue_depth: depth,
+        ..PolicyBuilder::default()
+    };
+    Scheduler::new(
+        SchedulerConfig::default(),
+        Arc::new(policy.build().unwrap()),
+    )
+    .unwrap()
 }
 
 fn events(s: &mut Scheduler<u32>) -> Vec<Event> {
@@ -29,13 +36,24 @@ fn s7_warning_fires_before_first_tail_drop_and_clears_below_watermark() {
             first_drop.get_or_insert(i);
         }
     }
-    assert_eq!(first_drop, Some(100), "the 101st push is the first tail drop");
+    assert_eq!(
+        first_drop,
+        Some(100),
+        "the 101st push is the first tail drop"
+    );
     let ev = events(&mut s);
     assert_eq!(
         ev,
         vec![
-            Event::BackpressureWarning { stream: id, depth: 90 },
-            Event::BackpressureCritical { stream: id, depth: 100, strike: 1 },
+            Event::BackpressureWarning {
+                stream: id,
+                depth: 90
+            },
+            Event::BackpressureCritical {
+                stream: id,
+                depth: 100,
+                strike: 1
+            },
         ],
         "exactly one WARNING, at 90%, before the CRITICAL of the first drop"
     );
@@ -43,9 +61,18 @@ fn s7_warning_fires_before_first_tail_drop_and_clears_below_watermark() {
     for _ in 0..51 {
         assert!(matches!(s.dequeue(1), Next::Packet(_)));
     }
-    assert_eq!(events(&mut s), vec![Event::BackpressureCleared { stream: id, depth: 49 }]);
+    assert_eq!(
+        events(&mut s),
+        vec![Event::BackpressureCleared {
+            stream: id,
+            depth: 49
+        }]
+    );
     let st = s.stream_stats(id).unwrap();
-    assert_eq!((st.enqueued, st.dequeued, st.dropped_queue_full, st.queued), (101, 51, 1, 49));
+    assert_eq!(
+        (st.enqueued, st.dequeued, st.dropped_queue_full, st.queued),
+        (101, 51, 1, 49)
+    );
     assert!(st.is_conserved());
     assert_eq!(s.priority_stats(3).warnings, 1);
     assert_eq!(s.priority_stats(3).criticals, 1);
@@ -62,22 +89,52 @@ fn s8_stream_ignoring_three_criticals_is_disconnected_and_its_queue_counted() {
     }
     for strike in 1..=3u8 {
         let r = s.enqueue(0, id, 100 + u32::from(strike), 100).unwrap_err();
-        assert_eq!(r.reason, Rejection::Dropped(DropReason::QueueFull), "strike {strike}");
+        assert_eq!(
+            r.reason,
+            Rejection::Dropped(DropReason::QueueFull),
+            "strike {strike}"
+        );
     }
     let r = s.enqueue(0, id, 200, 100).unwrap_err();
     assert_eq!(r.reason, Rejection::Dropped(DropReason::Disconnected));
     let ev = events(&mut s);
-    assert_eq!(ev.last(), Some(&Event::Disconnected { stream: id, dropped: 11 }));
-    assert_eq!(ev.iter().filter(|e| matches!(e, Event::BackpressureCritical { .. })).count(), 3);
+    assert_eq!(
+        ev.last(),
+        Some(&Event::Disconnected {
+            stream: id,
+            dropped: 11
+        })
+    );
+    assert_eq!(
+        ev.iter()
+            .filter(|e| matches!(e, Event::BackpressureCritical { .. }))
+            .count(),
+        3
+    );
 
     // The queue was dropped, counted, and handed back for reuse.
     let reclaimed: Vec<_> = std::iter::from_fn(|| s.pop_reclaimed()).collect();
     assert_eq!(reclaimed.len(), 10);
-    assert!(reclaimed.iter().all(|r| r.stream == id && r.reason == DropReason::Disconnected));
-    assert_eq!(reclaimed.iter().map(|r| r.packet).collect::<Vec<_>>(), (0..10).collect::<Vec<_>>());
+    assert!(
+        reclaimed
+            .iter()
+            .all(|r| r.stream == id && r.reason == DropReason::Disconnected)
+    );
+    assert_eq!(
+        reclaimed.iter().map(|r| r.packet).collect::<Vec<_>>(),
+        (0..10).collect::<Vec<_>>()
+    );
     let st = s.stream_stats(id).unwrap();
     assert!(st.disconnected);
-    assert_eq!((st.enqueued, st.dropped_queue_full, st.dropped_disconnected, st.queued), (14, 3, 11, 0));
+    assert_eq!(
+        (
+            st.enqueued,
+            st.dropped_queue_full,
+            st.dropped_disconnected,
+            st.queued
+        ),
+        (14, 3, 11, 0)
+    );
     assert!(st.is_conserved());
     assert_eq!(s.priority_stats(5).disconnects, 1);
 
@@ -110,12 +167,19 @@ fn s8_a_stream_that_backs_off_is_not_disconnected() {
     }
     let st = s.stream_stats(id).unwrap();
     assert!(!st.disconnected);
-    assert_eq!(st.dropped_queue_full, 15, "3 tail drops per episode, 5 episodes");
+    assert_eq!(
+        st.dropped_queue_full, 15,
+        "3 tail drops per episode, 5 episodes"
+    );
 }
 
 #[test]
 fn s11_refusals_hand_the_packet_back_and_are_counted_not_enqueued() {
-    let config = SchedulerConfig { max_streams: 4, max_packets: 3, event_capacity: 8 };
+    let config = SchedulerConfig {
+        max_streams: 4,
+        max_packets: 3,
+        event_capacity: 8,
+    };
     let mut s: Scheduler<u32> = Scheduler::new(config, Arc::new(Policy::default())).unwrap();
     let id = s.open(StreamConfig::with_priority(1)).unwrap();
     let refused = |r: Result<(), qos_dataplane::sched::Rejected<u32>>| match r {
@@ -125,15 +189,27 @@ fn s11_refusals_hand_the_packet_back_and_are_counted_not_enqueued() {
         },
         Ok(()) => panic!("expected a refusal"),
     };
-    assert_eq!(refused(s.enqueue(0, id, 1, 0)), (1, RefuseReason::InvalidLength));
-    assert_eq!(refused(s.enqueue(0, id, 2, 70_000)), (2, RefuseReason::InvalidLength));
+    assert_eq!(
+        refused(s.enqueue(0, id, 1, 0)),
+        (1, RefuseReason::InvalidLength)
+    );
+    assert_eq!(
+        refused(s.enqueue(0, id, 2, 70_000)),
+        (2, RefuseReason::InvalidLength)
+    );
     for i in 0..3 {
         s.enqueue(0, id, 10 + i, 100).unwrap();
     }
-    assert_eq!(refused(s.enqueue(0, id, 3, 100)), (3, RefuseReason::PoolExhausted));
+    assert_eq!(
+        refused(s.enqueue(0, id, 3, 100)),
+        (3, RefuseReason::PoolExhausted)
+    );
     let closed = s.open(StreamConfig::with_priority(2)).unwrap();
     s.close(closed).unwrap();
-    assert_eq!(refused(s.enqueue(0, closed, 4, 100)), (4, RefuseReason::Closed));
+    assert_eq!(
+        refused(s.enqueue(0, closed, 4, 100)),
+        (4, RefuseReason::Closed)
+    );
     let reused = s.open(StreamConfig::with_priority(2)).unwrap();
     let stale = closed;
     assert_ne!(reused, stale);
@@ -152,10 +228,18 @@ fn s11_close_drops_the_queue_with_reason_closed_and_reclaims_it() {
     }
     assert!(matches!(s.dequeue(0), Next::Packet(_)));
     let fin = s.close(id).unwrap();
-    assert_eq!((fin.enqueued, fin.dequeued, fin.dropped_closed, fin.queued), (5, 1, 4, 0));
+    assert_eq!(
+        (fin.enqueued, fin.dequeued, fin.dropped_closed, fin.queued),
+        (5, 1, 4, 0)
+    );
     assert!(fin.is_conserved());
-    let back: Vec<_> = std::iter::from_fn(|| s.pop_reclaimed()).map(|r| (r.packet, r.reason)).collect();
-    assert_eq!(back, (1..5).map(|i| (i, DropReason::Closed)).collect::<Vec<_>>());
+    let back: Vec<_> = std::iter::from_fn(|| s.pop_reclaimed())
+        .map(|r| (r.packet, r.reason))
+        .collect();
+    assert_eq!(
+        back,
+        (1..5).map(|i| (i, DropReason::Closed)).collect::<Vec<_>>()
+    );
     assert_eq!(s.priority_stats(6).dropped[DropReason::Closed as usize], 4);
     assert_eq!(s.shard_stats().descriptors_in_use, 0);
     assert_eq!(s.dequeue(1), Next::Idle);

@@ -25,13 +25,24 @@ fn s10_p7_sojourn_stays_within_budget_while_medium_and_low_offer_10x_the_link() 
         .map(|s| s.sojourn_ns)
         .collect();
     sojourns.sort_unstable();
-    assert!(sojourns.len() > 6000, "voice was served: {}", sojourns.len());
+    assert!(
+        sojourns.len() > 6000,
+        "voice was served: {}",
+        sojourns.len()
+    );
     let p999 = sojourns[sojourns.len() * 999 / 1000];
     // One MTU at 100 Mbit/s is 120 us; P6 allows one batch + one MTU.
     assert!(p999 <= 2 * 120_000, "P7 p99.9 sojourn {p999} ns");
-    assert!(*sojourns.last().unwrap() < 10 * MS, "P7 max sojourn over budget");
+    assert!(
+        *sojourns.last().unwrap() < 10 * MS,
+        "P7 max sojourn over budget"
+    );
     let h = sim.sched.sojourn_histogram(7);
-    assert_eq!(h.len(), sojourns.len() as u64, "histogram records every P7 packet");
+    assert_eq!(
+        h.len(),
+        sojourns.len() as u64,
+        "histogram records every P7 packet"
+    );
     assert!(h.value_at_quantile(0.999) <= 2 * 120_000 + 1_000);
     assert_eq!(sim.sched.priority_stats(7).budget_violations, 0);
     let mut violations = Vec::new();
@@ -42,7 +53,10 @@ fn s10_p7_sojourn_stays_within_budget_while_medium_and_low_offer_10x_the_link() 
     }
     assert!(!violations.contains(&7), "no P7 budget violation");
     // The overloaded Medium priorities do blow their budgets, and it is reported.
-    assert!(violations.contains(&2) && violations.contains(&5), "{violations:?}");
+    assert!(
+        violations.contains(&2) && violations.contains(&5),
+        "{violations:?}"
+    );
     sim.assert_conserved();
 }
 
@@ -61,7 +75,13 @@ fn s10_budget_violation_event_names_priority_and_counts() {
         .collect();
     assert!(v.len() >= 2, "one per window after the queue built: {v:?}");
     for e in v {
-        let Event::BudgetViolation { priority, samples, over_budget, budget_ns } = e else {
+        let Event::BudgetViolation {
+            priority,
+            samples,
+            over_budget,
+            budget_ns,
+        } = e
+        else {
             unreachable!()
         };
         assert_eq!((priority, budget_ns), (4, MS));

@@ -18,7 +18,10 @@ fn p7_policy_change_mid_run_takes_effect_at_the_next_decision() {
     }
     sim.run_for(100 * MS);
     let before = sim.sent.len();
-    let mut spec = PolicyBuilder { version: 2, ..PolicyBuilder::default() };
+    let mut spec = PolicyBuilder {
+        version: 2,
+        ..PolicyBuilder::default()
+    };
     spec.tiers[0].share_percent = 60;
     spec.tiers[1].share_percent = 25;
     let new = spec.build().unwrap();
@@ -27,8 +30,14 @@ fn p7_policy_change_mid_run_takes_effect_at_the_next_decision() {
     sim.run_for(100 * MS);
     // The first 200 decisions after the change already follow 60/25/15.
     let first: Vec<_> = sim.sent[before..before + 200].to_vec();
-    let high = first.iter().filter(|s| new.tier_of(s.priority) == 0).count();
-    assert!((116..=124).contains(&high), "High got {high} of the first 200 decisions");
+    let high = first
+        .iter()
+        .filter(|s| new.tier_of(s.priority) == 0)
+        .count();
+    assert!(
+        (116..=124).contains(&high),
+        "High got {high} of the first 200 decisions"
+    );
     let b = sim.tier_bytes(&new, 100 * MS, 200 * MS);
     let total: u64 = b.iter().sum();
     for (got, want) in b.iter().zip([0.60, 0.25, 0.15]) {
@@ -60,10 +69,16 @@ fn p7_moving_a_priority_to_another_tier_applies_to_queued_packets() {
     s.set_policy(Arc::new(spec.build().unwrap()));
     let mut served = [0; 8];
     for t in 0..20 {
-        let Next::Packet(d) = s.dequeue(t) else { panic!("backlogged") };
+        let Next::Packet(d) = s.dequeue(t) else {
+            panic!("backlogged")
+        };
         served[usize::from(d.packet)] += 1;
     }
-    assert_eq!((served[0], served[5]), (18, 2), "90/10 from the first decision on");
+    assert_eq!(
+        (served[0], served[5]),
+        (18, 2),
+        "90/10 from the first decision on"
+    );
 }
 
 #[test]
@@ -74,7 +89,11 @@ fn p7_lowering_max_queue_depth_applies_to_the_next_enqueue() {
     for _ in 0..5 {
         s.enqueue(0, id, 0, 100).unwrap();
     }
-    let spec = PolicyBuilder { version: 2, max_queue_depth: 5, ..PolicyBuilder::default() };
+    let spec = PolicyBuilder {
+        version: 2,
+        max_queue_depth: 5,
+        ..PolicyBuilder::default()
+    };
     s.set_policy(Arc::new(spec.build().unwrap()));
     let r = s.enqueue(0, id, 1, 100).unwrap_err();
     assert_eq!(r.reason, Rejection::Dropped(DropReason::QueueFull));

@@ -154,17 +154,38 @@ impl Wfq {
         let (gid, w) = (group_of(st.prio, st.weight), st.weight);
         let t = self.tier_of(st.prio);
         st.flags |= ACTIVE;
-        st.deficit = self.quantum_of(w);
-        st.next = NIL;
+        // A stream that becomes backlogged with credit left in this round joins at the
+        // head: under per-stream SFQ its start tag would be the virtual time, earlier
+        // than every backlogged member's, so a sparse stream is served next instead of
+        // waiting out a DRR turn while the group is charged at its weight sum. A stream
+        // that spent its quantum joins at the tail with a fresh quantum, so going idle
+        // and coming back cannot jump the round more than one quantum's worth. Credit
+        // never exceeds one quantum: idle streams bank nothing beyond the current round.
+        let q = self.quantum_of(w);
+        let at_head = st.deficit > 0;
+        if at_head {
+            st.deficit = st.deficit.min(q);
+        } else {
+            st.deficit = st.deficit.max(1 - q) + q;
+        }
         let g = &mut self.groups[gid];
-        st.prev = g.tail;
         let was_empty = g.head == NIL;
         if was_empty {
+            st.prev = NIL;
+            st.next = NIL;
+            g.head = s;
+            g.tail = s;
+        } else if at_head {
+            st.prev = NIL;
+            st.next = g.head;
+            streams[g.head as usize].prev = s;
             g.head = s;
         } else {
+            st.next = NIL;
+            st.prev = g.tail;
             streams[g.tail as usize].next = s;
+            g.tail = s;
         }
-        g.tail = s;
         g.weight_sum += u64::from(w);
         g.inv = inverse(g.weight_sum);
         if was_empty {
@@ -237,31 +258,40 @@ impl Wfq {
         Some((t, g))
     }
 
-    /// The stream group `gid` serves next (DRR): if the head has spent its credit, it
-    /// gets a quantum and goes to the back. Every other member already holds credit > 0,
-    /// so one rotation suffices.
+    /// The stream group `gid` serves next: the head of its round. Every active stream
+    /// holds credit > 0 (see `served`), so no rotation is needed here.
+    #[inline(always)]
+    pub(crate) fn drr_head(&self, gid: usize) -> u32 {
+        self.groups[gid].head
+    }
+
+    /// After stream `s` (still backlogged) was served: if it has spent its credit, it
+    /// gets a fresh quantum and goes to the back of its group's round (DRR).
     #[inline]
-    pub(crate) fn drr_head(&mut self, streams: &mut [Stream], gid: usize) -> u32 {
-        let s = self.groups[gid].head;
+    pub(crate) fn served(&mut self, streams: &mut [Stream], s: u32) {
         let st = &streams[s as usize];
         if st.deficit > 0 {
-            return s;
+            return;
         }
-        // Clamp the debt so a policy change that shrank the quantum cannot leave it <= 0.
         let q = self.quantum_of(st.weight);
-        let topped = st.deficit.max(1 - q) + q;
+        let gid = group_of(st.prio, st.weight);
+        // Clamp the debt so a policy change that shrank the quantum cannot leave it <= 0.
+        streams[s as usize].deficit = st.deficit.max(1 - q) + q;
         let g = &mut self.groups[gid];
-        streams[s as usize].deficit = topped;
-        if g.head != g.tail {
-            let next = streams[s as usize].next;
-            g.head = next;
-            streams[next as usize].prev = NIL;
-            streams[g.tail as usize].next = s;
-            streams[s as usize].prev = g.tail;
-            streams[s as usize].next = NIL;
-            g.tail = s;
+        if g.tail == s {
+            return;
         }
-        g.head
+        let (prev, next) = (streams[s as usize].prev, streams[s as usize].next);
+        if prev == NIL {
+            g.head = next;
+        } else {
+            streams[prev as usize].next = next;
+        }
+        streams[next as usize].prev = prev;
+        streams[g.tail as usize].next = s;
+        streams[s as usize].prev = g.tail;
+        streams[s as usize].next = NIL;
+        g.tail = s;
     }
 
     /// Accounts `len` bytes served from group `gid` of tier `t`.

@@ -59,6 +59,12 @@ pub struct Sim {
     pub returned_dropped: u64,
     /// Packets handed back as refused.
     pub returned_refused: u64,
+    /// When set, constant-rate sources heed backpressure: they skip a packet (drop it
+    /// at the source) while their stream's queue is full, instead of pushing into it
+    /// and being disconnected (S8).
+    pub heed_backpressure: bool,
+    /// Packets skipped at the source that way.
+    pub skipped_at_source: u64,
 }
 
 /// Bits per second to nanoseconds per byte (exact for the rates the tests use).
@@ -96,6 +102,8 @@ impl Sim {
             accepted: 0,
             returned_dropped: 0,
             returned_refused: 0,
+            heed_backpressure: false,
+            skipped_at_source: 0,
         }
     }
 
@@ -147,6 +155,13 @@ impl Sim {
         }
     }
 
+    fn queue_full(&self, src: usize) -> bool {
+        let depth = u64::from(self.sched.policy().spec().max_queue_depth);
+        self.sched
+            .stream_stats(self.sources[src].stream)
+            .is_some_and(|s| s.queued >= depth)
+    }
+
     fn next_arrival(&self) -> u64 {
         self.sources
             .iter()
@@ -166,7 +181,11 @@ impl Sim {
                     mut next_at,
                 } => {
                     while next_at <= self.now {
-                        self.offer(i, next_at);
+                        if self.heed_backpressure && self.queue_full(i) {
+                            self.skipped_at_source += 1;
+                        } else {
+                            self.offer(i, next_at);
+                        }
                         next_at += interval_ns;
                     }
                     self.sources[i].offer = Offer::Rate {

@@ -1,0 +1,155 @@
+//! Measured throughput against a weighted max-min fair (water-filling) oracle computed
+//! here, independently of the scheduler: tiers share the link by their shares, streams
+//! share their tier by weight 2^priority, and whatever a tier or stream does not want
+//! is redistributed to the others in proportion to their weights (S1-S3).
+
+mod sim;
+
+use qos_dataplane::sched::Policy;
+use sim::{MS, SEC, Sim};
+
+/// Weighted water-filling of `capacity` among `(weight, demand)` pairs.
+fn waterfill(capacity: f64, claims: &[(f64, f64)]) -> Vec<f64> {
+    let mut alloc = vec![0.0; claims.len()];
+    let mut open: Vec<usize> = (0..claims.len()).filter(|&i| claims[i].1 > 0.0).collect();
+    let mut left = capacity;
+    while !open.is_empty() {
+        let wsum: f64 = open.iter().map(|&i| claims[i].0).sum();
+        let level = left / wsum;
+        let (sated, hungry): (Vec<usize>, Vec<usize>) = open
+            .iter()
+            .partition(|&&i| claims[i].1 <= claims[i].0 * level);
+        if sated.is_empty() {
+            for &i in &hungry {
+                alloc[i] = claims[i].0 * level;
+            }
+            break;
+        }
+        for &i in &sated {
+            alloc[i] = claims[i].1;
+            left -= claims[i].1;
+        }
+        open = hungry;
+    }
+    alloc
+}
+
+/// Expected throughput per stream `(priority, offered_bps)` on a `link` under `policy`.
+fn oracle(policy: &Policy, link: f64, streams: &[(u8, f64)]) -> Vec<f64> {
+    let tiers = policy.tiers();
+    let demand: Vec<f64> = (0..tiers.len())
+        .map(|t| {
+            streams
+                .iter()
+                .filter(|s| policy.tier_of(s.0) == t)
+                .map(|s| s.1)
+                .sum()
+        })
+        .collect();
+    let claims: Vec<(f64, f64)> = tiers
+        .iter()
+        .zip(&demand)
+        .map(|(t, &d)| (f64::from(t.share_percent), d))
+        .collect();
+    let tier_alloc = waterfill(link, &claims);
+    let mut out = vec![0.0; streams.len()];
+    for (t, &cap) in tier_alloc.iter().enumerate() {
+        let members: Vec<usize> = (0..streams.len())
+            .filter(|&i| policy.tier_of(streams[i].0) == t)
+            .collect();
+        let claims: Vec<(f64, f64)> = members
+            .iter()
+            .map(|&i| (f64::from(1u32 << streams[i].0), streams[i].1))
+            .collect();
+        for (k, a) in waterfill(cap, &claims).into_iter().enumerate() {
+            out[members[k]] = a;
+        }
+    }
+    out
+}
+
+/// Small deterministic generator (xorshift64*), so every case is reproducible.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn oracle_waterfill_sanity() {
+    let a = waterfill(100.0, &[(1.0, 10.0), (1.0, 100.0), (2.0, 100.0)]);
+    assert!((a[0] - 10.0).abs() < 1e-9 && (a[1] - 30.0).abs() < 1e-9 && (a[2] - 60.0).abs() < 1e-9);
+}
+
+/// Runs `cases` random mixes with offered rates in `rates_pct` (percent of the link)
+/// and returns the worst relative deviation and the streams outside `tolerance`.
+fn check_mixes(cases: u64, rates_pct: (u64, u64), tolerance: f64) -> (f64, Vec<String>) {
+    const LINK: u64 = 100_000_000;
+    let policy = Policy::default();
+    let (mut worst, mut failures) = (0f64, Vec::new());
+    for seed in 1..=cases {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let n = 3 + rng.below(8) as usize;
+        let mut sim = Sim::new(policy.clone(), LINK);
+        sim.heed_backpressure = true;
+        let mut offered = Vec::new();
+        for _ in 0..n {
+            let prio = rng.below(8) as u8;
+            let len = 200 + rng.below(1300) as u32;
+            let rate = LINK / 100 * (rates_pct.0 + rng.below(rates_pct.1 - rates_pct.0 + 1));
+            sim.rate(prio, len, rate);
+            offered.push((prio, rate as f64));
+        }
+        sim.run_for(1_200 * MS);
+        let expect = oracle(&policy, LINK as f64, &offered);
+        // Measure after the queues have filled (transient), over one second.
+        let bytes = sim.source_bytes(200 * MS, 1_200 * MS);
+        for (i, (&b, &want)) in bytes.iter().zip(&expect).enumerate() {
+            let got = b as f64 * 8.0 / ((SEC as f64) / 1e9);
+            let tol = (tolerance * want).max(0.003 * LINK as f64);
+            worst = worst.max((got - want).abs() / want.max(1.0));
+            if (got - want).abs() > tol {
+                failures.push(format!(
+                    "seed {seed}, stream {i} (P{}, {} B, offered {:.1} Mbit/s): got {:.2}, oracle {:.2} Mbit/s",
+                    offered[i].0,
+                    len_of(&sim, i),
+                    offered[i].1 / 1e6,
+                    got / 1e6,
+                    want / 1e6
+                ));
+            }
+        }
+        sim.assert_conserved();
+    }
+    (worst, failures)
+}
+
+fn len_of(sim: &Sim, i: usize) -> u32 {
+    sim.sources[i].len
+}
+
+#[test]
+fn s3_backlogged_mixes_match_the_weighted_max_min_oracle_within_2_percent() {
+    // Every stream offers at least 40% of the link: all are above their fair share,
+    // the case where the hierarchy is exact up to packet granularity.
+    let (worst, failures) = check_mixes(12, (40, 100), 0.02);
+    eprintln!("backlogged mixes: worst relative deviation {worst:.4}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn s3_mixed_demand_stays_within_the_documented_aggregation_bound() {
+    // 1% .. 60% of the link each: some streams below their fair share share a weight
+    // group with streams above it. docs/DECISIONS.md ("fairness bound") explains the
+    // group-aggregation error this admits; 10% relative is its measured envelope.
+    let (worst, failures) = check_mixes(12, (1, 60), 0.10);
+    eprintln!("mixed-demand mixes: worst relative deviation {worst:.4}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
