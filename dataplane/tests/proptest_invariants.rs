@@ -1,0 +1,211 @@
+//! Any sequence of open / enqueue / dequeue / update / close / reopen / advance-time
+//! keeps S11 exact (checked against the test's own bookkeeping), never panics, never
+//! loses, duplicates or reorders a packet, and never exceeds the S5 pacing bound.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+use proptest::prelude::*;
+use qos_dataplane::sched::{
+    LinkRate, Next, PolicyBuilder, RateCap, Rejection, Scheduler, SchedulerConfig, StreamConfig,
+    StreamId,
+};
+
+#[derive(Clone, Debug)]
+enum Op {
+    Open { prio: u8, weight: Option<u16>, capped: bool },
+    Enqueue { stream: usize, len: u32 },
+    Burst { stream: usize, n: u8 },
+    Dequeue { n: u8 },
+    Update { stream: usize, prio: u8, capped: bool },
+    Close { stream: usize },
+    Reopen { stream: usize },
+    Advance { ns: u64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        2 => (0u8..8, prop::option::of(1u16..300), any::<bool>())
+            .prop_map(|(prio, weight, capped)| Op::Open { prio, weight, capped }),
+        6 => (0usize..8, 0u32..1600).prop_map(|(stream, len)| Op::Enqueue { stream, len }),
+        2 => (0usize..8, 1u8..20).prop_map(|(stream, n)| Op::Burst { stream, n }),
+        5 => (1u8..16).prop_map(|n| Op::Dequeue { n }),
+        1 => (0usize..8, 0u8..8, any::<bool>()).prop_map(|(stream, prio, capped)| Op::Update { stream, prio, capped }),
+        1 => (0usize..8).prop_map(|stream| Op::Close { stream }),
+        1 => (0usize..8).prop_map(|stream| Op::Reopen { stream }),
+        3 => (0u64..2_000_000).prop_map(|ns| Op::Advance { ns }),
+    ]
+}
+
+const RATE: u64 = 20_000_000;
+const BURST: u64 = 3_000;
+
+#[derive(Default)]
+struct Book {
+    accepted: u64,
+    returned_dropped: u64,
+    returned_refused: u64,
+    dequeued: u64,
+    reclaimed: u64,
+    outstanding: BTreeSet<u64>,
+    last_seq: HashMap<StreamId, u64>,
+    sends: Vec<(u64, u32)>,
+}
+
+fn cap(on: bool) -> Option<RateCap> {
+    on.then_some(RateCap { rate_bps: 5_000_000, burst_bytes: Some(2_000) })
+}
+
+fn run(ops: Vec<Op>, paced: bool) -> Result<(), TestCaseError> {
+    let policy = PolicyBuilder {
+        max_queue_depth: 6,
+        critical_strikes: 2,
+        max_packet_bytes: 1500,
+        quantum_bytes: 1500,
+        aging_timeout_ns: 3_000_000,
+        link: paced.then_some(LinkRate { rate_bps: RATE, burst_bytes: BURST }),
+        ..PolicyBuilder::default()
+    }
+    .build()
+    .unwrap();
+    let config = SchedulerConfig { max_streams: 6, max_packets: 24, event_capacity: 16 };
+    let mut s: Scheduler<u64> = Scheduler::new(config, Arc::new(policy)).unwrap();
+    let mut ids: Vec<StreamId> = Vec::new();
+    let mut b = Book::default();
+    let (mut now, mut seq) = (0u64, 0u64);
+    let pick = |ids: &Vec<StreamId>, i: usize| ids.get(i % ids.len().max(1)).copied();
+    for op in ops {
+        match op {
+            Op::Open { prio, weight, capped } => {
+                if let Ok(id) = s.open(StreamConfig { priority: prio, weight, cap: cap(capped) }) {
+                    ids.push(id);
+                }
+            }
+            Op::Enqueue { stream, len } => {
+                if let Some(id) = pick(&ids, stream) {
+                    offer(&mut s, &mut b, now, id, &mut seq, len);
+                }
+            }
+            Op::Burst { stream, n } => {
+                if let Some(id) = pick(&ids, stream) {
+                    for _ in 0..n {
+                        offer(&mut s, &mut b, now, id, &mut seq, 700);
+                    }
+                }
+            }
+            Op::Dequeue { n } => {
+                for _ in 0..n {
+                    match s.dequeue(now) {
+                        Next::Packet(d) => {
+                            prop_assert!(b.outstanding.remove(&d.packet), "unknown or duplicate packet");
+                            let last = b.last_seq.insert(d.stream, d.packet);
+                            prop_assert!(last.is_none_or(|l| l < d.packet), "reordered");
+                            b.dequeued += 1;
+                            b.sends.push((now, d.len));
+                        }
+                        Next::Wait { until_ns } => {
+                            prop_assert!(until_ns > now);
+                            break;
+                        }
+                        Next::Idle => break,
+                    }
+                }
+            }
+            Op::Update { stream, prio, capped } => {
+                if let Some(id) = pick(&ids, stream) {
+                    let _ = s.update(id, StreamConfig { priority: prio, weight: None, cap: cap(capped) });
+                }
+            }
+            Op::Close { stream } => {
+                if let Some(id) = pick(&ids, stream) {
+                    if let Ok(fin) = s.close(id) {
+                        prop_assert!(fin.is_conserved(), "{fin:?}");
+                    }
+                }
+            }
+            Op::Reopen { stream } => {
+                if let Some(id) = pick(&ids, stream) {
+                    if let Ok(new) = s.reopen(id) {
+                        ids.push(new);
+                    }
+                }
+            }
+            Op::Advance { ns } => now += ns,
+        }
+        while let Some(r) = s.pop_reclaimed() {
+            prop_assert!(b.outstanding.remove(&r.packet), "reclaimed an unknown packet");
+            b.reclaimed += 1;
+        }
+        while s.pop_event().is_some() {}
+        check(&s, &b, &ids)?;
+    }
+    if paced {
+        check_pacing(&b.sends)?;
+    }
+    Ok(())
+}
+
+fn offer(s: &mut Scheduler<u64>, b: &mut Book, now: u64, id: StreamId, seq: &mut u64, len: u32) {
+    *seq += 1;
+    match s.enqueue(now, id, *seq, len) {
+        Ok(()) => {
+            b.accepted += 1;
+            b.outstanding.insert(*seq);
+        }
+        Err(r) => {
+            assert_eq!(r.packet, *seq, "the rejected packet comes back");
+            match r.reason {
+                Rejection::Dropped(_) => b.returned_dropped += 1,
+                Rejection::Refused(_) => b.returned_refused += 1,
+            }
+        }
+    }
+}
+
+fn check(s: &Scheduler<u64>, b: &Book, ids: &[StreamId]) -> Result<(), TestCaseError> {
+    let shard = s.shard_stats();
+    let t = shard.totals;
+    prop_assert!(shard.is_conserved(), "{shard:?}");
+    prop_assert_eq!(t.enqueued, b.accepted + b.returned_dropped);
+    prop_assert_eq!(t.dequeued, b.dequeued);
+    prop_assert_eq!(t.dropped_total(), b.returned_dropped + b.reclaimed);
+    prop_assert_eq!(t.queued, b.outstanding.len() as u64);
+    prop_assert_eq!(shard.refused.iter().sum::<u64>(), b.returned_refused);
+    prop_assert_eq!(u64::from(shard.descriptors_in_use), t.queued);
+    for p in 0..8 {
+        prop_assert!(s.priority_stats(p).is_conserved(), "priority {p}");
+    }
+    for &id in ids {
+        if let Some(st) = s.stream_stats(id) {
+            prop_assert!(st.is_conserved(), "{id}: {st:?}");
+        }
+    }
+    Ok(())
+}
+
+/// S5: over every interval between two sends, bytes <= rate * t + burst.
+fn check_pacing(sends: &[(u64, u32)]) -> Result<(), TestCaseError> {
+    for (i, &(t0, _)) in sends.iter().enumerate() {
+        let mut bytes = 0u128;
+        for &(t1, len) in &sends[i..] {
+            bytes += u128::from(len);
+            let allowed = u128::from(RATE) * u128::from(t1 - t0) / 8_000_000_000 + u128::from(BURST);
+            prop_assert!(bytes <= allowed, "{bytes} bytes in {} ns", t1 - t0);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn s11_conservation_is_exact_after_any_operation_sequence(ops in prop::collection::vec(op(), 1..200)) {
+        run(ops, false)?;
+    }
+
+    #[test]
+    fn s5_pacing_bound_holds_after_any_operation_sequence(ops in prop::collection::vec(op(), 1..200)) {
+        run(ops, true)?;
+    }
+}
