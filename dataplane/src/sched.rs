@@ -950,6 +950,17 @@ impl<P> Scheduler<P> {
         std::mem::swap(&mut self.sojourn, spare);
     }
 
+    /// Bytes of scheduler state per stream slot, open or idle (P2 target: <= 64).
+    pub const fn stream_slot_bytes() -> usize {
+        std::mem::size_of::<Stream>()
+    }
+
+    /// Bytes per packet descriptor for this packet type (P2 target: <= 32 for a
+    /// `u64` handle): the handle, its length, arrival time and the FIFO link.
+    pub const fn descriptor_bytes() -> usize {
+        std::mem::size_of::<pool::Desc<P>>()
+    }
+
     /// Packets queued in all streams.
     pub fn queued(&self) -> u64 {
         self.prio_stats.iter().map(|p| p.queued).sum()

@@ -13,14 +13,36 @@ use qos_dataplane::sched::{
 
 #[derive(Clone, Debug)]
 enum Op {
-    Open { prio: u8, weight: Option<u16>, capped: bool },
-    Enqueue { stream: usize, len: u32 },
-    Burst { stream: usize, n: u8 },
-    Dequeue { n: u8 },
-    Update { stream: usize, prio: u8, capped: bool },
-    Close { stream: usize },
-    Reopen { stream: usize },
-    Advance { ns: u64 },
+    Open {
+        prio: u8,
+        weight: Option<u16>,
+        capped: bool,
+    },
+    Enqueue {
+        stream: usize,
+        len: u32,
+    },
+    Burst {
+        stream: usize,
+        n: u8,
+    },
+    Dequeue {
+        n: u8,
+    },
+    Update {
+        stream: usize,
+        prio: u8,
+        capped: bool,
+    },
+    Close {
+        stream: usize,
+    },
+    Reopen {
+        stream: usize,
+    },
+    Advance {
+        ns: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -53,7 +75,10 @@ struct Book {
 }
 
 fn cap(on: bool) -> Option<RateCap> {
-    on.then_some(RateCap { rate_bps: 5_000_000, burst_bytes: Some(2_000) })
+    on.then_some(RateCap {
+        rate_bps: 5_000_000,
+        burst_bytes: Some(2_000),
+    })
 }
 
 fn run(ops: Vec<Op>, paced: bool) -> Result<(), TestCaseError> {
@@ -63,12 +88,19 @@ fn run(ops: Vec<Op>, paced: bool) -> Result<(), TestCaseError> {
         max_packet_bytes: 1500,
         quantum_bytes: 1500,
         aging_timeout_ns: 3_000_000,
-        link: paced.then_some(LinkRate { rate_bps: RATE, burst_bytes: BURST }),
+        link: paced.then_some(LinkRate {
+            rate_bps: RATE,
+            burst_bytes: BURST,
+        }),
         ..PolicyBuilder::default()
     }
     .build()
     .unwrap();
-    let config = SchedulerConfig { max_streams: 6, max_packets: 24, event_capacity: 16 };
+    let config = SchedulerConfig {
+        max_streams: 6,
+        max_packets: 24,
+        event_capacity: 16,
+    };
     let mut s: Scheduler<u64> = Scheduler::new(config, Arc::new(policy)).unwrap();
     let mut ids: Vec<StreamId> = Vec::new();
     let mut b = Book::default();
@@ -76,8 +108,16 @@ fn run(ops: Vec<Op>, paced: bool) -> Result<(), TestCaseError> {
     let pick = |ids: &Vec<StreamId>, i: usize| ids.get(i % ids.len().max(1)).copied();
     for op in ops {
         match op {
-            Op::Open { prio, weight, capped } => {
-                if let Ok(id) = s.open(StreamConfig { priority: prio, weight, cap: cap(capped) }) {
+            Op::Open {
+                prio,
+                weight,
+                capped,
+            } => {
+                if let Ok(id) = s.open(StreamConfig {
+                    priority: prio,
+                    weight,
+                    cap: cap(capped),
+                }) {
                     ids.push(id);
                 }
             }
@@ -97,7 +137,10 @@ fn run(ops: Vec<Op>, paced: bool) -> Result<(), TestCaseError> {
                 for _ in 0..n {
                     match s.dequeue(now) {
                         Next::Packet(d) => {
-                            prop_assert!(b.outstanding.remove(&d.packet), "unknown or duplicate packet");
+                            prop_assert!(
+                                b.outstanding.remove(&d.packet),
+                                "unknown or duplicate packet"
+                            );
                             let last = b.last_seq.insert(d.stream, d.packet);
                             prop_assert!(last.is_none_or(|l| l < d.packet), "reordered");
                             b.dequeued += 1;
@@ -111,9 +154,20 @@ fn run(ops: Vec<Op>, paced: bool) -> Result<(), TestCaseError> {
                     }
                 }
             }
-            Op::Update { stream, prio, capped } => {
+            Op::Update {
+                stream,
+                prio,
+                capped,
+            } => {
                 if let Some(id) = pick(&ids, stream) {
-                    let _ = s.update(id, StreamConfig { priority: prio, weight: None, cap: cap(capped) });
+                    let _ = s.update(
+                        id,
+                        StreamConfig {
+                            priority: prio,
+                            weight: None,
+                            cap: cap(capped),
+                        },
+                    );
                 }
             }
             Op::Close { stream } => {
@@ -133,7 +187,10 @@ fn run(ops: Vec<Op>, paced: bool) -> Result<(), TestCaseError> {
             Op::Advance { ns } => now += ns,
         }
         while let Some(r) = s.pop_reclaimed() {
-            prop_assert!(b.outstanding.remove(&r.packet), "reclaimed an unknown packet");
+            prop_assert!(
+                b.outstanding.remove(&r.packet),
+                "reclaimed an unknown packet"
+            );
             b.reclaimed += 1;
         }
         while s.pop_event().is_some() {}
@@ -189,7 +246,8 @@ fn check_pacing(sends: &[(u64, u32)]) -> Result<(), TestCaseError> {
         let mut bytes = 0u128;
         for &(t1, len) in &sends[i..] {
             bytes += u128::from(len);
-            let allowed = u128::from(RATE) * u128::from(t1 - t0) / 8_000_000_000 + u128::from(BURST);
+            let allowed =
+                u128::from(RATE) * u128::from(t1 - t0) / 8_000_000_000 + u128::from(BURST);
             prop_assert!(bytes <= allowed, "{bytes} bytes in {} ns", t1 - t0);
         }
     }

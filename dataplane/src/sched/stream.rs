@@ -206,8 +206,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn p2_stream_slot_is_one_cache_line() {
+    fn p2_stream_slot_is_one_cache_line_and_descriptor_fits_32_bytes() {
         assert_eq!(std::mem::size_of::<Stream>(), 64);
+        assert_eq!(crate::sched::Scheduler::<u64>::descriptor_bytes(), 32);
+        assert_eq!(crate::sched::Scheduler::<u32>::descriptor_bytes(), 24);
     }
 
     #[test]

@@ -18,7 +18,7 @@
 use super::policy::{MAX_TIERS, PRIORITIES};
 use super::pool::NIL;
 use super::stream::{ACTIVE, Stream};
-use super::vtime::{before, cost, inverse, resume};
+use super::vtime::{before, cost, fast_inverse, inverse, resume};
 
 /// Weight buckets per priority (weights 1..=65535).
 pub(crate) const BUCKETS: usize = 16;
@@ -187,7 +187,7 @@ impl Wfq {
             g.tail = s;
         }
         g.weight_sum += u64::from(w);
-        g.inv = inverse(g.weight_sum);
+        g.inv = fast_inverse(g.weight_sum);
         if was_empty {
             let tier = &mut self.tiers[t];
             g.tag = resume(g.tag, tier.vtime);
@@ -225,7 +225,7 @@ impl Wfq {
                 self.active &= !(1 << t);
             }
         } else {
-            g.inv = inverse(g.weight_sum);
+            g.inv = fast_inverse(g.weight_sum);
         }
     }
 
