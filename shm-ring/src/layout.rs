@@ -114,7 +114,7 @@ impl RingConfig {
             return Err(RegionError::BadCapacity { found: cap });
         }
         let slot = self.slot_size;
-        if !(MIN_SLOT_SIZE..=MAX_SLOT_SIZE).contains(&slot) || slot % 8 != 0 {
+        if !(MIN_SLOT_SIZE..=MAX_SLOT_SIZE).contains(&slot) || !slot.is_multiple_of(8) {
             return Err(RegionError::BadSlotSize { found: slot });
         }
         if self.region_len() > MAX_REGION_LEN {
@@ -211,7 +211,7 @@ const _: () = {
     assert!(offset_of!(SideLine, pid) == SIDE_PID);
     assert!(offset_of!(SideLine, state) == SIDE_STATE);
     assert!(size_of::<crate::sync::DataCell>() == 8);
-    assert!(HEADER_LEN % 128 == 0);
+    assert!(HEADER_LEN.is_multiple_of(128));
 };
 
 /// Geometry of an attached ring, copied out of the header once (after validation) and

@@ -122,9 +122,10 @@ fn t2_batch_commit_of_zero_publishes_nothing() {
     let batch = tx.reserve(3).expect("room");
     assert_eq!(batch.reserved(), 3);
     assert_eq!(batch.commit(), 0);
-    let mut batch = tx.reserve(2).expect("room");
-    batch.write(b"lost").expect("reserved");
-    drop(batch); // dropped without commit: discarded
+    {
+        let mut batch = tx.reserve(2).expect("room");
+        batch.write(b"lost").expect("reserved");
+    } // dropped without commit: discarded
     let mut buf = [0u8; 8];
     assert_eq!(rx.pop(&mut buf), Err(PopError::Empty));
     assert_eq!(tx.cached_free(), 4);
@@ -162,9 +163,10 @@ fn t2_read_batch_dropped_without_release_rereads() {
     tx.push(b"a").expect("room");
     tx.push(b"b").expect("room");
     let mut buf = [0u8; 8];
-    let mut batch = rx.read(2).expect("records");
-    assert_eq!(batch.next_into(&mut buf), Some(Ok(1)));
-    drop(batch);
+    {
+        let mut batch = rx.read(2).expect("records");
+        assert_eq!(batch.next_into(&mut buf), Some(Ok(1)));
+    } // dropped without release: nothing freed
     let mut batch = rx.read(1).expect("records");
     assert_eq!(batch.next_into(&mut buf), Some(Ok(1)));
     assert_eq!(buf[0], b'a');
