@@ -2,7 +2,9 @@
 //! thread move fixed-size records through a 1024-slot ring, one at a time or in batches
 //! of up to 32. rtrb moves `[u8; N]` values through a heap ring; shm-ring copies N-byte
 //! records through a shared-memory ring (memfd), with its bounds checks and atomic word
-//! copies. Criterion's throughput is per record moved.
+//! copies, in slots sized by `RingConfig::for_records` (rounded to whole cache lines:
+//! 64 bytes for 16-byte records, 128 for 64-byte ones). Criterion's throughput is per
+//! record moved; each sample spawns the producer thread once.
 //!
 //! Run: `cargo bench -p qos-benches --bench shm_ring`.
 

@@ -10,13 +10,19 @@
 use loom::thread;
 use qos_shm_ring::{Consumer, PopError, Producer, PushError, RingConfig, pair};
 
-/// Record `i`: `i + 1` bytes (so records span one or two payload words), each `i * 16 + j`.
+/// Record `i`: `4i + 1` bytes (so records span one or two payload words), byte `j` is
+/// `16i + j`.
 fn record(i: u8) -> Vec<u8> {
-    (0..=i).map(|j| i * 16 + j).collect()
+    (0..4 * i + 1).map(|j| i * 16 + j).collect()
 }
 
 fn ring(capacity: u32) -> (Producer, Consumer) {
-    pair(RingConfig::for_records(capacity, 16)).expect("ring")
+    // Dense 24-byte slots (length word + two payload words): few loom cells per slot.
+    let config = RingConfig {
+        capacity,
+        slot_size: 24,
+    };
+    pair(config).expect("ring")
 }
 
 /// Pops one record, yielding to the other thread while the ring is empty.

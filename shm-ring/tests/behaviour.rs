@@ -65,9 +65,13 @@ fn t2_wraps_around_many_times_in_order() {
 
 #[test]
 fn t2_max_size_records_roundtrip_and_oversize_is_refused() {
-    let (mut tx, mut rx) = ring(2, 61);
+    let exact = RingConfig {
+        capacity: 2,
+        slot_size: 72,
+    };
+    let (mut tx, mut rx) = pair(exact).expect("ring");
     let max = tx.max_record();
-    assert_eq!(max, 64, "61 rounds up to whole words");
+    assert_eq!(max, 64, "slot_size - 8");
     let big: Vec<u8> = (0..max as u32).map(|i| (i * 7 + 1) as u8).collect();
     tx.push(&big).expect("max-size record fits");
     assert_eq!(
@@ -88,6 +92,14 @@ fn t2_max_size_records_roundtrip_and_oversize_is_refused() {
         Err(PopError::Empty),
         "oversize record never entered"
     );
+}
+
+#[test]
+fn t2_for_records_rounds_slots_to_cache_lines() {
+    assert_eq!(RingConfig::for_records(4, 16).slot_size, 64);
+    assert_eq!(RingConfig::for_records(4, 56).slot_size, 64);
+    assert_eq!(RingConfig::for_records(4, 57).slot_size, 128);
+    assert_eq!(RingConfig::for_records(4, 64).max_record(), 120);
 }
 
 #[test]

@@ -22,7 +22,12 @@ use rustix::fs::{MemfdFlags, SealFlags};
 
 /// A ring split in-process plus a second, raw handle on its bytes.
 fn ring(capacity: u32, max_record: u32) -> (Producer, Consumer, File) {
-    let region = ShmRegion::create(RingConfig::for_records(capacity, max_record)).expect("create");
+    // Dense slots (no cache-line rounding), so the offsets below are easy to compute.
+    let config = RingConfig {
+        capacity,
+        slot_size: max_record + 8,
+    };
+    let region = ShmRegion::create(config).expect("create");
     let raw = File::options()
         .read(true)
         .write(true)
