@@ -752,11 +752,11 @@ impl<P> Scheduler<P> {
                 self.demote(s);
                 continue;
             }
-            if st.cap != NIL {
-                if let Some(wait) = self.caps[st.cap as usize].bucket.wait_for(now, len) {
-                    self.throttle(s, now + wait);
-                    continue;
-                }
+            if st.cap != NIL
+                && let Some(wait) = self.caps[st.cap as usize].bucket.wait_for(now, len)
+            {
+                self.throttle(s, now + wait);
+                continue;
             }
             if let Some(link) = &mut self.link {
                 if let Some(wait) = link.wait_for(now, len) {

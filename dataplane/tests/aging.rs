@@ -1,4 +1,5 @@
 //! Starvation guard (S9).
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod sim;
 

@@ -1,5 +1,6 @@
 //! Bounded queues, backpressure signals and disconnection (S7, S8), refusals and the
 //! reclaim path (S11: nothing is lost silently).
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::sync::Arc;
 

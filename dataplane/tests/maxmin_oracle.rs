@@ -2,6 +2,7 @@
 //! here, independently of the scheduler: tiers share the link by their shares, streams
 //! share their tier by weight 2^priority, and whatever a tier or stream does not want
 //! is redistributed to the others in proportion to their weights (S1-S3).
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod sim;
 

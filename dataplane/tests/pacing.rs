@@ -1,4 +1,5 @@
 //! Link pacing (S5) and per-stream rate caps (S6).
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod sim;
 

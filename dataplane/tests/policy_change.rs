@@ -1,4 +1,5 @@
 //! A policy change takes effect at the next decision (T3 at the core's level, P7).
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 mod sim;
 

@@ -1,6 +1,7 @@
 //! Any sequence of open / enqueue / dequeue / update / close / reopen / advance-time
 //! keeps S11 exact (checked against the test's own bookkeeping), never panics, never
 //! loses, duplicates or reorders a packet, and never exceeds the S5 pacing bound.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -171,17 +172,17 @@ fn run(ops: Vec<Op>, paced: bool) -> Result<(), TestCaseError> {
                 }
             }
             Op::Close { stream } => {
-                if let Some(id) = pick(&ids, stream) {
-                    if let Ok(fin) = s.close(id) {
-                        prop_assert!(fin.is_conserved(), "{fin:?}");
-                    }
+                if let Some(id) = pick(&ids, stream)
+                    && let Ok(fin) = s.close(id)
+                {
+                    prop_assert!(fin.is_conserved(), "{fin:?}");
                 }
             }
             Op::Reopen { stream } => {
-                if let Some(id) = pick(&ids, stream) {
-                    if let Ok(new) = s.reopen(id) {
-                        ids.push(new);
-                    }
+                if let Some(id) = pick(&ids, stream)
+                    && let Ok(new) = s.reopen(id)
+                {
+                    ids.push(new);
                 }
             }
             Op::Advance { ns } => now += ns,

@@ -28,7 +28,7 @@ impl StreamId {
     }
     /// Inverse of [`StreamId::to_raw`]; `None` if the value has bits no handle has.
     pub fn from_raw(raw: u64) -> Option<Self> {
-        (raw >> 48 == 0).then(|| Self {
+        (raw >> 48 == 0).then_some(Self {
             index: raw as u32,
             generation: (raw >> 32) as u16,
         })

@@ -1,0 +1,76 @@
+//! A plain driver of the P1 workload, for profilers: `perf record` and
+//! `valgrind --tool=callgrind` give per-line costs without criterion's machinery.
+//!
+//! `cargo run --release -p qos-benches --example p1_driver -- STREAMS BATCHES [MODE] [PREFILL]`
+//!
+//! MODE `churn` (default): each batch enqueues 32 packets round-robin over the streams,
+//! then dequeues 32 (the criterion `p1` workload). MODE `backlogged`: each batch first
+//! refills the streams served by the previous batch, so every stream stays backlogged.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use qos_dataplane::sched::{Next, Policy, Scheduler, SchedulerConfig, StreamConfig, StreamId};
+
+fn len_of(i: u32) -> u32 {
+    64 + (i.wrapping_mul(2_654_435_761) >> 7) % 1437
+}
+
+fn arg<T: std::str::FromStr>(i: usize, default: T) -> T {
+    std::env::args()
+        .nth(i)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let n: u32 = arg(1, 4096);
+    let batches: u32 = arg(2, 100_000);
+    let backlogged = arg(3, String::from("churn")) == "backlogged";
+    let prefill: u32 = arg(4, 2);
+    let config = SchedulerConfig {
+        max_streams: n,
+        max_packets: n * (prefill + 2) + 128,
+        event_capacity: 1024,
+    };
+    let mut s: Scheduler<u64> =
+        Scheduler::new(config, Arc::new(Policy::default())).expect("valid config");
+    let ids: Vec<StreamId> = (0..n)
+        .map(|i| {
+            s.open(StreamConfig::with_priority((i % 8) as u8))
+                .expect("open")
+        })
+        .collect();
+    for r in 0..prefill {
+        for (i, &id) in ids.iter().enumerate() {
+            let _ = s.enqueue(0, id, u64::from(r), len_of(i as u32));
+        }
+    }
+    let (mut cursor, mut now, mut sum) = (0usize, 0u64, 0u64);
+    let mut served: Vec<StreamId> = Vec::with_capacity(32);
+    #[allow(clippy::disallowed_methods)] // a benchmark driver measures wall time
+    let start = Instant::now();
+    for _ in 0..batches {
+        now += 1_000;
+        if backlogged {
+            for (k, id) in served.drain(..).enumerate() {
+                let _ = s.enqueue(now, id, k as u64, len_of(k as u32 + cursor as u32));
+                cursor += 1;
+            }
+        } else {
+            for k in 0..32u32 {
+                let id = ids[cursor];
+                cursor = (cursor + 1) % ids.len();
+                let _ = s.enqueue(now, id, u64::from(k), len_of(k + cursor as u32));
+            }
+        }
+        for _ in 0..32 {
+            if let Next::Packet(d) = s.dequeue(now) {
+                sum += d.packet;
+                served.push(d.stream);
+            }
+        }
+    }
+    let ns = start.elapsed().as_nanos() as f64 / (f64::from(batches) * 32.0);
+    println!("{ns:.1} ns per packet (enqueue + dequeue), checksum {sum}");
+}
