@@ -47,13 +47,7 @@ fn s9_low_packet_older_than_aging_timeout_is_promoted() {
         medium.served.bytes > medium_own,
         "promoted Low bytes were served by Medium"
     );
-    let worst = sim
-        .sent
-        .iter()
-        .filter(|s| s.stream == id)
-        .map(|s| s.sojourn_ns)
-        .max()
-        .unwrap();
+    let worst = sim.worst_sojourn(low);
     assert!(worst < 1_250 * MS, "worst Low sojourn {worst} ns");
     assert!(
         sim.sent.iter().all(|s| s.stream != id || s.priority == 1),
@@ -65,17 +59,10 @@ fn s9_low_packet_older_than_aging_timeout_is_promoted() {
 #[test]
 fn s9_without_aging_the_same_queue_waits_for_seconds() {
     let (mut sim, low) = run(100 * SEC);
-    let id = sim.sources[low].stream;
     assert!(
         std::iter::from_fn(|| sim.sched.pop_event()).all(|e| !matches!(e, Event::Promoted { .. }))
     );
     assert_eq!(sim.sched.priority_stats(1).promotions, 0);
-    let worst = sim
-        .sent
-        .iter()
-        .filter(|s| s.stream == id)
-        .map(|s| s.sojourn_ns)
-        .max()
-        .unwrap();
+    let worst = sim.worst_sojourn(low);
     assert!(worst > 1_800 * MS, "worst Low sojourn {worst} ns");
 }

@@ -19,12 +19,7 @@ fn s10_p7_sojourn_stays_within_budget_while_medium_and_low_offer_10x_the_link() 
         sim.rate(p, 1500, LINK);
     }
     sim.run_for(2 * SEC);
-    let mut sojourns: Vec<u64> = sim
-        .sent
-        .iter()
-        .filter(|s| s.stream == sim.sources[voice].stream)
-        .map(|s| s.sojourn_ns)
-        .collect();
+    let mut sojourns = sim.sojourns(voice);
     sojourns.sort_unstable();
     assert!(
         sojourns.len() > 6000,

@@ -102,13 +102,7 @@ fn s6_many_throttled_streams_do_not_stall_an_uncapped_one() {
     }
     let probe = sim.rate(1, 500, 1_000_000);
     sim.run_for(500 * MS);
-    let worst = sim
-        .sent
-        .iter()
-        .filter(|s| s.stream == sim.sources[probe].stream)
-        .map(|s| s.sojourn_ns)
-        .max()
-        .unwrap();
+    let worst = sim.worst_sojourn(probe);
     // 50 capped streams share 10 Mbit/s, far below the link: the probe never queues
     // behind them for more than a packet or two.
     assert!(worst < MS, "probe waited {worst} ns");

@@ -266,6 +266,21 @@ impl Sim {
         bytes
     }
 
+    /// Sojourn times of every packet source `src` got through, in send order.
+    pub fn sojourns(&self, src: usize) -> Vec<u64> {
+        let id = self.sources[src].stream;
+        self.sent
+            .iter()
+            .filter(|s| s.stream == id)
+            .map(|s| s.sojourn_ns)
+            .collect()
+    }
+
+    /// Longest sojourn of source `src` (0 if nothing was sent).
+    pub fn worst_sojourn(&self, src: usize) -> u64 {
+        self.sojourns(src).into_iter().max().unwrap_or(0)
+    }
+
     /// Asserts S11 for the shard against the harness's own bookkeeping.
     pub fn assert_conserved(&mut self) {
         let mut reclaimed = 0;
