@@ -213,7 +213,8 @@ pub struct TierStats {
 struct Compiled {
     max_depth: u32,
     warn_at: u32,
-    clear_below: u32,
+    /// WARNING clears and strikes reset once the queue is at or below this.
+    clear_at: u32,
     strikes: u8,
     budgets: [u64; PRIORITIES],
     window_ns: u64,
@@ -229,11 +230,11 @@ impl Compiled {
         let s = p.spec();
         let depth = u64::from(s.max_queue_depth);
         let warn_at = (depth * u64::from(s.warning_percent)).div_ceil(100).max(1) as u32;
-        let clear_below = (depth * u64::from(s.clear_percent) / 100) as u32;
+        let clear_at = (depth * u64::from(s.clear_percent) / 100) as u32;
         Self {
             max_depth: s.max_queue_depth,
             warn_at,
-            clear_below,
+            clear_at,
             strikes: s.critical_strikes,
             budgets: s.latency_budget_ns.map(|b| b.unwrap_or(u64::MAX)),
             window_ns: s.budget_window_ns,
@@ -271,6 +272,8 @@ pub struct Scheduler<P> {
     link: Option<TokenBucket>,
     caps: Vec<CapSlot>,
     cap_free: u32,
+    /// Capped streams open now: the throttle heap keeps room for one entry each.
+    capped: usize,
     throttled: BinaryHeap<Reverse<(u64, u32, u16)>>,
     prio_stats: [PriorityStats; PRIORITIES],
     served: [ServiceStats; MAX_TIERS],
@@ -301,25 +304,39 @@ impl<P> Scheduler<P> {
         check("max_packets", config.max_packets, 1 << 31)?;
         check("event_capacity", config.event_capacity, 1 << 31)?;
         let c = Compiled::of(&policy);
+        let too_big = |field, value: u32| ConfigError {
+            field,
+            value: value.into(),
+            expected: "a capacity this machine can allocate",
+        };
+        let mut streams = Vec::new();
+        streams
+            .try_reserve_exact(config.max_streams as usize)
+            .map_err(|_| too_big("max_streams", config.max_streams))?;
+        let pool = Pool::try_with_capacity(config.max_packets)
+            .ok_or_else(|| too_big("max_packets", config.max_packets))?;
+        let events = EventQueue::try_with_capacity(config.event_capacity as usize)
+            .ok_or_else(|| too_big("event_capacity", config.event_capacity))?;
         let mut sched = Self {
             c,
-            streams: Vec::with_capacity(config.max_streams as usize),
+            streams,
             free_streams: Fifo::EMPTY,
             open_streams: 0,
-            pool: Pool::with_capacity(config.max_packets),
+            pool,
             reclaim: Fifo::EMPTY,
             reclaim_len: 0,
             wfq: Wfq::new(),
             link: None,
             caps: Vec::new(),
             cap_free: NIL,
+            capped: 0,
             throttled: BinaryHeap::new(),
             prio_stats: [PriorityStats::default(); PRIORITIES],
             served: [ServiceStats::default(); MAX_TIERS],
             refused: [0; RefuseReason::COUNT],
             sojourn: std::array::from_fn(|_| new_sojourn_histogram()),
             window: BudgetWindow::new(c.window_ns),
-            events: EventQueue::with_capacity(config.event_capacity as usize),
+            events,
             aging_cursor: NIL,
             ticks: 0,
             now: 0,
@@ -332,24 +349,52 @@ impl<P> Scheduler<P> {
     /// Adopts `policy`; it governs the very next decision. Backlogged streams keep their
     /// queues (a lowered depth only refuses further growth). O(groups), no allocation.
     pub fn set_policy(&mut self, policy: Arc<Policy>) {
-        self.c = Compiled::of(&policy);
-        let shares: Vec<u8> = policy.tiers().iter().map(|t| t.share_percent).collect();
         let mut tier_of = [0u8; PRIORITIES];
         for (p, t) in tier_of.iter_mut().enumerate() {
             *t = policy.tier_of(p as u8) as u8;
         }
+        let remapped = (0..PRIORITIES as u8).any(|p| self.wfq.tier_of(p) != policy.tier_of(p));
+        if remapped || policy.spec().promote_to != self.c.promote_to {
+            self.end_promotions();
+        }
+        self.c = Compiled::of(&policy);
+        // A shorter window applies from now; a longer one from the next window.
+        self.window.end = self
+            .window
+            .end
+            .min(self.now.saturating_add(self.c.window_ns));
+        let shares: Vec<u8> = policy.tiers().iter().map(|t| t.share_percent).collect();
         self.wfq
             .configure(tier_of, &shares, policy.spec().quantum_bytes);
         self.link = match (policy.spec().link, self.link.take()) {
             (None, _) => None,
             (Some(l), Some(mut b)) => {
-                b.reconfigure(l.rate_bps, l.burst_bytes);
+                b.reconfigure(l.rate_bps, l.burst_bytes, self.now);
                 Some(b)
             }
             (Some(l), None) => Some(TokenBucket::new(l.rate_bps, l.burst_bytes, self.now)),
         };
         self.aging_cursor = NIL;
         self.policy = policy;
+    }
+
+    /// Returns every promoted stream to its own priority (under the current mapping),
+    /// before a policy change moves tiers or the promotion target. O(streams): policy
+    /// changes that touch neither skip it. Streams still old enough are promoted again
+    /// by the aging cursor under the new policy.
+    fn end_promotions(&mut self) {
+        for s in 0..self.streams.len() as u32 {
+            let st = &self.streams[s as usize];
+            if !st.has(PROMOTED) {
+                continue;
+            }
+            if st.has(ACTIVE) {
+                self.demote(s);
+            } else {
+                self.restore_priority(s);
+            }
+        }
+        self.aging_cursor = NIL;
     }
 
     /// The policy in force.
@@ -431,27 +476,41 @@ impl<P> Scheduler<P> {
                 expected: "> 0",
             });
         }
+        if let Some(b) = spec.burst_bytes
+            && (b < u64::from(self.c.max_packet) || b > MAX_BURST_BYTES)
+        {
+            let expected = "max_packet_bytes..=2^30";
+            return Err(StreamError::Cap {
+                field: "burst_bytes",
+                value: b,
+                expected,
+            });
+        }
+        Ok((
+            spec,
+            TokenBucket::new(spec.rate_bps, self.cap_burst(spec), self.now),
+        ))
+    }
+
+    /// Bucket depth of a cap: its own `burst_bytes`, or `burst_multiplier` x 10 ms at
+    /// the cap rate, never less than one maximal packet.
+    fn cap_burst(&self, spec: RateCap) -> u64 {
         let min = u64::from(self.c.max_packet);
-        let burst = match spec.burst_bytes {
-            Some(b) if b < min || b > MAX_BURST_BYTES => {
-                let expected = "max_packet_bytes..=2^30";
-                return Err(StreamError::Cap {
-                    field: "burst_bytes",
-                    value: b,
-                    expected,
-                });
-            }
-            Some(b) => b,
-            // burst_multiplier x 10 ms at the cap rate, in bytes.
-            None => ((spec.rate_bps as f64 / 800.0 * self.c.cap_multiplier) as u64)
-                .clamp(min, MAX_BURST_BYTES),
-        };
-        Ok((spec, TokenBucket::new(spec.rate_bps, burst, self.now)))
+        spec.burst_bytes.unwrap_or_else(|| {
+            ((spec.rate_bps as f64 / 800.0 * self.c.cap_multiplier) as u64)
+                .clamp(min, MAX_BURST_BYTES)
+        })
     }
 
     fn alloc_cap(&mut self, spec: RateCap, bucket: TokenBucket) -> u32 {
-        // One throttle-heap entry per capped stream can be live: reserve it now.
-        self.throttled.reserve(1);
+        // One throttle-heap entry per capped stream can be live: keep room for all of
+        // them now, so `throttle` (which purges stale entries first) never allocates.
+        self.capped += 1;
+        if self.throttled.capacity() < self.capped {
+            // len <= capacity < capped: afterwards capacity >= capped.
+            self.throttled
+                .reserve_exact(self.capped - self.throttled.len());
+        }
         let slot = CapSlot {
             spec,
             bucket,
@@ -471,6 +530,7 @@ impl<P> Scheduler<P> {
 
     fn free_cap(&mut self, i: u32) {
         if i != NIL {
+            self.capped -= 1;
             self.caps[i as usize].next_free = self.cap_free;
             self.caps[i as usize].until = u64::MAX;
             self.cap_free = i;
@@ -515,10 +575,13 @@ impl<P> Scheduler<P> {
         }
         let cap = match (new_cap, st.cap) {
             (Some((spec, bucket)), NIL) => self.alloc_cap(spec, bucket),
-            (Some((spec, bucket)), i) => {
+            (Some((spec, _)), i) => {
+                // Keep the tokens held: re-applying a cap must not refill it (S6).
+                let burst = self.cap_burst(spec);
+                let now = self.now;
                 let slot = &mut self.caps[i as usize];
+                slot.bucket.reconfigure(spec.rate_bps, burst, now);
                 slot.spec = spec;
-                slot.bucket = bucket;
                 i
             }
             (None, i) => {
@@ -581,6 +644,12 @@ impl<P> Scheduler<P> {
             weight: st.has(WEIGHT_SET).then_some(st.weight),
             cap: (st.cap != NIL).then(|| self.caps[st.cap as usize].spec),
         };
+        // Validate against the current policy first: a failed reopen leaves the stream
+        // as it was (disconnected), not closed.
+        Self::check_config(&config)?;
+        if let Some(spec) = config.cap {
+            self.cap_bucket(spec)?;
+        }
         self.close(id)?;
         self.open(config)
     }
@@ -739,10 +808,7 @@ impl<P> Scheduler<P> {
         self.aging_tick(now);
         loop {
             let Some((t, gid)) = self.wfq.select() else {
-                return match self.throttled.peek() {
-                    Some(Reverse((at, _, _))) => Next::Wait { until_ns: *at },
-                    None => Next::Idle,
-                };
+                return self.idle_or_wait();
             };
             let s = self.wfq.drr_head(gid);
             let st = &self.streams[s as usize];
@@ -755,13 +821,13 @@ impl<P> Scheduler<P> {
             if st.cap != NIL
                 && let Some(wait) = self.caps[st.cap as usize].bucket.wait_for(now, len)
             {
-                self.throttle(s, now + wait);
+                self.throttle(s, now.saturating_add(wait));
                 continue;
             }
             if let Some(link) = &mut self.link {
                 if let Some(wait) = link.wait_for(now, len) {
                     return Next::Wait {
-                        until_ns: now + wait,
+                        until_ns: now.saturating_add(wait),
                     };
                 }
                 link.consume(len);
@@ -802,7 +868,9 @@ impl<P> Scheduler<P> {
         }
         let st = &mut self.streams[s as usize];
         let ps = &mut self.prio_stats[base];
-        if left < self.c.clear_below && st.has(WARNED) {
+        // The episode ends (WARNING cleared, CRITICAL strikes forgiven) once the queue is
+        // at or below the clear watermark, whether or not it had reached WARNING.
+        if left <= self.c.clear_at && (st.has(WARNED) || st.strikes > 0) {
             st.flags &= !WARNED;
             st.strikes = 0;
             self.events.push(Event::BackpressureCleared {
@@ -833,11 +901,29 @@ impl<P> Scheduler<P> {
 
     /// Parks capped stream `s` until `at` (S6): it leaves contention, others go on.
     fn throttle(&mut self, s: u32, at: u64) {
+        if self.throttled.len() == self.throttled.capacity() {
+            // Only stale entries (closed, disconnected or uncapped streams) can fill it:
+            // live ones are at most one per capped stream, and there is room for those.
+            let (streams, caps) = (&self.streams, &self.caps);
+            self.throttled
+                .retain(|Reverse((at, s, g))| is_live(streams, caps, *at, *s, *g));
+        }
         self.wfq.deactivate(&mut self.streams, s);
         let st = &mut self.streams[s as usize];
         st.flags |= THROTTLED;
         self.caps[st.cap as usize].until = at;
         self.throttled.push(Reverse((at, s, st.generation)));
+    }
+
+    /// Nothing is eligible: wait for the earliest live throttle, or report idle.
+    fn idle_or_wait(&mut self) -> Next<P> {
+        while let Some(&Reverse((at, s, generation))) = self.throttled.peek() {
+            if is_live(&self.streams, &self.caps, at, s, generation) {
+                return Next::Wait { until_ns: at };
+            }
+            self.throttled.pop();
+        }
+        Next::Idle
     }
 
     /// Returns to contention every capped stream whose throttle has ended.
@@ -847,9 +933,8 @@ impl<P> Scheduler<P> {
                 return;
             }
             self.throttled.pop();
-            let st = &mut self.streams[s as usize];
-            let live = st.generation == generation && st.has(THROTTLED) && st.cap != NIL;
-            if live && self.caps[st.cap as usize].until == at {
+            if is_live(&self.streams, &self.caps, at, s, generation) {
+                let st = &mut self.streams[s as usize];
                 st.flags &= !THROTTLED;
                 if st.len > 0 {
                     self.wfq.activate(&mut self.streams, s);
@@ -965,6 +1050,15 @@ impl<P> Scheduler<P> {
     pub fn queued(&self) -> u64 {
         self.prio_stats.iter().map(|p| p.queued).sum()
     }
+}
+
+/// `true` when throttle-heap entry `(at, s, generation)` still parks its stream.
+fn is_live(streams: &[Stream], caps: &[CapSlot], at: u64, s: u32, generation: u16) -> bool {
+    let st = &streams[s as usize];
+    st.generation == generation
+        && st.has(THROTTLED)
+        && st.cap != NIL
+        && caps[st.cap as usize].until == at
 }
 
 /// Reclaim list entries keep their stream and reason in the descriptor's stamp.

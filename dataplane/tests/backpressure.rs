@@ -26,7 +26,7 @@ fn events(s: &mut Scheduler<u32>) -> Vec<Event> {
 }
 
 #[test]
-fn s7_warning_fires_before_first_tail_drop_and_clears_below_watermark() {
+fn s7_warning_fires_before_first_tail_drop_and_clears_at_the_watermark() {
     let mut s = sched_with_depth(100);
     let id = s.open(StreamConfig::with_priority(3)).unwrap();
     let mut first_drop = None;
@@ -58,7 +58,7 @@ fn s7_warning_fires_before_first_tail_drop_and_clears_below_watermark() {
         ],
         "exactly one WARNING, at 90%, before the CRITICAL of the first drop"
     );
-    // Drain to just below 50%: one CLEARED, at depth 49.
+    // Drain to 50%: one CLEARED, at depth 50 (and no second one below it).
     for _ in 0..51 {
         assert!(matches!(s.dequeue(1), Next::Packet(_)));
     }
@@ -66,7 +66,7 @@ fn s7_warning_fires_before_first_tail_drop_and_clears_below_watermark() {
         events(&mut s),
         vec![Event::BackpressureCleared {
             stream: id,
-            depth: 49
+            depth: 50
         }]
     );
     let st = s.stream_stats(id).unwrap();

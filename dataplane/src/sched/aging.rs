@@ -35,6 +35,11 @@ impl<P> Scheduler<P> {
             s = self.wfq.group_head(groups.trailing_zeros() as usize);
         }
         let st = &self.streams[s as usize];
+        if st.has(PROMOTED) {
+            // Only after a policy change made the target part of the lowest tier.
+            self.aging_cursor = NIL;
+            return;
+        }
         let next = if st.next != NIL {
             st.next
         } else {

@@ -24,7 +24,8 @@ pub enum Event {
         /// How many CRITICALs this episode has raised so far (1-based).
         strike: u8,
     },
-    /// The queue fell below `clear_percent`: the episode is over, strikes reset.
+    /// The queue fell to `clear_percent` of its depth or below: the episode is over,
+    /// strikes reset.
     BackpressureCleared {
         /// The stream.
         stream: StreamId,
@@ -72,13 +73,16 @@ pub(crate) struct EventQueue {
 }
 
 impl EventQueue {
-    pub(crate) fn with_capacity(capacity: usize) -> Self {
+    /// `None` if the memory cannot be had.
+    pub(crate) fn try_with_capacity(capacity: usize) -> Option<Self> {
         let capacity = capacity.max(1);
-        Self {
-            queue: VecDeque::with_capacity(capacity),
+        let mut queue = VecDeque::new();
+        queue.try_reserve_exact(capacity).ok()?;
+        Some(Self {
+            queue,
             capacity,
             lost: 0,
-        }
+        })
     }
 
     /// Queues `event`, or counts it lost when the queue is full.

@@ -68,7 +68,8 @@ pub struct PolicyBuilder {
     pub max_queue_depth: u32,
     /// Depth at which WARNING fires, in percent of `max_queue_depth` (1..=100).
     pub warning_percent: u8,
-    /// WARNING clears (and CRITICAL strikes reset) below this percent of the depth.
+    /// The backpressure episode ends (WARNING clears, CRITICAL strikes reset) once the
+    /// queue is at or below this percent of the depth (0: when it empties).
     pub clear_percent: u8,
     /// CRITICAL signals a stream may ignore before it is disconnected (S8), >= 1.
     pub critical_strikes: u8,

@@ -40,13 +40,16 @@ pub(crate) struct Pool<P> {
 }
 
 impl<P> Pool<P> {
-    /// A pool of `capacity` descriptors, reserved now and filled lazily.
-    pub(crate) fn with_capacity(capacity: u32) -> Self {
-        Self {
-            descs: Vec::with_capacity(capacity as usize),
+    /// A pool of `capacity` descriptors, reserved now and filled lazily; `None` if the
+    /// memory cannot be had.
+    pub(crate) fn try_with_capacity(capacity: u32) -> Option<Self> {
+        let mut descs = Vec::new();
+        descs.try_reserve_exact(capacity as usize).ok()?;
+        Some(Self {
+            descs,
             free: NIL,
             in_use: 0,
-        }
+        })
     }
 
     /// Descriptors currently holding a packet (queued or awaiting reclaim).

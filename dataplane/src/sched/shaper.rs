@@ -32,16 +32,21 @@ impl TokenBucket {
         }
     }
 
-    /// Changes rate and depth, keeping the tokens held (clamped to the new depth).
-    pub(crate) fn reconfigure(&mut self, rate_bps: u64, burst_bytes: u64) {
-        let tokens = self.tokens;
-        *self = Self::new(rate_bps, burst_bytes, self.last);
+    /// Changes rate and depth at `now`: tokens earned so far are credited at the old
+    /// rate, the ones held are kept (clamped to the new depth), never refilled.
+    pub(crate) fn reconfigure(&mut self, rate_bps: u64, burst_bytes: u64, now: u64) {
+        self.refill(now);
+        let (tokens, last) = (self.tokens, self.last);
+        *self = Self::new(rate_bps, burst_bytes, last);
         self.tokens = tokens.min(self.depth);
     }
 
+    /// Tokens `len` bytes take. A packet larger than the whole bucket (possible only
+    /// when a policy change shrank the burst below a packet already queued) takes a full
+    /// bucket, so it waits for one and then passes instead of waiting forever.
     #[inline(always)]
-    fn cost(len: u32) -> u64 {
-        u64::from(len) * 8 * NS_PER_SEC
+    fn cost(&self, len: u32) -> u64 {
+        (u64::from(len) * 8 * NS_PER_SEC).min(self.depth)
     }
 
     /// Adds the tokens earned since the last call (time never runs backwards here).
@@ -62,7 +67,7 @@ impl TokenBucket {
     #[inline]
     pub(crate) fn wait_for(&mut self, now: u64, len: u32) -> Option<u64> {
         self.refill(now);
-        let cost = Self::cost(len);
+        let cost = self.cost(len);
         if self.tokens >= cost {
             None
         } else {
@@ -73,7 +78,7 @@ impl TokenBucket {
     /// Takes the tokens for `len` bytes; call only after `wait_for` returned `None`.
     #[inline]
     pub(crate) fn consume(&mut self, len: u32) {
-        self.tokens = self.tokens.saturating_sub(Self::cost(len));
+        self.tokens = self.tokens.saturating_sub(self.cost(len));
     }
 }
 
@@ -95,6 +100,27 @@ mod tests {
             None,
             "full after a long idle"
         );
-        assert_eq!(b.wait_for(10_000_000_000, 1501), Some(1_000));
+    }
+
+    #[test]
+    fn s5_packet_larger_than_the_bucket_passes_once_it_is_full() {
+        let mut b = TokenBucket::new(8_000_000, 1500, 0);
+        b.consume(1500);
+        assert_eq!(
+            b.wait_for(0, 9000),
+            Some(1_500_000),
+            "waits for a full bucket"
+        );
+        assert_eq!(b.wait_for(1_500_000, 9000), None);
+    }
+
+    #[test]
+    fn s5_reconfigure_credits_elapsed_time_at_the_old_rate() {
+        let mut b = TokenBucket::new(8_000_000, 1500, 0);
+        b.consume(1500);
+        b.reconfigure(80_000_000, 1500, 100_000); // 100 us at 1 B/us: 100 bytes earned
+        assert_eq!(b.wait_for(100_000, 100), None);
+        b.consume(100);
+        assert_eq!(b.wait_for(100_000, 10), Some(1_000), "new rate: 10 B/us");
     }
 }

@@ -1,0 +1,100 @@
+//! S13: after warm-up, enqueue and dequeue never touch the heap, capped and throttled
+//! streams included. A counting global allocator (per thread) watches the hot loop.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::Arc;
+
+use qos_dataplane::sched::{
+    LinkRate, Next, PolicyBuilder, RateCap, Scheduler, SchedulerConfig, StreamConfig,
+};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+// SAFETY: forwards to the system allocator; only counts calls on the calling thread.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.with(|a| a.set(a.get() + 1));
+        // SAFETY: same contract as ours, passed through.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours, passed through.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.with(|a| a.set(a.get() + 1));
+        // SAFETY: same contract as ours, passed through.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+#[test]
+fn s13_no_heap_allocation_on_the_hot_path_after_warm_up() {
+    let policy = PolicyBuilder {
+        link: Some(LinkRate {
+            rate_bps: 1_000_000_000,
+            burst_bytes: 64_000,
+        }),
+        max_queue_depth: 64,
+        ..PolicyBuilder::default()
+    };
+    let config = SchedulerConfig {
+        max_streams: 512,
+        max_packets: 1 << 15,
+        event_capacity: 256,
+    };
+    let mut s: Scheduler<u64> = Scheduler::new(config, Arc::new(policy.build().unwrap())).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..400u32 {
+        let cap = (i % 4 == 0).then_some(RateCap {
+            rate_bps: 2_000_000,
+            burst_bytes: Some(9_216),
+        });
+        ids.push(
+            s.open(StreamConfig {
+                priority: (i % 8) as u8,
+                weight: None,
+                cap,
+            })
+            .unwrap(),
+        );
+    }
+    let before = allocations();
+    let (mut now, mut sent, mut waits) = (0u64, 0u64, 0u64);
+    for round in 0..2_000u64 {
+        for (k, &id) in ids.iter().enumerate().skip((round % 7) as usize).step_by(7) {
+            let _ = s.enqueue(now, id, round, 200 + (k as u32 * 97) % 1300);
+        }
+        for _ in 0..64 {
+            match s.dequeue(now) {
+                Next::Packet(_) => sent += 1,
+                Next::Wait { .. } => {
+                    waits += 1;
+                    break;
+                }
+                Next::Idle => break,
+            }
+        }
+        while s.pop_event().is_some() {}
+        now += 20_000;
+    }
+    let during = allocations() - before;
+    assert!(
+        sent > 5_000 && waits > 0,
+        "the loop exercised pacing and caps ({sent}, {waits})"
+    );
+    assert_eq!(during, 0, "heap allocations on the hot path");
+}

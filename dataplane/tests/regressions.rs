@@ -1,0 +1,303 @@
+//! Regressions found in review: each test failed (panicked, wedged or miscounted)
+//! before its fix.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::sync::Arc;
+
+use qos_dataplane::sched::{
+    DropReason, Event, LinkRate, Next, Policy, PolicyBuilder, RateCap, Rejection, Scheduler,
+    SchedulerConfig, StreamConfig, StreamError,
+};
+
+fn sched(policy: PolicyBuilder) -> Scheduler<u32> {
+    Scheduler::new(
+        SchedulerConfig::default(),
+        Arc::new(policy.build().unwrap()),
+    )
+    .unwrap()
+}
+
+#[test]
+fn s5_wait_times_saturate_at_the_end_of_time() {
+    let link = Some(LinkRate {
+        rate_bps: 1,
+        burst_bytes: 9_216,
+    });
+    let mut s = sched(PolicyBuilder {
+        link,
+        ..PolicyBuilder::default()
+    });
+    let id = s.open(StreamConfig::with_priority(3)).unwrap();
+    let now = u64::MAX - 1_000;
+    s.enqueue(now, id, 1, 9_216).unwrap();
+    s.enqueue(now, id, 2, 9_216).unwrap();
+    assert!(matches!(s.dequeue(now), Next::Packet(_)));
+    assert_eq!(s.dequeue(now), Next::Wait { until_ns: u64::MAX });
+}
+
+#[test]
+fn s5_a_burst_shrunk_below_a_queued_packet_does_not_wedge_the_shard() {
+    let a = PolicyBuilder {
+        link: Some(LinkRate {
+            rate_bps: 80_000_000,
+            burst_bytes: 9_216,
+        }),
+        ..PolicyBuilder::default()
+    };
+    let mut s = sched(a.clone());
+    let id = s.open(StreamConfig::with_priority(3)).unwrap();
+    let voice = s.open(StreamConfig::with_priority(7)).unwrap();
+    s.enqueue(0, id, 0, 9_216).unwrap();
+    s.enqueue(0, id, 1, 9_000).unwrap();
+    let b = PolicyBuilder {
+        version: 2,
+        max_packet_bytes: 1_500,
+        quantum_bytes: 1_500,
+        link: Some(LinkRate {
+            rate_bps: 80_000_000,
+            burst_bytes: 1_500,
+        }),
+        ..a
+    };
+    s.set_policy(Arc::new(b.build().unwrap()));
+    for i in 0..100 {
+        s.enqueue(0, voice, 10 + i, 200).unwrap();
+    }
+    let (mut now, mut sent) = (0u64, 0);
+    for _ in 0..10_000 {
+        match s.dequeue(now) {
+            Next::Packet(_) => sent += 1,
+            Next::Wait { until_ns } => now = until_ns,
+            Next::Idle => break,
+        }
+    }
+    assert_eq!(
+        sent, 102,
+        "every packet leaves, the oversize ones after a full bucket"
+    );
+}
+
+#[test]
+fn s6_a_cap_larger_than_its_bucket_after_a_policy_change_still_passes() {
+    let small = PolicyBuilder {
+        max_packet_bytes: 1_500,
+        quantum_bytes: 1_500,
+        ..PolicyBuilder::default()
+    };
+    let mut s = sched(small);
+    let cap = Some(RateCap {
+        rate_bps: 1_000_000,
+        burst_bytes: None,
+    }); // depth 1500 B
+    let id = s
+        .open(StreamConfig {
+            priority: 5,
+            weight: None,
+            cap,
+        })
+        .unwrap();
+    s.set_policy(Arc::new(Policy::default()));
+    s.enqueue(0, id, 7, 9_000).unwrap();
+    let mut now = 0;
+    for _ in 0..100 {
+        match s.dequeue(now) {
+            Next::Packet(d) => return assert_eq!(d.packet, 7),
+            Next::Wait { until_ns } => now = until_ns,
+            Next::Idle => panic!("the packet is still queued"),
+        }
+    }
+    panic!("the capped packet never left");
+}
+
+#[test]
+fn s7_episodes_end_on_an_empty_queue_even_when_the_watermark_rounds_to_zero() {
+    let mut s = sched(PolicyBuilder {
+        max_queue_depth: 1,
+        ..PolicyBuilder::default()
+    });
+    let id = s.open(StreamConfig::with_priority(2)).unwrap();
+    for round in 0..6 {
+        s.enqueue(0, id, round, 100).unwrap();
+        let r = s.enqueue(0, id, 100 + round, 100).unwrap_err();
+        assert_eq!(
+            r.reason,
+            Rejection::Dropped(DropReason::QueueFull),
+            "round {round}"
+        );
+        assert!(matches!(s.dequeue(0), Next::Packet(_)));
+    }
+    assert!(
+        !s.stream_stats(id).unwrap().disconnected,
+        "it backed off every time"
+    );
+    let cleared = std::iter::from_fn(|| s.pop_event())
+        .filter(|e| matches!(e, Event::BackpressureCleared { .. }))
+        .count();
+    assert_eq!(cleared, 6);
+}
+
+#[test]
+fn s8_strikes_reset_when_the_queue_drains_even_without_a_warning() {
+    let mut s = sched(PolicyBuilder::default());
+    let id = s.open(StreamConfig::with_priority(4)).unwrap();
+    for i in 0..10 {
+        s.enqueue(0, id, i, 100).unwrap();
+    }
+    let strict = PolicyBuilder {
+        version: 2,
+        max_queue_depth: 5,
+        critical_strikes: 1,
+        ..PolicyBuilder::default()
+    };
+    s.set_policy(Arc::new(strict.build().unwrap()));
+    let r = s.enqueue(0, id, 50, 100).unwrap_err();
+    assert_eq!(
+        r.reason,
+        Rejection::Dropped(DropReason::QueueFull),
+        "strike 1"
+    );
+    while matches!(s.dequeue(0), Next::Packet(_)) {}
+    for i in 0..5 {
+        s.enqueue(0, id, 60 + i, 100).unwrap();
+    }
+    let r = s.enqueue(0, id, 70, 100).unwrap_err();
+    assert_eq!(
+        r.reason,
+        Rejection::Dropped(DropReason::QueueFull),
+        "a new episode, strike 1 again"
+    );
+}
+
+#[test]
+fn a_failed_reopen_leaves_the_stream_disconnected_not_closed() {
+    let small = PolicyBuilder {
+        max_packet_bytes: 1_500,
+        quantum_bytes: 1_500,
+        max_queue_depth: 1,
+        critical_strikes: 1,
+        ..PolicyBuilder::default()
+    };
+    let mut s = sched(small.clone());
+    let cap = Some(RateCap {
+        rate_bps: 1_000_000,
+        burst_bytes: Some(1_500),
+    });
+    let id = s
+        .open(StreamConfig {
+            priority: 1,
+            weight: None,
+            cap,
+        })
+        .unwrap();
+    s.enqueue(0, id, 0, 100).unwrap();
+    let _ = s.enqueue(0, id, 1, 100);
+    let r = s.enqueue(0, id, 2, 100).unwrap_err();
+    assert_eq!(r.reason, Rejection::Dropped(DropReason::Disconnected));
+    s.set_policy(Arc::new(
+        PolicyBuilder {
+            version: 2,
+            ..small.clone()
+        }
+        .build()
+        .unwrap(),
+    ));
+    let bigger = PolicyBuilder {
+        version: 3,
+        max_packet_bytes: 9_216,
+        quantum_bytes: 9_216,
+        ..small
+    };
+    s.set_policy(Arc::new(bigger.build().unwrap()));
+    assert!(matches!(
+        s.reopen(id),
+        Err(StreamError::Cap {
+            field: "burst_bytes",
+            ..
+        })
+    ));
+    assert!(
+        s.stream_stats(id).unwrap().disconnected,
+        "still there, still disconnected"
+    );
+    assert!(s.close(id).is_ok());
+}
+
+#[test]
+fn dequeue_reports_idle_once_the_only_throttled_stream_is_closed() {
+    let mut s = sched(PolicyBuilder::default());
+    let cap = Some(RateCap {
+        rate_bps: 1_000_000,
+        burst_bytes: Some(9_216),
+    });
+    let id = s
+        .open(StreamConfig {
+            priority: 6,
+            weight: None,
+            cap,
+        })
+        .unwrap();
+    for i in 0..10 {
+        s.enqueue(0, id, i, 1_500).unwrap();
+    }
+    while matches!(s.dequeue(0), Next::Packet(_)) {}
+    assert!(matches!(s.dequeue(0), Next::Wait { .. }), "throttled");
+    s.close(id).unwrap();
+    while s.pop_reclaimed().is_some() {}
+    assert_eq!(s.queued(), 0);
+    assert_eq!(s.dequeue(0), Next::Idle);
+}
+
+#[test]
+fn s9_a_policy_change_of_the_promotion_target_ends_running_promotions() {
+    let aging = PolicyBuilder {
+        aging_timeout_ns: 1_000,
+        ..PolicyBuilder::default()
+    };
+    let mut s = sched(aging.clone());
+    let low = s.open(StreamConfig::with_priority(0)).unwrap();
+    let mid = s.open(StreamConfig::with_priority(3)).unwrap();
+    for i in 0..200 {
+        s.enqueue(0, low, i, 1_000).unwrap();
+        s.enqueue(0, mid, 1_000 + i, 1_000).unwrap();
+    }
+    for t in 0..40 {
+        let _ = s.dequeue(10_000 + t);
+    }
+    assert_eq!(s.stream_stats(low).unwrap().serving_priority, 4, "promoted");
+    let moved = PolicyBuilder {
+        version: 2,
+        promote_to: 5,
+        ..aging
+    };
+    s.set_policy(Arc::new(moved.build().unwrap()));
+    assert_eq!(
+        s.stream_stats(low).unwrap().serving_priority,
+        0,
+        "promotion ended"
+    );
+    for t in 0..40 {
+        let _ = s.dequeue(20_000 + t);
+    }
+    assert_eq!(
+        s.stream_stats(low).unwrap().serving_priority,
+        5,
+        "promoted to the new target"
+    );
+    assert!(s.shard_stats().is_conserved());
+}
+
+#[test]
+fn oversized_capacities_are_a_config_error_not_an_abort() {
+    let config = SchedulerConfig {
+        max_streams: 1 << 31,
+        max_packets: 1 << 31,
+        event_capacity: 16,
+    };
+    let r = Scheduler::<[u8; 4096]>::new(config, Arc::new(Policy::default()));
+    // 2^31 slots of 64 B (128 GiB) cannot be reserved on this machine.
+    let err = r.expect_err("refused");
+    assert!(
+        err.field == "max_streams" || err.field == "max_packets",
+        "{err}"
+    );
+}
