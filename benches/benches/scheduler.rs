@@ -165,7 +165,7 @@ fn p2_p3(c: &mut Criterion) {
             b.iter(|| black_box(ours.batch()))
         });
         drop(ours);
-        if n == 64 || n == 1 << 16 {
+        if n == 64 || n == 1 << 16 || n == 1 << 20 {
             let mut naive = Naive::new(n);
             g.bench_with_input(BenchmarkId::new("naive_heap_vecdeque", n), &n, |b, _| {
                 b.iter(|| black_box(naive.batch()))
