@@ -363,9 +363,15 @@ impl<P> Scheduler<P> {
             .window
             .end
             .min(self.now.saturating_add(self.c.window_ns));
-        let shares: Vec<u8> = policy.tiers().iter().map(|t| t.share_percent).collect();
-        self.wfq
-            .configure(tier_of, &shares, policy.spec().quantum_bytes);
+        let mut shares = [0u8; MAX_TIERS];
+        for (share, tier) in shares.iter_mut().zip(policy.tiers()) {
+            *share = tier.share_percent;
+        }
+        self.wfq.configure(
+            tier_of,
+            &shares[..policy.tiers().len()],
+            policy.spec().quantum_bytes,
+        );
         self.link = match (policy.spec().link, self.link.take()) {
             (None, _) => None,
             (Some(l), Some(mut b)) => {

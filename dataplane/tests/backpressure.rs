@@ -211,11 +211,22 @@ fn s11_refusals_hand_the_packet_back_and_are_counted_not_enqueued() {
         refused(s.enqueue(0, closed, 4, 100)),
         (4, RefuseReason::Closed)
     );
+    // The slot is reused under a new generation: the old handle is unknown, and its
+    // packet must not land in the new stream.
     let reused = s.open(StreamConfig::with_priority(2)).unwrap();
-    let stale = closed;
-    assert_ne!(reused, stale);
+    assert_eq!(reused.index(), closed.index());
+    assert_eq!(
+        refused(s.enqueue(0, closed, 5, 100)),
+        (5, RefuseReason::UnknownStream)
+    );
+    let forged = qos_dataplane::sched::StreamId::from_raw(999).unwrap();
+    assert_eq!(
+        refused(s.enqueue(0, forged, 6, 100)),
+        (6, RefuseReason::UnknownStream)
+    );
+    assert_eq!(s.stream_stats(reused).unwrap().enqueued, 0);
     let shard = s.shard_stats();
-    assert_eq!(shard.refused, [0, 1, 0, 2, 1]);
+    assert_eq!(shard.refused, [2, 1, 0, 2, 1]);
     assert_eq!(shard.totals.enqueued, 3);
     assert!(shard.is_conserved());
 }

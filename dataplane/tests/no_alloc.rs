@@ -51,12 +51,13 @@ fn s13_no_heap_allocation_on_the_hot_path_after_warm_up() {
         max_queue_depth: 64,
         ..PolicyBuilder::default()
     };
+    let first = Arc::new(policy.clone().build().unwrap());
     let config = SchedulerConfig {
         max_streams: 512,
         max_packets: 1 << 15,
         event_capacity: 256,
     };
-    let mut s: Scheduler<u64> = Scheduler::new(config, Arc::new(policy.build().unwrap())).unwrap();
+    let mut s: Scheduler<u64> = Scheduler::new(config, first).unwrap();
     let mut ids = Vec::new();
     for i in 0..400u32 {
         let cap = (i % 4 == 0).then_some(RateCap {
@@ -72,6 +73,19 @@ fn s13_no_heap_allocation_on_the_hot_path_after_warm_up() {
             .unwrap(),
         );
     }
+    // Two policies prebuilt by the "control plane"; the worker adopts them by `Arc`
+    // at batch boundaries (T3), which must not allocate either.
+    let policies = [
+        Arc::new(policy.clone().build().unwrap()),
+        Arc::new(
+            PolicyBuilder {
+                version: 2,
+                ..policy
+            }
+            .build()
+            .unwrap(),
+        ),
+    ];
     let before = allocations();
     let (mut now, mut sent, mut waits) = (0u64, 0u64, 0u64);
     for round in 0..2_000u64 {
@@ -89,6 +103,9 @@ fn s13_no_heap_allocation_on_the_hot_path_after_warm_up() {
             }
         }
         while s.pop_event().is_some() {}
+        if round % 100 == 0 {
+            s.set_policy(policies[(round / 100 % 2) as usize].clone());
+        }
         now += 20_000;
     }
     let during = allocations() - before;
