@@ -10,7 +10,7 @@
 
 use std::sync::Arc;
 
-use qos_dataplane::sched::{Next, Policy, Scheduler, SchedulerConfig, StreamConfig};
+use qos_dataplane::sched::{Next, Policy, Priority, Scheduler, SchedulerConfig, StreamConfig};
 
 const LINK_BPS: u64 = 100_000_000;
 /// Offered rate per priority 0..=7, bits/s.
@@ -76,10 +76,10 @@ fn print_report(sched: &Scheduler<u64>, policy: &Policy, skipped: u64) {
         "tier", "configured", "measured", "Mbit/s"
     );
     let total: u64 = (0..policy.tiers().len())
-        .map(|t| sched.tier_stats(t).served.bytes)
+        .map(|t| sched.tier_stats(t).map_or(0, |s| s.served.bytes))
         .sum();
     for (t, tier) in policy.tiers().iter().enumerate() {
-        let bytes = sched.tier_stats(t).served.bytes;
+        let bytes = sched.tier_stats(t).map_or(0, |s| s.served.bytes);
         println!(
             "{:<8} {:>9}% {:>9.2}% {:>12.2}",
             tier.name,
@@ -93,7 +93,7 @@ fn print_report(sched: &Scheduler<u64>, policy: &Policy, skipped: u64) {
         "prio", "budget", "p50", "p95", "p99", "max"
     );
     for p in (0..8u8).rev() {
-        let h = sched.sojourn_histogram(p);
+        let h = sched.sojourn_histogram(Priority::ALL[usize::from(p)]);
         let ms = |v: u64| format!("{:.2} ms", v as f64 / 1e6);
         let budget = policy.spec().latency_budget_ns[usize::from(p)].map_or("best eff.".into(), ms);
         println!(

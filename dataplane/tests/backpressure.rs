@@ -5,14 +5,14 @@
 use std::sync::Arc;
 
 use qos_dataplane::sched::{
-    DropReason, Event, Next, Policy, PolicyBuilder, RefuseReason, Rejection, Scheduler,
+    DropReason, Event, Next, Policy, PolicySpec, Priority, RefuseReason, Rejection, Scheduler,
     SchedulerConfig, StreamConfig,
 };
 
 fn sched_with_depth(depth: u32) -> Scheduler<u32> {
-    let policy = PolicyBuilder {
+    let policy = PolicySpec {
         max_queue_depth: depth,
-        ..PolicyBuilder::default()
+        ..PolicySpec::default()
     };
     Scheduler::new(
         SchedulerConfig::default(),
@@ -75,8 +75,8 @@ fn s7_warning_fires_before_first_tail_drop_and_clears_at_the_watermark() {
         (101, 51, 1, 49)
     );
     assert!(st.is_conserved());
-    assert_eq!(s.priority_stats(3).warnings, 1);
-    assert_eq!(s.priority_stats(3).criticals, 1);
+    assert_eq!(s.priority_stats(Priority::ALL[3]).warnings, 1);
+    assert_eq!(s.priority_stats(Priority::ALL[3]).criticals, 1);
 }
 
 #[test]
@@ -137,7 +137,7 @@ fn s8_stream_ignoring_three_criticals_is_disconnected_and_its_queue_counted() {
         (14, 3, 11, 0)
     );
     assert!(st.is_conserved());
-    assert_eq!(s.priority_stats(5).disconnects, 1);
+    assert_eq!(s.priority_stats(Priority::ALL[5]).disconnects, 1);
 
     // Further pushes fail clearly until reopened; the other stream is untouched.
     let r = s.enqueue(1, id, 300, 100).unwrap_err();
@@ -219,7 +219,7 @@ fn s11_refusals_hand_the_packet_back_and_are_counted_not_enqueued() {
         refused(s.enqueue(0, closed, 5, 100)),
         (5, RefuseReason::UnknownStream)
     );
-    let forged = qos_dataplane::sched::StreamId::from_raw(999).unwrap();
+    let forged = qos_dataplane::sched::StreamId::from_raw(999);
     assert_eq!(
         refused(s.enqueue(0, forged, 6, 100)),
         (6, RefuseReason::UnknownStream)
@@ -252,7 +252,10 @@ fn s11_close_drops_the_queue_with_reason_closed_and_reclaims_it() {
         back,
         (1..5).map(|i| (i, DropReason::Closed)).collect::<Vec<_>>()
     );
-    assert_eq!(s.priority_stats(6).dropped[DropReason::Closed as usize], 4);
+    assert_eq!(
+        s.priority_stats(Priority::ALL[6]).dropped[DropReason::Closed as usize],
+        4
+    );
     assert_eq!(s.shard_stats().descriptors_in_use, 0);
     assert_eq!(s.dequeue(1), Next::Idle);
 }

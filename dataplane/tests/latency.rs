@@ -3,7 +3,7 @@
 
 mod sim;
 
-use qos_dataplane::sched::Event;
+use qos_dataplane::sched::{DropReason, Event, Priority};
 use sim::{MS, SEC, Sim, policy_with};
 
 const LINK: u64 = 100_000_000;
@@ -33,22 +33,50 @@ fn s10_p7_sojourn_stays_within_budget_while_medium_and_low_offer_10x_the_link() 
         *sojourns.last().unwrap() < 10 * MS,
         "P7 max sojourn over budget"
     );
-    let h = sim.sched.sojourn_histogram(7);
+    let h = sim.sched.sojourn_histogram(Priority::ALL[7]);
     assert_eq!(
         h.len(),
         sojourns.len() as u64,
         "histogram records every P7 packet"
     );
     assert!(h.value_at_quantile(0.999) <= 2 * 120_000 + 1_000);
-    assert_eq!(sim.sched.priority_stats(7).budget_violations, 0);
+    assert_eq!(
+        sim.sched.priority_stats(Priority::ALL[7]).budget_violations,
+        0
+    );
     let mut violations = Vec::new();
     while let Some(e) = sim.sched.pop_event() {
         if let Event::BudgetViolation { priority, .. } = e {
-            violations.push(priority);
+            violations.push(priority.get());
         }
     }
     assert!(!violations.contains(&7), "no P7 budget violation");
-    // The overloaded Medium priorities do blow their budgets, and it is reported.
+    // Queue-delay control (S14, on by default) keeps the overloaded Medium priorities
+    // within their budgets: their excess is dropped as `aqm`, not queued for seconds.
+    assert!(
+        !violations.iter().any(|p| (2..=5).contains(p)),
+        "{violations:?}"
+    );
+    let aqm: u64 = (2..=5)
+        .map(|p| sim.sched.priority_stats(Priority::ALL[p]).dropped[DropReason::Aqm as usize])
+        .sum();
+    assert!(aqm > 0, "the excess was dropped by AQM");
+    sim.assert_conserved();
+}
+
+#[test]
+fn s10_without_aqm_overloaded_priorities_blow_their_budgets_and_it_is_reported() {
+    let mut sim = Sim::new(policy_with(|b| b.aqm = false), LINK);
+    for p in [2u8, 3, 4, 5] {
+        sim.rate(p, 1500, 2 * LINK);
+    }
+    sim.run_for(2 * SEC);
+    let violations: Vec<u8> = std::iter::from_fn(|| sim.sched.pop_event())
+        .filter_map(|e| match e {
+            Event::BudgetViolation { priority, .. } => Some(priority.get()),
+            _ => None,
+        })
+        .collect();
     assert!(
         violations.contains(&2) && violations.contains(&5),
         "{violations:?}"
@@ -62,6 +90,7 @@ fn s10_budget_violation_event_names_priority_and_counts() {
     let policy = policy_with(|b| {
         b.latency_budget_ns[4] = Some(MS);
         b.budget_window_ns = 100 * MS;
+        b.aqm = false;
     });
     let mut sim = Sim::new(policy, LINK);
     sim.rate(4, 1000, 2 * LINK);
@@ -80,8 +109,8 @@ fn s10_budget_violation_event_names_priority_and_counts() {
         else {
             unreachable!()
         };
-        assert_eq!((priority, budget_ns), (4, MS));
+        assert_eq!((priority.get(), budget_ns), (4, MS));
         assert!(over_budget * 20 > samples);
     }
-    assert!(sim.sched.priority_stats(4).budget_violations > 0);
+    assert!(sim.sched.priority_stats(Priority::ALL[4]).budget_violations > 0);
 }

@@ -146,11 +146,11 @@ fn s3_backlogged_mixes_match_the_weighted_max_min_oracle_within_2_percent() {
 }
 
 #[test]
-fn s3_mixed_demand_stays_within_the_documented_aggregation_bound() {
-    // 1% .. 60% of the link each: some streams below their fair share share a weight
-    // group with streams above it. docs/DECISIONS.md ("fairness bound") explains the
-    // group-aggregation error this admits; 10% relative is its measured envelope.
-    let (worst, failures) = check_mixes(12, (1, 60), 0.10);
+fn s3_mixed_demand_matches_the_weighted_max_min_oracle_within_2_percent() {
+    // 1% .. 60% of the link each: streams below their fair share beside streams above
+    // it, in the same and neighbouring priorities. Per-stream DRR credit charges each
+    // stream only for what it sends (S3), so the S3 bound holds here too.
+    let (worst, failures) = check_mixes(12, (1, 60), 0.02);
     eprintln!("mixed-demand mixes: worst relative deviation {worst:.4}");
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 
 use qos_dataplane::sched::{
-    LinkRate, Next, PolicyBuilder, RateCap, Scheduler, SchedulerConfig, StreamConfig,
+    LinkRate, Next, PolicySpec, Priority, RateCap, Scheduler, SchedulerConfig, StreamConfig,
 };
 
 struct Counting;
@@ -43,13 +43,13 @@ fn allocations() -> u64 {
 
 #[test]
 fn s13_no_heap_allocation_on_the_hot_path_after_warm_up() {
-    let policy = PolicyBuilder {
+    let policy = PolicySpec {
         link: Some(LinkRate {
             rate_bps: 1_000_000_000,
             burst_bytes: 64_000,
         }),
         max_queue_depth: 64,
-        ..PolicyBuilder::default()
+        ..PolicySpec::default()
     };
     let first = Arc::new(policy.clone().build().unwrap());
     let config = SchedulerConfig {
@@ -66,7 +66,7 @@ fn s13_no_heap_allocation_on_the_hot_path_after_warm_up() {
         });
         ids.push(
             s.open(StreamConfig {
-                priority: (i % 8) as u8,
+                priority: Priority::ALL[(i % 8) as usize],
                 weight: None,
                 cap,
             })
@@ -78,7 +78,7 @@ fn s13_no_heap_allocation_on_the_hot_path_after_warm_up() {
     let policies = [
         Arc::new(policy.clone().build().unwrap()),
         Arc::new(
-            PolicyBuilder {
+            PolicySpec {
                 version: 2,
                 ..policy
             }
@@ -104,7 +104,7 @@ fn s13_no_heap_allocation_on_the_hot_path_after_warm_up() {
         }
         while s.pop_event().is_some() {}
         if round % 100 == 0 {
-            s.set_policy(policies[(round / 100 % 2) as usize].clone());
+            s.set_policy(0, policies[(round / 100 % 2) as usize].clone());
         }
         now += 20_000;
     }

@@ -3,7 +3,7 @@
 
 mod sim;
 
-use qos_dataplane::sched::{LinkRate, RateCap, StreamConfig};
+use qos_dataplane::sched::{LinkRate, Priority, RateCap, StreamConfig};
 use sim::{MS, Offer, SEC, Sim, policy_with};
 
 /// Largest `bytes - rate * t` over every interval `[a, b]` of the send log.
@@ -62,7 +62,7 @@ fn s6_capped_stream_gets_its_cap_and_never_blocks_others() {
         burst_bytes: None,
     };
     let capped = StreamConfig {
-        priority: 7,
+        priority: Priority::ALL[7],
         weight: None,
         cap: Some(cap),
     };
@@ -94,7 +94,7 @@ fn s6_many_throttled_streams_do_not_stall_an_uncapped_one() {
             burst_bytes: Some(9_216),
         };
         let c = StreamConfig {
-            priority: 7,
+            priority: Priority::ALL[7],
             weight: None,
             cap: Some(cap),
         };

@@ -6,7 +6,7 @@ mod sim;
 use std::sync::Arc;
 
 use qos_dataplane::sched::{
-    DropReason, Next, Policy, PolicyBuilder, Rejection, Scheduler, SchedulerConfig, StreamConfig,
+    DropReason, Next, Policy, PolicySpec, Rejection, Scheduler, SchedulerConfig, StreamConfig,
     TierSpec,
 };
 use sim::{MS, Sim};
@@ -19,14 +19,14 @@ fn p7_policy_change_mid_run_takes_effect_at_the_next_decision() {
     }
     sim.run_for(100 * MS);
     let before = sim.sent.len();
-    let mut spec = PolicyBuilder {
+    let mut spec = PolicySpec {
         version: 2,
-        ..PolicyBuilder::default()
+        ..PolicySpec::default()
     };
     spec.tiers[0].share_percent = 60;
     spec.tiers[1].share_percent = 25;
     let new = spec.build().unwrap();
-    sim.sched.set_policy(Arc::new(new.clone()));
+    sim.sched.set_policy(sim.now, Arc::new(new.clone()));
     assert_eq!(sim.sched.policy_version(), 2);
     sim.run_for(100 * MS);
     // The first 200 decisions after the change already follow 60/25/15.
@@ -59,15 +59,15 @@ fn p7_moving_a_priority_to_another_tier_applies_to_queued_packets() {
         s.enqueue(0, p5, 5, 1000).unwrap();
     }
     // Priority 0 joins a 90% tier with the High priorities; Medium keeps 10%.
-    let spec = PolicyBuilder {
+    let spec = PolicySpec {
         version: 7,
         tiers: vec![
             TierSpec::new("Bulk", &[0, 1, 6, 7], 90),
             TierSpec::new("Medium", &[2, 3, 4, 5], 10),
         ],
-        ..PolicyBuilder::default()
+        ..PolicySpec::default()
     };
-    s.set_policy(Arc::new(spec.build().unwrap()));
+    s.set_policy(0, Arc::new(spec.build().unwrap()));
     let mut served = [0; 8];
     for t in 0..20 {
         let Next::Packet(d) = s.dequeue(t) else {
@@ -90,12 +90,12 @@ fn p7_lowering_max_queue_depth_applies_to_the_next_enqueue() {
     for _ in 0..5 {
         s.enqueue(0, id, 0, 100).unwrap();
     }
-    let spec = PolicyBuilder {
+    let spec = PolicySpec {
         version: 2,
         max_queue_depth: 5,
-        ..PolicyBuilder::default()
+        ..PolicySpec::default()
     };
-    s.set_policy(Arc::new(spec.build().unwrap()));
+    s.set_policy(0, Arc::new(spec.build().unwrap()));
     let r = s.enqueue(0, id, 1, 100).unwrap_err();
     assert_eq!(r.reason, Rejection::Dropped(DropReason::QueueFull));
 }

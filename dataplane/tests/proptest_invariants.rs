@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use qos_dataplane::sched::{
-    LinkRate, Next, PolicyBuilder, RateCap, Rejection, Scheduler, SchedulerConfig, StreamConfig,
-    StreamId,
+    LinkRate, Next, PolicySpec, Priority, RateCap, Rejection, Scheduler, SchedulerConfig,
+    StreamConfig, StreamId,
 };
 
 #[derive(Clone, Debug)]
@@ -83,17 +83,17 @@ fn cap(on: bool) -> Option<RateCap> {
 }
 
 fn run(ops: Vec<Op>, paced: bool) -> Result<(), TestCaseError> {
-    let policy = PolicyBuilder {
+    let policy = PolicySpec {
         max_queue_depth: 6,
         critical_strikes: 2,
         max_packet_bytes: 1500,
         quantum_bytes: 1500,
-        aging_timeout_ns: 3_000_000,
+        aging_timeout_ns: Some(3_000_000),
         link: paced.then_some(LinkRate {
             rate_bps: RATE,
             burst_bytes: BURST,
         }),
-        ..PolicyBuilder::default()
+        ..PolicySpec::default()
     }
     .build()
     .unwrap();
@@ -115,7 +115,7 @@ fn run(ops: Vec<Op>, paced: bool) -> Result<(), TestCaseError> {
                 capped,
             } => {
                 if let Ok(id) = s.open(StreamConfig {
-                    priority: prio,
+                    priority: Priority::ALL[usize::from(prio)],
                     weight,
                     cap: cap(capped),
                 }) {
@@ -164,7 +164,7 @@ fn run(ops: Vec<Op>, paced: bool) -> Result<(), TestCaseError> {
                     let _ = s.update(
                         id,
                         StreamConfig {
-                            priority: prio,
+                            priority: Priority::ALL[usize::from(prio)],
                             weight: None,
                             cap: cap(capped),
                         },
@@ -230,7 +230,7 @@ fn check(s: &Scheduler<u64>, b: &Book, ids: &[StreamId]) -> Result<(), TestCaseE
     prop_assert_eq!(t.queued, b.outstanding.len() as u64);
     prop_assert_eq!(shard.refused.iter().sum::<u64>(), b.returned_refused);
     prop_assert_eq!(u64::from(shard.descriptors_in_use), t.queued);
-    for p in 0..8 {
+    for p in Priority::ALL {
         prop_assert!(s.priority_stats(p).is_conserved(), "priority {p}");
     }
     for &id in ids {

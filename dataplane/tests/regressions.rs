@@ -5,11 +5,11 @@
 use std::sync::Arc;
 
 use qos_dataplane::sched::{
-    DropReason, Event, LinkRate, Next, Policy, PolicyBuilder, RateCap, Rejection, Scheduler,
+    DropReason, Event, LinkRate, Next, Policy, PolicySpec, Priority, RateCap, Rejection, Scheduler,
     SchedulerConfig, StreamConfig, StreamError,
 };
 
-fn sched(policy: PolicyBuilder) -> Scheduler<u32> {
+fn sched(policy: PolicySpec) -> Scheduler<u32> {
     Scheduler::new(
         SchedulerConfig::default(),
         Arc::new(policy.build().unwrap()),
@@ -23,9 +23,9 @@ fn s5_wait_times_saturate_at_the_end_of_time() {
         rate_bps: 1,
         burst_bytes: 9_216,
     });
-    let mut s = sched(PolicyBuilder {
+    let mut s = sched(PolicySpec {
         link,
-        ..PolicyBuilder::default()
+        ..PolicySpec::default()
     });
     let id = s.open(StreamConfig::with_priority(3)).unwrap();
     let now = u64::MAX - 1_000;
@@ -37,19 +37,19 @@ fn s5_wait_times_saturate_at_the_end_of_time() {
 
 #[test]
 fn s5_a_burst_shrunk_below_a_queued_packet_does_not_wedge_the_shard() {
-    let a = PolicyBuilder {
+    let a = PolicySpec {
         link: Some(LinkRate {
             rate_bps: 80_000_000,
             burst_bytes: 9_216,
         }),
-        ..PolicyBuilder::default()
+        ..PolicySpec::default()
     };
     let mut s = sched(a.clone());
     let id = s.open(StreamConfig::with_priority(3)).unwrap();
     let voice = s.open(StreamConfig::with_priority(7)).unwrap();
     s.enqueue(0, id, 0, 9_216).unwrap();
     s.enqueue(0, id, 1, 9_000).unwrap();
-    let b = PolicyBuilder {
+    let b = PolicySpec {
         version: 2,
         max_packet_bytes: 1_500,
         quantum_bytes: 1_500,
@@ -59,7 +59,7 @@ fn s5_a_burst_shrunk_below_a_queued_packet_does_not_wedge_the_shard() {
         }),
         ..a
     };
-    s.set_policy(Arc::new(b.build().unwrap()));
+    s.set_policy(0, Arc::new(b.build().unwrap()));
     for i in 0..100 {
         s.enqueue(0, voice, 10 + i, 200).unwrap();
     }
@@ -79,10 +79,10 @@ fn s5_a_burst_shrunk_below_a_queued_packet_does_not_wedge_the_shard() {
 
 #[test]
 fn s6_a_cap_larger_than_its_bucket_after_a_policy_change_still_passes() {
-    let small = PolicyBuilder {
+    let small = PolicySpec {
         max_packet_bytes: 1_500,
         quantum_bytes: 1_500,
-        ..PolicyBuilder::default()
+        ..PolicySpec::default()
     };
     let mut s = sched(small);
     let cap = Some(RateCap {
@@ -91,12 +91,12 @@ fn s6_a_cap_larger_than_its_bucket_after_a_policy_change_still_passes() {
     }); // depth 1500 B
     let id = s
         .open(StreamConfig {
-            priority: 5,
+            priority: Priority::ALL[5],
             weight: None,
             cap,
         })
         .unwrap();
-    s.set_policy(Arc::new(Policy::default()));
+    s.set_policy(0, Arc::new(Policy::default()));
     s.enqueue(0, id, 7, 9_000).unwrap();
     let mut now = 0;
     for _ in 0..100 {
@@ -111,9 +111,9 @@ fn s6_a_cap_larger_than_its_bucket_after_a_policy_change_still_passes() {
 
 #[test]
 fn s7_episodes_end_on_an_empty_queue_even_when_the_watermark_rounds_to_zero() {
-    let mut s = sched(PolicyBuilder {
+    let mut s = sched(PolicySpec {
         max_queue_depth: 1,
-        ..PolicyBuilder::default()
+        ..PolicySpec::default()
     });
     let id = s.open(StreamConfig::with_priority(2)).unwrap();
     for round in 0..6 {
@@ -138,18 +138,18 @@ fn s7_episodes_end_on_an_empty_queue_even_when_the_watermark_rounds_to_zero() {
 
 #[test]
 fn s8_strikes_reset_when_the_queue_drains_even_without_a_warning() {
-    let mut s = sched(PolicyBuilder::default());
+    let mut s = sched(PolicySpec::default());
     let id = s.open(StreamConfig::with_priority(4)).unwrap();
     for i in 0..10 {
         s.enqueue(0, id, i, 100).unwrap();
     }
-    let strict = PolicyBuilder {
+    let strict = PolicySpec {
         version: 2,
         max_queue_depth: 5,
         critical_strikes: 1,
-        ..PolicyBuilder::default()
+        ..PolicySpec::default()
     };
-    s.set_policy(Arc::new(strict.build().unwrap()));
+    s.set_policy(0, Arc::new(strict.build().unwrap()));
     let r = s.enqueue(0, id, 50, 100).unwrap_err();
     assert_eq!(
         r.reason,
@@ -170,12 +170,12 @@ fn s8_strikes_reset_when_the_queue_drains_even_without_a_warning() {
 
 #[test]
 fn a_failed_reopen_leaves_the_stream_disconnected_not_closed() {
-    let small = PolicyBuilder {
+    let small = PolicySpec {
         max_packet_bytes: 1_500,
         quantum_bytes: 1_500,
         max_queue_depth: 1,
         critical_strikes: 1,
-        ..PolicyBuilder::default()
+        ..PolicySpec::default()
     };
     let mut s = sched(small.clone());
     let cap = Some(RateCap {
@@ -184,7 +184,7 @@ fn a_failed_reopen_leaves_the_stream_disconnected_not_closed() {
     });
     let id = s
         .open(StreamConfig {
-            priority: 1,
+            priority: Priority::ALL[1],
             weight: None,
             cap,
         })
@@ -193,21 +193,24 @@ fn a_failed_reopen_leaves_the_stream_disconnected_not_closed() {
     let _ = s.enqueue(0, id, 1, 100);
     let r = s.enqueue(0, id, 2, 100).unwrap_err();
     assert_eq!(r.reason, Rejection::Dropped(DropReason::Disconnected));
-    s.set_policy(Arc::new(
-        PolicyBuilder {
-            version: 2,
-            ..small.clone()
-        }
-        .build()
-        .unwrap(),
-    ));
-    let bigger = PolicyBuilder {
+    s.set_policy(
+        0,
+        Arc::new(
+            PolicySpec {
+                version: 2,
+                ..small.clone()
+            }
+            .build()
+            .unwrap(),
+        ),
+    );
+    let bigger = PolicySpec {
         version: 3,
         max_packet_bytes: 9_216,
         quantum_bytes: 9_216,
         ..small
     };
-    s.set_policy(Arc::new(bigger.build().unwrap()));
+    s.set_policy(0, Arc::new(bigger.build().unwrap()));
     assert!(matches!(
         s.reopen(id),
         Err(StreamError::Cap {
@@ -224,14 +227,14 @@ fn a_failed_reopen_leaves_the_stream_disconnected_not_closed() {
 
 #[test]
 fn dequeue_reports_idle_once_the_only_throttled_stream_is_closed() {
-    let mut s = sched(PolicyBuilder::default());
+    let mut s = sched(PolicySpec::default());
     let cap = Some(RateCap {
         rate_bps: 1_000_000,
         burst_bytes: Some(9_216),
     });
     let id = s
         .open(StreamConfig {
-            priority: 6,
+            priority: Priority::ALL[6],
             weight: None,
             cap,
         })
@@ -248,10 +251,10 @@ fn dequeue_reports_idle_once_the_only_throttled_stream_is_closed() {
 }
 
 #[test]
-fn s9_a_policy_change_of_the_promotion_target_ends_running_promotions() {
-    let aging = PolicyBuilder {
-        aging_timeout_ns: 1_000,
-        ..PolicyBuilder::default()
+fn s9_switching_aging_off_ends_running_promotions() {
+    let aging = PolicySpec {
+        aging_timeout_ns: Some(1_000),
+        ..PolicySpec::default()
     };
     let mut s = sched(aging.clone());
     let low = s.open(StreamConfig::with_priority(0)).unwrap();
@@ -263,26 +266,27 @@ fn s9_a_policy_change_of_the_promotion_target_ends_running_promotions() {
     for t in 0..40 {
         let _ = s.dequeue(10_000 + t);
     }
-    assert_eq!(s.stream_stats(low).unwrap().serving_priority, 4, "promoted");
-    let moved = PolicyBuilder {
+    assert!(s.stream_stats(low).unwrap().promoted, "promoted");
+    let off = PolicySpec {
         version: 2,
-        promote_to: 5,
-        ..aging
+        aging_timeout_ns: None,
+        ..aging.clone()
     };
-    s.set_policy(Arc::new(moved.build().unwrap()));
-    assert_eq!(
-        s.stream_stats(low).unwrap().serving_priority,
-        0,
-        "promotion ended"
-    );
+    s.set_policy(20_000, Arc::new(off.build().unwrap()));
+    assert!(!s.stream_stats(low).unwrap().promoted, "promotion ended");
     for t in 0..40 {
         let _ = s.dequeue(20_000 + t);
     }
-    assert_eq!(
-        s.stream_stats(low).unwrap().serving_priority,
-        5,
-        "promoted to the new target"
-    );
+    assert!(!s.stream_stats(low).unwrap().promoted, "aging is off");
+    let on = PolicySpec {
+        version: 3,
+        ..aging
+    };
+    s.set_policy(30_000, Arc::new(on.build().unwrap()));
+    for t in 0..40 {
+        let _ = s.dequeue(30_000 + t);
+    }
+    assert!(s.stream_stats(low).unwrap().promoted, "promoted again");
     assert!(s.shard_stats().is_conserved());
 }
 

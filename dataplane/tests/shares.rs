@@ -4,7 +4,7 @@
 
 mod sim;
 
-use qos_dataplane::sched::{Policy, StreamConfig};
+use qos_dataplane::sched::{Policy, Priority, StreamConfig};
 use sim::{MS, SEC, Sim, jain};
 
 const GBPS: u64 = 1_000_000_000;
@@ -113,7 +113,7 @@ fn s3_weight_override_replaces_two_to_the_priority() {
     let mut sim = Sim::default_policy(GBPS);
     let plain = sim.saturate(4, 1000);
     let heavy = StreamConfig {
-        priority: 4,
+        priority: Priority::ALL[4],
         weight: Some(48),
         cap: None,
     };

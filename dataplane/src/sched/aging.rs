@@ -1,99 +1,73 @@
-//! Starvation guard (S9): streams of the lowest tier whose oldest packet waited past the
-//! aging timeout are served at the promotion priority until it is younger again.
+//! Starvation guard (S9): the aging lane.
 //!
-//! A cursor walks the lowest tier's backlogged streams, one stream every eighth
-//! decision, so the check costs O(1) per packet and reaches every such stream within
-//! `8 * n` decisions. A promoted stream keeps its own priority for counters and
-//! budgets; only where it is served changes, and its packets stay in order.
+//! A cursor walks the listed streams of the lowest tier, one stream every second
+//! decision, so every such stream is looked at within `2 * n` decisions of the last
+//! visit (`n` = streams listed in that tier). A stream whose oldest packet waited past
+//! the aging timeout is promoted: it moves to the aging lane, a service class beside the
+//! tiers whose share equals the lowest tier's (and doubles while every backlogged stream
+//! of that tier is promoted, so the lane then also has the tier's own share). Inside the
+//! lane promoted streams keep their own weights. A promoted stream therefore gets at
+//! least what it had in its own tier (the lane's share is split among no more streams
+//! than the tier's) and the other streams of its tier lose nothing; the extra bandwidth,
+//! at most the lowest tier's share, comes from every class in proportion to its share. It returns to its tier when its oldest packet is younger than the
+//! timeout again, or its queue empties. Counters and budgets stay under the stream's
+//! own priority, and its packets stay in order.
+//!
+//! Promotion cannot help a tier whose own offered load exceeds what it can get, so the
+//! bound is enforced at the head: a lowest-tier packet older than the timeout plus one
+//! second is dropped with reason `expired` instead of being sent (see `hot`).
 
 use super::pool::NIL;
-use super::stats::PriorityStats;
-use super::stream::{ACTIVE, PROMOTED, StreamId, WEIGHT_SET};
-use super::wfq::{BUCKETS, group_of};
-use super::{Event, Scheduler};
+use super::stream::{Flags, StreamId};
+use super::{Event, Priority, Scheduler};
 
 impl<P> Scheduler<P> {
-    /// Checks the stream under the aging cursor (every eighth call) and moves it on.
+    /// Looks at the stream under the aging cursor (every second decision).
     #[inline]
     pub(super) fn aging_tick(&mut self, now: u64) {
+        if self.c.aging_ns == u64::MAX {
+            return;
+        }
         self.ticks = self.ticks.wrapping_add(1);
-        if self.ticks & 7 != 0 {
+        if self.ticks & 1 != 0 {
             return;
         }
-        let low = self.c.low_tier;
-        let groups = self.wfq.tier_groups(low);
-        if groups == 0 {
+        let s = self.wfq.cursor_step(&self.streams);
+        if s == NIL {
             return;
-        }
-        let mut s = self.aging_cursor;
-        let valid = |s: u32| {
-            self.streams.get(s as usize).is_some_and(|st| {
-                st.has(ACTIVE) && !st.has(PROMOTED) && self.wfq.tier_of(st.prio) == low
-            })
-        };
-        if !valid(s) {
-            s = self.wfq.group_head(groups.trailing_zeros() as usize);
         }
         let st = &self.streams[s as usize];
-        if st.has(PROMOTED) {
-            // Only after a policy change made the target part of the lowest tier.
-            self.aging_cursor = NIL;
+        if st.len == 0 || st.has(Flags::PROMOTED) {
             return;
         }
-        let next = if st.next != NIL {
-            st.next
-        } else {
-            let gid = group_of(st.prio, st.weight);
-            let later = if gid + 1 >= 8 * BUCKETS {
-                0
-            } else {
-                groups & (!0u128 << (gid + 1))
-            };
-            if later == 0 {
-                NIL
-            } else {
-                self.wfq.group_head(later.trailing_zeros() as usize)
-            }
-        };
         let oldest = self.pool.get(st.fifo.head).stamp;
         if now.saturating_sub(oldest) >= self.c.aging_ns {
             self.promote(s);
         }
-        self.aging_cursor = next;
     }
 
-    /// Serves stream `s` at the promotion priority from the next decision on.
+    /// Moves listed stream `s` into the aging lane.
     fn promote(&mut self, s: u32) {
-        self.wfq.deactivate(&mut self.streams, s);
-        let to = self.c.promote_to;
+        self.wfq.unlink(&mut self.streams, s);
         let st = &mut self.streams[s as usize];
-        let from = st.base;
-        st.flags |= PROMOTED;
-        st.prio = to;
-        if !st.has(WEIGHT_SET) {
-            st.weight = 1 << to;
-        }
+        st.set(Flags::PROMOTED);
+        let priority = Priority::saturating(st.prio());
         let stream = StreamId::new(s, st.generation);
-        self.wfq.activate(&mut self.streams, s);
-        let ps: &mut PriorityStats = &mut self.prio_stats[usize::from(from)];
-        ps.promotions += 1;
-        self.events.push(Event::Promoted { stream, from, to });
+        self.wfq.link(&mut self.streams, s);
+        self.prio_stats[priority.index()].promotions += 1;
+        self.events.push(Event::Promoted { stream, priority });
     }
 
-    /// Back to its own priority: its oldest packet is younger than the timeout.
+    /// Back to its own tier (its oldest packet is young again, it emptied, or the policy
+    /// changed).
     pub(super) fn demote(&mut self, s: u32) {
-        self.wfq.deactivate(&mut self.streams, s);
-        self.restore_priority(s);
-        self.wfq.activate(&mut self.streams, s);
-    }
-
-    /// Clears the promotion of an inactive stream.
-    pub(super) fn restore_priority(&mut self, s: u32) {
-        let st = &mut self.streams[s as usize];
-        st.flags &= !PROMOTED;
-        st.prio = st.base;
-        if !st.has(WEIGHT_SET) {
-            st.weight = 1 << st.base;
+        let listed = self.streams[s as usize].has(Flags::LISTED);
+        if listed {
+            self.wfq.unlink(&mut self.streams, s);
+        }
+        self.streams[s as usize].clear(Flags::PROMOTED);
+        if listed && self.streams[s as usize].len > 0 {
+            self.wfq.link(&mut self.streams, s);
         }
     }
 }

@@ -2,10 +2,12 @@
 
 use std::collections::VecDeque;
 
+use super::priority::Priority;
 use super::stream::StreamId;
 
 /// Something the embedder (or the control plane) should know about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// The stream's queue crossed `warning_percent` of its depth (S7); fires once per
     /// episode, until [`Event::BackpressureCleared`].
@@ -41,20 +43,19 @@ pub enum Event {
         dropped: u32,
     },
     /// A stream of the lowest tier had a packet older than the aging timeout and is now
-    /// served at `to` until its oldest packet is younger than the timeout (S9).
+    /// served in the aging lane (on top of its own tier's share) until its oldest packet
+    /// is younger than the timeout (S9).
     Promoted {
         /// The stream.
         stream: StreamId,
         /// Its own priority.
-        from: u8,
-        /// The priority it is served at.
-        to: u8,
+        priority: Priority,
     },
     /// Over the last budget window, the p95 sojourn of `priority` exceeded its budget
     /// (more than 5% of its packets were over budget), `perf.budget.violation` (S10).
     BudgetViolation {
         /// The priority.
-        priority: u8,
+        priority: Priority,
         /// Packets dequeued at this priority in the window.
         samples: u64,
         /// Of those, how many waited longer than the budget.

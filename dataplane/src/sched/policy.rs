@@ -1,7 +1,7 @@
 //! Scheduling policy: tiers, shares, budgets, depths, pacing (S1, S2, S5-S10).
 //!
-//! A [`Policy`] only exists validated: build one from a [`PolicyBuilder`] (whose fields
-//! are plain data a control plane can fill from a file) with [`PolicyBuilder::build`],
+//! A [`Policy`] only exists validated: build one from a [`PolicySpec`] (whose fields
+//! are plain data a control plane can fill from a file) with [`PolicySpec::build`],
 //! which checks the whole policy at once and names the offending field on error (C1).
 
 use thiserror::Error;
@@ -12,10 +12,16 @@ pub const PRIORITIES: usize = 8;
 pub const MAX_TIERS: usize = PRIORITIES;
 /// Largest packet length the scheduler accepts at all, in bytes.
 pub const MAX_PACKET_LIMIT: u32 = 65_535;
+/// Smallest DRR quantum a policy may set, in bytes.
+pub const MIN_QUANTUM: u32 = 64;
 /// Largest DRR quantum a policy may set, in bytes.
 pub const MAX_QUANTUM: u32 = 1 << 20;
 /// Smallest share the tier holding priority 0 may get (S9), in percent.
 pub const MIN_LOW_SHARE_PERCENT: u8 = 5;
+/// Most CRITICAL signals a policy may let a stream ignore (S8).
+pub const MAX_STRIKES: u8 = 15;
+/// Longest CoDel interval a tier may set, in ns (about 69 s).
+pub const MAX_AQM_NS: u64 = 1 << 36;
 /// Largest link or cap burst, in bytes (keeps token arithmetic inside `u64`).
 pub const MAX_BURST_BYTES: u64 = 1 << 30;
 
@@ -31,6 +37,19 @@ pub struct TierSpec {
     pub priorities: Vec<u8>,
     /// Share of the link when every tier is backlogged, in percent (1..=100).
     pub share_percent: u8,
+    /// Queue-delay control (S14) of this tier's budgeted priorities: `None` derives
+    /// target and interval from each priority's latency budget.
+    pub aqm: Option<AqmSpec>,
+}
+
+/// CoDel target and interval for a tier, overriding the ones derived from budgets (S14).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AqmSpec {
+    /// Standing-queue delay CoDel aims at, in ns (> 0, < `interval_ns`).
+    pub target_ns: u64,
+    /// Time the delay must stay above target before dropping starts, in ns; a packet
+    /// older than this at the head is dropped outright (the hard limit).
+    pub interval_ns: u64,
 }
 
 impl TierSpec {
@@ -40,6 +59,7 @@ impl TierSpec {
             name: name.to_owned(),
             priorities: priorities.to_vec(),
             share_percent,
+            aqm: None,
         }
     }
 }
@@ -55,7 +75,7 @@ pub struct LinkRate {
 
 /// The plain-data form of a policy. `Default` is the reference policy of DESIGN.md S1.
 #[derive(Clone, Debug, PartialEq)]
-pub struct PolicyBuilder {
+pub struct PolicySpec {
     /// Policy version (C2); a control plane rejects stale ones, the scheduler reports it.
     pub version: u64,
     /// Tiers in order; together they must partition priorities 0..=7.
@@ -71,23 +91,32 @@ pub struct PolicyBuilder {
     /// The backpressure episode ends (WARNING clears, CRITICAL strikes reset) once the
     /// queue is at or below this percent of the depth (0: when it empties).
     pub clear_percent: u8,
-    /// CRITICAL signals a stream may ignore before it is disconnected (S8), >= 1.
+    /// CRITICAL signals a stream may ignore before it is disconnected (S8), 1..=15.
     pub critical_strikes: u8,
-    /// Age after which a packet of the tier holding priority 0 is promoted (S9).
-    pub aging_timeout_ns: u64,
-    /// Priority an aged stream is promoted to; must be outside the lowest tier.
-    pub promote_to: u8,
+    /// Whether a stream that ignores `critical_strikes` CRITICALs is disconnected (S8).
+    /// A gateway whose senders are remote and cannot be signalled turns this off and
+    /// only tail-drops.
+    pub disconnect: bool,
+    /// Age after which a stream of the tier holding priority 0 is promoted into the
+    /// aging lane (S9); a packet of that tier older than this plus one second is
+    /// dropped (`expired`) rather than sent. `None` switches aging off.
+    pub aging_timeout_ns: Option<u64>,
+    /// Queue-delay control (S14): per-stream CoDel on every priority with a latency
+    /// budget (target and interval from the budget, or the tier's [`AqmSpec`]).
+    pub aqm: bool,
     /// Link pacing; `None` means the scheduler only orders (S5).
     pub link: Option<LinkRate>,
     /// Per-stream cap bucket depth, as a multiple of 10 ms at the cap rate (S6), >= 1.0.
     pub cap_burst_multiplier: f64,
     /// Largest packet accepted, in bytes (1..=65535); larger ones are refused.
     pub max_packet_bytes: u32,
-    /// DRR quantum per stream turn at the default weight, in bytes (>= max_packet_bytes).
+    /// DRR quantum per stream turn at the weight of its tier's lowest priority, in bytes
+    /// (64..=2^20). Smaller rounds mean lower latency for backlogged streams; a packet
+    /// larger than a stream's quantum costs one extra DRR visit per quantum it exceeds.
     pub quantum_bytes: u32,
 }
 
-impl Default for PolicyBuilder {
+impl Default for PolicySpec {
     fn default() -> Self {
         Self {
             version: 1,
@@ -111,17 +140,18 @@ impl Default for PolicyBuilder {
             warning_percent: 90,
             clear_percent: 50,
             critical_strikes: 3,
-            aging_timeout_ns: 10 * SEC,
-            promote_to: 4,
+            disconnect: true,
+            aging_timeout_ns: Some(10 * SEC),
+            aqm: true,
             link: None,
             cap_burst_multiplier: 2.0,
             max_packet_bytes: 9_216,
-            quantum_bytes: 9_216,
+            quantum_bytes: 1_514,
         }
     }
 }
 
-impl PolicyBuilder {
+impl PolicySpec {
     /// The `classes5` preset: Critical {7} / System {6} / JobExecution {4,5} /
     /// DataTransfer {2,3} / LogsMetrics {0,1} with shares 30/25/25/15/5.
     pub fn classes5() -> Self {
@@ -133,7 +163,6 @@ impl PolicyBuilder {
                 TierSpec::new("DataTransfer", &[2, 3], 15),
                 TierSpec::new("LogsMetrics", &[0, 1], 5),
             ],
-            promote_to: 4,
             ..Self::default()
         }
     }
@@ -143,11 +172,6 @@ impl PolicyBuilder {
         let tier_of = self.check_tiers()?;
         self.check_limits()?;
         let low_tier = tier_of[0];
-        if tier_of[usize::from(self.promote_to.min(7))] == low_tier || self.promote_to > 7 {
-            return Err(PolicyError::PromoteTarget {
-                value: self.promote_to,
-            });
-        }
         Ok(Policy {
             spec: self,
             tier_of,
@@ -240,11 +264,26 @@ impl PolicyBuilder {
                 "< warning_percent",
             );
         }
-        if self.critical_strikes == 0 {
-            return bad("critical_strikes", "0".into(), ">= 1");
+        if !(1..=MAX_STRIKES).contains(&self.critical_strikes) {
+            return bad(
+                "critical_strikes",
+                self.critical_strikes.to_string(),
+                "1..=15",
+            );
         }
-        if self.aging_timeout_ns == 0 {
-            return bad("aging_timeout_ns", "0".into(), "> 0");
+        if self.aging_timeout_ns == Some(0) {
+            return bad("aging_timeout_ns", "0".into(), "> 0 ns or none (off)");
+        }
+        for (index, tier) in self.tiers.iter().enumerate() {
+            if let Some(a) = tier.aqm
+                && (a.target_ns == 0 || a.target_ns >= a.interval_ns || a.interval_ns > MAX_AQM_NS)
+            {
+                return Err(PolicyError::Aqm {
+                    index,
+                    target_ns: a.target_ns,
+                    interval_ns: a.interval_ns,
+                });
+            }
         }
         if !(1..=MAX_PACKET_LIMIT).contains(&self.max_packet_bytes) {
             return bad(
@@ -253,11 +292,11 @@ impl PolicyBuilder {
                 "1..=65535",
             );
         }
-        if self.quantum_bytes < self.max_packet_bytes || self.quantum_bytes > MAX_QUANTUM {
+        if !(MIN_QUANTUM..=MAX_QUANTUM).contains(&self.quantum_bytes) {
             return bad(
                 "quantum_bytes",
                 self.quantum_bytes.to_string(),
-                "max_packet_bytes..=1048576",
+                "64..=1048576",
             );
         }
         if !(self.cap_burst_multiplier >= 1.0 && self.cap_burst_multiplier <= 1000.0) {
@@ -284,10 +323,10 @@ impl PolicyBuilder {
     }
 }
 
-/// A validated, immutable policy. Build it with [`PolicyBuilder::build`].
+/// A validated, immutable policy. Build it with [`PolicySpec::build`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Policy {
-    spec: PolicyBuilder,
+    spec: PolicySpec,
     tier_of: [u8; PRIORITIES],
     low_tier: u8,
 }
@@ -295,21 +334,21 @@ pub struct Policy {
 impl Default for Policy {
     /// The reference policy: High {6,7} 25%, Medium {2..5} 60%, Low {0,1} 15%.
     fn default() -> Self {
-        PolicyBuilder::default()
+        PolicySpec::default()
             .build()
             .expect("the reference policy is valid")
     }
 }
 
 impl Policy {
-    /// The `classes5` preset (see [`PolicyBuilder::classes5`]).
+    /// The `classes5` preset (see [`PolicySpec::classes5`]).
     pub fn classes5() -> Self {
-        PolicyBuilder::classes5()
+        PolicySpec::classes5()
             .build()
             .expect("the classes5 preset is valid")
     }
     /// The fields this policy was built from (clone and edit to derive a new one).
-    pub fn spec(&self) -> &PolicyBuilder {
+    pub fn spec(&self) -> &PolicySpec {
         &self.spec
     }
     /// Policy version (C2).
@@ -333,6 +372,7 @@ impl Policy {
 /// Why a policy was rejected (C1). Every message names the field, the value and what
 /// was expected.
 #[derive(Clone, Debug, Error, PartialEq)]
+#[non_exhaustive]
 pub enum PolicyError {
     /// No tiers, or more than eight.
     #[error("tiers: {count} tiers given, expected 1..=8")]
@@ -396,11 +436,17 @@ pub enum PolicyError {
         /// The share it was given.
         value: u8,
     },
-    /// The promotion target is out of range or inside the lowest tier.
-    #[error("promote_to: {value}, expected a priority 0..=7 outside the tier holding priority 0")]
-    PromoteTarget {
-        /// The offending priority.
-        value: u8,
+    /// A tier's AQM override is out of range.
+    #[error(
+        "tiers[{index}].aqm: target {target_ns} ns, interval {interval_ns} ns, expected 0 < target < interval <= 2^36 ns"
+    )]
+    Aqm {
+        /// Index of the tier.
+        index: usize,
+        /// The target given.
+        target_ns: u64,
+        /// The interval given.
+        interval_ns: u64,
     },
     /// A scalar field out of range.
     #[error("{field}: {value}, expected {expected}")]

@@ -129,13 +129,29 @@ impl<P> Pool<P> {
         idx
     }
 
-    /// Moves every descriptor of `from` to the back of `to`, tagging each with `stamp`.
-    /// Returns how many moved. Cost is linear in the moved count (a control event).
-    pub(crate) fn splice_tagged(&mut self, from: &mut Fifo, to: &mut Fifo, stamp: u64) -> u32 {
+    /// Rewrites descriptor `idx`'s stamp and length (a dropped packet carries its
+    /// stream and drop reason there until reclaimed).
+    #[inline]
+    pub(crate) fn retag(&mut self, idx: u32, stamp: u64, len: u32) {
+        let d = &mut self.descs[idx as usize];
+        d.stamp = stamp;
+        d.len = len;
+    }
+
+    /// Moves every descriptor of `from` to the back of `to`, tagging each with `stamp`
+    /// and `len` (see [`Pool::retag`]). Returns how many moved. Cost is linear in the
+    /// moved count (a control event).
+    pub(crate) fn splice_tagged(
+        &mut self,
+        from: &mut Fifo,
+        to: &mut Fifo,
+        stamp: u64,
+        len: u32,
+    ) -> u32 {
         let mut moved = 0;
         let mut idx = from.head;
         while idx != NIL {
-            self.descs[idx as usize].stamp = stamp;
+            self.retag(idx, stamp, len);
             moved += 1;
             idx = self.descs[idx as usize].next;
         }

@@ -14,16 +14,22 @@ pub enum DropReason {
     Disconnected,
     /// The stream was closed while packets were queued.
     Closed,
+    /// Queue-delay control (S14): CoDel, or the packet outlived its priority's interval.
+    Aqm,
+    /// A lowest-tier packet outlived the aging bound (`aging_timeout` + 1 s, S9).
+    Expired,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 3;
+    pub const COUNT: usize = 5;
     /// All reasons, in counter order.
     pub const ALL: [DropReason; Self::COUNT] = [
         DropReason::QueueFull,
         DropReason::Disconnected,
         DropReason::Closed,
+        DropReason::Aqm,
+        DropReason::Expired,
     ];
     /// Label for metrics and logs.
     pub fn as_str(self) -> &'static str {
@@ -31,6 +37,8 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::Disconnected => "disconnected",
             DropReason::Closed => "closed",
+            DropReason::Aqm => "aqm",
+            DropReason::Expired => "expired",
         }
     }
     pub(crate) fn index(self) -> usize {
@@ -101,7 +109,7 @@ pub struct PriorityStats {
     pub moved_in: u64,
     /// Queued packets carried out to another priority by a stream update.
     pub moved_out: u64,
-    /// Streams promoted by aging (S9).
+    /// Promotions into the aging lane (S9).
     pub promotions: u64,
     /// Packets whose sojourn exceeded the priority's budget (S10).
     pub budget_violations: u64,
@@ -167,6 +175,8 @@ pub struct ShardStats {
     pub awaiting_reclaim: u64,
     /// Streams open (including disconnected ones not yet closed).
     pub open_streams: u32,
+    /// Stream slots retired after 2^32 uses, so that no handle can alias (never reused).
+    pub retired_slots: u32,
 }
 
 impl ShardStats {

@@ -1,37 +1,40 @@
 //! Stream slots: one 64-byte record per stream, in a table reserved at construction.
 
 use super::pool::{Fifo, NIL};
+use super::priority::Priority;
 
 /// Handle of an open stream: a slot index and the slot's generation, so a handle that
 /// outlived its stream is refused rather than aliased onto the next one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct StreamId {
     index: u32,
-    generation: u16,
+    generation: u32,
 }
 
 impl StreamId {
-    pub(crate) fn new(index: u32, generation: u16) -> Self {
+    pub(crate) fn new(index: u32, generation: u32) -> Self {
         Self { index, generation }
     }
     /// Slot index (dense, `0..max_streams`): handy for the embedder's own side tables.
     pub fn index(self) -> u32 {
         self.index
     }
-    /// Generation of the slot when this handle was issued.
-    pub fn generation(self) -> u16 {
+    /// Generation of the slot when this handle was issued (32 bits; a slot is retired
+    /// rather than reused once its generation is exhausted, so handles never alias).
+    pub fn generation(self) -> u32 {
         self.generation
     }
     /// Packs the handle into a `u64` (for rings, logs and metric labels).
     pub fn to_raw(self) -> u64 {
         u64::from(self.index) | (u64::from(self.generation) << 32)
     }
-    /// Inverse of [`StreamId::to_raw`]; `None` if the value has bits no handle has.
-    pub fn from_raw(raw: u64) -> Option<Self> {
-        (raw >> 48 == 0).then_some(Self {
+    /// Inverse of [`StreamId::to_raw`] (every `u64` decodes; an unknown handle is
+    /// refused by the scheduler, not here).
+    pub fn from_raw(raw: u64) -> Self {
+        Self {
             index: raw as u32,
-            generation: (raw >> 32) as u16,
-        })
+            generation: (raw >> 32) as u32,
+        }
     }
 }
 
@@ -54,8 +57,8 @@ pub struct RateCap {
 /// How to open (or update) a stream.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StreamConfig {
-    /// Priority 0..=7: selects the tier and, by default, the weight `2^priority`.
-    pub priority: u8,
+    /// Selects the tier and, by default, the weight `2^priority`.
+    pub priority: Priority,
     /// Weight override (1..=65535) for WFQ inside the tier; `None` is `2^priority`.
     pub weight: Option<u16>,
     /// Optional rate cap.
@@ -63,61 +66,89 @@ pub struct StreamConfig {
 }
 
 impl StreamConfig {
-    /// A stream at `priority` with the default weight and no cap.
+    /// A stream at `priority` (0..=7; larger values are clamped to 7) with the default
+    /// weight and no cap. Use [`Priority::new`] to reject bad values instead.
     pub fn with_priority(priority: u8) -> Self {
         Self {
-            priority,
+            priority: Priority::saturating(priority),
             ..Self::default()
         }
     }
 }
 
-/// Slot states (low two bits of `flags`).
-pub(crate) const FREE: u8 = 0;
-pub(crate) const OPEN: u8 = 1;
-pub(crate) const DISCONNECTED: u8 = 2;
-pub(crate) const STATE_MASK: u8 = 0b11;
-/// In its group's active list.
-pub(crate) const ACTIVE: u8 = 1 << 2;
-/// Waiting for cap tokens, parked in the throttle heap.
-pub(crate) const THROTTLED: u8 = 1 << 3;
-/// WARNING raised and not yet cleared.
-pub(crate) const WARNED: u8 = 1 << 4;
-/// Served at the aging target priority.
-pub(crate) const PROMOTED: u8 = 1 << 5;
-/// `weight` was set explicitly rather than derived from the priority.
-pub(crate) const WEIGHT_SET: u8 = 1 << 6;
+/// Slot states (low two bits of the flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SlotState {
+    /// Not in use (on the free list, or retired).
+    Free = 0,
+    /// Open: accepts packets.
+    Open = 1,
+    /// Disconnected for ignoring backpressure (S8): refuses packets until reopened.
+    Disconnected = 2,
+}
 
-/// The state of one stream: queue, list links, DRR deficit, counters. Exactly 64 bytes
-/// (P2); rate-cap buckets live in a side table so uncapped streams do not pay for them.
+/// The flag bits of a stream slot (above the two state bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Flags(u8);
+
+impl Flags {
+    const STATE_MASK: u8 = 0b11;
+    /// Linked into a service list (possibly lingering there with an empty queue).
+    pub(crate) const LISTED: Flags = Flags(1 << 2);
+    /// Waiting for cap tokens on the timing wheel (S6).
+    pub(crate) const THROTTLED: Flags = Flags(1 << 3);
+    /// WARNING raised and not yet cleared (S7).
+    pub(crate) const WARNED: Flags = Flags(1 << 4);
+    /// Served in the aging lane (S9).
+    pub(crate) const PROMOTED: Flags = Flags(1 << 5);
+    /// `weight` was set explicitly rather than derived from the priority.
+    pub(crate) const WEIGHT_SET: Flags = Flags(1 << 6);
+    /// In its tier's fresh list (rather than the DRR round).
+    pub(crate) const FRESH: Flags = Flags(1 << 7);
+}
+
+/// Priority (3 bits), CRITICAL strikes of the current episode (4 bits) and the
+/// over-share bit in one byte.
+const PRIO_MASK: u8 = 0b111;
+const STRIKE_SHIFT: u8 = 3;
+const STRIKE_MASK: u8 = 0b1111 << STRIKE_SHIFT;
+const OVER_SHARE: u8 = 1 << 7;
+
+/// The state of one stream: queue, list links, DRR credit, CoDel state, counters.
+/// Exactly 64 bytes (P2); rate-cap buckets live in a side table so uncapped streams do
+/// not pay for them. Fields are private: transitions go through the named methods.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Stream {
+    /// Queued descriptors, oldest first.
     pub(crate) fifo: Fifo,
+    /// Packets queued (`0..=max_queue_depth`).
     pub(crate) len: u32,
-    /// Active-list links (the free list reuses `next`).
+    /// Service-list links (`NIL` at the ends); the free list of slots reuses `next`.
     pub(crate) prev: u32,
     pub(crate) next: u32,
-    /// DRR credit in bytes; > 0 for every active stream except possibly its group head.
+    /// DRR credit in bytes while open; after a terminal event (disconnect, close) the
+    /// number of packets that event dropped.
     pub(crate) deficit: i32,
-    /// Index into the cap table, or `NIL`.
-    pub(crate) cap: u32,
-    /// Packets dropped by a terminal event (disconnect or close): at most one queue.
-    pub(crate) terminal_dropped: u32,
-    pub(crate) generation: u16,
+    pub(crate) generation: u32,
+    /// CoDel: see `codel::Codel` (time in 1.024 us units, and count with the dropping bit).
+    pub(crate) codel_time: u32,
+    /// Packets dropped by queue-delay control (`aqm`), saturating.
+    pub(crate) aqm_dropped: u32,
+    /// Packets dropped because they outlived the aging bound (`expired`), saturating.
+    pub(crate) expired: u32,
     /// Effective WFQ weight (1..=65535).
     pub(crate) weight: u16,
-    /// Priority served at (differs from `base` while promoted).
-    pub(crate) prio: u8,
-    /// The stream's own priority: counters and budgets are kept under it.
-    pub(crate) base: u8,
-    pub(crate) flags: u8,
-    /// CRITICALs raised in the current backpressure episode.
-    pub(crate) strikes: u8,
+    /// Index into the cap table, or `NIL16`.
+    pub(crate) cap: u16,
+    pub(crate) codel_count: u16,
+    prio_strikes: u8,
+    flags: u8,
     pub(crate) enqueued: u64,
     pub(crate) dequeued: u64,
-    /// Tail drops (`queue_full`).
-    pub(crate) dropped: u64,
 }
+
+/// The null cap index.
+pub(crate) const NIL16: u16 = u16::MAX;
 
 impl Stream {
     pub(crate) const VACANT: Stream = Stream {
@@ -126,27 +157,193 @@ impl Stream {
         prev: NIL,
         next: NIL,
         deficit: 0,
-        cap: NIL,
-        terminal_dropped: 0,
         generation: 0,
+        codel_time: 0,
+        aqm_dropped: 0,
+        expired: 0,
         weight: 1,
-        prio: 0,
-        base: 0,
-        flags: FREE,
-        strikes: 0,
+        cap: NIL16,
+        codel_count: 0,
+        prio_strikes: 0,
+        flags: SlotState::Free as u8,
         enqueued: 0,
         dequeued: 0,
-        dropped: 0,
     };
 
-    #[inline(always)]
-    pub(crate) fn state(&self) -> u8 {
-        self.flags & STATE_MASK
+    /// A freshly opened stream in slot generation `generation`.
+    pub(crate) fn opened(
+        generation: u32,
+        prio: u8,
+        weight: u16,
+        weight_set: bool,
+        cap: u16,
+    ) -> Self {
+        let mut st = Stream {
+            generation,
+            weight,
+            cap,
+            prio_strikes: prio & PRIO_MASK,
+            flags: SlotState::Open as u8,
+            ..Stream::VACANT
+        };
+        if weight_set {
+            st.set(Flags::WEIGHT_SET);
+        }
+        st
     }
 
     #[inline(always)]
-    pub(crate) fn has(&self, flag: u8) -> bool {
-        self.flags & flag != 0
+    pub(crate) fn state(&self) -> SlotState {
+        match self.flags & Flags::STATE_MASK {
+            1 => SlotState::Open,
+            2 => SlotState::Disconnected,
+            _ => SlotState::Free,
+        }
+    }
+
+    /// Moves the slot to `state`, keeping the other flags (cleared when freed).
+    pub(crate) fn set_state(&mut self, state: SlotState) {
+        debug_assert!(
+            state != SlotState::Free || !self.has(Flags::LISTED),
+            "a listed stream cannot be freed"
+        );
+        let keep = if state == SlotState::Free {
+            0
+        } else {
+            self.flags & !Flags::STATE_MASK
+        };
+        self.flags = keep | state as u8;
+    }
+
+    #[inline(always)]
+    pub(crate) fn has(&self, flag: Flags) -> bool {
+        self.flags & flag.0 != 0
+    }
+
+    #[inline(always)]
+    pub(crate) fn set(&mut self, flag: Flags) {
+        self.flags |= flag.0;
+    }
+
+    #[inline(always)]
+    pub(crate) fn clear(&mut self, flag: Flags) {
+        self.flags &= !flag.0;
+    }
+
+    /// The stream's priority (0..=7).
+    #[inline(always)]
+    pub(crate) fn prio(&self) -> u8 {
+        self.prio_strikes & PRIO_MASK
+    }
+
+    pub(crate) fn set_prio(&mut self, prio: u8) {
+        self.prio_strikes = (self.prio_strikes & !PRIO_MASK) | (prio & PRIO_MASK);
+    }
+
+    /// CRITICALs raised in the current backpressure episode (0..=15).
+    #[inline(always)]
+    pub(crate) fn strikes(&self) -> u8 {
+        (self.prio_strikes & STRIKE_MASK) >> STRIKE_SHIFT
+    }
+
+    /// One more CRITICAL (saturating at 15, the largest `critical_strikes`).
+    pub(crate) fn strike(&mut self) {
+        let s = (self.strikes() + 1).min(15);
+        self.prio_strikes = (self.prio_strikes & !STRIKE_MASK) | (s << STRIKE_SHIFT);
+    }
+
+    pub(crate) fn forgive(&mut self) {
+        self.prio_strikes &= !STRIKE_MASK;
+    }
+
+    /// `true` while the stream sends more than its fair share: its last DRR turn ended
+    /// with its credit spent and packets left. Only such streams are subject to AQM
+    /// (S14: a stream within its share sees no AQM drop).
+    #[inline(always)]
+    pub(crate) fn over_share(&self) -> bool {
+        self.prio_strikes & OVER_SHARE != 0
+    }
+
+    pub(crate) fn set_over_share(&mut self, on: bool) {
+        if on {
+            self.prio_strikes |= OVER_SHARE;
+        } else {
+            self.prio_strikes &= !OVER_SHARE;
+        }
+    }
+
+    /// Tail drops (`queue_full`), derived from the other counters (S11); `terminal` is
+    /// what a disconnect or close dropped (0 while open).
+    pub(crate) fn dropped_queue_full(&self, terminal: u64) -> u64 {
+        self.enqueued
+            - self.dequeued
+            - u64::from(self.len)
+            - u64::from(self.aqm_dropped)
+            - u64::from(self.expired)
+            - terminal
+    }
+
+    /// Packets dropped by the terminal event (disconnect or close).
+    pub(crate) fn terminal(&self) -> u64 {
+        u64::from(self.deficit as u32)
+    }
+}
+
+/// An intrusive doubly-linked list of streams threaded through their `prev`/`next`:
+/// the one list helper of the scheduler (service lists and the timing wheel's slots).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct List {
+    pub(crate) head: u32,
+    pub(crate) tail: u32,
+}
+
+impl List {
+    pub(crate) const EMPTY: List = List {
+        head: NIL,
+        tail: NIL,
+    };
+
+    /// Appends `s`.
+    #[inline]
+    pub(crate) fn push_back(&mut self, streams: &mut [Stream], s: u32) {
+        streams[s as usize].next = NIL;
+        streams[s as usize].prev = self.tail;
+        if self.tail == NIL {
+            self.head = s;
+        } else {
+            streams[self.tail as usize].next = s;
+        }
+        self.tail = s;
+    }
+
+    /// Unlinks `s`, which must be in this list.
+    #[inline]
+    pub(crate) fn unlink(&mut self, streams: &mut [Stream], s: u32) {
+        let (prev, next) = (streams[s as usize].prev, streams[s as usize].next);
+        if prev == NIL {
+            debug_assert_eq!(self.head, s, "unlink of a stream not in this list");
+            self.head = next;
+        } else {
+            streams[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            streams[next as usize].prev = prev;
+        }
+        streams[s as usize].prev = NIL;
+        streams[s as usize].next = NIL;
+    }
+
+    /// Moves the head to the tail (a DRR rotation).
+    #[inline]
+    pub(crate) fn rotate(&mut self, streams: &mut [Stream]) {
+        let s = self.head;
+        if s == NIL || self.tail == s {
+            return;
+        }
+        self.unlink(streams, s);
+        self.push_back(streams, s);
     }
 }
 
@@ -159,34 +356,46 @@ pub struct StreamStats {
     pub dequeued: u64,
     /// Tail drops because the queue was full.
     pub dropped_queue_full: u64,
+    /// Drops by queue-delay control (S14), saturating at `u32::MAX`.
+    pub dropped_aqm: u64,
+    /// Drops of lowest-tier packets that outlived the aging bound (S9), saturating at
+    /// `u32::MAX`.
+    pub dropped_expired: u64,
     /// Packets dropped by disconnection (S8).
     pub dropped_disconnected: u64,
     /// Packets dropped because the stream was closed with a queue.
     pub dropped_closed: u64,
     /// Packets queued now.
     pub queued: u64,
-    /// Priority the stream was opened with.
-    pub priority: u8,
-    /// Priority it is served at now (differs while promoted, S9).
-    pub serving_priority: u8,
+    /// The stream's priority.
+    pub priority: Priority,
+    /// `true` while it is served in the aging lane (S9).
+    pub promoted: bool,
     /// `true` once disconnected (S8) until reopened.
     pub disconnected: bool,
 }
 
 impl StreamStats {
-    pub(crate) fn of(s: &Stream, closed: bool) -> Self {
-        let terminal = u64::from(s.terminal_dropped);
-        let disconnected = s.state() == DISCONNECTED;
+    /// Counters of `s`; `closing` when taken just before the slot is freed (its
+    /// terminal drops are then `closed` ones).
+    pub(crate) fn of(s: &Stream, closing: bool) -> Self {
+        let terminal = if closing || s.state() == SlotState::Disconnected {
+            s.terminal()
+        } else {
+            0
+        };
         Self {
             enqueued: s.enqueued,
             dequeued: s.dequeued,
-            dropped_queue_full: s.dropped,
-            dropped_disconnected: if closed { 0 } else { terminal },
-            dropped_closed: if closed { terminal } else { 0 },
+            dropped_queue_full: s.dropped_queue_full(terminal),
+            dropped_aqm: u64::from(s.aqm_dropped),
+            dropped_expired: u64::from(s.expired),
+            dropped_disconnected: if closing { 0 } else { terminal },
+            dropped_closed: if closing { terminal } else { 0 },
             queued: u64::from(s.len),
-            priority: s.base,
-            serving_priority: s.prio,
-            disconnected,
+            priority: Priority::saturating(s.prio()),
+            promoted: s.has(Flags::PROMOTED),
+            disconnected: s.state() == SlotState::Disconnected,
         }
     }
 
@@ -195,6 +404,8 @@ impl StreamStats {
         self.enqueued
             == self.dequeued
                 + self.dropped_queue_full
+                + self.dropped_aqm
+                + self.dropped_expired
                 + self.dropped_disconnected
                 + self.dropped_closed
                 + self.queued
@@ -215,7 +426,8 @@ mod tests {
     #[test]
     fn stream_id_raw_round_trips() {
         let id = StreamId::new(123_456, 789);
-        assert_eq!(StreamId::from_raw(id.to_raw()), Some(id));
-        assert_eq!(StreamId::from_raw(1 << 60), None);
+        assert_eq!(StreamId::from_raw(id.to_raw()), id);
+        let wide = StreamId::new(7, u32::MAX - 1);
+        assert_eq!(StreamId::from_raw(wide.to_raw()), wide);
     }
 }

@@ -1,135 +1,172 @@
-//! Hierarchical weighted fair queueing (S1-S4): tiers, weight groups, streams.
+//! Fair queueing between tiers and inside them (S1-S4).
 //!
-//! Three levels, each O(1) per packet:
-//! 1. **Tiers** share the link by start-time fair queueing (SFQ) with weight
-//!    `share_percent`: the backlogged tier with the earliest start tag is served, and its
-//!    tag advances by `len / share`. A tier that becomes backlogged starts at the
-//!    virtual time (the start tag in service), so idle tiers lend their share (S2).
-//! 2. **Groups** inside a tier: one per (priority, weight bucket), where the bucket is
-//!    `floor(log2(weight))`. Groups are served by SFQ with weight = the sum of their
-//!    backlogged streams' weights, so each stream's share is proportional to its weight
-//!    `2^priority` (S3). At most 8 tiers and 128 groups: selection scans a bitmap of
-//!    the backlogged ones (in practice 3 tiers and one group per priority).
-//! 3. **Streams** inside a group have weights within a factor of two of each other and
-//!    are served by deficit round robin with quantum `Q * w / 2^bucket` in `[Q, 2Q)`,
-//!    `Q >= max_packet_bytes`: byte-fair, every backlogged stream served at least one
-//!    packet per round (S4), and at most one rotation per decision.
+//! Two levels, each O(1) per packet:
+//! 1. **Service classes** (the policy's tiers, plus the aging lane of S9, whose weight is
+//!    the lowest tier's share, doubled while that tier has nothing else queued) share the
+//!    link by start-time fair queueing (SFQ) with weight `share_percent`: the backlogged class
+//!    with the earliest start tag is served and its tag advances by `len / share`. A
+//!    class that becomes backlogged starts at the virtual time, so idle classes lend
+//!    their share (S2) and bank none.
+//! 2. **Streams inside a class** are served by weighted deficit round robin with a
+//!    fresh list in front, as fq_codel does: each stream's quantum is proportional to
+//!    its own weight (`Q * w >> shift`, where `2^shift` is the default weight of the
+//!    tier's lowest priority), so every stream carries its own credit and only it is
+//!    charged for what it sends (S3). A stream that becomes backlogged from idle joins
+//!    the fresh list with one quantum and is served before the round; once that credit
+//!    is spent, or its queue empties, it moves to the tail of the round. A stream whose
+//!    queue is empty stays in the round ("lingers") until its turn comes, and only then
+//!    leaves: so going idle and coming back cannot earn more than one extra quantum per
+//!    round, while a sparse stream is served at once (S4: each backlogged stream is
+//!    served at least once per round).
+//!
+//! Tags are `u64` fixed point and wrap; they are compared by the sign of their wrapping
+//! difference, which is exact while the tags compared lie within 2^63 of each other.
+//! Backlogged classes are always within one maximal increment (`< 2^56`) of the
+//! virtual time. Idle classes are kept in range by construction: whenever the virtual
+//! time crosses a multiple of 2^61, every idle class whose tag fell behind it is moved up
+//! to it (O(classes), once per 2^61 of virtual time). An idle tag is thus never more
+//! than `2^61 + 2^56` behind, whatever the length of the idle period.
 
 use super::policy::{MAX_TIERS, PRIORITIES};
 use super::pool::NIL;
-use super::stream::{ACTIVE, Stream};
-use super::vtime::{before, cost, fast_inverse, inverse, resume};
+use super::stream::{Flags, List, Stream};
+use super::vtime::{before, cost, inverse};
 
-/// Weight buckets per priority (weights 1..=65535).
-pub(crate) const BUCKETS: usize = 16;
-/// Groups in all.
-pub(crate) const GROUPS: usize = PRIORITIES * BUCKETS;
-
-/// `floor(log2(weight))` for `weight >= 1`.
-#[inline(always)]
-pub(crate) fn bucket(weight: u16) -> usize {
-    15 - weight.max(1).leading_zeros() as usize
-}
-
-/// Group index of a stream: higher priorities get lower indices, so equal tags go to
-/// the higher priority.
-#[inline(always)]
-pub(crate) fn group_of(prio: u8, weight: u16) -> usize {
-    (7 - usize::from(prio & 7)) * BUCKETS + bucket(weight)
-}
-
-/// Priority of a group index.
-#[inline(always)]
-fn prio_of_group(gid: usize) -> usize {
-    7 - gid / BUCKETS
-}
+/// Index of the aging lane among the service classes (after every possible tier).
+pub(crate) const LANE: usize = MAX_TIERS;
+/// Service classes: up to eight tiers and the aging lane.
+pub(crate) const CLASSES: usize = MAX_TIERS + 1;
+/// Largest DRR quantum of one stream, in bytes (keeps credit inside `i32`).
+const MAX_STREAM_QUANTUM: u64 = 1 << 30;
+/// The virtual time's crossing of a multiple of this triggers the idle-tag refresh.
+const REFRESH_BIT: u32 = 61;
 
 #[derive(Clone, Copy, Debug)]
-struct Group {
-    head: u32,
-    tail: u32,
+struct Class {
+    /// SFQ start tag.
     tag: u64,
+    /// Fixed-point inverse of the class's share.
     inv: u64,
-    weight_sum: u64,
+    /// Streams that (re)joined with a fresh quantum, served before the round.
+    fresh: List,
+    /// The DRR round.
+    round: List,
+    /// Packets queued in the streams listed here.
+    queued: u64,
+    /// Quantum of weight `w` is `(Q * w) >> shift`.
+    shift: u32,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Tier {
-    tag: u64,
-    inv: u64,
-    /// Start tag of the group last served in this tier.
-    vtime: u64,
-    /// Backlogged groups.
-    groups: u128,
+impl Class {
+    const IDLE: Class = Class {
+        tag: 0,
+        inv: 1 << 40,
+        fresh: List::EMPTY,
+        round: List::EMPTY,
+        queued: 0,
+        shift: 0,
+    };
 }
 
-/// The WFQ hierarchy. Streams are linked into group lists through their `prev`/`next`.
+/// The two levels of fair queueing and the aging cursor over the lowest tier.
 #[derive(Debug)]
 pub(crate) struct Wfq {
-    groups: [Group; GROUPS],
-    tiers: [Tier; MAX_TIERS],
+    classes: [Class; CLASSES],
     tier_of: [u8; PRIORITIES],
-    /// Backlogged tiers.
-    active: u8,
-    /// Start tag of the tier last served.
+    /// Classes with queued packets (bit per class).
+    active: u16,
+    /// SFQ virtual time: start tag of the class last served.
     vtime: u64,
+    /// `Q`: quantum of a stream at its tier's base weight, in bytes.
     quantum: u32,
+    /// The tier aging applies to (the one holding priority 0).
+    low: usize,
+    /// Next stream of the lowest tier the aging guard checks, or `NIL`.
+    cursor: u32,
+    /// Inverse share of the aging lane while the lowest tier itself is idle: the lane
+    /// then also takes that tier's share (twice the tier's share in all).
+    lane_inv_alone: u64,
 }
 
 impl Wfq {
     pub(crate) fn new() -> Self {
-        let group = Group {
-            head: NIL,
-            tail: NIL,
-            tag: 0,
-            inv: inverse(1),
-            weight_sum: 0,
-        };
-        let tier = Tier {
-            tag: 0,
-            inv: inverse(1),
-            vtime: 0,
-            groups: 0,
-        };
         Self {
-            groups: [group; GROUPS],
-            tiers: [tier; MAX_TIERS],
+            classes: [Class::IDLE; CLASSES],
             tier_of: [0; PRIORITIES],
             active: 0,
             vtime: 0,
             quantum: 1,
+            low: 0,
+            cursor: NIL,
+            lane_inv_alone: 1 << 40,
         }
     }
 
-    /// Installs tier membership, shares and the DRR quantum. Backlogged groups are
-    /// re-filed under their (possibly new) tier; costs O(groups), a control event.
-    pub(crate) fn configure(&mut self, tier_of: [u8; PRIORITIES], shares: &[u8], quantum: u32) {
+    /// Installs tier membership, shares and the quantum. When the mapping of priorities
+    /// to tiers changes, every listed stream is re-filed into its new class's round
+    /// (O(listed streams), a control event; no allocation).
+    pub(crate) fn configure(
+        &mut self,
+        streams: &mut [Stream],
+        tier_of: [u8; PRIORITIES],
+        shares: &[u8],
+        quantum: u32,
+    ) {
         self.quantum = quantum;
+        let remapped = tier_of != self.tier_of;
         self.tier_of = tier_of;
-        for (t, tier) in self.tiers.iter_mut().enumerate() {
-            tier.inv = inverse(u64::from(shares.get(t).copied().unwrap_or(1)));
-            tier.groups = 0;
+        self.low = usize::from(tier_of[0]);
+        for (t, class) in self.classes.iter_mut().take(MAX_TIERS).enumerate() {
+            class.inv = inverse(u64::from(shares.get(t).copied().unwrap_or(1)));
+            // Base weight: that of the tier's lowest priority.
+            class.shift = tier_of
+                .iter()
+                .position(|&x| usize::from(x) == t)
+                .unwrap_or(0) as u32;
         }
-        let was_active = self.active;
-        self.active = 0;
-        for gid in 0..GROUPS {
-            if self.groups[gid].head == NIL {
-                continue;
+        let low = self.classes[self.low];
+        let low_share = u64::from(shares.get(self.low).copied().unwrap_or(1));
+        self.classes[LANE].inv = low.inv;
+        self.classes[LANE].shift = low.shift;
+        self.lane_inv_alone = inverse(2 * low_share);
+        if remapped {
+            self.refile(streams);
+        }
+        self.cursor = NIL;
+    }
+
+    /// Moves every listed stream of a tier into the round of the tier it now belongs to.
+    fn refile(&mut self, streams: &mut [Stream]) {
+        let mut old = [List::EMPTY; 2 * MAX_TIERS];
+        for t in 0..MAX_TIERS {
+            let c = &mut self.classes[t];
+            old[2 * t] = std::mem::replace(&mut c.fresh, List::EMPTY);
+            old[2 * t + 1] = std::mem::replace(&mut c.round, List::EMPTY);
+            c.queued = 0;
+            self.active &= !(1 << t);
+        }
+        for list in old {
+            let mut s = list.head;
+            while s != NIL {
+                let next = streams[s as usize].next;
+                streams[s as usize].clear(Flags::FRESH);
+                let t = self.class_of(&streams[s as usize]);
+                let len = u64::from(streams[s as usize].len);
+                self.classes[t].round.push_back(streams, s);
+                self.add_queued(t, len);
+                s = next;
             }
-            let t = usize::from(tier_of[prio_of_group(gid)]);
-            if self.tiers[t].groups == 0 && was_active & (1 << t) == 0 {
-                self.tiers[t].tag = resume(self.tiers[t].tag, self.vtime);
-            }
-            self.tiers[t].groups |= 1u128 << gid;
-            self.active |= 1 << t;
-            self.groups[gid].tag = resume(self.groups[gid].tag, self.tiers[t].vtime);
         }
     }
 
-    /// DRR quantum of a stream of weight `w`: in `[Q, 2Q)`.
+    /// Service class of a stream: its tier, or the aging lane while promoted.
     #[inline(always)]
-    fn quantum_of(&self, w: u16) -> i32 {
-        ((u64::from(self.quantum) * u64::from(w)) >> bucket(w)) as i32
+    pub(crate) fn class_of(&self, st: &Stream) -> usize {
+        if st.has(Flags::PROMOTED) {
+            LANE
+        } else {
+            usize::from(self.tier_of[usize::from(st.prio())])
+        }
     }
 
     /// Tier serving `prio`.
@@ -138,173 +175,250 @@ impl Wfq {
         usize::from(self.tier_of[usize::from(prio & 7)])
     }
 
-    /// Backlogged groups of tier `t`.
-    pub(crate) fn tier_groups(&self, t: usize) -> u128 {
-        self.tiers[t].groups
+    /// The tier aging applies to.
+    pub(crate) fn low_tier(&self) -> usize {
+        self.low
     }
 
-    /// First stream of group `gid` (or `NIL`).
-    pub(crate) fn group_head(&self, gid: usize) -> u32 {
-        self.groups[gid].head
+    /// DRR quantum of a stream of weight `w` in class `c`, in bytes (>= 1).
+    #[inline(always)]
+    fn quantum_of(&self, c: usize, w: u16) -> i32 {
+        let q = (u64::from(self.quantum) * u64::from(w)) >> self.classes[c].shift;
+        q.clamp(1, MAX_STREAM_QUANTUM) as i32
     }
 
-    /// Appends stream `s` to its group and makes group and tier backlogged as needed.
-    pub(crate) fn activate(&mut self, streams: &mut [Stream], s: u32) {
-        let st = &mut streams[s as usize];
-        let (gid, w) = (group_of(st.prio, st.weight), st.weight);
-        let t = self.tier_of(st.prio);
-        st.flags |= ACTIVE;
-        // A stream that becomes backlogged with credit left in this round joins at the
-        // head: under per-stream SFQ its start tag would be the virtual time, earlier
-        // than every backlogged member's, so a sparse stream is served next instead of
-        // waiting out a DRR turn while the group is charged at its weight sum. A stream
-        // that spent its quantum joins at the tail with a fresh quantum, so going idle
-        // and coming back cannot jump the round more than one quantum's worth. Credit
-        // never exceeds one quantum: idle streams bank nothing beyond the current round.
-        let q = self.quantum_of(w);
-        let at_head = st.deficit > 0;
-        if at_head {
-            st.deficit = st.deficit.min(q);
-        } else {
-            st.deficit = st.deficit.max(1 - q) + q;
+    #[inline(always)]
+    fn add_queued(&mut self, c: usize, n: u64) {
+        if n == 0 {
+            return;
         }
-        let g = &mut self.groups[gid];
-        let was_empty = g.head == NIL;
-        if was_empty {
-            st.prev = NIL;
-            st.next = NIL;
-            g.head = s;
-            g.tail = s;
-        } else if at_head {
-            st.prev = NIL;
-            st.next = g.head;
-            streams[g.head as usize].prev = s;
-            g.head = s;
-        } else {
-            st.next = NIL;
-            st.prev = g.tail;
-            streams[g.tail as usize].next = s;
-            g.tail = s;
-        }
-        g.weight_sum += u64::from(w);
-        g.inv = fast_inverse(g.weight_sum);
-        if was_empty {
-            let tier = &mut self.tiers[t];
-            g.tag = resume(g.tag, tier.vtime);
-            if tier.groups == 0 {
-                tier.tag = resume(tier.tag, self.vtime);
-                self.active |= 1 << t;
+        let class = &mut self.classes[c];
+        if class.queued == 0 && self.active & (1 << c) == 0 {
+            // SFQ: a class that becomes backlogged starts at the virtual time, or keeps
+            // its finish tag if that is still ahead (it used its share just before).
+            if before(class.tag, self.vtime) {
+                class.tag = self.vtime;
             }
-            tier.groups |= 1u128 << gid;
+            self.active |= 1 << c;
+        }
+        class.queued += n;
+    }
+
+    #[inline(always)]
+    fn sub_queued(&mut self, c: usize, n: u64) {
+        let class = &mut self.classes[c];
+        debug_assert!(class.queued >= n, "class queue count underflow");
+        class.queued -= n;
+        if class.queued == 0 {
+            self.active &= !(1 << c);
         }
     }
 
-    /// Unlinks stream `s` from its group; group and tier go idle when emptied.
-    pub(crate) fn deactivate(&mut self, streams: &mut [Stream], s: u32) {
-        let st = &mut streams[s as usize];
-        let (gid, w, prev, next) = (group_of(st.prio, st.weight), st.weight, st.prev, st.next);
-        let t = self.tier_of(st.prio);
-        st.flags &= !ACTIVE;
-        st.prev = NIL;
-        st.next = NIL;
-        if prev == NIL {
-            self.groups[gid].head = next;
-        } else {
-            streams[prev as usize].next = next;
-        }
-        if next == NIL {
-            self.groups[gid].tail = prev;
-        } else {
-            streams[next as usize].prev = prev;
-        }
-        let g = &mut self.groups[gid];
-        g.weight_sum -= u64::from(w);
-        if g.head == NIL {
-            self.tiers[t].groups &= !(1u128 << gid);
-            if self.tiers[t].groups == 0 {
-                self.active &= !(1 << t);
-            }
-        } else {
-            g.inv = fast_inverse(g.weight_sum);
-        }
-    }
-
-    /// The backlogged tier with the earliest tag, then its group with the earliest tag.
-    /// (The two scans stay separate on purpose: one generic helper over `u128` bitmaps
-    /// measured 2.8% more instructions per packet under callgrind.)
+    /// A packet was appended to stream `s`, which holds `len >= 1` packets now and is
+    /// not parked (throttled). Links it into its class's fresh list if it was unlisted.
     #[inline]
-    pub(crate) fn select(&self) -> Option<(usize, usize)> {
+    pub(crate) fn packet_added(&mut self, streams: &mut [Stream], s: u32) {
+        let st = &streams[s as usize];
+        let c = self.class_of(st);
+        if st.has(Flags::LISTED) {
+            self.add_queued(c, 1);
+        } else {
+            self.link(streams, s);
+        }
+    }
+
+    /// Links an unlisted stream (with whatever it holds) into its class's fresh list
+    /// with one quantum of credit: idle streams bank nothing beyond that.
+    pub(crate) fn link(&mut self, streams: &mut [Stream], s: u32) {
+        let c = self.class_of(&streams[s as usize]);
+        let q = self.quantum_of(c, streams[s as usize].weight);
+        let st = &mut streams[s as usize];
+        debug_assert!(!st.has(Flags::LISTED), "stream linked twice");
+        st.deficit = q;
+        st.set(Flags::LISTED);
+        st.set(Flags::FRESH);
+        let len = u64::from(st.len);
+        self.classes[c].fresh.push_back(streams, s);
+        self.add_queued(c, len);
+    }
+
+    /// Unlinks a listed stream from its class, taking its queued packets out of the
+    /// class's count. Its credit is forgotten (it rejoins with one quantum).
+    pub(crate) fn unlink(&mut self, streams: &mut [Stream], s: u32) {
+        let st = &streams[s as usize];
+        debug_assert!(st.has(Flags::LISTED), "unlink of an unlisted stream");
+        let c = self.class_of(st);
+        let len = u64::from(st.len);
+        if self.cursor == s {
+            self.cursor = self.after(streams, s);
+        }
+        let class = &mut self.classes[c];
+        if st.has(Flags::FRESH) {
+            class.fresh.unlink(streams, s);
+        } else {
+            class.round.unlink(streams, s);
+        }
+        let st = &mut streams[s as usize];
+        st.clear(Flags::LISTED);
+        st.clear(Flags::FRESH);
+        self.sub_queued(c, len);
+    }
+
+    /// The backlogged class with the earliest start tag and the stream it serves next,
+    /// dropping lingering empty streams it meets at the head of the round.
+    #[inline]
+    pub(crate) fn pick(&mut self, streams: &mut [Stream]) -> Option<(usize, u32)> {
         if self.active == 0 {
             return None;
         }
         let mut bits = self.active;
-        let mut t = bits.trailing_zeros() as usize;
+        let mut c = bits.trailing_zeros() as usize;
         bits &= bits - 1;
         while bits != 0 {
-            let c = bits.trailing_zeros() as usize;
+            let o = bits.trailing_zeros() as usize;
             bits &= bits - 1;
-            if before(self.tiers[c].tag, self.tiers[t].tag) {
-                t = c;
+            if before(self.classes[o].tag, self.classes[c].tag) {
+                c = o;
             }
         }
-        let mut bits = self.tiers[t].groups;
-        let mut g = bits.trailing_zeros() as usize;
-        bits &= bits - 1;
-        while bits != 0 {
-            let c = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            if before(self.groups[c].tag, self.groups[g].tag) {
-                g = c;
-            }
-        }
-        Some((t, g))
+        Some((c, self.head_of(streams, c)))
     }
 
-    /// The stream group `gid` serves next: the head of its round. Every active stream
-    /// holds credit > 0 (see `served`), so no rotation is needed here.
+    /// The stream class `c` (backlogged) serves next.
+    #[inline]
+    fn head_of(&mut self, streams: &mut [Stream], c: usize) -> u32 {
+        let fresh = self.classes[c].fresh.head;
+        if fresh != NIL {
+            return fresh;
+        }
+        loop {
+            let s = self.classes[c].round.head;
+            debug_assert!(s != NIL, "a backlogged class has a listed stream");
+            let st = &streams[s as usize];
+            if st.len == 0 {
+                // Lingered through its turn with nothing to send: it leaves the round.
+                self.unlink(streams, s);
+                continue;
+            }
+            if st.deficit > 0 {
+                return s;
+            }
+            // Credit spent (or a quantum below the packet size): next turn.
+            let q = self.quantum_of(c, st.weight);
+            streams[s as usize].deficit = st.deficit.saturating_add(q);
+            self.classes[c].round.rotate(streams);
+        }
+    }
+
+    /// Accounts a packet of `len` bytes just taken from stream `s` of class `c`.
+    #[inline]
+    pub(crate) fn served(&mut self, streams: &mut [Stream], c: usize, s: u32, len: u32) {
+        self.charge(c, len);
+        self.sub_queued(c, 1);
+        let st = &mut streams[s as usize];
+        st.deficit = st.deficit.saturating_sub(len as i32);
+        let (spent, empty) = (st.deficit <= 0, st.len == 0);
+        if spent && !empty {
+            st.set_over_share(true);
+        }
+        if st.has(Flags::FRESH) {
+            if spent || empty {
+                // Out of the fresh list: to the round's tail, lingering if empty.
+                st.clear(Flags::FRESH);
+                if spent {
+                    st.deficit = st.deficit.saturating_add(self.quantum_of(c, st.weight));
+                }
+                let class = &mut self.classes[c];
+                class.fresh.unlink(streams, s);
+                class.round.push_back(streams, s);
+            }
+        } else if spent {
+            st.deficit = st.deficit.saturating_add(self.quantum_of(c, st.weight));
+            self.classes[c].round.rotate(streams);
+        }
+    }
+
+    /// Accounts a packet dropped from the head of listed stream `s` of class `c` (no
+    /// service is charged). A fresh stream left empty moves to the round to linger.
+    pub(crate) fn dropped(&mut self, streams: &mut [Stream], c: usize, s: u32) {
+        self.sub_queued(c, 1);
+        let st = &mut streams[s as usize];
+        if st.len == 0 && st.has(Flags::FRESH) {
+            st.clear(Flags::FRESH);
+            let class = &mut self.classes[c];
+            class.fresh.unlink(streams, s);
+            class.round.push_back(streams, s);
+        }
+    }
+
+    /// SFQ accounting of `len` bytes served by class `c`.
     #[inline(always)]
-    pub(crate) fn drr_head(&self, gid: usize) -> u32 {
-        self.groups[gid].head
-    }
-
-    /// After stream `s` (still backlogged) was served: if it has spent its credit, it
-    /// gets a fresh quantum and goes to the back of its group's round (DRR).
-    #[inline]
-    pub(crate) fn served(&mut self, streams: &mut [Stream], s: u32) {
-        let st = &streams[s as usize];
-        if st.deficit > 0 {
-            return;
-        }
-        let q = self.quantum_of(st.weight);
-        let gid = group_of(st.prio, st.weight);
-        // Clamp the debt so a policy change that shrank the quantum cannot leave it <= 0.
-        streams[s as usize].deficit = st.deficit.max(1 - q) + q;
-        let g = &mut self.groups[gid];
-        if g.tail == s {
-            return;
-        }
-        let (prev, next) = (streams[s as usize].prev, streams[s as usize].next);
-        if prev == NIL {
-            g.head = next;
+    fn charge(&mut self, c: usize, len: u32) {
+        let inv = if c == LANE && self.active & (1 << self.low) == 0 {
+            self.lane_inv_alone
         } else {
-            streams[prev as usize].next = next;
+            self.classes[c].inv
+        };
+        let class = &mut self.classes[c];
+        let before_v = self.vtime;
+        self.vtime = class.tag;
+        class.tag = class.tag.wrapping_add(cost(len, inv));
+        if (before_v ^ self.vtime) >> REFRESH_BIT != 0 {
+            self.refresh_idle();
         }
-        streams[next as usize].prev = prev;
-        streams[g.tail as usize].next = s;
-        streams[s as usize].prev = g.tail;
-        streams[s as usize].next = NIL;
-        g.tail = s;
     }
 
-    /// Accounts `len` bytes served from group `gid` of tier `t`.
-    #[inline]
-    pub(crate) fn charge(&mut self, t: usize, gid: usize, len: u32) {
-        let tier = &mut self.tiers[t];
-        self.vtime = tier.tag;
-        tier.tag = tier.tag.wrapping_add(cost(len, tier.inv));
-        let g = &mut self.groups[gid];
-        tier.vtime = g.tag;
-        g.tag = g.tag.wrapping_add(cost(len, g.inv));
+    /// Moves every idle class whose tag fell behind the virtual time up to it, so no
+    /// idle tag can drift 2^63 away and be misread after a wrap (see the module docs).
+    #[cold]
+    fn refresh_idle(&mut self) {
+        for (c, class) in self.classes.iter_mut().enumerate() {
+            if self.active & (1 << c) == 0 && before(class.tag, self.vtime) {
+                class.tag = self.vtime;
+            }
+        }
+    }
+
+    // ----- aging cursor over the lowest tier -----------------------------------------
+
+    /// The listed stream of the lowest tier the aging guard looks at now, moving the
+    /// cursor on to the next one. Walks the fresh list, then the round, then starts
+    /// over: every stream listed in the lowest tier is visited within one pass.
+    pub(crate) fn cursor_step(&mut self, streams: &[Stream]) -> u32 {
+        let low = &self.classes[self.low];
+        if low.queued == 0 {
+            return NIL;
+        }
+        let mut s = self.cursor;
+        if s == NIL {
+            s = if low.fresh.head != NIL {
+                low.fresh.head
+            } else {
+                low.round.head
+            };
+        }
+        if s != NIL {
+            self.cursor = self.after(streams, s);
+        }
+        s
+    }
+
+    /// The stream after `s` in the cursor's walk of the lowest tier.
+    fn after(&self, streams: &[Stream], s: u32) -> u32 {
+        let st = &streams[s as usize];
+        if st.next != NIL {
+            return st.next;
+        }
+        if st.has(Flags::FRESH) && self.class_of(st) == self.low {
+            return self.classes[self.low].round.head;
+        }
+        NIL
+    }
+
+    /// Start tag of class `c` (tests).
+    #[cfg(test)]
+    fn tag(&self, c: usize) -> u64 {
+        self.classes[c].tag
     }
 }
 
@@ -312,15 +426,48 @@ impl Wfq {
 mod tests {
     use super::*;
 
+    fn table(n: usize, prio: u8) -> Vec<Stream> {
+        (0..n)
+            .map(|_| Stream::opened(1, prio, 1 << prio, false, super::super::stream::NIL16))
+            .collect()
+    }
+
+    fn default_wfq(streams: &mut [Stream]) -> Wfq {
+        let mut w = Wfq::new();
+        // High {6,7} 25, Medium {2..5} 60, Low {0,1} 15.
+        w.configure(streams, [2, 2, 1, 1, 1, 1, 0, 0], &[25, 60, 15], 1500);
+        w
+    }
+
     #[test]
-    fn s3_default_weights_map_each_priority_to_its_own_group() {
-        for p in 0..8u8 {
-            assert_eq!(bucket(1 << p), usize::from(p));
-        }
-        assert_eq!(bucket(65535), 15);
-        assert!(
-            group_of(7, 128) < group_of(6, 64),
-            "higher priority wins ties"
-        );
+    fn s3_quantum_is_proportional_to_weight_from_the_tier_base() {
+        let mut streams = table(1, 2);
+        let w = default_wfq(&mut streams);
+        assert_eq!(w.quantum_of(1, 4), 1500, "P2 is Medium's base weight");
+        assert_eq!(w.quantum_of(1, 32), 12_000, "P5 = 8x P2");
+        assert_eq!(w.quantum_of(0, 128), 3000, "P7 = 2x P6");
+        assert_eq!(w.quantum_of(1, 1), 375, "an override below the base");
+    }
+
+    #[test]
+    fn s3_idle_tags_are_refreshed_when_virtual_time_crosses_2_pow_61() {
+        let mut streams = table(2, 4);
+        let mut w = default_wfq(&mut streams);
+        // Medium alone, its tag near a refresh boundary; High idle with a stale tag.
+        w.classes[1].tag = (1u64 << 61) - 10;
+        w.vtime = (1u64 << 61) - 10;
+        w.classes[0].tag = 5;
+        streams[0].len = 1;
+        w.link(&mut streams, 0);
+        let (c, s) = w.pick(&mut streams).expect("backlogged");
+        assert_eq!((c, s), (1, 0));
+        streams[0].len = 0;
+        w.served(&mut streams, c, s, 1500);
+        streams[0].len = 1;
+        w.packet_added(&mut streams, 0);
+        let (c, s) = w.pick(&mut streams).expect("backlogged");
+        w.served(&mut streams, c, s, 1500);
+        assert!(w.vtime >= 1 << 61);
+        assert_eq!(w.tag(0), w.vtime, "the idle tier's stale tag was moved up");
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use qos_dataplane::sched::{
-    Next, Policy, PolicyBuilder, Rejection, Scheduler, SchedulerConfig, StreamConfig, StreamId,
+    Next, Policy, PolicySpec, Rejection, Scheduler, SchedulerConfig, StreamConfig, StreamId,
 };
 
 pub const MS: u64 = 1_000_000;
@@ -116,7 +116,7 @@ impl Sim {
         let stream = self.sched.open(config).expect("open");
         self.sources.push(Source {
             stream,
-            priority: config.priority,
+            priority: config.priority.get(),
             len,
             offer,
         });
@@ -227,7 +227,7 @@ impl Sim {
                         at: self.now,
                         stream: d.stream,
                         len: d.len,
-                        priority: d.priority,
+                        priority: d.priority.get(),
                         sojourn_ns: d.sojourn_ns,
                         seq: d.packet,
                     });
@@ -299,8 +299,8 @@ impl Sim {
 }
 
 /// A policy built from the reference one with `edit` applied.
-pub fn policy_with(edit: impl FnOnce(&mut PolicyBuilder)) -> Policy {
-    let mut b = PolicyBuilder::default();
+pub fn policy_with(edit: impl FnOnce(&mut PolicySpec)) -> Policy {
+    let mut b = PolicySpec::default();
     edit(&mut b);
     b.build().expect("valid test policy")
 }

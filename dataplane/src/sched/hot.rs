@@ -1,0 +1,338 @@
+//! The hot path: enqueue, and the dequeue decision shared by the per-packet and the
+//! batch API.
+//!
+//! A decision picks the class and stream (`wfq`), then looks at that stream's head
+//! packet once: a promoted stream whose head is young again leaves the aging lane; a
+//! lowest-tier head past the aging bound is dropped as `expired` (S9); CoDel may drop
+//! it (S14); a capped stream without tokens is parked (S6); the link bucket may ask the
+//! caller to wait (S5). Each of those removes its packet or stream from contention, so
+//! its cost is paid once and a decision stays O(1).
+
+use super::stream::{Flags, SlotState, StreamId};
+use super::types::{BatchEnd, Dequeued, Next, Rejected, Rejection};
+use super::wfq::LANE;
+use super::{DropReason, Event, Priority, RefuseReason, Scheduler, codel::Codel};
+
+/// One decision of [`Scheduler::step`].
+enum Step {
+    /// The head of stream `s` (class `c`, `len` bytes) may go now.
+    Go { c: usize, s: u32, len: u32 },
+    /// Nothing may go before this time.
+    Wait(u64),
+    /// Nothing is queued.
+    Idle,
+}
+
+impl<P> Scheduler<P> {
+    /// Offers `packet` (of `len` bytes) to stream `id` at time `now`.
+    ///
+    /// `Ok` means it is queued. Otherwise the packet comes back with the reason: refused
+    /// (unknown, closed or disconnected stream, bad length, descriptor pool exhausted;
+    /// not counted as enqueued) or dropped (tail drop on a full queue, or the push that
+    /// disconnected the stream; counted as enqueued and dropped, S11). O(1).
+    #[inline]
+    pub fn enqueue(
+        &mut self,
+        now: u64,
+        id: StreamId,
+        packet: P,
+        len: u32,
+    ) -> Result<(), Rejected<P>> {
+        let now = self.advance(now);
+        if len == 0 || len > self.c.max_packet {
+            return self.refuse(packet, RefuseReason::InvalidLength);
+        }
+        let s = match self.lookup(id) {
+            Ok(s) if self.streams[s].state() == SlotState::Open => s,
+            Ok(_) => return self.refuse(packet, RefuseReason::Disconnected),
+            Err(super::StreamError::Closed(_)) => {
+                return self.refuse(packet, RefuseReason::Closed);
+            }
+            Err(_) => return self.refuse(packet, RefuseReason::UnknownStream),
+        };
+        if self.streams[s].len >= self.c.max_depth {
+            return self.overflow(s, packet);
+        }
+        let d = match self.pool.alloc(packet, len, now) {
+            Ok(d) => d,
+            Err(packet) => return self.refuse(packet, RefuseReason::PoolExhausted),
+        };
+        let st = &mut self.streams[s];
+        self.pool.push_back(&mut st.fifo, d);
+        st.len += 1;
+        st.enqueued += 1;
+        let ps = &mut self.prio_stats[usize::from(st.prio())];
+        ps.enqueued += 1;
+        ps.queued += 1;
+        if st.len >= self.c.warn_at && !st.has(Flags::WARNED) {
+            st.set(Flags::WARNED);
+            ps.warnings += 1;
+            let stream = StreamId::new(s as u32, st.generation);
+            let depth = st.len;
+            self.events
+                .push(Event::BackpressureWarning { stream, depth });
+        }
+        if !self.streams[s].has(Flags::THROTTLED) {
+            self.wfq.packet_added(&mut self.streams, s as u32);
+        }
+        Ok(())
+    }
+
+    fn refuse(&mut self, packet: P, reason: RefuseReason) -> Result<(), Rejected<P>> {
+        self.refused[reason.index()] += 1;
+        Err(Rejected {
+            packet,
+            reason: Rejection::Refused(reason),
+        })
+    }
+
+    /// A push onto a full queue: tail drop plus CRITICAL (S7), or, once the stream has
+    /// ignored `critical_strikes` CRITICALs in this episode and the policy disconnects,
+    /// disconnection (S8).
+    fn overflow(&mut self, s: usize, packet: P) -> Result<(), Rejected<P>> {
+        let st = &mut self.streams[s];
+        st.enqueued += 1;
+        let id = StreamId::new(s as u32, st.generation);
+        let prio = usize::from(st.prio());
+        self.prio_stats[prio].enqueued += 1;
+        if self.c.disconnect && st.strikes() >= self.c.strikes {
+            let dropped = self.drop_queue(s, DropReason::Disconnected) + 1;
+            let st = &mut self.streams[s];
+            st.deficit += 1;
+            st.set_state(SlotState::Disconnected);
+            let ps = &mut self.prio_stats[prio];
+            ps.dropped[DropReason::Disconnected.index()] += 1;
+            ps.disconnects += 1;
+            self.events.push(Event::Disconnected {
+                stream: id,
+                dropped,
+            });
+            return Err(Rejected {
+                packet,
+                reason: Rejection::Dropped(DropReason::Disconnected),
+            });
+        }
+        st.strike();
+        let (depth, strike) = (st.len, st.strikes());
+        let ps = &mut self.prio_stats[prio];
+        ps.dropped[DropReason::QueueFull.index()] += 1;
+        ps.criticals += 1;
+        self.events.push(Event::BackpressureCritical {
+            stream: id,
+            depth,
+            strike,
+        });
+        Err(Rejected {
+            packet,
+            reason: Rejection::Dropped(DropReason::QueueFull),
+        })
+    }
+
+    /// The next packet to send at `now`, or when to ask again. Makes the same decisions
+    /// as [`Scheduler::dequeue_batch`] (it is a batch of one). O(1) per packet.
+    #[inline]
+    pub fn dequeue(&mut self, now: u64) -> Next<P> {
+        let now = self.advance(now);
+        self.begin_batch(now);
+        match self.step(now) {
+            Step::Go { c, s, len } => Next::Packet(self.commit(now, c, s, len)),
+            Step::Wait(until_ns) => Next::Wait { until_ns },
+            Step::Idle => Next::Idle,
+        }
+    }
+
+    /// Takes up to `max` packets eligible at `now` into `out` (appended in send order;
+    /// reserve its capacity once and reuse it, so this never allocates). Returns why it
+    /// stopped. The same decisions as `max` calls of [`Scheduler::dequeue`] at `now`:
+    /// the batch only shares the per-call work (clock, window, timers).
+    #[inline]
+    pub fn dequeue_batch(&mut self, now: u64, max: usize, out: &mut Vec<Dequeued<P>>) -> BatchEnd {
+        let now = self.advance(now);
+        self.begin_batch(now);
+        for _ in 0..max {
+            match self.step(now) {
+                Step::Go { c, s, len } => out.push(self.commit(now, c, s, len)),
+                Step::Wait(until_ns) => return BatchEnd::Wait { until_ns },
+                Step::Idle => return BatchEnd::Idle,
+            }
+        }
+        BatchEnd::Full
+    }
+
+    /// Work done once per call: the budget window and the cap timers.
+    #[inline(always)]
+    fn begin_batch(&mut self, now: u64) {
+        if now >= self.window.end {
+            self.roll_window(now);
+        }
+        self.release_parked(now);
+    }
+
+    /// One decision at `now` (see the module docs).
+    #[inline]
+    fn step(&mut self, now: u64) -> Step {
+        self.aging_tick(now);
+        loop {
+            let Some((c, s)) = self.wfq.pick(&mut self.streams) else {
+                return match self.next_release(now) {
+                    Some(at) => Step::Wait(at),
+                    None => Step::Idle,
+                };
+            };
+            let st = &self.streams[s as usize];
+            let head = self.pool.get(st.fifo.head);
+            let (len, age) = (head.len, now.saturating_sub(head.stamp));
+            let prio = st.prio();
+            if c == LANE && age < self.c.aging_ns {
+                self.demote(s);
+                continue;
+            }
+            if age > self.c.expire_ns && self.wfq.tier_of(prio) == self.wfq.low_tier() {
+                self.drop_head(c, s, DropReason::Expired);
+                continue;
+            }
+            if st.over_share()
+                && let Some(p) = &self.c.codel[usize::from(prio)]
+            {
+                let mut codel = Codel::from_parts(st.codel_time, st.codel_count);
+                let drop = age > p.interval_ns || codel.should_drop(now, age, st.len - 1, p);
+                let (time, count) = codel.parts();
+                let st = &mut self.streams[s as usize];
+                (st.codel_time, st.codel_count) = (time, count);
+                if drop {
+                    self.drop_head(c, s, DropReason::Aqm);
+                    continue;
+                }
+            }
+            let st = &self.streams[s as usize];
+            if st.cap != super::stream::NIL16
+                && let Some(wait) = self.caps.slots[usize::from(st.cap)]
+                    .bucket
+                    .wait_for(now, len)
+            {
+                self.park(s, now.saturating_add(wait));
+                continue;
+            }
+            if let Some(link) = &mut self.link {
+                if let Some(wait) = link.wait_for(now, len) {
+                    return Step::Wait(now.saturating_add(wait));
+                }
+                link.consume(len);
+            }
+            return Step::Go { c, s, len };
+        }
+    }
+
+    /// Takes the head packet of stream `s` (class `c`) for sending.
+    #[inline]
+    fn commit(&mut self, now: u64, c: usize, s: u32, len: u32) -> Dequeued<P> {
+        let st = &mut self.streams[s as usize];
+        if st.cap != super::stream::NIL16 {
+            self.caps.slots[usize::from(st.cap)].bucket.consume(len);
+        }
+        let d = self.pool.pop_front(&mut st.fifo);
+        st.len -= 1;
+        st.dequeued += 1;
+        let (id, prio) = (StreamId::new(s, st.generation), st.prio());
+        let stamp = self.pool.get(d).stamp;
+        let packet = self
+            .pool
+            .release(d)
+            .expect("a queued descriptor holds its packet");
+        self.wfq.served(&mut self.streams, c, s, len);
+        self.after_take(s);
+        let p = usize::from(prio);
+        let ps = &mut self.prio_stats[p];
+        ps.dequeued += 1;
+        ps.dequeued_bytes += u64::from(len);
+        ps.queued -= 1;
+        self.served[c].packets += 1;
+        self.served[c].bytes += u64::from(len);
+        let sojourn_ns = now.saturating_sub(stamp);
+        self.sojourn[p].saturating_record(sojourn_ns);
+        self.window.samples[p] += 1;
+        if sojourn_ns > self.c.budgets[p] {
+            self.window.over[p] += 1;
+            ps.budget_violations += 1;
+        }
+        Dequeued {
+            packet,
+            stream: id,
+            len,
+            priority: Priority::saturating(prio),
+            sojourn_ns,
+        }
+    }
+
+    /// Drops the head packet of listed stream `s` (class `c`) inside the scheduler: it
+    /// goes to the reclaim list, counted under `reason` (S11).
+    fn drop_head(&mut self, c: usize, s: u32, reason: DropReason) {
+        let st = &mut self.streams[s as usize];
+        let d = self.pool.pop_front(&mut st.fifo);
+        st.len -= 1;
+        match reason {
+            DropReason::Expired => st.expired = st.expired.saturating_add(1),
+            _ => st.aqm_dropped = st.aqm_dropped.saturating_add(1),
+        }
+        let (tag, prio) = (StreamId::new(s, st.generation).to_raw(), st.prio());
+        self.pool.retag(d, tag, reason.index() as u32);
+        self.pool.push_back(&mut self.reclaim, d);
+        self.reclaim_len += 1;
+        let ps = &mut self.prio_stats[usize::from(prio)];
+        ps.queued -= 1;
+        ps.dropped[reason.index()] += 1;
+        self.wfq.dropped(&mut self.streams, c, s);
+        self.after_take(s);
+    }
+
+    /// After a packet left stream `s` (sent or dropped): ends the backpressure episode
+    /// at the clear watermark (S7), and on an empty queue resets CoDel and ends a
+    /// promotion.
+    #[inline]
+    fn after_take(&mut self, s: u32) {
+        let st = &mut self.streams[s as usize];
+        let left = st.len;
+        if left <= self.c.clear_at && (st.has(Flags::WARNED) || st.strikes() > 0) {
+            st.clear(Flags::WARNED);
+            st.forgive();
+            let stream = StreamId::new(s, st.generation);
+            self.events.push(Event::BackpressureCleared {
+                stream,
+                depth: left,
+            });
+        }
+        if left == 0 {
+            let st = &mut self.streams[s as usize];
+            st.set_over_share(false);
+            reset_codel(st);
+            if st.has(Flags::PROMOTED) {
+                self.demote(s);
+            }
+        }
+    }
+
+    /// Closes the budget window: a priority whose p95 sojourn exceeded its budget emits
+    /// [`Event::BudgetViolation`] (S10).
+    fn roll_window(&mut self, now: u64) {
+        for p in Priority::ALL {
+            let i = p.index();
+            if self.c.budgets[i] != u64::MAX && self.window.p95_over(i) {
+                self.events.push(Event::BudgetViolation {
+                    priority: p,
+                    samples: self.window.samples[i],
+                    over_budget: self.window.over[i],
+                    budget_ns: self.c.budgets[i],
+                });
+            }
+        }
+        self.window = super::BudgetWindow::new(now.saturating_add(self.c.window_ns));
+    }
+}
+
+/// Forgets a stream's CoDel state (its queue emptied, or was dropped).
+#[inline]
+pub(super) fn reset_codel(st: &mut super::stream::Stream) {
+    let mut codel = Codel::from_parts(st.codel_time, st.codel_count);
+    codel.reset();
+    (st.codel_time, st.codel_count) = codel.parts();
+}
