@@ -1,9 +1,12 @@
 //! P1-P3: the scheduler core against baselines measured in the same run.
 //!
 //! Workload: `n` streams over priorities `s % 8` (default policy), each prefilled with
-//! two packets; one iteration enqueues a batch of 32 packets round-robin over the
-//! streams (lengths 64..1500) and dequeues 32. Criterion's throughput is per packet
-//! (enqueue + dequeue). Run: `cargo bench -p qos-benches --bench scheduler`.
+//! two packets; one iteration enqueues a batch of 32 packets to uniformly random
+//! streams (lengths 64..1500; random, so the hardware prefetcher cannot hide the
+//! misses real traffic pays) and dequeues 32, with the batch API (`dequeue_batch`) or
+//! the per-packet API (`dequeue`). Counters and histograms are on. Criterion's
+//! throughput is per packet (enqueue + dequeue).
+//! Run: `cargo bench -p qos-benches --bench scheduler`.
 
 use std::collections::VecDeque;
 use std::hint::black_box;
@@ -12,7 +15,9 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use qos_benches::NaiveScheduler;
-use qos_dataplane::sched::{Next, Policy, Scheduler, SchedulerConfig, StreamConfig, StreamId};
+use qos_dataplane::sched::{
+    Dequeued, Next, Policy, Rejected, Scheduler, SchedulerConfig, StreamConfig, StreamId,
+};
 
 const BATCH: u32 = 32;
 const PREFILL: u32 = 2;
@@ -21,11 +26,26 @@ fn len_of(i: u32) -> u32 {
     64 + (i.wrapping_mul(2_654_435_761) >> 7) % 1437
 }
 
+/// xorshift64*: the random stream of each enqueue (same sequence for every candidate).
+struct Rng(u64);
+impl Rng {
+    #[inline(always)]
+    fn below(&mut self, n: u32) -> u32 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        ((self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) * u64::from(n) >> 32) as u32
+    }
+}
+
 struct Ours {
     sched: Scheduler<u64>,
     ids: Vec<StreamId>,
-    cursor: usize,
+    rng: Rng,
     now: u64,
+    out: Vec<Dequeued<u64>>,
+    burst: Vec<(StreamId, u64, u32)>,
+    rejected: Vec<Rejected<u64>>,
 }
 
 impl Ours {
@@ -51,26 +71,59 @@ impl Ours {
         Self {
             sched,
             ids,
-            cursor: 0,
+            rng: Rng(0x9e37_79b9_7f4a_7c15),
             now: 0,
+            out: Vec::with_capacity(BATCH as usize),
+            burst: Vec::with_capacity(BATCH as usize),
+            rejected: Vec::with_capacity(BATCH as usize),
         }
     }
 
     #[inline]
-    fn batch(&mut self) -> u64 {
+    fn enqueue_each(&mut self) -> u64 {
         self.now += 1_000;
         let mut sum = 0;
         for k in 0..BATCH {
-            let id = self.ids[self.cursor];
-            self.cursor = (self.cursor + 1) % self.ids.len();
+            let s = self.rng.below(self.ids.len() as u32);
+            let id = self.ids[s as usize];
             if self
                 .sched
-                .enqueue(self.now, id, u64::from(k), len_of(k + self.cursor as u32))
+                .enqueue(self.now, id, u64::from(k), len_of(k + s))
                 .is_err()
             {
                 sum += 1;
             }
         }
+        sum
+    }
+
+    /// `enqueue_burst` of 32, then `dequeue_batch` of 32: the batch API.
+    #[inline]
+    fn batch(&mut self) -> u64 {
+        self.now += 1_000;
+        for k in 0..BATCH {
+            let s = self.rng.below(self.ids.len() as u32);
+            self.burst
+                .push((self.ids[s as usize], u64::from(k), len_of(k + s)));
+        }
+        self.sched
+            .enqueue_burst(self.now, &mut self.burst, &mut self.rejected);
+        let mut sum = self.rejected.len() as u64;
+        self.rejected.clear();
+        self.out.clear();
+        let _ = self
+            .sched
+            .dequeue_batch(self.now, BATCH as usize, &mut self.out);
+        for d in &self.out {
+            sum += d.packet + u64::from(d.len);
+        }
+        sum
+    }
+
+    /// 32 calls of `enqueue`, then 32 of `dequeue`: the per-packet API.
+    #[inline]
+    fn per_packet(&mut self) -> u64 {
+        let mut sum = self.enqueue_each();
         for _ in 0..BATCH {
             if let Next::Packet(d) = self.sched.dequeue(self.now) {
                 sum += d.packet + u64::from(d.len);
@@ -83,7 +136,7 @@ impl Ours {
 struct Naive {
     sched: NaiveScheduler<u64>,
     n: u32,
-    cursor: u32,
+    rng: Rng,
 }
 
 impl Naive {
@@ -100,7 +153,7 @@ impl Naive {
         Self {
             sched,
             n,
-            cursor: 0,
+            rng: Rng(0x9e37_79b9_7f4a_7c15),
         }
     }
 
@@ -108,9 +161,8 @@ impl Naive {
     fn batch(&mut self) -> u64 {
         let mut sum = 0;
         for k in 0..BATCH {
-            let s = self.cursor;
-            self.cursor = (self.cursor + 1) % self.n;
-            self.sched.enqueue(s, u64::from(k), len_of(k + self.cursor));
+            let s = self.rng.below(self.n);
+            self.sched.enqueue(s, u64::from(k), len_of(k + s));
         }
         for _ in 0..BATCH {
             if let Some((_, p, len)) = self.sched.dequeue() {
@@ -144,7 +196,11 @@ fn p1(c: &mut Criterion) {
     let mut g = c.benchmark_group("p1_4k_streams_batch32");
     g.throughput(Throughput::Elements(u64::from(BATCH)));
     let mut ours = Ours::new(4096);
-    g.bench_function("qos_sched", |b| b.iter(|| black_box(ours.batch())));
+    g.bench_function("qos_sched_batch", |b| b.iter(|| black_box(ours.batch())));
+    let mut ours = Ours::new(4096);
+    g.bench_function("qos_sched_per_packet", |b| {
+        b.iter(|| black_box(ours.per_packet()))
+    });
     let mut naive = Naive::new(4096);
     g.bench_function("naive_heap_vecdeque", |b| {
         b.iter(|| black_box(naive.batch()))
@@ -159,18 +215,21 @@ fn p1(c: &mut Criterion) {
 fn p2_p3(c: &mut Criterion) {
     let mut g = c.benchmark_group("p2_p3_stream_count");
     g.throughput(Throughput::Elements(u64::from(BATCH)));
-    for n in [64u32, 1 << 10, 1 << 16, 1 << 20] {
+    for n in [64u32, 1 << 12, 1 << 16, 1 << 20] {
         let mut ours = Ours::new(n);
-        g.bench_with_input(BenchmarkId::new("qos_sched", n), &n, |b, _| {
+        g.bench_with_input(BenchmarkId::new("qos_sched_batch", n), &n, |b, _| {
             b.iter(|| black_box(ours.batch()))
         });
         drop(ours);
-        if n == 64 || n == 1 << 16 || n == 1 << 20 {
-            let mut naive = Naive::new(n);
-            g.bench_with_input(BenchmarkId::new("naive_heap_vecdeque", n), &n, |b, _| {
-                b.iter(|| black_box(naive.batch()))
-            });
-        }
+        let mut ours = Ours::new(n);
+        g.bench_with_input(BenchmarkId::new("qos_sched_per_packet", n), &n, |b, _| {
+            b.iter(|| black_box(ours.per_packet()))
+        });
+        drop(ours);
+        let mut naive = Naive::new(n);
+        g.bench_with_input(BenchmarkId::new("naive_heap_vecdeque", n), &n, |b, _| {
+            b.iter(|| black_box(naive.batch()))
+        });
     }
     g.finish();
 }

@@ -3,14 +3,15 @@
 //!
 //! `cargo run --release -p qos-benches --example p1_driver -- STREAMS BATCHES [MODE] [PREFILL]`
 //!
-//! MODE `churn` (default): each batch enqueues 32 packets round-robin over the streams,
-//! then dequeues 32 (the criterion `p1` workload). MODE `backlogged`: each batch first
-//! refills the streams served by the previous batch, so every stream stays backlogged.
+//! MODE `churn` (default): each batch enqueues 32 packets to uniformly random streams,
+//! then takes 32 with `dequeue_batch` (the criterion `p1` workload). MODE `backlogged`:
+//! each batch first refills the streams served by the previous batch, so every stream
+//! stays backlogged.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use qos_dataplane::sched::{Next, Policy, Scheduler, SchedulerConfig, StreamConfig, StreamId};
+use qos_dataplane::sched::{Policy, Scheduler, SchedulerConfig, StreamConfig, StreamId};
 
 fn len_of(i: u32) -> u32 {
     64 + (i.wrapping_mul(2_654_435_761) >> 7) % 1437
@@ -47,7 +48,11 @@ fn main() {
         }
     }
     let (mut cursor, mut now, mut sum) = (0usize, 0u64, 0u64);
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut served: Vec<StreamId> = Vec::with_capacity(32);
+    let mut out = Vec::with_capacity(32);
+    let mut burst = Vec::with_capacity(32);
+    let mut rejected = Vec::with_capacity(32);
     #[allow(clippy::disallowed_methods)] // a benchmark driver measures wall time
     let start = Instant::now();
     for _ in 0..batches {
@@ -59,16 +64,20 @@ fn main() {
             }
         } else {
             for k in 0..32u32 {
-                let id = ids[cursor];
-                cursor = (cursor + 1) % ids.len();
-                let _ = s.enqueue(now, id, u64::from(k), len_of(k + cursor as u32));
+                rng ^= rng >> 12;
+                rng ^= rng << 25;
+                rng ^= rng >> 27;
+                let r = (rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) * u64::from(n) >> 32;
+                burst.push((ids[r as usize], u64::from(k), len_of(k + r as u32)));
             }
+            s.enqueue_burst(now, &mut burst, &mut rejected);
+            rejected.clear();
         }
-        for _ in 0..32 {
-            if let Next::Packet(d) = s.dequeue(now) {
-                sum += d.packet;
-                served.push(d.stream);
-            }
+        out.clear();
+        let _ = s.dequeue_batch(now, 32, &mut out);
+        for d in out.drain(..) {
+            sum += d.packet;
+            served.push(d.stream);
         }
     }
     let ns = start.elapsed().as_nanos() as f64 / (f64::from(batches) * 32.0);

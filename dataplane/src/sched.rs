@@ -49,6 +49,7 @@ mod hot;
 mod lifecycle;
 pub mod policy;
 mod pool;
+mod prefetch;
 mod priority;
 mod shaper;
 mod stats;
@@ -169,7 +170,8 @@ pub struct Scheduler<P> {
     sojourn: [Histogram<u64>; PRIORITIES],
     window: BudgetWindow,
     events: EventQueue,
-    ticks: u32,
+    /// When the aging guard next looks at a stream (`u64::MAX`: aging off).
+    aging_next: u64,
     now: u64,
 }
 
@@ -223,7 +225,7 @@ impl<P> Scheduler<P> {
             sojourn: std::array::from_fn(|_| new_sojourn_histogram()),
             window: BudgetWindow::new(c.window_ns),
             events,
-            ticks: 0,
+            aging_next: 0,
             now: 0,
             policy: policy.clone(),
         };
@@ -247,6 +249,7 @@ impl<P> Scheduler<P> {
             self.end_promotions();
         }
         self.c = Compiled::of(&policy);
+        self.aging_next = now;
         // A shorter window applies from now; a longer one from the next window.
         self.window.end = self.window.end.min(now.saturating_add(self.c.window_ns));
         let mut shares = [0u8; MAX_TIERS];

@@ -1,8 +1,13 @@
 //! Starvation guard (S9): the aging lane.
 //!
-//! A cursor walks the listed streams of the lowest tier, one stream every second
-//! decision, so every such stream is looked at within `2 * n` decisions of the last
-//! visit (`n` = streams listed in that tier). A stream whose oldest packet waited past
+//! A cursor walks the listed streams of the lowest tier, one stream per check. Checks
+//! are paced by time, not by packets: with `n` streams listed there, the next check is
+//! due `aging_timeout / (4n)` after the last one, and a decision makes at most one. So
+//! every listed stream of the tier is looked at within a quarter of the aging timeout
+//! of the last visit whenever the scheduler makes at least `4n / aging_timeout`
+//! decisions per second (and within `n` decisions otherwise), and the cost is at most
+//! one stream look-up per decision, usually far less: each look-up is a likely cache
+//! miss, so a check per packet would cost more than the rest of the decision. A stream whose oldest packet waited past
 //! the aging timeout is promoted: it moves to the aging lane, a service class beside the
 //! tiers whose share equals the lowest tier's (and doubles while every backlogged stream
 //! of that tier is promoted, so the lane then also has the tier's own share). Inside the
@@ -22,16 +27,23 @@ use super::stream::{Flags, StreamId};
 use super::{Event, Priority, Scheduler};
 
 impl<P> Scheduler<P> {
-    /// Looks at the stream under the aging cursor (every second decision).
-    #[inline]
+    /// Looks at the stream under the aging cursor when a check is due.
+    #[inline(always)]
     pub(super) fn aging_tick(&mut self, now: u64) {
+        if now < self.aging_next {
+            return;
+        }
+        self.aging_check(now);
+    }
+
+    #[inline(never)]
+    fn aging_check(&mut self, now: u64) {
         if self.c.aging_ns == u64::MAX {
+            self.aging_next = u64::MAX;
             return;
         }
-        self.ticks = self.ticks.wrapping_add(1);
-        if self.ticks & 1 != 0 {
-            return;
-        }
+        let n = u64::from(self.wfq.low_listed()).max(1);
+        self.aging_next = now.saturating_add((self.c.aging_ns / (4 * n)).max(1));
         let s = self.wfq.cursor_step(&self.streams);
         if s == NIL {
             return;

@@ -8,6 +8,7 @@
 //! caller to wait (S5). Each of those removes its packet or stream from contention, so
 //! its cost is paid once and a decision stays O(1).
 
+use super::prefetch::prefetch;
 use super::stream::{Flags, SlotState, StreamId};
 use super::types::{BatchEnd, Dequeued, Next, Rejected, Rejection};
 use super::wfq::LANE;
@@ -76,6 +77,40 @@ impl<P> Scheduler<P> {
             self.wfq.packet_added(&mut self.streams, s as u32);
         }
         Ok(())
+    }
+
+    /// Enqueues a burst: every `(stream, packet, len)` of `burst` (drained, in order) at
+    /// time `now`, exactly as that many [`Scheduler::enqueue`] calls would, handing
+    /// refused and dropped packets back in `rejected` (appended, in order). It first
+    /// prefetches the stream slots of the whole burst, then the descriptors they will
+    /// link to, so the cache misses of random streams overlap. Reserve both vectors once
+    /// and reuse them: this allocates nothing.
+    pub fn enqueue_burst(
+        &mut self,
+        now: u64,
+        burst: &mut Vec<(StreamId, P, u32)>,
+        rejected: &mut Vec<Rejected<P>>,
+    ) {
+        for (id, _, _) in burst.iter() {
+            prefetch(self.streams.as_ptr().wrapping_add(id.index() as usize));
+        }
+        for (id, _, _) in burst.iter() {
+            if let Some(st) = self.streams.get(id.index() as usize) {
+                prefetch(self.pool.addr(st.fifo.tail));
+            }
+        }
+        for (id, packet, len) in burst.drain(..) {
+            if let Err(r) = self.enqueue(now, id, packet, len) {
+                rejected.push(r);
+            }
+        }
+    }
+
+    /// Hints that stream `id` is about to be used (enqueued to): prefetches its slot.
+    /// Harmless for any handle.
+    #[inline(always)]
+    pub fn prefetch_stream(&self, id: StreamId) {
+        prefetch(self.streams.as_ptr().wrapping_add(id.index() as usize));
     }
 
     fn refuse(&mut self, packet: P, reason: RefuseReason) -> Result<(), Rejected<P>> {
@@ -180,6 +215,7 @@ impl<P> Scheduler<P> {
                 };
             };
             let st = &self.streams[s as usize];
+            self.prefetch_after(st.next);
             let head = self.pool.get(st.fifo.head);
             let (len, age) = (head.len, now.saturating_sub(head.stamp));
             let prio = st.prio();
@@ -220,6 +256,18 @@ impl<P> Scheduler<P> {
                 link.consume(len);
             }
             return Step::Go { c, s, len };
+        }
+    }
+
+    /// Prefetch pipeline of the decisions: `next` follows the stream being served in
+    /// its list and is likely the next decision's. Its slot was prefetched by the
+    /// previous decision, so reading it now is cheap: prefetch its head descriptor and
+    /// the slot after it (two decisions ahead).
+    #[inline(always)]
+    fn prefetch_after(&self, next: u32) {
+        if let Some(n) = self.streams.get(next as usize) {
+            prefetch(self.pool.addr(n.fifo.head));
+            prefetch(self.streams.as_ptr().wrapping_add(n.next as usize));
         }
     }
 

@@ -101,6 +101,12 @@ impl<P> Pool<P> {
         packet
     }
 
+    /// Address of descriptor `idx` (for prefetching; any index is fine).
+    #[inline(always)]
+    pub(crate) fn addr(&self, idx: u32) -> *const Desc<P> {
+        self.descs.as_ptr().wrapping_add(idx as usize)
+    }
+
     #[inline(always)]
     pub(crate) fn get(&self, idx: u32) -> &Desc<P> {
         &self.descs[idx as usize]

@@ -29,6 +29,7 @@
 
 use super::policy::{MAX_TIERS, PRIORITIES};
 use super::pool::NIL;
+use super::prefetch::prefetch;
 use super::stream::{Flags, List, Stream};
 use super::vtime::{before, cost, inverse};
 
@@ -53,6 +54,8 @@ struct Class {
     round: List,
     /// Packets queued in the streams listed here.
     queued: u64,
+    /// Streams listed here (backlogged or lingering).
+    listed: u32,
     /// Quantum of weight `w` is `(Q * w) >> shift`.
     shift: u32,
 }
@@ -64,6 +67,7 @@ impl Class {
         fresh: List::EMPTY,
         round: List::EMPTY,
         queued: 0,
+        listed: 0,
         shift: 0,
     };
 }
@@ -143,6 +147,7 @@ impl Wfq {
             old[2 * t] = std::mem::replace(&mut c.fresh, List::EMPTY);
             old[2 * t + 1] = std::mem::replace(&mut c.round, List::EMPTY);
             c.queued = 0;
+            c.listed = 0;
             self.active &= !(1 << t);
         }
         for list in old {
@@ -153,6 +158,7 @@ impl Wfq {
                 let t = self.class_of(&streams[s as usize]);
                 let len = u64::from(streams[s as usize].len);
                 self.classes[t].round.push_back(streams, s);
+                self.classes[t].listed += 1;
                 self.add_queued(t, len);
                 s = next;
             }
@@ -239,6 +245,7 @@ impl Wfq {
         st.set(Flags::FRESH);
         let len = u64::from(st.len);
         self.classes[c].fresh.push_back(streams, s);
+        self.classes[c].listed += 1;
         self.add_queued(c, len);
     }
 
@@ -253,6 +260,7 @@ impl Wfq {
             self.cursor = self.after(streams, s);
         }
         let class = &mut self.classes[c];
+        class.listed -= 1;
         if st.has(Flags::FRESH) {
             class.fresh.unlink(streams, s);
         } else {
@@ -297,6 +305,7 @@ impl Wfq {
             let st = &streams[s as usize];
             if st.len == 0 {
                 // Lingered through its turn with nothing to send: it leaves the round.
+                prefetch(streams.as_ptr().wrapping_add(st.next as usize));
                 self.unlink(streams, s);
                 continue;
             }
@@ -380,6 +389,11 @@ impl Wfq {
     }
 
     // ----- aging cursor over the lowest tier -----------------------------------------
+
+    /// Streams listed in the lowest tier.
+    pub(crate) fn low_listed(&self) -> u32 {
+        self.classes[self.low].listed
+    }
 
     /// The listed stream of the lowest tier the aging guard looks at now, moving the
     /// cursor on to the next one. Walks the fresh list, then the round, then starts
