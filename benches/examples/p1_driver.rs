@@ -67,7 +67,7 @@ fn main() {
                 rng ^= rng >> 12;
                 rng ^= rng << 25;
                 rng ^= rng >> 27;
-                let r = (rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) * u64::from(n) >> 32;
+                let r = ((rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) * u64::from(n)) >> 32;
                 burst.push((ids[r as usize], u64::from(k), len_of(k + r as u32)));
             }
             s.enqueue_burst(now, &mut burst, &mut rejected);
