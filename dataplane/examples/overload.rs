@@ -1,5 +1,8 @@
 //! Simulates the reference policy under overload on a virtual clock and prints the tier
-//! shares against the configured ones and per-priority sojourn percentiles.
+//! shares against the configured ones, per-priority sojourn percentiles against the
+//! latency budgets, and the drops by reason: queue-delay control (S14) keeps every
+//! budgeted priority within its budget by dropping the excess of streams above their
+//! share (`aqm`) instead of queueing it for seconds.
 //!
 //! Run: `cargo run --release -p qos-dataplane --example overload`
 //!
@@ -10,7 +13,9 @@
 
 use std::sync::Arc;
 
-use qos_dataplane::sched::{Next, Policy, Priority, Scheduler, SchedulerConfig, StreamConfig};
+use qos_dataplane::sched::{
+    DropReason, Next, Policy, Priority, Scheduler, SchedulerConfig, StreamConfig,
+};
 
 const LINK_BPS: u64 = 100_000_000;
 /// Offered rate per priority 0..=7, bits/s.
@@ -89,25 +94,33 @@ fn print_report(sched: &Scheduler<u64>, policy: &Policy, skipped: u64) {
         );
     }
     println!(
-        "\n{:<4} {:>10} {:>10} {:>10} {:>10} {:>10}",
-        "prio", "budget", "p50", "p95", "p99", "max"
+        "\n{:<4} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
+        "prio", "budget", "p50", "p95", "p99", "max", "sent", "aqm drop"
     );
     for p in (0..8u8).rev() {
         let h = sched.sojourn_histogram(Priority::ALL[usize::from(p)]);
         let ms = |v: u64| format!("{:.2} ms", v as f64 / 1e6);
         let budget = policy.spec().latency_budget_ns[usize::from(p)].map_or("best eff.".into(), ms);
+        let stats = sched.priority_stats(Priority::ALL[usize::from(p)]);
         println!(
-            "P{:<3} {:>10} {:>10} {:>10} {:>10} {:>10}",
+            "P{:<3} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>9}",
             p,
             budget,
             ms(h.value_at_quantile(0.50)),
             ms(h.value_at_quantile(0.95)),
             ms(h.value_at_quantile(0.99)),
-            ms(h.max())
+            ms(h.max()),
+            stats.dequeued,
+            stats.dropped[DropReason::Aqm as usize],
         );
     }
     let shard = sched.shard_stats();
     let t = shard.totals;
+    let by_reason: Vec<String> = DropReason::ALL
+        .iter()
+        .map(|r| format!("{} {}", r.as_str(), t.dropped[*r as usize]))
+        .collect();
+    println!("\ndrops by reason: {}", by_reason.join(", "));
     println!(
         "\nS11: enqueued {} = dequeued {} + dropped {} + queued {} ({}); skipped at source {}",
         t.enqueued,

@@ -155,6 +155,16 @@ impl Codel {
         self.count & DROPPING != 0
     }
 
+    /// A packet outlived the hard sojourn limit and was dropped by the caller: CoDel's
+    /// control law is ramping too slowly for this sender (an unresponsive one), so count
+    /// that drop as one of CoDel's own. The next drop interval shrinks as `1/sqrt(count)`
+    /// and the queue is pulled down toward the target instead of sitting at the limit
+    /// (the same idea as CAKE's COBALT, which adds BLUE to CoDel for such senders).
+    pub(crate) fn escalate(&mut self) {
+        let count = self.drop_count().saturating_add(1).min(COUNT_MAX);
+        self.count = (self.count & DROPPING) | count;
+    }
+
     /// The state as stored in a stream slot (two fields, so the slot stays 64 bytes).
     #[inline(always)]
     pub(crate) fn from_parts(time: u32, count: u16) -> Self {
@@ -493,6 +503,24 @@ mod tests {
         for off in &offsets[1..] {
             assert!(wrap_scenario(*off) == base, "offset {off}");
         }
+    }
+
+    #[test]
+    fn s14_escalate_raises_the_count_and_keeps_the_state() {
+        let p = CodelParams::from_budget(50_000_000);
+        let mut c = Codel::IDLE;
+        for _ in 0..10 {
+            c.escalate();
+        }
+        assert_eq!((c.drop_count(), c.dropping()), (10, false));
+        // Re-entry after escalation starts at count - 2: the first drop comes one
+        // interval after the sojourn rose, the next after interval / sqrt(8).
+        let t0 = 1_000_000_000;
+        assert!(!c.should_drop(t0, p.target_ns + 1, 5, &p));
+        assert!(c.should_drop(t0 + p.interval_ns + 2_048, p.target_ns + 1, 5, &p));
+        assert_eq!(c.drop_count(), 8);
+        c.escalate();
+        assert_eq!((c.drop_count(), c.dropping()), (9, true));
     }
 
     #[test]

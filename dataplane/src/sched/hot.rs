@@ -231,7 +231,13 @@ impl<P> Scheduler<P> {
                 && let Some(p) = &self.c.codel[usize::from(prio)]
             {
                 let mut codel = Codel::from_parts(st.codel_time, st.codel_count);
-                let drop = age > p.interval_ns || codel.should_drop(now, age, st.len - 1, p);
+                // Hard limit: a packet older than the interval is dropped whatever the
+                // control law says, and speeds the control law up.
+                let hard = age > p.interval_ns && st.len > 1;
+                if hard {
+                    codel.escalate();
+                }
+                let drop = hard || codel.should_drop(now, age, st.len - 1, p);
                 let (time, count) = codel.parts();
                 let st = &mut self.streams[s as usize];
                 (st.codel_time, st.codel_count) = (time, count);
