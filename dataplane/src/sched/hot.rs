@@ -40,19 +40,18 @@ impl<P> Scheduler<P> {
         len: u32,
     ) -> Result<(), Rejected<P>> {
         let now = self.advance(now);
-        if len == 0 || len > self.c.max_packet {
-            return self.refuse(packet, RefuseReason::InvalidLength);
-        }
-        let s = match self.lookup(id) {
-            Ok(s) if self.streams[s].state() == SlotState::Open => s,
-            Ok(_) => return self.refuse(packet, RefuseReason::Disconnected),
-            Err(super::StreamError::Closed(_)) => {
-                return self.refuse(packet, RefuseReason::Closed);
-            }
-            Err(_) => return self.refuse(packet, RefuseReason::UnknownStream),
-        };
-        if self.streams[s].len >= self.c.max_depth {
-            return self.overflow(s, packet);
+        let s = id.index() as usize;
+        // One look at the slot decides the common case; every other case (bad length,
+        // stale handle, closed or disconnected stream, full queue) takes the cold path.
+        let fast = len != 0
+            && len <= self.c.max_packet
+            && self.streams.get(s).is_some_and(|st| {
+                st.generation == id.generation()
+                    && st.state() == SlotState::Open
+                    && st.len < self.c.max_depth
+            });
+        if !fast {
+            return self.enqueue_cold(id, packet, len);
         }
         let d = match self.pool.alloc(packet, len, now) {
             Ok(d) => d,
@@ -77,6 +76,21 @@ impl<P> Scheduler<P> {
             self.wfq.packet_added(&mut self.streams, s as u32);
         }
         Ok(())
+    }
+
+    /// The uncommon outcomes of `enqueue`: a refusal (with its reason) or a full queue.
+    #[cold]
+    #[inline(never)]
+    fn enqueue_cold(&mut self, id: StreamId, packet: P, len: u32) -> Result<(), Rejected<P>> {
+        if len == 0 || len > self.c.max_packet {
+            return self.refuse(packet, RefuseReason::InvalidLength);
+        }
+        match self.lookup(id) {
+            Ok(s) if self.streams[s].state() == SlotState::Open => self.overflow(s, packet),
+            Ok(_) => self.refuse(packet, RefuseReason::Disconnected),
+            Err(super::StreamError::Closed(_)) => self.refuse(packet, RefuseReason::Closed),
+            Err(_) => self.refuse(packet, RefuseReason::UnknownStream),
+        }
     }
 
     /// Enqueues a burst: every `(stream, packet, len)` of `burst` (drained, in order) at
@@ -346,7 +360,10 @@ impl<P> Scheduler<P> {
     fn after_take(&mut self, s: u32) {
         let st = &mut self.streams[s as usize];
         let left = st.len;
-        if left <= self.c.clear_at && (st.has(Flags::WARNED) || st.strikes() > 0) {
+        if left != 0 && !st.in_episode() {
+            return;
+        }
+        if left <= self.c.clear_at && st.in_episode() {
             st.clear(Flags::WARNED);
             st.forgive();
             let stream = StreamId::new(s, st.generation);
@@ -358,7 +375,7 @@ impl<P> Scheduler<P> {
         if left == 0 {
             let st = &mut self.streams[s as usize];
             st.set_over_share(false);
-            reset_codel(st);
+            (st.codel_time, st.codel_count) = Codel::IDLE.parts();
             if st.has(Flags::PROMOTED) {
                 self.demote(s);
             }

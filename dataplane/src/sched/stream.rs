@@ -256,6 +256,12 @@ impl Stream {
         self.prio_strikes &= !STRIKE_MASK;
     }
 
+    /// `true` during a backpressure episode (WARNING raised or CRITICALs struck).
+    #[inline(always)]
+    pub(crate) fn in_episode(&self) -> bool {
+        self.has(Flags::WARNED) || self.prio_strikes & STRIKE_MASK != 0
+    }
+
     /// `true` while the stream sends more than its fair share: its last DRR turn ended
     /// with its credit spent and packets left. Only such streams are subject to AQM
     /// (S14: a stream within its share sees no AQM drop).
