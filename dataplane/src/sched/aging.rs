@@ -64,7 +64,7 @@ impl<P> Scheduler<P> {
         let st = &mut self.streams[s as usize];
         st.set(Flags::PROMOTED);
         let priority = Priority::saturating(st.prio());
-        let stream = StreamId::new(s, st.generation);
+        let stream = StreamId::new(s, st.generation());
         self.wfq.link(&mut self.streams, s);
         self.prio_stats[priority.index()].promotions += 1;
         self.events.push(Event::Promoted { stream, priority });

@@ -46,7 +46,7 @@ impl<P> Scheduler<P> {
         let fast = len != 0
             && len <= self.c.max_packet
             && self.streams.get(s).is_some_and(|st| {
-                st.generation == id.generation()
+                st.generation() == id.generation()
                     && st.state() == SlotState::Open
                     && st.len < self.c.max_depth
             });
@@ -67,7 +67,7 @@ impl<P> Scheduler<P> {
         if st.len >= self.c.warn_at && !st.has(Flags::WARNED) {
             st.set(Flags::WARNED);
             ps.warnings += 1;
-            let stream = StreamId::new(s as u32, st.generation);
+            let stream = StreamId::new(s as u32, st.generation());
             let depth = st.len;
             self.events
                 .push(Event::BackpressureWarning { stream, depth });
@@ -141,7 +141,7 @@ impl<P> Scheduler<P> {
     fn overflow(&mut self, s: usize, packet: P) -> Result<(), Rejected<P>> {
         let st = &mut self.streams[s];
         st.enqueued += 1;
-        let id = StreamId::new(s as u32, st.generation);
+        let id = StreamId::new(s as u32, st.generation());
         let prio = usize::from(st.prio());
         self.prio_stats[prio].enqueued += 1;
         if self.c.disconnect && st.strikes() >= self.c.strikes {
@@ -241,13 +241,19 @@ impl<P> Scheduler<P> {
                 self.drop_head(c, s, DropReason::Expired);
                 continue;
             }
+            // AQM acts only on a stream above its share that holds more than one DRR
+            // turn's worth (queue estimated as packets x head length): what one turn
+            // clears is not a standing queue (RFC 8289 leaves a queue under one MTU
+            // alone; a DRR turn is our MTU).
             if st.over_share()
+                && u64::from(st.len) * u64::from(len)
+                    > u64::from(self.wfq.quantum_of(c, st.weight).unsigned_abs())
                 && let Some(p) = &self.c.codel[usize::from(prio)]
             {
                 let mut codel = Codel::from_parts(st.codel_time, st.codel_count);
                 // Hard limit: a packet older than the interval is dropped whatever the
                 // control law says, and speeds the control law up.
-                let hard = age > p.interval_ns && st.len > 1;
+                let hard = age > p.interval_ns;
                 if hard {
                     codel.escalate();
                 }
@@ -301,7 +307,7 @@ impl<P> Scheduler<P> {
         let d = self.pool.pop_front(&mut st.fifo);
         st.len -= 1;
         st.dequeued += 1;
-        let (id, prio) = (StreamId::new(s, st.generation), st.prio());
+        let (id, prio) = (StreamId::new(s, st.generation()), st.prio());
         let stamp = self.pool.get(d).stamp;
         let packet = self
             .pool
@@ -342,7 +348,7 @@ impl<P> Scheduler<P> {
             DropReason::Expired => st.expired = st.expired.saturating_add(1),
             _ => st.aqm_dropped = st.aqm_dropped.saturating_add(1),
         }
-        let (tag, prio) = (StreamId::new(s, st.generation).to_raw(), st.prio());
+        let (tag, prio) = (StreamId::new(s, st.generation()).to_raw(), st.prio());
         self.pool.retag(d, tag, reason.index() as u32);
         self.pool.push_back(&mut self.reclaim, d);
         self.reclaim_len += 1;
@@ -366,7 +372,7 @@ impl<P> Scheduler<P> {
         if left <= self.c.clear_at && st.in_episode() {
             st.clear(Flags::WARNED);
             st.forgive();
-            let stream = StreamId::new(s, st.generation);
+            let stream = StreamId::new(s, st.generation());
             self.events.push(Event::BackpressureCleared {
                 stream,
                 depth: left,
@@ -374,7 +380,7 @@ impl<P> Scheduler<P> {
         }
         if left == 0 {
             let st = &mut self.streams[s as usize];
-            st.set_over_share(false);
+            st.end_saturation();
             (st.codel_time, st.codel_count) = Codel::IDLE.parts();
             if st.has(Flags::PROMOTED) {
                 self.demote(s);

@@ -1,14 +1,16 @@
 //! Stream lifecycle: open, update, close, reopen, and the drops they cause.
 //!
 //! Slot states move `Free -> Open -> (Disconnected ->) Free`; every transition is a
-//! method here. Handles carry a 32-bit generation; the free list is FIFO, and a slot
+//! method here. Handles carry a 24-bit generation; the free list is FIFO, and a slot
 //! whose generation is exhausted is retired instead of reused, so a handle never names
 //! a later stream.
 
 use super::Scheduler;
 use super::pool::NIL;
 use super::stats::DropReason;
-use super::stream::{Flags, NIL16, SlotState, Stream, StreamConfig, StreamId, StreamStats};
+use super::stream::{
+    Flags, GENERATION_MASK, NIL16, SlotState, Stream, StreamConfig, StreamId, StreamStats,
+};
 use super::types::StreamError;
 
 impl<P> Scheduler<P> {
@@ -30,7 +32,7 @@ impl<P> Scheduler<P> {
             },
             None => NIL16,
         };
-        let generation = self.streams[s as usize].generation.wrapping_add(1);
+        let generation = (self.streams[s as usize].generation() + 1) & GENERATION_MASK;
         let prio = config.priority;
         let weight = config.weight.unwrap_or(prio.default_weight());
         self.streams[s as usize] =
@@ -63,7 +65,7 @@ impl<P> Scheduler<P> {
     fn put_slot(&mut self, s: u32) {
         let st = &mut self.streams[s as usize];
         st.next = NIL;
-        if st.generation == u32::MAX {
+        if st.generation() == GENERATION_MASK {
             self.retired_slots += 1;
             return;
         }
@@ -86,8 +88,10 @@ impl<P> Scheduler<P> {
     pub(super) fn lookup(&self, id: StreamId) -> Result<usize, StreamError> {
         let s = id.index() as usize;
         match self.streams.get(s) {
-            Some(st) if st.generation == id.generation() && st.state() != SlotState::Free => Ok(s),
-            Some(st) if st.generation == id.generation() => Err(StreamError::Closed(id)),
+            Some(st) if st.generation() == id.generation() && st.state() != SlotState::Free => {
+                Ok(s)
+            }
+            Some(st) if st.generation() == id.generation() => Err(StreamError::Closed(id)),
             _ => Err(StreamError::Unknown(id)),
         }
     }
@@ -217,7 +221,7 @@ impl<P> Scheduler<P> {
         let st = &mut self.streams[s];
         st.clear(Flags::WARNED);
         super::hot::reset_codel(st);
-        let tag = StreamId::new(s as u32, st.generation).to_raw();
+        let tag = StreamId::new(s as u32, st.generation()).to_raw();
         let n =
             self.pool
                 .splice_tagged(&mut st.fifo, &mut self.reclaim, tag, reason.index() as u32);

@@ -19,7 +19,7 @@ impl StreamId {
     pub fn index(self) -> u32 {
         self.index
     }
-    /// Generation of the slot when this handle was issued (32 bits; a slot is retired
+    /// Generation of the slot when this handle was issued (24 bits; a slot is retired
     /// rather than reused once its generation is exhausted, so handles never alias).
     pub fn generation(self) -> u32 {
         self.generation
@@ -107,12 +107,10 @@ impl Flags {
     pub(crate) const FRESH: Flags = Flags(1 << 7);
 }
 
-/// Priority (3 bits), CRITICAL strikes of the current episode (4 bits) and the
-/// over-share bit in one byte.
+/// Priority (3 bits) and CRITICAL strikes of the current episode (4 bits) in one byte.
 const PRIO_MASK: u8 = 0b111;
 const STRIKE_SHIFT: u8 = 3;
 const STRIKE_MASK: u8 = 0b1111 << STRIKE_SHIFT;
-const OVER_SHARE: u8 = 1 << 7;
 
 /// The state of one stream: queue, list links, DRR credit, CoDel state, counters.
 /// Exactly 64 bytes (P2); rate-cap buckets live in a side table so uncapped streams do
@@ -129,7 +127,9 @@ pub(crate) struct Stream {
     /// DRR credit in bytes while open; after a terminal event (disconnect, close) the
     /// number of packets that event dropped.
     pub(crate) deficit: i32,
-    pub(crate) generation: u32,
+    /// Slot generation (low 24 bits) and the count of consecutive saturated DRR turns
+    /// (high 8 bits, see [`Stream::saturated_turns`]).
+    gen_turns: u32,
     /// CoDel: see `codel::Codel` (time in 1.024 us units, and count with the dropping bit).
     pub(crate) codel_time: u32,
     /// Packets dropped by queue-delay control (`aqm`), saturating.
@@ -147,6 +147,11 @@ pub(crate) struct Stream {
     pub(crate) dequeued: u64,
 }
 
+/// Generations are 24-bit: a slot is retired once its generation reaches this.
+pub(crate) const GENERATION_MASK: u32 = (1 << 24) - 1;
+/// Consecutive saturated turns after which a stream counts as above its share for AQM.
+pub(crate) const OVER_SHARE_TURNS: u32 = 16;
+
 /// The null cap index.
 pub(crate) const NIL16: u16 = u16::MAX;
 
@@ -157,7 +162,7 @@ impl Stream {
         prev: NIL,
         next: NIL,
         deficit: 0,
-        generation: 0,
+        gen_turns: 0,
         codel_time: 0,
         aqm_dropped: 0,
         expired: 0,
@@ -178,8 +183,9 @@ impl Stream {
         weight_set: bool,
         cap: u16,
     ) -> Self {
+        debug_assert!(generation <= GENERATION_MASK, "generation out of range");
         let mut st = Stream {
-            generation,
+            gen_turns: generation,
             weight,
             cap,
             prio_strikes: prio & PRIO_MASK,
@@ -256,26 +262,47 @@ impl Stream {
         self.prio_strikes &= !STRIKE_MASK;
     }
 
+    /// The slot's generation (24 bits).
+    #[inline(always)]
+    pub(crate) fn generation(&self) -> u32 {
+        self.gen_turns & GENERATION_MASK
+    }
+
+    /// DRR turns in a row (saturating at 255) that ended with the stream's credit spent
+    /// and packets left; reset when its queue empties. A stream within its share empties
+    /// its queue between bursts; one above its share never does.
+    #[inline(always)]
+    pub(crate) fn saturated_turns(&self) -> u32 {
+        self.gen_turns >> 24
+    }
+
+    /// One more saturated turn.
+    #[inline(always)]
+    pub(crate) fn saturated_turn(&mut self) {
+        if self.saturated_turns() < 255 {
+            self.gen_turns += 1 << 24;
+        }
+    }
+
     /// `true` during a backpressure episode (WARNING raised or CRITICALs struck).
     #[inline(always)]
     pub(crate) fn in_episode(&self) -> bool {
         self.has(Flags::WARNED) || self.prio_strikes & STRIKE_MASK != 0
     }
 
-    /// `true` while the stream sends more than its fair share: its last DRR turn ended
-    /// with its credit spent and packets left. Only such streams are subject to AQM
-    /// (S14: a stream within its share sees no AQM drop).
+    /// `true` while the stream sends more than its fair share: its last
+    /// `OVER_SHARE_TURNS` DRR turns all ended with its credit spent and packets left.
+    /// Only such streams are subject to AQM (S14: a stream within its share sees no AQM
+    /// drop, even a bursty one whose queue lives through a few turns).
     #[inline(always)]
     pub(crate) fn over_share(&self) -> bool {
-        self.prio_strikes & OVER_SHARE != 0
+        self.saturated_turns() >= OVER_SHARE_TURNS
     }
 
-    pub(crate) fn set_over_share(&mut self, on: bool) {
-        if on {
-            self.prio_strikes |= OVER_SHARE;
-        } else {
-            self.prio_strikes &= !OVER_SHARE;
-        }
+    /// Its queue emptied: the run of saturated turns is over.
+    #[inline(always)]
+    pub(crate) fn end_saturation(&mut self) {
+        self.gen_turns &= GENERATION_MASK;
     }
 
     /// Tail drops (`queue_full`), derived from the other counters (S11); `terminal` is

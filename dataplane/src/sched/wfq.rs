@@ -188,7 +188,7 @@ impl Wfq {
 
     /// DRR quantum of a stream of weight `w` in class `c`, in bytes (>= 1).
     #[inline(always)]
-    fn quantum_of(&self, c: usize, w: u16) -> i32 {
+    pub(crate) fn quantum_of(&self, c: usize, w: u16) -> i32 {
         let q = (u64::from(self.quantum) * u64::from(w)) >> self.classes[c].shift;
         q.clamp(1, MAX_STREAM_QUANTUM) as i32
     }
@@ -328,7 +328,7 @@ impl Wfq {
         st.deficit = st.deficit.saturating_sub(len as i32);
         let (spent, empty) = (st.deficit <= 0, st.len == 0);
         if spent && !empty {
-            st.set_over_share(true);
+            st.saturated_turn();
         }
         if st.has(Flags::FRESH) {
             if spent || empty {

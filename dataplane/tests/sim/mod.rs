@@ -3,7 +3,8 @@
 //! is exactly repeatable.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use qos_dataplane::sched::{
@@ -20,6 +21,13 @@ pub enum Offer {
     Saturate { queued: u32 },
     /// Constant bit rate: one packet every `interval_ns`.
     Rate { interval_ns: u64, next_at: u64 },
+    /// Poisson arrivals: exponential gaps of mean `mean_ns` (integer ns, at least 1),
+    /// drawn from the xorshift state `rng`, so a run is exactly repeatable.
+    Poisson {
+        mean_ns: u64,
+        next_at: u64,
+        rng: u64,
+    },
     /// Silent.
     Off,
 }
@@ -65,6 +73,13 @@ pub struct Sim {
     pub heed_backpressure: bool,
     /// Packets skipped at the source that way.
     pub skipped_at_source: u64,
+    /// Packets taken from `pop_reclaimed` during a run (`run_events_for` drains them as
+    /// it goes); `assert_conserved` counts them.
+    pub reclaimed: u64,
+    /// When set, every packet offered is logged in `arrivals`.
+    pub log_arrivals: bool,
+    /// `(time, source)` of every packet offered, whatever came of it (with `log_arrivals`).
+    pub arrivals: Vec<(u64, usize)>,
 }
 
 /// Bits per second to nanoseconds per byte (exact for the rates the tests use).
@@ -104,6 +119,9 @@ impl Sim {
             returned_refused: 0,
             heed_backpressure: false,
             skipped_at_source: 0,
+            reclaimed: 0,
+            log_arrivals: false,
+            arrivals: Vec::new(),
         }
     }
 
@@ -146,6 +164,9 @@ impl Sim {
         let Source { stream, len, .. } = self.sources[src];
         let seq = self.next_seq;
         self.next_seq += 1;
+        if self.log_arrivals {
+            self.arrivals.push((at, src));
+        }
         match self.sched.enqueue(at, stream, seq, len) {
             Ok(()) => self.accepted += 1,
             Err(r) => match r.reason {
@@ -166,7 +187,7 @@ impl Sim {
         self.sources
             .iter()
             .filter_map(|s| match s.offer {
-                Offer::Rate { next_at, .. } => Some(next_at),
+                Offer::Rate { next_at, .. } | Offer::Poisson { next_at, .. } => Some(next_at),
                 _ => None,
             })
             .min()
@@ -192,6 +213,11 @@ impl Sim {
                         interval_ns,
                         next_at,
                     };
+                }
+                Offer::Poisson { mut next_at, .. } => {
+                    while next_at <= self.now {
+                        next_at = self.arrive(i).expect("a Poisson source");
+                    }
                 }
                 Offer::Saturate { queued } => {
                     let stream = self.sources[i].stream;
@@ -287,6 +313,7 @@ impl Sim {
         while self.sched.pop_reclaimed().is_some() {
             reclaimed += 1;
         }
+        reclaimed += self.reclaimed;
         let shard = self.sched.shard_stats();
         assert!(shard.is_conserved(), "{shard:?}");
         let t = shard.totals;
@@ -310,4 +337,308 @@ pub fn jain(xs: &[u64]) -> f64 {
     let sum: f64 = xs.iter().map(|&x| x as f64).sum();
     let sq: f64 = xs.iter().map(|&x| (x as f64) * (x as f64)).sum();
     sum * sum / (xs.len() as f64 * sq)
+}
+
+// ----- additions for the adversarial tests (fairness, wrap, aging, determinism) --------
+
+impl Sim {
+    /// A constant-rate stream whose first packet arrives at `first_at` and then one every
+    /// `interval_ns` (use it to give sources distinct phases).
+    pub fn rate_every(&mut self, priority: u8, len: u32, interval_ns: u64, first_at: u64) -> usize {
+        let offer = Offer::Rate {
+            interval_ns: interval_ns.max(1),
+            next_at: first_at,
+        };
+        self.add(StreamConfig::with_priority(priority), len, offer)
+    }
+
+    /// A Poisson stream at `priority` offering `rate_bps` on average, its gaps drawn from
+    /// a generator seeded with `seed`.
+    pub fn poisson(&mut self, priority: u8, len: u32, rate_bps: f64, seed: u64) -> usize {
+        let mean_ns = ((f64::from(len) * 8.0 * SEC as f64 / rate_bps).round() as u64).max(1);
+        let mut rng = Rng::new(seed).0;
+        let next_at = self.now + exp_ns(mean_ns, &mut rng);
+        let offer = Offer::Poisson {
+            mean_ns,
+            next_at,
+            rng,
+        };
+        self.add(StreamConfig::with_priority(priority), len, offer)
+    }
+
+    /// Offers the next packet of constant-rate or Poisson source `src` (at its scheduled
+    /// time, or skips it while the queue is full and `heed_backpressure` is set) and
+    /// returns when the one after it arrives; `None` for other sources.
+    pub fn arrive(&mut self, src: usize) -> Option<u64> {
+        let at = match self.sources[src].offer {
+            Offer::Rate { next_at, .. } | Offer::Poisson { next_at, .. } => next_at,
+            Offer::Saturate { .. } | Offer::Off => return None,
+        };
+        if self.heed_backpressure && self.queue_full(src) {
+            self.skipped_at_source += 1;
+        } else {
+            self.offer(src, at);
+        }
+        let next = match &mut self.sources[src].offer {
+            Offer::Rate {
+                interval_ns,
+                next_at,
+            } => {
+                *next_at += *interval_ns;
+                *next_at
+            }
+            Offer::Poisson {
+                mean_ns,
+                next_at,
+                rng,
+            } => {
+                *next_at += exp_ns(*mean_ns, rng);
+                *next_at
+            }
+            Offer::Saturate { .. } | Offer::Off => unreachable!("checked above"),
+        };
+        Some(next)
+    }
+
+    /// Tops a saturating source up to its target backlog.
+    fn top_up(&mut self, src: usize) {
+        let Offer::Saturate { queued } = self.sources[src].offer else {
+            return;
+        };
+        let Some(stats) = self.sched.stream_stats(self.sources[src].stream) else {
+            return;
+        };
+        for _ in stats.queued..u64::from(queued) {
+            self.offer(src, self.now);
+        }
+    }
+
+    /// Same model as [`Sim::run_for`] (sources, fake link, checks), driven by an
+    /// arrival heap instead of a scan of every source per step, so thousands of sources
+    /// cost O(log n) per packet: a saturating source is topped up when one of its
+    /// packets leaves (dequeued, or dropped inside the scheduler; reclaimed packets are
+    /// drained as they appear and counted in `reclaimed`).
+    pub fn run_events_for(&mut self, duration_ns: u64) {
+        let end = self.now + duration_ns;
+        let slots = self
+            .sources
+            .iter()
+            .map(|s| s.stream.index() as usize + 1)
+            .max()
+            .unwrap_or(0);
+        let mut by_slot = vec![usize::MAX; slots];
+        let mut heap = BinaryHeap::new();
+        for i in 0..self.sources.len() {
+            by_slot[self.sources[i].stream.index() as usize] = i;
+            match self.sources[i].offer {
+                Offer::Rate { next_at, .. } | Offer::Poisson { next_at, .. } => {
+                    heap.push(Reverse((next_at, i)));
+                }
+                Offer::Saturate { .. } => self.top_up(i),
+                Offer::Off => {}
+            }
+        }
+        let source_of = |by_slot: &[usize], id: StreamId| {
+            by_slot
+                .get(id.index() as usize)
+                .copied()
+                .filter(|&i| i != usize::MAX)
+        };
+        while self.now < end {
+            while let Some(&Reverse((at, i))) = heap.peek() {
+                if at > self.now {
+                    break;
+                }
+                heap.pop();
+                if let Some(next) = self.arrive(i) {
+                    heap.push(Reverse((next, i)));
+                }
+            }
+            let next_arrival = heap.peek().map_or(u64::MAX, |r| r.0.0);
+            if self.link_free_at > self.now {
+                self.now = self.link_free_at.min(next_arrival).min(end);
+                continue;
+            }
+            match self.sched.dequeue(self.now) {
+                Next::Packet(d) => {
+                    let last = self.last_seq.insert(d.stream, d.packet);
+                    assert!(
+                        last.is_none_or(|l| l < d.packet),
+                        "reordered inside a stream"
+                    );
+                    self.sent.push(Sent {
+                        at: self.now,
+                        stream: d.stream,
+                        len: d.len,
+                        priority: d.priority.get(),
+                        sojourn_ns: d.sojourn_ns,
+                        seq: d.packet,
+                    });
+                    self.link_free_at = self.now + u64::from(d.len) * self.ns_per_byte;
+                    if let Some(i) = source_of(&by_slot, d.stream) {
+                        self.top_up(i);
+                    }
+                }
+                Next::Wait { until_ns } => {
+                    assert!(until_ns > self.now, "a wait must lie in the future");
+                    self.now = until_ns.min(next_arrival).min(end);
+                }
+                Next::Idle => self.now = next_arrival.min(end),
+            }
+            while let Some(r) = self.sched.pop_reclaimed() {
+                self.reclaimed += 1;
+                if let Some(i) = source_of(&by_slot, r.stream) {
+                    self.top_up(i);
+                }
+            }
+        }
+    }
+
+    /// Bytes offered per source in `[from, to)` (needs `log_arrivals`).
+    pub fn offered_bytes(&self, from: u64, to: u64) -> Vec<u64> {
+        let mut bytes = vec![0; self.sources.len()];
+        for &(at, src) in &self.arrivals {
+            if at >= from && at < to {
+                bytes[src] += u64::from(self.sources[src].len);
+            }
+        }
+        bytes
+    }
+}
+
+/// Small deterministic generator (xorshift64*), so every case is reproducible.
+#[derive(Clone, Debug)]
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A generator whose sequence depends only on `seed` (any value, 0 included).
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        xorshift(&mut self.0)
+    }
+    /// Uniform in `0..n` (`n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.below(hi - lo + 1)
+    }
+    /// Uniform in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state >> 12;
+    *state ^= *state << 25;
+    *state ^= *state >> 27;
+    state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+}
+
+/// An exponential gap of mean `mean_ns`, rounded to whole ns and at least 1.
+pub fn exp_ns(mean_ns: u64, state: &mut u64) -> u64 {
+    let u = (xorshift(state) >> 11) as f64 / (1u64 << 53) as f64;
+    let gap = -(1.0 - u).ln() * mean_ns as f64;
+    (gap.round() as u64).max(1)
+}
+
+/// Weighted water-filling of `capacity` among `(weight, demand)` pairs: every claim gets
+/// `min(demand, weight * level)`, the level chosen so that the capacity is used up
+/// (or every demand met).
+pub fn waterfill(capacity: f64, claims: &[(f64, f64)]) -> Vec<f64> {
+    let mut alloc = vec![0.0; claims.len()];
+    let mut open: Vec<usize> = (0..claims.len()).filter(|&i| claims[i].1 > 0.0).collect();
+    let mut left = capacity;
+    while !open.is_empty() {
+        let wsum: f64 = open.iter().map(|&i| claims[i].0).sum();
+        let level = left / wsum;
+        let (sated, hungry): (Vec<usize>, Vec<usize>) = open
+            .iter()
+            .partition(|&&i| claims[i].1 <= claims[i].0 * level);
+        if sated.is_empty() {
+            for &i in &hungry {
+                alloc[i] = claims[i].0 * level;
+            }
+            break;
+        }
+        for &i in &sated {
+            alloc[i] = claims[i].1;
+            left -= claims[i].1;
+        }
+        open = hungry;
+    }
+    alloc
+}
+
+/// Hierarchical weighted max-min throughput per stream `(priority, offered_bps)` on a
+/// `link` of that many bits/s under `policy` (S1-S3): tiers share the link by their
+/// shares, streams share their tier by weight `2^priority`, and whatever a tier or a
+/// stream does not want goes to the others in proportion to their weights. Computed
+/// here, independently of the scheduler.
+pub fn oracle(policy: &Policy, link: f64, streams: &[(u8, f64)]) -> Vec<f64> {
+    let tiers = policy.tiers();
+    let demand: Vec<f64> = (0..tiers.len())
+        .map(|t| {
+            streams
+                .iter()
+                .filter(|s| policy.tier_of(s.0) == t)
+                .map(|s| s.1)
+                .sum()
+        })
+        .collect();
+    let claims: Vec<(f64, f64)> = tiers
+        .iter()
+        .zip(&demand)
+        .map(|(t, &d)| (f64::from(t.share_percent), d))
+        .collect();
+    let tier_alloc = waterfill(link, &claims);
+    let mut out = vec![0.0; streams.len()];
+    for (t, &cap) in tier_alloc.iter().enumerate() {
+        let members: Vec<usize> = (0..streams.len())
+            .filter(|&i| policy.tier_of(streams[i].0) == t)
+            .collect();
+        let claims: Vec<(f64, f64)> = members
+            .iter()
+            .map(|&i| (f64::from(1u32 << streams[i].0), streams[i].1))
+            .collect();
+        for (k, a) in waterfill(cap, &claims).into_iter().enumerate() {
+            out[members[k]] = a;
+        }
+    }
+    out
+}
+
+/// The aging timeout of a policy in ns (`u64::MAX` when aging is off), whichever way
+/// the policy spells it (a plain `u64`, or an `Option<u64>` where `None` is off).
+pub trait AgingTimeoutNs {
+    fn timeout_ns(&self) -> u64;
+    /// Sets an aging timeout of `ns` (on).
+    fn set_timeout_ns(&mut self, ns: u64);
+}
+
+impl AgingTimeoutNs for u64 {
+    fn timeout_ns(&self) -> u64 {
+        *self
+    }
+    fn set_timeout_ns(&mut self, ns: u64) {
+        *self = ns;
+    }
+}
+
+impl AgingTimeoutNs for Option<u64> {
+    fn timeout_ns(&self) -> u64 {
+        self.unwrap_or(u64::MAX)
+    }
+    fn set_timeout_ns(&mut self, ns: u64) {
+        *self = Some(ns);
+    }
+}
+
+/// The aging timeout of `policy` in ns (`u64::MAX` when off).
+pub fn aging_timeout_ns(policy: &Policy) -> u64 {
+    policy.spec().aging_timeout_ns.timeout_ns()
 }

@@ -1,0 +1,465 @@
+//! S3 under mixed demand: streams sending a little less than their fair share next to
+//! greedy streams of the same and neighbouring priorities. Every stream's long-run
+//! throughput must match the hierarchical weighted max-min (water-filling) oracle of
+//! `sim::oracle`, computed independently of the scheduler: within 2% relative or 0.02%
+//! of the link (absolute) with constant-rate arrivals, within 3% or 0.03% with Poisson
+//! arrivals (whose queues fluctuate).
+//!
+//! "Fair share" of a sparse stream is what the oracle gives it when every stream of the
+//! mix is greedy; a sparse stream then offers a fraction of that. The oracle is fed the
+//! demand each sparse stream actually offered during the measurement window (for Poisson
+//! sources the realised rate, not the nominal one) and an unbounded demand for greedy
+//! ones (`Offer::Saturate`). Throughput is measured after a warm-up, over a window of
+//! about 60-100k packets whose edges are ramped (see `run_case`).
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod sim;
+
+use std::collections::HashMap;
+
+use qos_dataplane::sched::{Policy, StreamConfig, StreamId};
+use sim::{MS, Offer, Rng, SEC, Sim, oracle};
+
+const LINK: u64 = 100_000_000;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Demand {
+    /// Always backlogged.
+    Greedy,
+    /// Offers this fraction of its fair share.
+    Fraction(f64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Arrivals {
+    Cbr,
+    Poisson,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Spec {
+    prio: u8,
+    len: u32,
+    demand: Demand,
+}
+
+struct Case {
+    name: String,
+    policy: Policy,
+    streams: Vec<Spec>,
+    arrivals: Arrivals,
+    /// Seeds source phases (CBR) and gaps (Poisson).
+    seed: u64,
+    /// Packets to aim for in the measurement window (sets its length).
+    packet_budget: f64,
+}
+
+/// One stream's measured throughput against the oracle.
+struct Row {
+    index: usize,
+    spec: Spec,
+    got_bps: f64,
+    want_bps: f64,
+    /// Packets the stream had accepted and the scheduler dropped (over the whole run).
+    dropped: u64,
+    accepted: u64,
+}
+
+impl Row {
+    fn rel(&self) -> f64 {
+        (self.got_bps - self.want_bps) / self.want_bps.max(1.0)
+    }
+    fn describe(&self) -> String {
+        let kind = match self.spec.demand {
+            Demand::Greedy => "greedy".to_owned(),
+            Demand::Fraction(f) => format!("{:.0}% of its share", 100.0 * f),
+        };
+        let drops = if self.dropped > 0 && self.spec.demand != Demand::Greedy {
+            format!(
+                "; {} of its {} packets dropped inside the scheduler",
+                self.dropped, self.accepted
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "stream {} (P{}, {} B, {kind}): got {:.3}% of the link, oracle {:.3}% ({:+.2}% relative){drops}",
+            self.index,
+            self.spec.prio,
+            self.spec.len,
+            100.0 * self.got_bps / LINK as f64,
+            100.0 * self.want_bps / LINK as f64,
+            100.0 * self.rel()
+        )
+    }
+}
+
+struct Outcome {
+    failures: Vec<String>,
+    /// Largest `|deviation| / allowed` over the streams (<= 1 passes).
+    worst_ratio: f64,
+    worst: String,
+}
+
+/// What the oracle gives each stream when all of them are greedy.
+fn fair_shares(policy: &Policy, streams: &[Spec]) -> Vec<f64> {
+    let greedy: Vec<(u8, f64)> = streams
+        .iter()
+        .map(|s| (s.prio, 2.0 * LINK as f64))
+        .collect();
+    oracle(policy, LINK as f64, &greedy)
+}
+
+fn run_case(case: &Case) -> Outcome {
+    let (rel_tol, abs_tol) = match case.arrivals {
+        Arrivals::Cbr => (0.02, 0.0002),
+        Arrivals::Poisson => (0.03, 0.0003),
+    };
+    let share = fair_shares(&case.policy, &case.streams);
+    let mut rng = Rng::new(case.seed);
+    let mut sim = Sim::new(case.policy.clone(), LINK);
+    sim.heed_backpressure = true;
+    sim.log_arrivals = true;
+    let mut nominal = Vec::new();
+    for (spec, &fair) in case.streams.iter().zip(&share) {
+        match spec.demand {
+            Demand::Greedy => {
+                sim.add(
+                    StreamConfig::with_priority(spec.prio),
+                    spec.len,
+                    Offer::Saturate { queued: 2 },
+                );
+                nominal.push(2.0 * LINK as f64);
+            }
+            Demand::Fraction(f) => {
+                let rate = f * fair;
+                match case.arrivals {
+                    Arrivals::Cbr => {
+                        let interval =
+                            (f64::from(spec.len) * 8.0 * SEC as f64 / rate).round() as u64;
+                        let phase = rng.below(interval);
+                        sim.rate_every(spec.prio, spec.len, interval, phase);
+                    }
+                    Arrivals::Poisson => {
+                        sim.poisson(spec.prio, spec.len, rate, rng.next_u64());
+                    }
+                }
+                nominal.push(rate);
+            }
+        }
+    }
+    // Window length: about `packet_budget` packets at the expected rates.
+    let expect = oracle(
+        &case.policy,
+        LINK as f64,
+        &case
+            .streams
+            .iter()
+            .zip(&nominal)
+            .map(|(s, &d)| (s.prio, d))
+            .collect::<Vec<_>>(),
+    );
+    let packets_per_s: f64 = expect
+        .iter()
+        .zip(&case.streams)
+        .map(|(&bps, s)| bps / 8.0 / f64::from(s.len))
+        .sum();
+    let window = ((case.packet_budget / packets_per_s) * SEC as f64) as u64;
+    let window = window.clamp(2 * SEC, 30 * SEC) / MS * MS;
+    let warm = 500 * MS;
+    sim.run_events_for(warm + window);
+    let (from, to) = (warm, warm + window);
+    // Throughput over the window with its edges ramped (a trapezoid of weights, the
+    // average over windows shifted across the ramp), so a burst of a round-robin turn
+    // straddling an edge does not count as unfairness.
+    let ramp = window / 5;
+    let weight = |t: u64| {
+        let up = t.saturating_sub(from) as f64 / ramp as f64;
+        let down = to.saturating_sub(t) as f64 / ramp as f64;
+        up.min(down).clamp(0.0, 1.0)
+    };
+    let secs = (window - ramp) as f64 / SEC as f64;
+    let mut offered = vec![0.0; case.streams.len()];
+    for &(at, src) in &sim.arrivals {
+        offered[src] += weight(at) * f64::from(sim.sources[src].len);
+    }
+    let index: HashMap<StreamId, usize> = sim
+        .sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.stream, i))
+        .collect();
+    let mut got = vec![0.0; case.streams.len()];
+    for s in &sim.sent {
+        got[index[&s.stream]] += weight(s.at) * f64::from(s.len);
+    }
+    let demand: Vec<(u8, f64)> = case
+        .streams
+        .iter()
+        .zip(&offered)
+        .map(|(s, &b)| match s.demand {
+            Demand::Greedy => (s.prio, 2.0 * LINK as f64),
+            Demand::Fraction(_) => (s.prio, b * 8.0 / secs),
+        })
+        .collect();
+    let want = oracle(&case.policy, LINK as f64, &demand);
+    let mut out = Outcome {
+        failures: Vec::new(),
+        worst_ratio: 0.0,
+        worst: String::new(),
+    };
+    for (i, spec) in case.streams.iter().enumerate() {
+        let stats = sim.sched.stream_stats(sim.sources[i].stream).unwrap();
+        let row = Row {
+            index: i,
+            spec: *spec,
+            got_bps: got[i] * 8.0 / secs,
+            want_bps: want[i],
+            dropped: stats.enqueued - stats.dequeued - stats.queued,
+            accepted: stats.enqueued,
+        };
+        let allowed = (rel_tol * row.want_bps).max(abs_tol * LINK as f64);
+        let ratio = (row.got_bps - row.want_bps).abs() / allowed;
+        if ratio > out.worst_ratio {
+            out.worst_ratio = ratio;
+            out.worst = row.describe();
+        }
+        if ratio > 1.0 {
+            out.failures
+                .push(format!("{}: {}", case.name, row.describe()));
+        }
+    }
+    let sent_in_window = sim
+        .sent
+        .iter()
+        .filter(|s| s.at >= from && s.at < to)
+        .count();
+    eprintln!(
+        "{}: {} streams, {:.1} s window (edges ramped), {} packets; worst: {} (uses {:.2} of its tolerance){}",
+        case.name,
+        case.streams.len(),
+        secs,
+        sent_in_window,
+        out.worst,
+        out.worst_ratio,
+        if out.failures.is_empty() {
+            String::new()
+        } else {
+            format!("; {} streams out of tolerance", out.failures.len())
+        }
+    );
+    sim.assert_conserved();
+    out
+}
+
+fn assert_cases(cases: &[Case]) {
+    let mut failures = Vec::new();
+    for case in cases {
+        failures.extend(run_case(case).failures);
+    }
+    assert!(
+        failures.is_empty(),
+        "{} streams outside the tolerance:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+fn sparse(prio: u8, len: u32, fraction: f64) -> Spec {
+    Spec {
+        prio,
+        len,
+        demand: Demand::Fraction(fraction),
+    }
+}
+
+fn greedy(prio: u8, len: u32) -> Spec {
+    Spec {
+        prio,
+        len,
+        demand: Demand::Greedy,
+    }
+}
+
+/// Reported case (a): default policy, Medium tier only: 18 P4 streams at 83% of their
+/// share next to one greedy P4 and one greedy P5 (reported: the greedy P4 stream got
+/// 2.11% of the link).
+fn case_a(arrivals: Arrivals) -> Case {
+    let mut streams = vec![sparse(4, 1500, 0.83); 18];
+    streams.push(greedy(4, 1500));
+    streams.push(greedy(5, 1500));
+    Case {
+        name: format!("reported (a) {arrivals:?}"),
+        policy: Policy::default(),
+        streams,
+        arrivals,
+        seed: 0xa,
+        packet_budget: 60_000.0,
+    }
+}
+
+/// Reported case (b): 20 P2 streams at 90% of their share, a greedy P2 and a greedy P5
+/// (reported: the greedy P2 stream got 3.11% of the link, the oracle gives 4.21%).
+fn case_b(arrivals: Arrivals) -> Case {
+    let mut streams = vec![sparse(2, 1500, 0.90); 20];
+    streams.push(greedy(2, 1500));
+    streams.push(greedy(5, 1500));
+    Case {
+        name: format!("reported (b) {arrivals:?}"),
+        policy: Policy::default(),
+        streams,
+        arrivals,
+        seed: 0xb,
+        packet_budget: 60_000.0,
+    }
+}
+
+/// Reported case (c): 10 P0 streams of 576 B at 90% of their share beside a greedy P0
+/// and a greedy P1, High and Medium saturated (reported: the greedy P0 stream got 1.03%
+/// of the link, the oracle gives 1.54%).
+fn case_c(arrivals: Arrivals) -> Case {
+    let mut streams = vec![sparse(0, 576, 0.90); 10];
+    streams.push(greedy(0, 1500));
+    streams.push(greedy(1, 1500));
+    streams.push(greedy(7, 1500));
+    streams.push(greedy(4, 1500));
+    Case {
+        name: format!("reported (c) {arrivals:?}"),
+        policy: Policy::default(),
+        streams,
+        arrivals,
+        seed: 0xc,
+        packet_budget: 80_000.0,
+    }
+}
+
+#[test]
+fn s3_oracle_reproduces_the_reported_fair_shares() {
+    // The fair-share construction and the oracle, checked against the figures the
+    // finding quotes for cases (b) and (c) (computed by hand: (b) 20 * 0.9 * 4/116 of
+    // the link to the sparse streams, the rest split 4:32; (c) Low's 15% split by
+    // weight 1 (eleven P0) and 2 (P1), sparse P0 streams at 90%, the rest split 1:2).
+    let greedy_share = |case: &Case, index: usize| {
+        let share = fair_shares(&case.policy, &case.streams);
+        let demand: Vec<(u8, f64)> = case
+            .streams
+            .iter()
+            .zip(&share)
+            .map(|(s, &fair)| match s.demand {
+                Demand::Greedy => (s.prio, 2.0 * LINK as f64),
+                Demand::Fraction(f) => (s.prio, f * fair),
+            })
+            .collect();
+        oracle(&case.policy, LINK as f64, &demand)[index] / LINK as f64
+    };
+    let b = greedy_share(&case_b(Arrivals::Cbr), 20);
+    let c = greedy_share(&case_c(Arrivals::Cbr), 10);
+    let a = greedy_share(&case_a(Arrivals::Cbr), 18);
+    eprintln!(
+        "oracle: greedy P4 in (a) {:.2}%, greedy P2 in (b) {:.2}%, greedy P0 in (c) {:.2}% of the link",
+        100.0 * a,
+        100.0 * b,
+        100.0 * c
+    );
+    assert!((b - 0.0421).abs() < 0.00005, "{b}");
+    assert!((c - 0.0154).abs() < 0.00005, "{c}");
+    // (a): 18 * 0.83 * 16/336 of the link to the sparse streams, the rest split 16:32.
+    let want_a = (1.0 - 18.0 * 0.83 * 16.0 / 336.0) / 3.0;
+    assert!((a - want_a).abs() < 1e-9, "{a} vs {want_a}");
+}
+
+#[test]
+fn s3_reported_case_a_sparse_p4_beside_greedy_p4_and_p5_matches_oracle() {
+    assert_cases(&[case_a(Arrivals::Cbr)]);
+}
+
+#[test]
+fn s3_reported_case_b_sparse_p2_beside_greedy_p2_and_p5_matches_oracle() {
+    assert_cases(&[case_b(Arrivals::Cbr)]);
+}
+
+#[test]
+fn s3_reported_case_c_sparse_p0_beside_greedy_p0_and_p1_under_saturated_high_and_medium_matches_oracle()
+ {
+    assert_cases(&[case_c(Arrivals::Cbr)]);
+}
+
+#[test]
+fn s3_reported_cases_with_poisson_arrivals_match_oracle() {
+    assert_cases(&[
+        case_a(Arrivals::Poisson),
+        case_b(Arrivals::Poisson),
+        case_c(Arrivals::Poisson),
+    ]);
+}
+
+/// A random adversarial mix: 2-60 streams around one or two focus priorities (the same
+/// priority and its neighbours), most of them offering 50-97% of their fair share, some
+/// greedy, packet sizes 200-1500 B; sometimes every other tier saturated as well.
+fn random_case(seed: u64, classes5: bool, arrivals: Arrivals) -> Case {
+    let mut rng = Rng::new(seed);
+    let policy = if classes5 {
+        Policy::classes5()
+    } else {
+        Policy::default()
+    };
+    let n = rng.range(2, 60) as usize;
+    let focus = [rng.below(8) as u8, rng.below(8) as u8];
+    let two_foci = rng.below(2) == 0;
+    let mut streams = Vec::new();
+    for i in 0..n {
+        let base = focus[usize::from(two_foci && i % 2 == 1)];
+        let prio = (i64::from(base) + rng.range(0, 3) as i64 - 1).clamp(0, 7) as u8;
+        let len = rng.range(200, 1500) as u32;
+        // The first stream of each focus is greedy, so every mix has greedy neighbours.
+        let demand = if i < 2 || rng.below(4) == 0 {
+            Demand::Greedy
+        } else {
+            Demand::Fraction(rng.range(50, 97) as f64 / 100.0)
+        };
+        streams.push(Spec { prio, len, demand });
+    }
+    if rng.below(3) == 0 {
+        let busy: Vec<usize> = streams.iter().map(|s| policy.tier_of(s.prio)).collect();
+        for (t, tier) in policy.tiers().iter().enumerate() {
+            if !busy.contains(&t) {
+                streams.push(greedy(tier.priorities[0], 1500));
+            }
+        }
+    }
+    Case {
+        name: format!(
+            "seed {seed} {} {arrivals:?}",
+            if classes5 { "classes5" } else { "default" }
+        ),
+        policy,
+        streams,
+        arrivals,
+        seed,
+        packet_budget: 100_000.0,
+    }
+}
+
+#[test]
+fn s3_random_mixed_demand_cbr_default_policy_matches_oracle() {
+    let cases: Vec<Case> = (1..=8)
+        .map(|seed| random_case(seed, false, Arrivals::Cbr))
+        .collect();
+    assert_cases(&cases);
+}
+
+#[test]
+fn s3_random_mixed_demand_cbr_classes5_matches_oracle() {
+    let cases: Vec<Case> = (101..=108)
+        .map(|seed| random_case(seed, true, Arrivals::Cbr))
+        .collect();
+    assert_cases(&cases);
+}
+
+#[test]
+fn s3_random_mixed_demand_poisson_both_presets_matches_oracle() {
+    let cases: Vec<Case> = (201..=206)
+        .map(|seed| random_case(seed, seed % 2 == 0, Arrivals::Poisson))
+        .collect();
+    assert_cases(&cases);
+}
