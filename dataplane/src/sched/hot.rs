@@ -14,6 +14,10 @@ use super::types::{BatchEnd, Dequeued, Next, Rejected, Rejection};
 use super::wfq::LANE;
 use super::{DropReason, Event, Priority, RefuseReason, Scheduler, codel::Codel};
 
+/// A stream holding more than this many DRR turns' worth is above its share even before
+/// its run of saturated turns shows it: a flood's onset (S14).
+const FLOOD_QUANTA: u64 = 8;
+
 /// One decision of [`Scheduler::step`].
 enum Step {
     /// The head of stream `s` (class `c`, `len` bytes) may go now.
@@ -245,9 +249,10 @@ impl<P> Scheduler<P> {
             // turn's worth (queue estimated as packets x head length): what one turn
             // clears is not a standing queue (RFC 8289 leaves a queue under one MTU
             // alone; a DRR turn is our MTU).
-            if st.over_share()
-                && u64::from(st.len) * u64::from(len)
-                    > u64::from(self.wfq.quantum_of(c, st.weight).unsigned_abs())
+            let backlog = u64::from(st.len) * u64::from(len);
+            let quantum = u64::from(self.wfq.quantum_of(c, st.weight).unsigned_abs());
+            if backlog > quantum
+                && (st.over_share() || backlog > FLOOD_QUANTA * quantum)
                 && let Some(p) = &self.c.codel[usize::from(prio)]
             {
                 let mut codel = Codel::from_parts(st.codel_time, st.codel_count);

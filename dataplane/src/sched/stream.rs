@@ -299,10 +299,13 @@ impl Stream {
         self.saturated_turns() >= OVER_SHARE_TURNS
     }
 
-    /// Its queue emptied: the run of saturated turns is over.
+    /// Its queue emptied: halve the count of saturated turns (a stream that keeps
+    /// emptying its queue falls below the threshold in a few turns; one whose queue AQM
+    /// drained now and then stays above it).
     #[inline(always)]
     pub(crate) fn end_saturation(&mut self) {
-        self.gen_turns &= GENERATION_MASK;
+        let turns = self.saturated_turns() >> 1;
+        self.gen_turns = (self.gen_turns & GENERATION_MASK) | (turns << 24);
     }
 
     /// Tail drops (`queue_full`), derived from the other counters (S11); `terminal` is

@@ -1,0 +1,412 @@
+//! S14: per-stream queue-delay control (CoDel). It keeps the standing queue of a stream
+//! that offers more than its share short (served sojourn within the priority's budget),
+//! counts its drops as `aqm` and hands them back; a stream within its share sees none;
+//! `aqm: false` switches it off, and a tier's `AqmSpec` overrides the budget-derived
+//! target and interval.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+mod sim;
+
+use std::collections::HashMap;
+
+use qos_dataplane::sched::{AqmSpec, DropReason, Policy, Priority, StreamId};
+use sim::{MS, SEC, Sim, policy_with};
+
+const LINK: u64 = 100_000_000;
+/// The budgeted priorities of the reference policy.
+const BUDGETED: [u8; 6] = [2, 3, 4, 5, 6, 7];
+
+/// Latency budget of `p` under `policy`, in ns.
+fn budget(policy: &Policy, p: u8) -> u64 {
+    policy.spec().latency_budget_ns[usize::from(p)].unwrap()
+}
+
+/// `q`-quantile (0..1) of `xs` (sorted in place), nearest rank.
+fn quantile(xs: &mut [u64], q: f64) -> u64 {
+    assert!(!xs.is_empty(), "no samples");
+    xs.sort_unstable();
+    let rank = ((xs.len() as f64 * q).ceil() as usize).clamp(1, xs.len());
+    xs[rank - 1]
+}
+
+/// Sojourns of the packets of priority `p` that left at or after `from`.
+fn served_sojourns(sim: &Sim, p: u8, from: u64) -> Vec<u64> {
+    sim.sent
+        .iter()
+        .filter(|s| s.priority == p && s.at >= from)
+        .map(|s| s.sojourn_ns)
+        .collect()
+}
+
+/// Drops handed back through `pop_reclaimed`, per stream and reason.
+#[derive(Default)]
+struct Reclaimed {
+    by_stream: HashMap<(StreamId, DropReason), u64>,
+}
+
+impl Reclaimed {
+    fn count(&self, stream: StreamId, reason: DropReason) -> u64 {
+        self.by_stream.get(&(stream, reason)).copied().unwrap_or(0)
+    }
+    fn total(&self, reason: DropReason) -> u64 {
+        self.by_stream
+            .iter()
+            .filter(|((_, r), _)| *r == reason)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// Runs `sim` for `duration` in 50 ms steps, draining `pop_reclaimed` after each step
+/// (tallied in `rec`, and counted in `sim.reclaimed` for `assert_conserved`).
+fn run_draining(sim: &mut Sim, duration: u64, rec: &mut Reclaimed) {
+    let end = sim.now + duration;
+    while sim.now < end {
+        sim.run_for((50 * MS).min(end - sim.now));
+        while let Some(r) = sim.sched.pop_reclaimed() {
+            *rec.by_stream.entry((r.stream, r.reason)).or_default() += 1;
+            sim.reclaimed += 1;
+        }
+    }
+}
+
+/// 10x overload of the 100 Mbit/s link: `per_prio` constant-rate streams at each of
+/// P2..P7 (lengths 1500/1000/500/200 B in turn), offering `10 * LINK` together.
+fn overload(policy: Policy, per_prio: usize) -> Sim {
+    let mut sim = Sim::new(policy, LINK);
+    // Senders skip a packet while their queue is full (no disconnects without AQM).
+    sim.heed_backpressure = true;
+    let each = 10 * LINK / (BUDGETED.len() * per_prio) as u64;
+    for p in BUDGETED {
+        for k in 0..per_prio {
+            sim.rate(p, [1_500, 1_000, 500, 200][k % 4], each);
+        }
+    }
+    sim
+}
+
+/// p99 served sojourn (ns) per budgeted priority, for packets sent at or after `from`.
+fn p99s(sim: &Sim, from: u64) -> Vec<(u8, u64)> {
+    BUDGETED
+        .iter()
+        .map(|&p| (p, quantile(&mut served_sojourns(sim, p, from), 0.99)))
+        .collect()
+}
+
+#[test]
+fn s14_under_10x_overload_drops_are_aqm_handed_back_and_sojourn_settles_within_budget() {
+    let policy = Policy::default();
+    let mut sim = overload(policy.clone(), 4);
+    let mut rec = Reclaimed::default();
+    run_draining(&mut sim, 2 * SEC, &mut rec);
+    // Served packets of every budgeted priority, once the overload is established.
+    let over: Vec<String> = p99s(&sim, 500 * MS)
+        .into_iter()
+        .filter(|&(p, p99)| p99 > budget(&policy, p))
+        .map(|(p, p99)| format!("P{p} p99 {p99} ns > budget {}", budget(&policy, p)))
+        .collect();
+    assert!(over.is_empty(), "after 500 ms: {over:?}");
+    // Every AQM drop is counted under `aqm`, per priority and per stream, and came back
+    // through `pop_reclaimed` with that reason; nothing else was dropped inside.
+    let mut aqm_total = 0;
+    for p in BUDGETED {
+        let ps = sim.sched.priority_stats(Priority::ALL[usize::from(p)]);
+        let aqm = ps.dropped[DropReason::Aqm as usize];
+        assert!(aqm > 0, "P{p}: the overload was cut by AQM");
+        aqm_total += aqm;
+        assert_eq!(ps.dropped[DropReason::Expired as usize], 0, "P{p}");
+        assert_eq!(ps.disconnects, 0, "P{p}");
+    }
+    for src in &sim.sources {
+        let st = sim.sched.stream_stats(src.stream).unwrap();
+        assert_eq!(
+            st.dropped_aqm,
+            rec.count(src.stream, DropReason::Aqm),
+            "stream {}: counted vs handed back",
+            src.stream
+        );
+        assert!(st.is_conserved(), "{st:?}");
+    }
+    assert_eq!(rec.total(DropReason::Aqm), aqm_total);
+    assert_eq!(rec.by_stream.len(), sim.sources.len(), "only aqm drops");
+    // The link stayed busy: AQM cut the excess, not the service (>= 97% of 2 s).
+    let bytes: u64 = sim.sent.iter().map(|s| u64::from(s.len)).sum();
+    assert!(
+        bytes * 8 >= LINK * 2 * 97 / 100,
+        "{bytes} bytes sent in 2 s"
+    );
+    sim.assert_conserved();
+}
+
+/// S14 as written: "under 10x overload the served packets of a budgeted priority keep
+/// p99 sojourn within its budget", counted over the whole overload, its onset included.
+#[test]
+fn s14_under_10x_overload_p99_sojourn_of_each_budgeted_priority_is_within_budget() {
+    let policy = Policy::default();
+    let mut sim = overload(policy.clone(), 4);
+    let mut rec = Reclaimed::default();
+    run_draining(&mut sim, 2 * SEC, &mut rec);
+    let all = p99s(&sim, 0);
+    let over: Vec<String> = all
+        .iter()
+        .filter(|&&(p, p99)| p99 > budget(&policy, p))
+        .map(|&(p, p99)| {
+            format!(
+                "P{p} p99 {:.1} ms > budget {} ms",
+                p99 as f64 / 1e6,
+                budget(&policy, p) / MS
+            )
+        })
+        .collect();
+    assert!(
+        over.is_empty(),
+        "4 streams per priority, 2 s: {over:?} (all p99 in ns: {all:?})"
+    );
+    sim.assert_conserved();
+}
+
+/// Many streams each offering twice their share: AQM must hold their standing queues
+/// within the budget in steady state too, not only while the overload is 10x.
+#[test]
+fn s14_twenty_streams_at_twice_their_share_keep_p99_sojourn_within_budget() {
+    let policy = Policy::default();
+    let mut sim = Sim::new(policy.clone(), LINK);
+    // Twenty P7 streams of 1000-byte packets at 10 Mbit/s each: High alone is
+    // backlogged, so each one's share is 5 Mbit/s.
+    for _ in 0..20 {
+        sim.rate(7, 1_000, 2 * LINK / 20);
+    }
+    let mut rec = Reclaimed::default();
+    run_draining(&mut sim, SEC, &mut rec);
+    assert!(rec.total(DropReason::Aqm) > 0, "the excess is dropped");
+    let mut after = served_sojourns(&sim, 7, 200 * MS);
+    let over = after.iter().filter(|&&s| s > budget(&policy, 7)).count();
+    let n = after.len();
+    let p99 = quantile(&mut after, 0.99);
+    assert!(
+        p99 <= budget(&policy, 7),
+        "after 200 ms: p99 {:.1} ms, {over} of {n} packets over the {} ms budget",
+        p99 as f64 / 1e6,
+        budget(&policy, 7) / MS
+    );
+    sim.assert_conserved();
+}
+
+#[test]
+fn s14_with_aqm_off_the_same_overload_queues_grow_and_nothing_is_dropped_as_aqm() {
+    let on = Policy::default();
+    let off = policy_with(|b| b.aqm = false);
+    let mut with = overload(on.clone(), 4);
+    let mut without = overload(off, 4);
+    let (mut rec_with, mut rec_without) = (Reclaimed::default(), Reclaimed::default());
+    run_draining(&mut with, SEC, &mut rec_with);
+    run_draining(&mut without, SEC, &mut rec_without);
+    assert!(rec_with.total(DropReason::Aqm) > 0, "control: AQM on drops");
+    assert_eq!(rec_without.total(DropReason::Aqm), 0);
+    for p in BUDGETED {
+        let prio = Priority::ALL[usize::from(p)];
+        let ps = without.sched.priority_stats(prio);
+        assert_eq!(ps.dropped[DropReason::Aqm as usize], 0, "P{p}");
+        // Sojourn far above budget, and standing queues far longer than with AQM.
+        let p99 = quantile(&mut served_sojourns(&without, p, 0), 0.99);
+        assert!(
+            p99 > 5 * budget(&on, p),
+            "P{p}: p99 {p99} ns without AQM, budget {}",
+            budget(&on, p)
+        );
+        let queued_with = with.sched.priority_stats(prio).queued;
+        assert!(
+            ps.queued > 5 * queued_with.max(1),
+            "P{p}: {} queued without AQM, {queued_with} with",
+            ps.queued
+        );
+    }
+    without.assert_conserved();
+    with.assert_conserved();
+}
+
+/// The share a stream of priority `p` is guaranteed under `policy` when every stream of
+/// its tier in `streams` (priorities, default weights) is backlogged and every tier too:
+/// link x tier share x weight / sum of the weights of the tier's streams, in bit/s.
+fn guaranteed_share(policy: &Policy, streams: &[u8], p: u8) -> f64 {
+    let t = policy.tier_of(p);
+    let wsum: f64 = streams
+        .iter()
+        .filter(|&&q| policy.tier_of(q) == t)
+        .map(|&q| f64::from(Priority::ALL[usize::from(q)].default_weight()))
+        .sum();
+    let weight = f64::from(Priority::ALL[usize::from(p)].default_weight());
+    LINK as f64 * f64::from(policy.tiers()[t].share_percent) / 100.0 * weight / wsum
+}
+
+/// Greedy streams of every priority (so every tier is backlogged and the shares are
+/// the policy's), beside the `light` streams `(priority, len, fraction of share)`.
+/// Returns the sim and, per light stream, its source index and rate.
+fn within_share_mix(light: &[(u8, u32, f64)], poisson: bool) -> (Sim, Vec<(usize, f64)>) {
+    let policy = Policy::default();
+    let mut sim = Sim::new(policy.clone(), LINK);
+    let greedy = [
+        (7, 1_500),
+        (6, 1_000),
+        (5, 1_500),
+        (4, 1_200),
+        (3, 1_000),
+        (2, 1_500),
+        (1, 1_500),
+        (0, 1_500),
+    ];
+    let mut prios: Vec<u8> = greedy.iter().map(|g| g.0).collect();
+    prios.extend(light.iter().map(|l| l.0));
+    for (p, len) in greedy {
+        sim.saturate(p, len);
+    }
+    let mut out = Vec::new();
+    for (k, &(p, len, frac)) in light.iter().enumerate() {
+        let rate = guaranteed_share(&policy, &prios, p) * frac;
+        let i = if poisson {
+            sim.poisson(p, len, rate, 1_000 + k as u64)
+        } else {
+            sim.rate(p, len, rate as u64)
+        };
+        out.push((i, rate));
+    }
+    (sim, out)
+}
+
+/// Asserts that every light stream lost nothing (to AQM or otherwise) and got all it
+/// sent but what is still queued.
+fn assert_light_streams_untouched(sim: &Sim, light: &[(usize, f64)]) {
+    for &(i, rate) in light {
+        let src = &sim.sources[i];
+        let st = sim.sched.stream_stats(src.stream).unwrap();
+        assert_eq!(
+            st.dropped_aqm,
+            0,
+            "P{} stream at {:.2} Mbit/s (within its share): {st:?}",
+            src.priority,
+            rate / 1e6
+        );
+        assert_eq!(
+            st.enqueued,
+            st.dequeued + st.queued,
+            "P{}: {st:?}",
+            src.priority
+        );
+        assert!(st.enqueued > 100, "P{} sent {}", src.priority, st.enqueued);
+        assert!(
+            st.queued <= 20,
+            "P{}: {} still queued",
+            src.priority,
+            st.queued
+        );
+    }
+}
+
+#[test]
+fn s14_stream_within_its_share_sees_no_aqm_drop() {
+    // Constant-rate streams at 50-95% of their share, beside greedy streams of the same
+    // and the neighbouring priorities, in all three tiers.
+    let light = [
+        (7, 200, 0.90),
+        (6, 500, 0.60),
+        (5, 1_000, 0.95),
+        (4, 300, 0.50),
+        (3, 1_500, 0.80),
+        (2, 800, 0.70),
+        (5, 64, 0.85),
+        (7, 1_500, 0.75),
+    ];
+    let (mut sim, ids) = within_share_mix(&light, false);
+    let mut rec = Reclaimed::default();
+    run_draining(&mut sim, 3 * SEC, &mut rec);
+    assert_light_streams_untouched(&sim, &ids);
+    // Control: the greedy streams beside them were cut by AQM.
+    assert!(rec.total(DropReason::Aqm) > 0, "greedy streams are AQM'd");
+    sim.assert_conserved();
+}
+
+#[test]
+fn s14_poisson_stream_at_up_to_80_percent_of_its_share_sees_no_aqm_drop() {
+    let light = [
+        (7, 200, 0.8),
+        (6, 500, 0.7),
+        (5, 1_000, 0.8),
+        (4, 300, 0.5),
+        (3, 1_500, 0.6),
+        (2, 800, 0.8),
+    ];
+    let (mut sim, ids) = within_share_mix(&light, true);
+    let mut rec = Reclaimed::default();
+    run_draining(&mut sim, 3 * SEC, &mut rec);
+    assert_light_streams_untouched(&sim, &ids);
+    sim.assert_conserved();
+}
+
+/// One overloading stream each at P4 and P5 (Medium), for `duration`.
+fn medium_overload(policy: Policy, duration: u64) -> (Sim, u64) {
+    let mut sim = Sim::new(policy, LINK);
+    sim.heed_backpressure = true;
+    sim.rate(4, 1_000, 3 * LINK);
+    sim.rate(5, 1_000, 3 * LINK);
+    let mut rec = Reclaimed::default();
+    run_draining(&mut sim, duration, &mut rec);
+    sim.assert_conserved();
+    (sim, rec.total(DropReason::Aqm))
+}
+
+#[test]
+fn s14_a_tier_aqm_override_with_a_long_interval_drops_less_than_the_budget_default() {
+    let default = Policy::default();
+    let lenient = policy_with(|b| {
+        b.tiers[1].aqm = Some(AqmSpec {
+            target_ns: 10 * MS,
+            interval_ns: 10 * SEC,
+        })
+    });
+    let (sim_default, drops_default) = medium_overload(default.clone(), 500 * MS);
+    let (sim_lenient, drops_lenient) = medium_overload(lenient, 500 * MS);
+    assert!(drops_default > 0, "the budget-derived CoDel (50 ms) drops");
+    assert!(
+        drops_lenient < drops_default,
+        "a 10 s interval drops {drops_lenient}, the default {drops_default}"
+    );
+    // Nothing can reach a 10 s interval in 500 ms: no drop at all, and the queue grows
+    // past the budget.
+    assert_eq!(drops_lenient, 0);
+    for p in [4, 5] {
+        let worst_default = *served_sojourns(&sim_default, p, 0).iter().max().unwrap();
+        let worst_lenient = *served_sojourns(&sim_lenient, p, 0).iter().max().unwrap();
+        assert!(
+            worst_lenient > 2 * budget(&default, p) && worst_lenient > 2 * worst_default,
+            "P{p}: worst {worst_lenient} ns with the override, {worst_default} without"
+        );
+    }
+}
+
+#[test]
+fn s14_a_tier_aqm_override_with_a_short_interval_holds_sojourn_to_it() {
+    let strict = policy_with(|b| {
+        b.tiers[1].aqm = Some(AqmSpec {
+            target_ns: MS,
+            interval_ns: 5 * MS,
+        })
+    });
+    let (sim_default, drops_default) = medium_overload(Policy::default(), SEC);
+    let (sim_strict, drops_strict) = medium_overload(strict, SEC);
+    assert!(
+        drops_strict > drops_default,
+        "{drops_strict} vs {drops_default}"
+    );
+    for p in [4, 5] {
+        let p99_strict = quantile(&mut served_sojourns(&sim_strict, p, 200 * MS), 0.99);
+        let p99_default = quantile(&mut served_sojourns(&sim_default, p, 200 * MS), 0.99);
+        assert!(
+            p99_strict <= 5 * MS,
+            "P{p}: p99 {p99_strict} ns under a 5 ms interval"
+        );
+        assert!(
+            p99_default > 10 * MS,
+            "P{p}: control, the 50 ms budget lets {p99_default} ns stand"
+        );
+    }
+}
