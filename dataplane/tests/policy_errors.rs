@@ -143,9 +143,11 @@ fn c1_low_tier_below_5_percent_is_low_share() {
         s.tiers[0].share_percent = 36;
         s.tiers[2].share_percent = 4;
     }));
-    assert_eq!(err, PolicyError::LowShare { value: 4 });
-    // The variant carries no index: the message names the tier by what it holds.
-    assert_names(&msg, &["share_percent", ": 4", "priority 0", ">= 5"]);
+    assert_eq!(err, PolicyError::LowShare { index: 2, value: 4 });
+    assert_names(
+        &msg,
+        &["tiers[2].share_percent", ": 4", "priority 0", ">= 5"],
+    );
 }
 
 #[test]
@@ -157,7 +159,7 @@ fn c1_low_share_follows_priority_0_not_the_last_tier() {
             TierSpec::new("Rest", &[2, 3, 4, 5, 6, 7], 97),
         ];
     }));
-    assert_eq!(err, PolicyError::LowShare { value: 3 });
+    assert_eq!(err, PolicyError::LowShare { index: 0, value: 3 });
     // The last tier at 3% is fine when it does not hold priority 0.
     spec_with(|s| {
         s.tiers = vec![

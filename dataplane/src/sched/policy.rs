@@ -223,6 +223,7 @@ impl PolicySpec {
         let low = &self.tiers[usize::from(tier_of[0])];
         if low.share_percent < MIN_LOW_SHARE_PERCENT {
             return Err(PolicyError::LowShare {
+                index: usize::from(tier_of[0]),
                 value: low.share_percent,
             });
         }
@@ -431,8 +432,10 @@ pub enum PolicyError {
         value: u8,
     },
     /// The tier holding priority 0 gets less than 5% (S9).
-    #[error("tiers[low].share_percent: {value}, the tier holding priority 0 needs >= 5")]
+    #[error("tiers[{index}].share_percent: {value}, expected >= 5 for the tier holding priority 0")]
     LowShare {
+        /// Index of the tier holding priority 0.
+        index: usize,
         /// The share it was given.
         value: u8,
     },
