@@ -3,50 +3,20 @@
 //! after warm-up (S13). This binary counts allocations with its own global allocator.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+mod counting_alloc;
 mod sim;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::Arc;
 
+use counting_alloc::{Counting, allocations};
 use qos_dataplane::sched::{
     BatchEnd, Dequeued, DropReason, Event, LinkRate, Next, Policy, PolicySpec, Priority, RateCap,
     Reclaimed, Rejected, Rejection, Scheduler, SchedulerConfig, StreamConfig, StreamId,
 };
 use sim::{MS, Rng, SEC};
 
-// ----- a counting allocator (per thread), as in tests/no_alloc.rs -----------------------
-
-struct Counting;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-// SAFETY: forwards to the system allocator; only counts calls on the calling thread.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|a| a.set(a.get() + 1));
-        // SAFETY: same contract as ours, passed through.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as ours, passed through.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|a| a.set(a.get() + 1));
-        // SAFETY: same contract as ours, passed through.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-fn allocations() -> u64 {
-    ALLOCATIONS.with(Cell::get)
-}
 
 // ----- per-packet and batch paths agree --------------------------------------------------
 

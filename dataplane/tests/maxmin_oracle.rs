@@ -7,67 +7,7 @@
 mod sim;
 
 use qos_dataplane::sched::Policy;
-use sim::{MS, SEC, Sim};
-
-/// Weighted water-filling of `capacity` among `(weight, demand)` pairs.
-fn waterfill(capacity: f64, claims: &[(f64, f64)]) -> Vec<f64> {
-    let mut alloc = vec![0.0; claims.len()];
-    let mut open: Vec<usize> = (0..claims.len()).filter(|&i| claims[i].1 > 0.0).collect();
-    let mut left = capacity;
-    while !open.is_empty() {
-        let wsum: f64 = open.iter().map(|&i| claims[i].0).sum();
-        let level = left / wsum;
-        let (sated, hungry): (Vec<usize>, Vec<usize>) = open
-            .iter()
-            .partition(|&&i| claims[i].1 <= claims[i].0 * level);
-        if sated.is_empty() {
-            for &i in &hungry {
-                alloc[i] = claims[i].0 * level;
-            }
-            break;
-        }
-        for &i in &sated {
-            alloc[i] = claims[i].1;
-            left -= claims[i].1;
-        }
-        open = hungry;
-    }
-    alloc
-}
-
-/// Expected throughput per stream `(priority, offered_bps)` on a `link` under `policy`.
-fn oracle(policy: &Policy, link: f64, streams: &[(u8, f64)]) -> Vec<f64> {
-    let tiers = policy.tiers();
-    let demand: Vec<f64> = (0..tiers.len())
-        .map(|t| {
-            streams
-                .iter()
-                .filter(|s| policy.tier_of(s.0) == t)
-                .map(|s| s.1)
-                .sum()
-        })
-        .collect();
-    let claims: Vec<(f64, f64)> = tiers
-        .iter()
-        .zip(&demand)
-        .map(|(t, &d)| (f64::from(t.share_percent), d))
-        .collect();
-    let tier_alloc = waterfill(link, &claims);
-    let mut out = vec![0.0; streams.len()];
-    for (t, &cap) in tier_alloc.iter().enumerate() {
-        let members: Vec<usize> = (0..streams.len())
-            .filter(|&i| policy.tier_of(streams[i].0) == t)
-            .collect();
-        let claims: Vec<(f64, f64)> = members
-            .iter()
-            .map(|&i| (f64::from(1u32 << streams[i].0), streams[i].1))
-            .collect();
-        for (k, a) in waterfill(cap, &claims).into_iter().enumerate() {
-            out[members[k]] = a;
-        }
-    }
-    out
-}
+use sim::{MS, SEC, Sim, oracle, waterfill};
 
 /// Small deterministic generator (xorshift64*), so every case is reproducible.
 struct Rng(u64);

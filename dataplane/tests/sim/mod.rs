@@ -8,7 +8,8 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use qos_dataplane::sched::{
-    Next, Policy, PolicySpec, Rejection, Scheduler, SchedulerConfig, StreamConfig, StreamId,
+    Dequeued, Next, Policy, PolicySpec, Rejection, Scheduler, SchedulerConfig, StreamConfig,
+    StreamId,
 };
 
 pub const MS: u64 = 1_000_000;
@@ -233,6 +234,25 @@ impl Sim {
         }
     }
 
+    /// Books a packet that left the scheduler onto the fake link, checking that packets
+    /// of one stream keep their order.
+    fn record_sent(&mut self, d: &Dequeued<u64>) {
+        let last = self.last_seq.insert(d.stream, d.packet);
+        assert!(
+            last.is_none_or(|l| l < d.packet),
+            "reordered inside a stream"
+        );
+        self.sent.push(Sent {
+            at: self.now,
+            stream: d.stream,
+            len: d.len,
+            priority: d.priority.get(),
+            sojourn_ns: d.sojourn_ns,
+            seq: d.packet,
+        });
+        self.link_free_at = self.now + u64::from(d.len) * self.ns_per_byte;
+    }
+
     /// Runs the virtual clock forward by `duration_ns`.
     pub fn run_for(&mut self, duration_ns: u64) {
         let end = self.now + duration_ns;
@@ -244,20 +264,7 @@ impl Sim {
             }
             match self.sched.dequeue(self.now) {
                 Next::Packet(d) => {
-                    let last = self.last_seq.insert(d.stream, d.packet);
-                    assert!(
-                        last.is_none_or(|l| l < d.packet),
-                        "reordered inside a stream"
-                    );
-                    self.sent.push(Sent {
-                        at: self.now,
-                        stream: d.stream,
-                        len: d.len,
-                        priority: d.priority.get(),
-                        sojourn_ns: d.sojourn_ns,
-                        seq: d.packet,
-                    });
-                    self.link_free_at = self.now + u64::from(d.len) * self.ns_per_byte;
+                    self.record_sent(&d);
                 }
                 Next::Wait { until_ns } => {
                     assert!(until_ns > self.now, "a wait must lie in the future");
@@ -461,20 +468,7 @@ impl Sim {
             }
             match self.sched.dequeue(self.now) {
                 Next::Packet(d) => {
-                    let last = self.last_seq.insert(d.stream, d.packet);
-                    assert!(
-                        last.is_none_or(|l| l < d.packet),
-                        "reordered inside a stream"
-                    );
-                    self.sent.push(Sent {
-                        at: self.now,
-                        stream: d.stream,
-                        len: d.len,
-                        priority: d.priority.get(),
-                        sojourn_ns: d.sojourn_ns,
-                        seq: d.packet,
-                    });
-                    self.link_free_at = self.now + u64::from(d.len) * self.ns_per_byte;
+                    self.record_sent(&d);
                     if let Some(i) = source_of(&by_slot, d.stream) {
                         self.top_up(i);
                     }
