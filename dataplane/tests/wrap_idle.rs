@@ -288,20 +288,31 @@ fn jumbo(policy: Policy) -> Policy {
     spec.build().unwrap()
 }
 
+/// Sweeps idle gaps across four wraps of the busiest background tier's tag and checks
+/// that a `probe_priority` stream coming back is served within two decisions each time.
+fn sweep_tier_wrap(name: &str, policy: Policy, background: &[(u8, u32)], probe_priority: u8) {
+    let wrap = tier_wrap(&policy, background);
+    assert_served_promptly(&run(Sweep {
+        name,
+        gaps: sweep(wrap, 65_535, 4, false),
+        policy,
+        background,
+        probe_priority,
+        wrap,
+    }));
+}
+
 #[test]
 fn s3_returning_p7_stream_is_served_within_two_decisions_after_medium_and_low_wrap_the_tier_tags() {
     // Default policy; High idle but for the probe; Medium (P4, P2) and Low (P0) greedy.
     let policy = jumbo(Policy::default());
     let background = [(4, 65_535), (2, 65_535), (0, 65_535)];
-    let wrap = tier_wrap(&policy, &background);
-    assert_served_promptly(&run(Sweep {
-        name: "P7 probe, default policy, Medium+Low background",
-        gaps: sweep(wrap, 65_535, 4, false),
+    sweep_tier_wrap(
+        "P7 probe, default policy, Medium+Low background",
         policy,
-        background: &background,
-        probe_priority: 7,
-        wrap,
-    }));
+        &background,
+        7,
+    );
 }
 
 #[test]
@@ -310,15 +321,12 @@ fn s3_returning_high_tier_p6_stream_is_served_within_two_decisions_after_low_wra
     // stream comes back.
     let policy = jumbo(Policy::default());
     let background = [(0, 9_000), (1, 65_535)];
-    let wrap = tier_wrap(&policy, &background);
-    assert_served_promptly(&run(Sweep {
-        name: "P6 probe, default policy, Low background",
-        gaps: sweep(wrap, 65_535, 4, false),
+    sweep_tier_wrap(
+        "P6 probe, default policy, Low background",
         policy,
-        background: &background,
-        probe_priority: 6,
-        wrap,
-    }));
+        &background,
+        6,
+    );
 }
 
 #[test]
@@ -327,15 +335,12 @@ fn s3_returning_critical_p7_stream_is_served_within_two_decisions_after_logs_wra
     // tag) and DataTransfer are busy.
     let policy = jumbo(Policy::classes5());
     let background = [(0, 9_000), (1, 65_535), (3, 65_535)];
-    let wrap = tier_wrap(&policy, &background);
-    assert_served_promptly(&run(Sweep {
-        name: "P7 probe, classes5, LogsMetrics+DataTransfer background",
-        gaps: sweep(wrap, 65_535, 4, false),
+    sweep_tier_wrap(
+        "P7 probe, classes5, LogsMetrics+DataTransfer background",
         policy,
-        background: &background,
-        probe_priority: 7,
-        wrap,
-    }));
+        &background,
+        7,
+    );
 }
 
 #[test]
