@@ -258,7 +258,7 @@ impl<P> Scheduler<P> {
                 let mut codel = Codel::from_parts(st.codel_time, st.codel_count);
                 // Hard limit: a packet older than the interval is dropped whatever the
                 // control law says, and speeds the control law up.
-                let hard = age > p.interval_ns;
+                let hard = age > p.interval_ns && st.len > 1;
                 if hard {
                     codel.escalate();
                 }

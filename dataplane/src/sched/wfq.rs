@@ -257,7 +257,15 @@ impl Wfq {
         let c = self.class_of(st);
         let len = u64::from(st.len);
         if self.cursor == s {
-            self.cursor = self.after(streams, s);
+            // The cursor is the stream checked last: step it back so the walk resumes
+            // with the stream that followed `s`.
+            self.cursor = if st.prev != NIL {
+                st.prev
+            } else if !st.has(Flags::FRESH) && c == self.low {
+                self.classes[self.low].fresh.tail
+            } else {
+                NIL
+            };
         }
         let class = &mut self.classes[c];
         class.listed -= 1;
@@ -403,17 +411,22 @@ impl Wfq {
         if low.queued == 0 {
             return NIL;
         }
-        let mut s = self.cursor;
+        let first = if low.fresh.head != NIL {
+            low.fresh.head
+        } else {
+            low.round.head
+        };
+        // Advance lazily from the stream checked last, so streams the round rotated
+        // in the meantime are not skipped.
+        let mut s = if self.cursor == NIL {
+            NIL
+        } else {
+            self.after(streams, self.cursor)
+        };
         if s == NIL {
-            s = if low.fresh.head != NIL {
-                low.fresh.head
-            } else {
-                low.round.head
-            };
+            s = first;
         }
-        if s != NIL {
-            self.cursor = self.after(streams, s);
-        }
+        self.cursor = s;
         s
     }
 
