@@ -1,9 +1,8 @@
 //! Review: the AQM hard limit drops the last (only) packet of a queue, though
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 //! DECISIONS.md says "(never the last packet of a queue)" and S14 says a stream within
 //! its share sees no AQM drop.
-use qos_dataplane::sched::{
-    DropReason, Next, Policy, Priority, Scheduler, SchedulerConfig, StreamConfig,
-};
+use qos_dataplane::sched::{Next, Policy, Priority, Scheduler, SchedulerConfig, StreamConfig};
 use std::sync::Arc;
 
 fn sched() -> Scheduler<u32> {
