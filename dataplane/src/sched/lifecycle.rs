@@ -108,10 +108,12 @@ impl<P> Scheduler<P> {
         self.streams[s].clear(Flags::PROMOTED);
     }
 
-    /// Puts a withdrawn stream with a queue back into service.
+    /// Puts a withdrawn stream with a queue back into service: at the tail of its
+    /// class's round with the credit it had (at most one quantum), so being moved never
+    /// earns a fresh quantum ahead of the round.
     fn reinstate(&mut self, s: usize) {
         if self.streams[s].len > 0 {
-            self.wfq.link(&mut self.streams, s as u32);
+            self.wfq.relink(&mut self.streams, s as u32);
         }
     }
 
@@ -140,11 +142,18 @@ impl<P> Scheduler<P> {
             }
             (None, i) => i,
         };
-        self.withdraw(s);
+        let prio = config.priority;
+        // A listed stream that stays in its class keeps its place in the round and its
+        // credit (S3/S4: re-applying a config must not move it ahead of the others).
+        let in_place = old.has(Flags::LISTED)
+            && !old.has(Flags::PROMOTED)
+            && self.wfq.tier_of(old.prio()) == self.wfq.tier_of(prio.get());
+        if !in_place {
+            self.withdraw(s);
+        }
         if config.cap.is_none() {
             self.caps.free(old.cap);
         }
-        let prio = config.priority;
         if old.prio() != prio.get() && old.len > 0 {
             let n = u64::from(old.len);
             let from = &mut self.prio_stats[usize::from(old.prio())];
@@ -162,7 +171,13 @@ impl<P> Scheduler<P> {
             st.set(Flags::WEIGHT_SET);
         }
         st.cap = if config.cap.is_some() { cap } else { NIL16 };
-        self.reinstate(s);
+        if in_place {
+            let c = self.wfq.class_of(st);
+            let q = self.wfq.quantum_of(c, st.weight);
+            st.deficit = st.deficit.min(q);
+        } else {
+            self.reinstate(s);
+        }
         Ok(())
     }
 

@@ -249,6 +249,22 @@ impl Wfq {
         self.add_queued(c, len);
     }
 
+    /// Links an unlisted stream (with whatever it holds) at the tail of its class's
+    /// round, keeping its credit but at most one quantum: for a stream moved by a
+    /// control action, which must not gain a fresh quantum ahead of the round.
+    pub(crate) fn relink(&mut self, streams: &mut [Stream], s: u32) {
+        let c = self.class_of(&streams[s as usize]);
+        let q = self.quantum_of(c, streams[s as usize].weight);
+        let st = &mut streams[s as usize];
+        debug_assert!(!st.has(Flags::LISTED), "stream linked twice");
+        st.deficit = st.deficit.min(q);
+        st.set(Flags::LISTED);
+        let len = u64::from(st.len);
+        self.classes[c].round.push_back(streams, s);
+        self.classes[c].listed += 1;
+        self.add_queued(c, len);
+    }
+
     /// Unlinks a listed stream from its class, taking its queued packets out of the
     /// class's count. Its credit is forgotten (it rejoins with one quantum).
     pub(crate) fn unlink(&mut self, streams: &mut [Stream], s: u32) {
