@@ -124,13 +124,6 @@ impl<P> Scheduler<P> {
         }
     }
 
-    /// Hints that stream `id` is about to be used (enqueued to): prefetches its slot.
-    /// Harmless for any handle.
-    #[inline(always)]
-    pub fn prefetch_stream(&self, id: StreamId) {
-        prefetch(self.streams.as_ptr().wrapping_add(id.index() as usize));
-    }
-
     fn refuse(&mut self, packet: P, reason: RefuseReason) -> Result<(), Rejected<P>> {
         self.refused[reason.index()] += 1;
         Err(Rejected {
@@ -245,15 +238,8 @@ impl<P> Scheduler<P> {
                 self.drop_head(c, s, DropReason::Expired);
                 continue;
             }
-            // AQM acts only on a stream above its share that holds more than one DRR
-            // turn's worth (queue estimated as packets x head length): what one turn
-            // clears is not a standing queue (RFC 8289 leaves a queue under one MTU
-            // alone; a DRR turn is our MTU).
-            let backlog = u64::from(st.len) * u64::from(len);
-            let quantum = u64::from(self.wfq.quantum_of(c, st.weight).unsigned_abs());
-            if backlog > quantum
-                && (st.over_share() || backlog > FLOOD_QUANTA * quantum)
-                && let Some(p) = &self.c.codel[usize::from(prio)]
+            if let Some(p) = &self.c.codel[usize::from(prio)]
+                && self.aqm_applies(c, st, len)
             {
                 let mut codel = Codel::from_parts(st.codel_time, st.codel_count);
                 // Hard limit: a packet older than the interval is dropped whatever the
@@ -288,6 +274,19 @@ impl<P> Scheduler<P> {
             }
             return Step::Go { c, s, len };
         }
+    }
+
+    /// Whether AQM may act on stream `st` (class `c`, head packet of `len` bytes): only
+    /// on a stream above its share (see `Stream::over_share`, or more than
+    /// `FLOOD_QUANTA` turns queued: a flood's onset) that holds more than one DRR turn's
+    /// worth (queue estimated as packets x head length). What one turn clears is not a
+    /// standing queue: RFC 8289 leaves a queue under one MTU alone, and a DRR turn is
+    /// our MTU.
+    #[inline(always)]
+    fn aqm_applies(&self, c: usize, st: &super::stream::Stream, len: u32) -> bool {
+        let backlog = u64::from(st.len) * u64::from(len);
+        let quantum = u64::from(self.wfq.quantum_of(c, st.weight).unsigned_abs());
+        backlog > quantum && (st.over_share() || backlog > FLOOD_QUANTA * quantum)
     }
 
     /// Prefetch pipeline of the decisions: `next` follows the stream being served in
@@ -386,7 +385,7 @@ impl<P> Scheduler<P> {
         if left == 0 {
             let st = &mut self.streams[s as usize];
             st.end_saturation();
-            (st.codel_time, st.codel_count) = Codel::IDLE.parts();
+            reset_codel(st);
             if st.has(Flags::PROMOTED) {
                 self.demote(s);
             }
