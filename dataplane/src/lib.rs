@@ -7,6 +7,7 @@
 //! from SPSC rings and publishes policy snapshots builds on it.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+pub mod runtime;
 pub mod sched;
 
 /// The README's embedding example, compiled and run as a doctest.

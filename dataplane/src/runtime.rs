@@ -1,0 +1,495 @@
+//! The thread-per-core runtime: pinned workers, each owning a shard of streams, fed by
+//! SPSC rings, adopting policy snapshots at batch boundaries, handing scheduled
+//! packets to an embedder-supplied egress (DESIGN T1-T6).
+//!
+//! ```text
+//!  transport threads          worker threads (qos-worker-N, pinned)        embedder
+//!  Producer 0 ──ring──┐
+//!  Producer 1 ──ring──┼──▶ worker 0: Scheduler (shard 0) ──▶ Egress 0 ──▶ wire
+//!                     └──▶ worker 1: Scheduler (shard 1) ──▶ Egress 1 ──▶ wire
+//!  Dataplane (control thread): publish_policy ─arc-swap─▶ every worker, once per batch
+//!                              stats() ◀─ per-worker counters (Relaxed, single writer)
+//!                              take_histograms() ◀─▶ mailbox exchange per worker
+//! ```
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::{Arc, Mutex};
+//! use qos_dataplane::runtime::{Dataplane, Egress, Outbox, Pinning, StopMode};
+//! use qos_dataplane::sched::{Policy, StreamConfig};
+//!
+//! struct Count(Arc<Mutex<Vec<u64>>>);
+//! impl Egress<u64> for Count {
+//!     fn send(&mut self, _now_ns: u64, out: &mut Outbox<'_, u64>) {
+//!         let mut sent = self.0.lock().unwrap();
+//!         while let Some(d) = out.pop() {
+//!             sent.push(d.packet);
+//!         }
+//!     }
+//! }
+//!
+//! let sent = Arc::new(Mutex::new(Vec::new()));
+//! let s = sent.clone();
+//! let (dataplane, mut producers) = Dataplane::<u64>::builder()
+//!     .workers(2)
+//!     .pinning(Pinning::Off)
+//!     .policy(Arc::new(Policy::default()))
+//!     .build(move |_worker| Count(s.clone()))?;
+//! let mut tx = producers.pop().unwrap();
+//! let stream = tx.open(42, StreamConfig::with_priority(6))?;
+//! for i in 0..100 {
+//!     tx.enqueue(stream, i, 1200).unwrap();
+//! }
+//! drop(tx); // a graceful stop waits for the producers to be dropped
+//! let report = dataplane.shutdown(StopMode::Drain)?;
+//! assert!(report.is_conserved());
+//! assert_eq!(*sent.lock().unwrap(), (0..100).collect::<Vec<u64>>());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod builder;
+pub mod clock;
+mod config;
+mod counters;
+mod doorbell;
+mod egress;
+#[allow(unsafe_code)]
+pub mod mailbox;
+mod producer;
+mod snapshot;
+#[allow(unsafe_code)]
+pub(crate) mod sync;
+mod worker;
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use thiserror::Error;
+
+pub use builder::DataplaneBuilder;
+pub use clock::Clock;
+pub use config::{BuildError, IdleStrategy, Pinning, RuntimeConfig};
+pub use counters::WorkerStats;
+pub use doorbell::Doorbell;
+pub use egress::{DiscardReason, Discarded, Egress, Outbox};
+pub use producer::{ControlError, EnqueueError, Producer, StreamHandle};
+pub use snapshot::{SnapshotCell, SnapshotReader};
+
+use crate::sched::Event;
+use crate::sched::Policy;
+use counters::Counters;
+use mailbox::{MailboxReceiver, MailboxSender};
+use sync::{AtomicBool, AtomicU64, Ordering};
+use worker::Hists;
+
+/// What a stopping worker does with packets still queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopMode {
+    /// Keep scheduling (at the policy's pace) until every queue is empty, then stop;
+    /// past the drain timeout, discard the rest (counted `shutdown`).
+    Drain,
+    /// Discard what is queued at once (queued packets counted as dropped `closed`,
+    /// dequeued-but-unsent ones as `shutdown`).
+    Discard,
+}
+
+const RUNNING: u64 = 0;
+const DRAIN: u64 = 1;
+const DISCARD: u64 = 2;
+
+/// State shared by the workers, the producers and the control side.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) workers: Vec<WorkerShared>,
+    pub(crate) clock: Clock,
+    policy: SnapshotCell<Policy>,
+    stop: AtomicU64,
+    stop_deadline: AtomicU64,
+}
+
+/// One worker's shared state.
+#[derive(Debug)]
+pub(crate) struct WorkerShared {
+    pub(crate) bell: OnceLock<Doorbell>,
+    pub(crate) counters: Counters,
+    gone: AtomicBool,
+    panicked: AtomicBool,
+}
+
+impl WorkerShared {
+    fn new() -> Self {
+        Self {
+            bell: OnceLock::new(),
+            counters: Counters::new(),
+            gone: AtomicBool::new(false),
+            panicked: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn mark_gone(&self) {
+        // Release: partner of the Acquire loads in `is_closed` / `Dataplane::stats`.
+        self.gone.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn mark_panicked(&self) {
+        // Release: as `mark_gone`.
+        self.panicked.store(true, Ordering::Release);
+    }
+}
+
+impl Shared {
+    /// `true` once producers must stop pushing to worker `w`.
+    #[inline]
+    pub(crate) fn is_closed(&self, w: usize) -> bool {
+        // Relaxed stop load: a producer that misses the flag by a moment pushes a packet
+        // the stopping worker still drains (it waits for producers to be dropped).
+        // Acquire gone load: partner of `mark_gone`.
+        self.stop.load(Ordering::Relaxed) != RUNNING || self.workers[w].gone.load(Ordering::Acquire)
+    }
+
+    /// Wakes worker `w` if it is parked.
+    #[inline]
+    pub(crate) fn ring(&self, w: usize) {
+        if let Some(bell) = self.workers[w].bell.get() {
+            bell.ring();
+        }
+    }
+
+    pub(crate) fn stop_mode(&self) -> Option<StopMode> {
+        // Acquire: partner of `shutdown`'s Release store (the deadline is stored first).
+        match self.stop.load(Ordering::Acquire) {
+            DRAIN => Some(StopMode::Drain),
+            DISCARD => Some(StopMode::Discard),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn stop_deadline(&self) -> u64 {
+        // Relaxed: written before the Release store of `stop` that made us look.
+        self.stop_deadline.load(Ordering::Relaxed)
+    }
+}
+
+/// How workers were placed on cores.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinningReport {
+    /// The pinning policy asked for.
+    pub policy: Pinning,
+    /// Core of each worker (`None`: not pinned).
+    pub cores: Vec<Option<usize>>,
+    /// `true` when several workers share a core (`Wrap` with more workers than cores).
+    pub shared_cores: bool,
+}
+
+/// One worker's health, as seen by the reader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Running; its heartbeat is recent.
+    Running,
+    /// Its thread ended normally (after `shutdown`).
+    Stopped,
+    /// Its thread panicked (in the embedder's egress, most likely).
+    Panicked,
+}
+
+/// Why a stop was not clean.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RuntimeError {
+    /// A worker thread panicked; the report still holds every worker's last counters.
+    #[error("worker {worker} panicked: {message}")]
+    WorkerPanicked {
+        /// Worker index.
+        worker: usize,
+        /// The panic message.
+        message: String,
+        /// Counters of every worker at the end.
+        report: Box<ShutdownReport>,
+    },
+}
+
+/// Every worker's final counters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Final counters, by worker.
+    pub workers: Vec<WorkerStats>,
+}
+
+impl ShutdownReport {
+    /// S11 across rings, schedulers and egress, for every worker: each packet taken
+    /// from a ring was sent or discarded with a counted reason; nothing is left queued.
+    pub fn is_conserved(&self) -> bool {
+        self.workers
+            .iter()
+            .all(|w| w.is_conserved() && w.shard.totals.queued == 0 && w.pending == 0)
+    }
+
+    /// Packets taken from the rings, all workers.
+    pub fn taken(&self) -> u64 {
+        self.workers.iter().map(|w| w.taken).sum()
+    }
+
+    /// Packets sent, all workers.
+    pub fn sent(&self) -> u64 {
+        self.workers.iter().map(|w| w.sent).sum()
+    }
+
+    /// Packets discarded with a reason, all workers.
+    pub fn discarded(&self) -> u64 {
+        self.workers.iter().map(|w| w.discarded).sum()
+    }
+}
+
+/// The sojourn histograms of one worker since the previous exchange, by priority.
+pub type SojournHistograms = Box<[hdrhistogram::Histogram<u64>; crate::sched::policy::PRIORITIES]>;
+
+/// The control side's end of one worker's histogram exchange.
+struct HistExchange {
+    to_worker: MailboxSender<Hists>,
+    from_worker: MailboxReceiver<Hists>,
+    /// An empty set was sent and its full counterpart not yet received.
+    requested: bool,
+}
+
+/// A running dataplane: the control side's handle (publish policies, read counters and
+/// histograms, stop). Built by [`Dataplane::builder`].
+pub struct Dataplane<P> {
+    shared: sync::Arc<Shared>,
+    threads: Vec<Option<std::thread::JoinHandle<()>>>,
+    hists: Vec<HistExchange>,
+    events: Vec<rtrb::Consumer<Event>>,
+    pinning: PinningReport,
+    config: RuntimeConfig,
+    drain_timeout: Duration,
+    _packets: std::marker::PhantomData<fn(P)>,
+}
+
+impl<P> std::fmt::Debug for Dataplane<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dataplane")
+            .field("workers", &self.threads.len())
+            .field("pinning", &self.pinning)
+            .finish()
+    }
+}
+
+impl<P: Send + 'static> Dataplane<P> {
+    /// A builder with the defaults of [`RuntimeConfig`] and the reference policy.
+    pub fn builder() -> DataplaneBuilder<P> {
+        DataplaneBuilder::new()
+    }
+
+    /// Worker count.
+    pub fn workers(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// How workers were placed on cores.
+    pub fn pinning(&self) -> &PinningReport {
+        &self.pinning
+    }
+
+    /// The runtime settings in force.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Nanoseconds on the dataplane's clock (the time base of heartbeats and egress).
+    pub fn now_ns(&self) -> u64 {
+        self.shared.clock.now_ns()
+    }
+
+    /// Publishes `policy` (T3): every worker adopts it at its next batch boundary.
+    /// Never waits for a worker. A version older than the one published is refused
+    /// (C2); the same version again is a no-op.
+    pub fn publish_policy(&self, policy: std::sync::Arc<Policy>) -> Result<(), StaleVersion> {
+        let current = self.shared.policy.current();
+        if policy.version() < current.version() {
+            return Err(StaleVersion {
+                offered: policy.version(),
+                current: current.version(),
+            });
+        }
+        if policy.version() == current.version() {
+            return Ok(());
+        }
+        self.shared.policy.publish(policy);
+        for w in 0..self.workers() {
+            self.shared.ring(w);
+        }
+        Ok(())
+    }
+
+    /// The policy last published.
+    pub fn policy(&self) -> std::sync::Arc<Policy> {
+        self.shared.policy.current()
+    }
+
+    /// Every worker's latest published counters (never stops a worker).
+    pub fn stats(&self) -> Vec<WorkerStats> {
+        (0..self.workers())
+            .map(|w| self.shared.workers[w].counters.read(w))
+            .collect()
+    }
+
+    /// Per-worker state: running, stopped, or panicked.
+    pub fn worker_states(&self) -> Vec<WorkerState> {
+        self.shared
+            .workers
+            .iter()
+            .map(|w| {
+                // Acquire: partners of `mark_panicked` / `mark_gone`.
+                if w.panicked.load(Ordering::Acquire) {
+                    WorkerState::Panicked
+                } else if w.gone.load(Ordering::Acquire) {
+                    WorkerState::Stopped
+                } else {
+                    WorkerState::Running
+                }
+            })
+            .collect()
+    }
+
+    /// Age of each worker's heartbeat, in ns (an idle worker refreshes it at least
+    /// every `park_timeout`).
+    pub fn heartbeat_age_ns(&self) -> Vec<u64> {
+        let now = self.now_ns();
+        self.stats()
+            .iter()
+            .map(|s| now.saturating_sub(s.heartbeat_ns))
+            .collect()
+    }
+
+    /// The version each worker runs (C2).
+    pub fn policy_versions(&self) -> Vec<u64> {
+        self.stats().iter().map(|s| s.policy_version).collect()
+    }
+
+    /// T4: collects each worker's sojourn histograms (recorded since the previous
+    /// exchange) by handing it an empty set and taking its full one back, waiting at
+    /// most `timeout` for workers to answer. A worker that has not answered yet gives
+    /// `None`; its histograms are not lost, they come with a later call.
+    pub fn take_histograms(&mut self, timeout: Duration) -> Vec<Option<SojournHistograms>> {
+        for (w, h) in self.hists.iter_mut().enumerate() {
+            if !h.requested {
+                let empty: Hists = Box::new(std::array::from_fn(|_| {
+                    crate::sched::new_sojourn_histogram()
+                }));
+                if h.to_worker.put(empty).is_ok() {
+                    h.requested = true;
+                    self.shared.ring(w);
+                }
+            }
+        }
+        let clock = self.shared.clock;
+        let deadline = clock.now_ns().saturating_add(timeout.as_nanos() as u64);
+        let mut out: Vec<Option<SojournHistograms>> = (0..self.hists.len()).map(|_| None).collect();
+        loop {
+            for (w, h) in self.hists.iter_mut().enumerate() {
+                if out[w].is_none() {
+                    if let Some(full) = h.from_worker.take() {
+                        h.requested = false;
+                        out[w] = Some(full);
+                    }
+                }
+            }
+            let waiting = out
+                .iter()
+                .zip(&self.hists)
+                .any(|(o, h)| o.is_none() && h.requested);
+            if !waiting || clock.now_ns() >= deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// Takes the scheduler events (backpressure signals, disconnects, promotions)
+    /// every worker forwarded since the last call, as `(worker, event)`.
+    pub fn drain_events(&mut self, mut f: impl FnMut(usize, Event)) {
+        for (w, rx) in self.events.iter_mut().enumerate() {
+            while let Ok(e) = rx.pop() {
+                f(w, e);
+            }
+        }
+    }
+
+    /// Stops every worker and joins it. Producers should be dropped first (or soon):
+    /// workers take what producers push until every producer is dropped or the drain
+    /// timeout passes, so nothing pushed is stranded. Then `Drain` schedules the rest
+    /// out at the policy's pace, `Discard` discards it (counted). Returns every worker's
+    /// final counters; a worker that panicked makes it an error (the others still stop
+    /// cleanly and the report is in the error).
+    pub fn shutdown(mut self, mode: StopMode) -> Result<ShutdownReport, RuntimeError> {
+        let deadline = self
+            .now_ns()
+            .saturating_add(self.drain_timeout.as_nanos() as u64);
+        // Relaxed: published by the Release store of `stop` just below.
+        self.shared.stop_deadline.store(deadline, Ordering::Relaxed);
+        let code = match mode {
+            StopMode::Drain => DRAIN,
+            StopMode::Discard => DISCARD,
+        };
+        // Release: partner of `stop_mode`'s Acquire load.
+        self.shared.stop.store(code, Ordering::Release);
+        let mut panic = None;
+        for w in 0..self.threads.len() {
+            self.shared.ring(w);
+            if let Some(t) = self.threads[w].take() {
+                if let Err(payload) = t.join() {
+                    panic.get_or_insert((w, panic_message(payload.as_ref())));
+                }
+            }
+        }
+        let report = ShutdownReport {
+            workers: self.stats(),
+        };
+        match panic {
+            None => Ok(report),
+            Some((worker, message)) => Err(RuntimeError::WorkerPanicked {
+                worker,
+                message,
+                report: Box::new(report),
+            }),
+        }
+    }
+}
+
+impl<P> Drop for Dataplane<P> {
+    /// Dropping a running dataplane stops it discarding (use `shutdown` for a report).
+    fn drop(&mut self) {
+        if self.threads.iter().all(Option::is_none) {
+            return;
+        }
+        self.shared.stop_deadline.store(0, Ordering::Relaxed);
+        // Release: as in `shutdown`.
+        self.shared.stop.store(DISCARD, Ordering::Release);
+        for w in 0..self.threads.len() {
+            self.shared.ring(w);
+            if let Some(t) = self.threads[w].take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// A policy older than the one running was offered (C2).
+#[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
+#[error("policy.version: {offered}, expected >= {current} (the version running)")]
+pub struct StaleVersion {
+    /// The version offered.
+    pub offered: u64,
+    /// The version published.
+    pub current: u64,
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}

@@ -1,0 +1,227 @@
+//! [`DataplaneBuilder`]: configures and starts the workers.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use super::config::{BuildError, IdleStrategy, Pinning, RuntimeConfig};
+use super::producer::Producer;
+use super::snapshot::SnapshotCell;
+use super::sync::{Arc, AtomicU64};
+use super::worker::{self, Hists, WorkerParts};
+use super::{Dataplane, Egress, HistExchange, PinningReport, Shared, WorkerShared, mailbox};
+use crate::sched::{Policy, Scheduler, SchedulerConfig};
+
+/// Builds a [`Dataplane`]: `Dataplane::builder().workers(n)...build(egress_factory)`.
+#[derive(Debug)]
+pub struct DataplaneBuilder<P> {
+    config: RuntimeConfig,
+    policy: std::sync::Arc<Policy>,
+    drain_timeout: Duration,
+    _packets: std::marker::PhantomData<fn(P)>,
+}
+
+impl<P: Send + 'static> DataplaneBuilder<P> {
+    pub(crate) fn new() -> Self {
+        Self {
+            config: RuntimeConfig::default(),
+            policy: std::sync::Arc::new(Policy::default()),
+            drain_timeout: Duration::from_secs(5),
+            _packets: std::marker::PhantomData,
+        }
+    }
+
+    /// Every runtime setting at once.
+    pub fn config(mut self, config: RuntimeConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Worker threads (default 1).
+    pub fn workers(mut self, n: usize) -> Self {
+        self.config.workers = n;
+        self
+    }
+
+    /// Producer handles `build` returns (default 1).
+    pub fn producers(mut self, n: usize) -> Self {
+        self.config.producers = n;
+        self
+    }
+
+    /// Pinning policy (default [`Pinning::Wrap`]).
+    pub fn pinning(mut self, pinning: Pinning) -> Self {
+        self.config.pinning = pinning;
+        self
+    }
+
+    /// Capacity of each (producer, worker) ring, in messages.
+    pub fn ring_capacity(mut self, n: usize) -> Self {
+        self.config.ring_capacity = n;
+        self
+    }
+
+    /// Most messages taken from one ring per iteration, and most packets dequeued per
+    /// iteration.
+    pub fn batch(mut self, ingress: usize, egress: usize) -> Self {
+        self.config.ingress_batch = ingress;
+        self.config.egress_batch = egress;
+        self
+    }
+
+    /// Idle behaviour.
+    pub fn idle(mut self, idle: IdleStrategy) -> Self {
+        self.config.idle = idle;
+        self
+    }
+
+    /// Capacities of each worker's scheduler.
+    pub fn scheduler(mut self, config: SchedulerConfig) -> Self {
+        self.config.scheduler = config;
+        self
+    }
+
+    /// The first policy (default: the reference policy).
+    pub fn policy(mut self, policy: std::sync::Arc<Policy>) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// How long a `StopMode::Drain` shutdown may take before discarding (default 5 s).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Starts the workers; `egress(i)` makes worker `i`'s egress. Returns the control
+    /// handle and the producers. Fails on a bad setting, on `Pinning::Strict` with too
+    /// few cores, or if a thread cannot start; nothing keeps running after an error.
+    pub fn build<E: Egress<P>>(
+        self,
+        mut egress: impl FnMut(usize) -> E,
+    ) -> Result<(Dataplane<P>, Vec<Producer<P>>), BuildError> {
+        let config = self.config;
+        config.validate()?;
+        let n = config.workers;
+        if let Some(link) = self.policy.spec().link {
+            let max_packet = self.policy.spec().max_packet_bytes;
+            if n > 1 && link.burst_bytes < n as u64 * u64::from(max_packet) {
+                return Err(BuildError::BurstTooSmall {
+                    burst: link.burst_bytes,
+                    workers: n,
+                    max_packet,
+                });
+            }
+        }
+        let cores = placement(config.pinning, n)?;
+        let mut scheds = Vec::with_capacity(n);
+        for _ in 0..n {
+            scheds.push(Scheduler::<P>::new(config.scheduler, self.policy.clone())?);
+        }
+        let shared = Arc::new(Shared {
+            workers: (0..n).map(|_| WorkerShared::new()).collect(),
+            clock: super::Clock::start(),
+            policy: SnapshotCell::new(self.policy.clone()),
+            stop: AtomicU64::new(super::RUNNING),
+            stop_deadline: AtomicU64::new(u64::MAX),
+        });
+        // rings[p][w]
+        let mut tx_rings: Vec<Vec<_>> = (0..config.producers).map(|_| Vec::new()).collect();
+        let mut rx_rings: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
+        for tx in tx_rings.iter_mut() {
+            for rx in rx_rings.iter_mut() {
+                let (t, r) = rtrb::RingBuffer::new(config.ring_capacity);
+                tx.push(t);
+                rx.push(r);
+            }
+        }
+        let mut dataplane = Dataplane {
+            shared: shared.clone(),
+            threads: Vec::with_capacity(n),
+            hists: Vec::with_capacity(n),
+            events: Vec::with_capacity(n),
+            pinning: PinningReport {
+                policy: config.pinning,
+                cores: cores.iter().map(|c| c.map(|c| c.id)).collect(),
+                shared_cores: shares_a_core(&cores),
+            },
+            config,
+            drain_timeout: self.drain_timeout,
+            _packets: std::marker::PhantomData,
+        };
+        let (started_tx, started_rx) = mpsc::channel();
+        for (w, (sched, inboxes)) in scheds.into_iter().zip(rx_rings).enumerate() {
+            let (to_worker, hist_in) = mailbox::channel::<Hists>();
+            let (hist_out, from_worker) = mailbox::channel::<Hists>();
+            let (events_tx, events_rx) = rtrb::RingBuffer::new(config.event_capacity);
+            let parts = WorkerParts {
+                index: w,
+                sched,
+                inboxes,
+                egress: egress(w),
+                hist_in,
+                hist_out,
+                events: events_tx,
+                shared: shared.clone(),
+                config,
+                policy: shared.policy.reader(),
+                core: cores[w],
+                strict: config.pinning == Pinning::Strict,
+                started: started_tx.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("qos-worker-{w}"))
+                .spawn(move || worker::run(parts))
+                .map_err(|source| BuildError::Spawn { worker: w, source })?;
+            dataplane.threads.push(Some(thread));
+            dataplane.hists.push(HistExchange {
+                to_worker,
+                from_worker,
+                requested: false,
+            });
+            dataplane.events.push(events_rx);
+            // Wait for the worker to pin itself and set its doorbell before any
+            // producer can push (so every push can ring it).
+            match started_rx.recv() {
+                Ok(Ok(_pinned)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => {
+                    return Err(BuildError::Spawn {
+                        worker: w,
+                        source: std::io::Error::other("worker ended during start-up"),
+                    });
+                }
+            }
+        }
+        let producers = tx_rings
+            .into_iter()
+            .enumerate()
+            .map(|(p, rings)| Producer::new(p, rings, shared.clone()))
+            .collect();
+        Ok((dataplane, producers))
+    }
+}
+
+/// The core of each worker under `pinning` (T1).
+fn placement(pinning: Pinning, n: usize) -> Result<Vec<Option<core_affinity::CoreId>>, BuildError> {
+    if pinning == Pinning::Off {
+        return Ok(vec![None; n]);
+    }
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    match pinning {
+        Pinning::Strict if n > cores.len() => Err(BuildError::NoSuchCore {
+            worker: cores.len(),
+            core: cores.len(),
+            available: cores.len(),
+        }),
+        _ if cores.is_empty() => Ok(vec![None; n]),
+        _ => Ok((0..n).map(|w| Some(cores[w % cores.len()])).collect()),
+    }
+}
+
+fn shares_a_core(cores: &[Option<core_affinity::CoreId>]) -> bool {
+    let mut ids: Vec<usize> = cores.iter().flatten().map(|c| c.id).collect();
+    let n = ids.len();
+    ids.sort_unstable();
+    ids.dedup();
+    ids.len() < n
+}

@@ -1,0 +1,116 @@
+//! What the embedder plugs in at the end of each worker: where scheduled packets go
+//! ([`Egress::send`]) and where packets the dataplane did not send go
+//! ([`Egress::discard`]), so that every packet is accounted for (S11).
+
+use std::collections::VecDeque;
+
+use crate::sched::{Dequeued, DropReason, RefuseReason, StreamId};
+
+/// A worker's egress: called on the worker thread, once per loop iteration with a
+/// batch of scheduled packets.
+pub trait Egress<P>: Send + 'static {
+    /// Sends what it can of `out`, taking packets from the front with
+    /// [`Outbox::pop`]. Packets it leaves stay queued, in order, and are offered again
+    /// (first) on the next iteration: refusing the tail is how an egress applies its
+    /// own backpressure. `now_ns` is the worker's clock for this iteration.
+    fn send(&mut self, now_ns: u64, out: &mut Outbox<'_, P>);
+
+    /// Receives a packet the dataplane will not send, with the reason (already
+    /// counted). The default drops it; an embedder recycling buffers takes it back here.
+    fn discard(&mut self, packet: Discarded<P>) {
+        drop(packet);
+    }
+}
+
+/// The scheduled packets offered to [`Egress::send`], in send order.
+#[derive(Debug)]
+pub struct Outbox<'a, P> {
+    queue: &'a mut VecDeque<Dequeued<P>>,
+    taken: u64,
+    taken_bytes: u64,
+}
+
+impl<'a, P> Outbox<'a, P> {
+    pub(crate) fn new(queue: &'a mut VecDeque<Dequeued<P>>) -> Self {
+        Self {
+            queue,
+            taken: 0,
+            taken_bytes: 0,
+        }
+    }
+
+    /// Packets and bytes taken so far.
+    pub(crate) fn taken(&self) -> (u64, u64) {
+        (self.taken, self.taken_bytes)
+    }
+
+    /// Packets offered.
+    pub fn len(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// `true` when nothing is offered.
+    pub fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// The next packet, without taking it.
+    pub fn front(&self) -> Option<&Dequeued<P>> {
+        self.queue.front()
+    }
+
+    /// Takes the next packet: it counts as sent.
+    pub fn pop(&mut self) -> Option<Dequeued<P>> {
+        let d = self.queue.pop_front()?;
+        self.taken += 1;
+        self.taken_bytes += u64::from(d.len);
+        Some(d)
+    }
+
+    /// The offered packets, in order, without taking them.
+    pub fn iter(&self) -> impl Iterator<Item = &Dequeued<P>> {
+        self.queue.iter()
+    }
+}
+
+/// Why the dataplane did not send a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DiscardReason {
+    /// The scheduler refused it at the door (not counted as enqueued).
+    Refused(RefuseReason),
+    /// The scheduler counted it as enqueued and dropped it (tail drop, AQM, expiry,
+    /// disconnect, close).
+    Dropped(DropReason),
+    /// Its stream was never opened on this worker (the open failed; see
+    /// [`WorkerStats::open_failed`](super::WorkerStats::open_failed)), or was closed.
+    UnknownStream,
+    /// Dequeued but not sent when the dataplane stopped ([`StopMode::Discard`], or the
+    /// drain timed out). Counted under `shutdown_discarded`.
+    ///
+    /// [`StopMode::Discard`]: super::StopMode::Discard
+    Shutdown,
+}
+
+impl DiscardReason {
+    /// Short name for metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Refused(r) => r.as_str(),
+            Self::Dropped(r) => r.as_str(),
+            Self::UnknownStream => "unknown_stream",
+            Self::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// A packet handed to [`Egress::discard`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Discarded<P> {
+    /// The caller's packet.
+    pub packet: P,
+    /// Its stream on this worker, when it had one.
+    pub stream: Option<StreamId>,
+    /// Why it was not sent.
+    pub reason: DiscardReason,
+}

@@ -1,0 +1,508 @@
+//! The worker loop (STYLE 3): bounded iterations over one shard.
+//!
+//! Each iteration reads the clock once, adopts a new policy snapshot if one was
+//! published (a batch boundary), takes at most `ingress_batch` messages from each ring,
+//! enqueues them, hands dropped packets to the egress's `discard`, dequeues at most
+//! `egress_batch` packets and offers them to the egress, exchanges histograms if the
+//! reader asked, and publishes its counters. It never drains anything "until empty".
+//! After warm-up nothing here allocates, locks or makes a syscall per packet; the idle
+//! strategy's park is the only blocking call.
+
+use std::collections::VecDeque;
+use std::sync::mpsc;
+
+use crossbeam_utils::Backoff;
+use hdrhistogram::Histogram;
+
+use super::config::{BuildError, IdleStrategy, RuntimeConfig};
+use super::counters::WorkerStats;
+use super::doorbell::Doorbell;
+use super::egress::{DiscardReason, Discarded, Egress, Outbox};
+use super::mailbox::{MailboxReceiver, MailboxSender};
+use super::producer::Msg;
+use super::snapshot::SnapshotReader;
+use super::sync::Arc;
+use super::{Shared, StopMode};
+use crate::sched::policy::{MAX_TIERS, PRIORITIES};
+use crate::sched::{
+    BatchEnd, Dequeued, Event, Policy, Priority, Rejected, Rejection, Scheduler, StreamId,
+};
+
+/// The eight sojourn histograms of a worker, moved by exchange (T4).
+pub(crate) type Hists = Box<[Histogram<u64>; PRIORITIES]>;
+
+/// One ring from one producer, with the streams that producer opened here.
+struct Inbox<P> {
+    rx: rtrb::Consumer<Msg<P>>,
+    /// Indexed by the producer's local stream number.
+    streams: Vec<Option<StreamId>>,
+}
+
+/// Everything a worker thread is started with.
+pub(crate) struct WorkerParts<P, E> {
+    pub(crate) index: usize,
+    pub(crate) sched: Scheduler<P>,
+    pub(crate) inboxes: Vec<rtrb::Consumer<Msg<P>>>,
+    pub(crate) egress: E,
+    pub(crate) hist_in: MailboxReceiver<Hists>,
+    pub(crate) hist_out: MailboxSender<Hists>,
+    pub(crate) events: rtrb::Producer<Event>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) config: RuntimeConfig,
+    pub(crate) policy: SnapshotReader<Policy>,
+    pub(crate) core: Option<core_affinity::CoreId>,
+    pub(crate) strict: bool,
+    pub(crate) started: mpsc::Sender<Result<bool, BuildError>>,
+}
+
+struct Worker<P, E> {
+    index: usize,
+    sched: Scheduler<P>,
+    inboxes: Vec<Inbox<P>>,
+    egress: E,
+    outbox: VecDeque<Dequeued<P>>,
+    batch: Vec<Dequeued<P>>,
+    burst: Vec<(StreamId, P, u32)>,
+    msgs: Vec<Msg<P>>,
+    rejected: Vec<Rejected<P>>,
+    hist_in: MailboxReceiver<Hists>,
+    hist_out: MailboxSender<Hists>,
+    outgoing: Option<Hists>,
+    events: rtrb::Producer<Event>,
+    shared: Arc<Shared>,
+    config: RuntimeConfig,
+    policy: SnapshotReader<Policy>,
+    /// The snapshot last adopted (compared by pointer, so republishing is cheap).
+    adopted: std::sync::Arc<Policy>,
+    stats: WorkerStats,
+    next_publish: u64,
+}
+
+/// What one iteration did.
+struct Progress {
+    busy: bool,
+    /// Packets are queued but pacing holds them until this time.
+    wait_until: Option<u64>,
+}
+
+/// The body of a worker thread. Returns when the dataplane stops.
+pub(crate) fn run<P: Send + 'static, E: Egress<P>>(parts: WorkerParts<P, E>) {
+    let pinned = match parts.core {
+        Some(core) => core_affinity::set_for_current(core),
+        None => false,
+    };
+    if parts.strict && !pinned {
+        let _ = parts.started.send(Err(BuildError::NoSuchCore {
+            worker: parts.index,
+            core: parts.core.map_or(usize::MAX, |c| c.id),
+            available: core_affinity::get_core_ids().map_or(0, |c| c.len()),
+        }));
+        return;
+    }
+    let bell = Doorbell::for_current();
+    if parts.shared.workers[parts.index].bell.set(bell).is_err() {
+        unreachable!("each worker sets its own doorbell once");
+    }
+    let _ = parts.started.send(Ok(pinned));
+    let _guard = ExitGuard {
+        shared: parts.shared.clone(),
+        index: parts.index,
+    };
+    let mut w = Worker::new(parts);
+    w.run();
+}
+
+/// Marks the worker gone when its thread ends, and panicked if it ends by unwinding,
+/// so producers stop pushing to it and the read API reports it.
+struct ExitGuard {
+    shared: Arc<Shared>,
+    index: usize,
+}
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        let w = &self.shared.workers[self.index];
+        if std::thread::panicking() {
+            w.mark_panicked();
+        }
+        w.mark_gone();
+    }
+}
+
+impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
+    fn new(p: WorkerParts<P, E>) -> Self {
+        let adopted = p.sched.policy().clone();
+        let n = p.config.egress_batch;
+        let mut stats = WorkerStats {
+            worker: p.index,
+            policy_version: adopted.version(),
+            ..WorkerStats::default()
+        };
+        stats.shard = p.sched.shard_stats();
+        Self {
+            index: p.index,
+            sched: p.sched,
+            inboxes: p
+                .inboxes
+                .into_iter()
+                .map(|rx| Inbox {
+                    rx,
+                    streams: Vec::new(),
+                })
+                .collect(),
+            egress: p.egress,
+            outbox: VecDeque::with_capacity(n),
+            batch: Vec::with_capacity(n),
+            burst: Vec::with_capacity(p.config.ingress_batch),
+            msgs: Vec::with_capacity(p.config.ingress_batch),
+            rejected: Vec::with_capacity(p.config.ingress_batch),
+            hist_in: p.hist_in,
+            hist_out: p.hist_out,
+            outgoing: None,
+            events: p.events,
+            shared: p.shared,
+            config: p.config,
+            policy: p.policy,
+            adopted,
+            stats,
+            next_publish: 0,
+        }
+    }
+
+    fn run(&mut self) {
+        let clock = self.shared.clock;
+        let backoff = Backoff::new();
+        let stall_ns = duration_ns(self.config.stall_budget);
+        loop {
+            let now = clock.now_ns();
+            let progress = self.iteration(now);
+            let took = clock.now_ns().saturating_sub(now);
+            self.stats.iterations += 1;
+            self.stats.heartbeat_ns = now;
+            if took > stall_ns {
+                self.stats.stalls += 1;
+            }
+            self.stats.max_iteration_ns = self.stats.max_iteration_ns.max(took);
+            self.publish(now);
+            if let Some(mode) = self.shared.stop_mode() {
+                if self.stopped(mode, now) {
+                    break;
+                }
+            }
+            if progress.busy {
+                backoff.reset();
+            } else {
+                self.idle(&backoff, now, progress.wait_until);
+            }
+        }
+        self.publish_all();
+    }
+
+    /// One bounded iteration at time `now`.
+    fn iteration(&mut self, now: u64) -> Progress {
+        self.adopt_policy(now);
+        let mut busy = self.take_ingress(now);
+        busy |= self.reclaim();
+        self.forward_events();
+        let (sent, wait_until) = self.send(now);
+        busy |= sent;
+        self.exchange_histograms();
+        Progress { busy, wait_until }
+    }
+
+    /// T3: looks at the snapshot once per batch; a new one governs the next decision.
+    fn adopt_policy(&mut self, now: u64) {
+        let current = self.policy.load();
+        if !std::sync::Arc::ptr_eq(current, &self.adopted) {
+            self.adopted = current.clone();
+            self.sched.set_policy(now, current.clone());
+            self.stats.policy_version = self.adopted.version();
+            self.shared.workers[self.index]
+                .counters
+                .publish(&self.stats);
+        }
+    }
+
+    /// Takes at most `ingress_batch` messages from each ring. Returns whether any.
+    fn take_ingress(&mut self, now: u64) -> bool {
+        let mut any = false;
+        for i in 0..self.inboxes.len() {
+            let n = self.inboxes[i].rx.slots().min(self.config.ingress_batch);
+            if n == 0 {
+                continue;
+            }
+            any = true;
+            let chunk = match self.inboxes[i].rx.read_chunk(n) {
+                Ok(chunk) => chunk,
+                Err(_) => continue,
+            };
+            // Moved out first (one commit of the ring's head for the whole chunk), then
+            // handled; the scratch vector keeps its capacity, so nothing allocates.
+            let mut msgs = std::mem::take(&mut self.msgs);
+            msgs.extend(chunk);
+            for msg in msgs.drain(..) {
+                self.handle(i, now, msg);
+            }
+            self.msgs = msgs;
+            self.flush_burst(now);
+        }
+        any
+    }
+
+    fn handle(&mut self, inbox: usize, now: u64, msg: Msg<P>) {
+        match msg {
+            Msg::Packet { local, len, packet } => {
+                self.stats.taken += 1;
+                match self.inboxes[inbox].streams.get(local as usize) {
+                    Some(Some(id)) => self.burst.push((*id, packet, len)),
+                    _ => {
+                        self.stats.unknown_stream += 1;
+                        self.discard(packet, None, DiscardReason::UnknownStream);
+                    }
+                }
+            }
+            Msg::Open { local, config } => {
+                self.flush_burst(now);
+                let id = match self.sched.open(config) {
+                    Ok(id) => Some(id),
+                    Err(_) => {
+                        self.stats.open_failed += 1;
+                        None
+                    }
+                };
+                let table = &mut self.inboxes[inbox].streams;
+                if table.len() <= local as usize {
+                    table.resize(local as usize + 1, None);
+                }
+                table[local as usize] = id;
+            }
+            Msg::Update { local, config } => {
+                self.flush_burst(now);
+                let id = self.stream(inbox, local);
+                if id.is_none_or(|id| self.sched.update(id, config).is_err()) {
+                    self.stats.control_failed += 1;
+                }
+            }
+            Msg::Close { local } => {
+                self.flush_burst(now);
+                let id = self.stream(inbox, local);
+                if id.is_none_or(|id| self.sched.close(id).is_err()) {
+                    self.stats.control_failed += 1;
+                }
+                if let Some(slot) = self.inboxes[inbox].streams.get_mut(local as usize) {
+                    *slot = None;
+                }
+                self.reclaim();
+            }
+        }
+    }
+
+    fn stream(&self, inbox: usize, local: u32) -> Option<StreamId> {
+        self.inboxes[inbox]
+            .streams
+            .get(local as usize)
+            .copied()
+            .flatten()
+    }
+
+    /// Enqueues the packets gathered so far (one prefetching burst).
+    fn flush_burst(&mut self, now: u64) {
+        if self.burst.is_empty() {
+            return;
+        }
+        self.sched
+            .enqueue_burst(now, &mut self.burst, &mut self.rejected);
+        while let Some(r) = self.rejected.pop() {
+            let reason = match r.reason {
+                Rejection::Refused(r) => DiscardReason::Refused(r),
+                Rejection::Dropped(r) => DiscardReason::Dropped(r),
+            };
+            self.discard(r.packet, None, reason);
+        }
+    }
+
+    /// Hands every packet the scheduler dropped to the egress. Returns whether any.
+    fn reclaim(&mut self) -> bool {
+        let mut any = false;
+        while let Some(r) = self.sched.pop_reclaimed() {
+            any = true;
+            self.discard(r.packet, Some(r.stream), DiscardReason::Dropped(r.reason));
+        }
+        any
+    }
+
+    fn discard(&mut self, packet: P, stream: Option<StreamId>, reason: DiscardReason) {
+        self.stats.discarded += 1;
+        self.egress.discard(Discarded {
+            packet,
+            stream,
+            reason,
+        });
+    }
+
+    /// Moves scheduler events to the event ring for the control plane.
+    fn forward_events(&mut self) {
+        while let Some(e) = self.sched.pop_event() {
+            if self.events.push(e).is_err() {
+                self.stats.events_lost += 1;
+            }
+        }
+    }
+
+    /// Dequeues a batch if the egress took the last one, and offers what is pending.
+    fn send(&mut self, now: u64) -> (bool, Option<u64>) {
+        let mut wait_until = None;
+        if self.outbox.is_empty() {
+            let end = self
+                .sched
+                .dequeue_batch(now, self.config.egress_batch, &mut self.batch);
+            self.outbox.extend(self.batch.drain(..));
+            if let BatchEnd::Wait { until_ns } = end {
+                wait_until = Some(until_ns);
+            }
+        }
+        if self.outbox.is_empty() {
+            return (false, wait_until);
+        }
+        let mut out = Outbox::new(&mut self.outbox);
+        self.egress.send(now, &mut out);
+        let (packets, bytes) = out.taken();
+        self.stats.sent += packets;
+        self.stats.sent_bytes += bytes;
+        (packets > 0, wait_until)
+    }
+
+    /// T4: answers the reader's request for histograms (an empty set in, the full one
+    /// out).
+    fn exchange_histograms(&mut self) {
+        if self.outgoing.is_none() {
+            if let Some(mut empty) = self.hist_in.take() {
+                self.sched.swap_sojourn_histograms(&mut empty);
+                self.outgoing = Some(empty);
+            }
+        }
+        if let Some(full) = self.outgoing.take() {
+            if let Err(full) = self.hist_out.put(full) {
+                self.outgoing = Some(full);
+            }
+        }
+    }
+
+    fn publish(&mut self, now: u64) {
+        if now >= self.next_publish {
+            self.next_publish = now.saturating_add(duration_ns(self.config.publish_interval));
+            self.refresh_stats();
+            self.shared.workers[self.index]
+                .counters
+                .publish(&self.stats);
+        } else {
+            self.shared.workers[self.index]
+                .counters
+                .publish_hot(&self.stats);
+        }
+    }
+
+    fn publish_all(&mut self) {
+        self.refresh_stats();
+        self.shared.workers[self.index]
+            .counters
+            .publish(&self.stats);
+    }
+
+    fn refresh_stats(&mut self) {
+        self.stats.shard = self.sched.shard_stats();
+        self.stats.pending = self.outbox.len() as u64;
+        for (p, slot) in self.stats.priorities.iter_mut().enumerate() {
+            *slot = self.sched.priority_stats(Priority::saturating(p as u8));
+        }
+        for (t, slot) in self.stats.tier_bytes.iter_mut().take(MAX_TIERS).enumerate() {
+            *slot = self.sched.tier_stats(t).map_or(0, |s| s.served.bytes);
+        }
+        self.stats.tier_bytes[MAX_TIERS] = self.sched.aging_lane_stats().bytes;
+    }
+
+    /// Nothing to do this iteration: spin, yield, then park until woken, the pacing
+    /// deadline or the park timeout.
+    fn idle(&mut self, backoff: &Backoff, now: u64, wait_until: Option<u64>) {
+        let park_timeout = match self.config.idle {
+            IdleStrategy::Spin => return std::hint::spin_loop(),
+            IdleStrategy::Backoff { park_timeout } => park_timeout,
+        };
+        if !backoff.is_completed() {
+            backoff.snooze();
+            return;
+        }
+        let timeout = match wait_until {
+            Some(t) => park_timeout.min(std::time::Duration::from_nanos(t.saturating_sub(now))),
+            None => park_timeout,
+        };
+        let shared = &self.shared;
+        let index = self.index;
+        let inboxes = &self.inboxes;
+        let hist_waiting = self.hist_in.is_waiting();
+        let adopted = &self.adopted;
+        let policy = &mut self.policy;
+        let bell = shared.workers[index]
+            .bell
+            .get()
+            .expect("the worker set its doorbell before its first iteration");
+        bell.sleep_unless(timeout, || {
+            hist_waiting
+                || shared.stop_mode().is_some()
+                || inboxes
+                    .iter()
+                    .any(|i| !i.rx.is_empty() || i.rx.is_abandoned())
+                || !std::sync::Arc::ptr_eq(policy.load(), adopted)
+        });
+    }
+
+    /// Stopping: returns `true` once the worker may exit; before that, keeps running
+    /// iterations (producers may still be flushing). Past the deadline, discards the rest.
+    fn stopped(&mut self, mode: StopMode, now: u64) -> bool {
+        let rings_done = self
+            .inboxes
+            .iter()
+            .all(|i| i.rx.is_abandoned() && i.rx.is_empty());
+        let deadline = now >= self.shared.stop_deadline();
+        if !rings_done && !deadline {
+            return false;
+        }
+        let drained = self.outbox.is_empty() && self.sched.queued() == 0;
+        if mode == StopMode::Drain && drained && rings_done {
+            return true;
+        }
+        if mode == StopMode::Drain && !deadline {
+            return false;
+        }
+        self.discard_everything(now);
+        true
+    }
+
+    /// Discards what is left: ring contents, queued packets (by closing every stream,
+    /// counted `closed` by the scheduler) and the pending outbox.
+    fn discard_everything(&mut self, now: u64) {
+        for i in 0..self.inboxes.len() {
+            while let Ok(msg) = self.inboxes[i].rx.pop() {
+                self.handle(i, now, msg);
+            }
+            self.flush_burst(now);
+        }
+        for i in 0..self.inboxes.len() {
+            let ids: Vec<StreamId> = self.inboxes[i].streams.iter().flatten().copied().collect();
+            for id in ids {
+                let _ = self.sched.close(id);
+            }
+            self.inboxes[i].streams.clear();
+        }
+        self.reclaim();
+        while let Some(d) = self.outbox.pop_front() {
+            self.stats.shutdown_discarded += 1;
+            self.discard(d.packet, Some(d.stream), DiscardReason::Shutdown);
+        }
+        self.forward_events();
+    }
+}
+
+fn duration_ns(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
