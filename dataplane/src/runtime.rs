@@ -387,11 +387,11 @@ impl<P: Send + 'static> Dataplane<P> {
         let mut out: Vec<Option<SojournHistograms>> = (0..self.hists.len()).map(|_| None).collect();
         loop {
             for (w, h) in self.hists.iter_mut().enumerate() {
-                if out[w].is_none() {
-                    if let Some(full) = h.from_worker.take() {
-                        h.requested = false;
-                        out[w] = Some(full);
-                    }
+                if out[w].is_none()
+                    && let Some(full) = h.from_worker.take()
+                {
+                    h.requested = false;
+                    out[w] = Some(full);
                 }
             }
             let waiting = out
@@ -436,10 +436,10 @@ impl<P: Send + 'static> Dataplane<P> {
         let mut panic = None;
         for w in 0..self.threads.len() {
             self.shared.ring(w);
-            if let Some(t) = self.threads[w].take() {
-                if let Err(payload) = t.join() {
-                    panic.get_or_insert((w, panic_message(payload.as_ref())));
-                }
+            if let Some(t) = self.threads[w].take()
+                && let Err(payload) = t.join()
+            {
+                panic.get_or_insert((w, panic_message(payload.as_ref())));
             }
         }
         let report = ShutdownReport {

@@ -103,12 +103,17 @@ pub(crate) fn run<P: Send + 'static, E: Egress<P>>(parts: WorkerParts<P, E>) {
     if parts.shared.workers[parts.index].bell.set(bell).is_err() {
         unreachable!("each worker sets its own doorbell once");
     }
-    let _ = parts.started.send(Ok(pinned));
     let _guard = ExitGuard {
         shared: parts.shared.clone(),
         index: parts.index,
     };
+    let started = parts.started.clone();
     let mut w = Worker::new(parts);
+    // The first counters (policy version, capacities) are readable before `build`
+    // returns.
+    w.publish_all();
+    let _ = started.send(Ok(pinned));
+    drop(started);
     w.run();
 }
 
@@ -184,10 +189,10 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             }
             self.stats.max_iteration_ns = self.stats.max_iteration_ns.max(took);
             self.publish(now);
-            if let Some(mode) = self.shared.stop_mode() {
-                if self.stopped(mode, now) {
-                    break;
-                }
+            if let Some(mode) = self.shared.stop_mode()
+                && self.stopped(mode, now)
+            {
+                break;
             }
             if progress.busy {
                 backoff.reset();
@@ -224,8 +229,16 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     }
 
     /// Takes at most `ingress_batch` messages from each ring. Returns whether any.
+    ///
+    /// Backpressure: a worker whose descriptor pool could not hold another full batch
+    /// leaves messages in the rings, so producers see a full ring (and keep their
+    /// packets) instead of the scheduler refusing them for want of descriptors.
     fn take_ingress(&mut self, now: u64) -> bool {
         let mut any = false;
+        let room = u64::from(self.config.scheduler.max_packets).saturating_sub(self.sched.queued());
+        if room < self.config.ingress_batch as u64 {
+            return false;
+        }
         for i in 0..self.inboxes.len() {
             let n = self.inboxes[i].rx.slots().min(self.config.ingress_batch);
             if n == 0 {
@@ -375,16 +388,16 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     /// T4: answers the reader's request for histograms (an empty set in, the full one
     /// out).
     fn exchange_histograms(&mut self) {
-        if self.outgoing.is_none() {
-            if let Some(mut empty) = self.hist_in.take() {
-                self.sched.swap_sojourn_histograms(&mut empty);
-                self.outgoing = Some(empty);
-            }
+        if self.outgoing.is_none()
+            && let Some(mut empty) = self.hist_in.take()
+        {
+            self.sched.swap_sojourn_histograms(&mut empty);
+            self.outgoing = Some(empty);
         }
-        if let Some(full) = self.outgoing.take() {
-            if let Err(full) = self.hist_out.put(full) {
-                self.outgoing = Some(full);
-            }
+        if let Some(full) = self.outgoing.take()
+            && let Err(full) = self.hist_out.put(full)
+        {
+            self.outgoing = Some(full);
         }
     }
 

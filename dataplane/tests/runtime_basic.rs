@@ -1,0 +1,493 @@
+//! The runtime with real threads (T1-T4, S11): order, conservation, backpressure,
+//! egress refusal, panics, policy adoption, histogram exchange. Bounded in time; pass
+//! on 2 cores with more workers than cores.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use qos_dataplane::runtime::{
+    BuildError, Clock, Dataplane, DiscardReason, Discarded, Egress, EnqueueError, Outbox, Pinning,
+    RuntimeError, StopMode, StreamHandle, WorkerState,
+};
+use qos_dataplane::sched::{LinkRate, Policy, PolicySpec, StreamConfig};
+
+/// A time limit on the runtime's clock (tests wait for threads, bounded).
+struct Deadline(Clock, u64);
+
+impl Deadline {
+    fn after(secs: u64) -> Self {
+        let clock = Clock::start();
+        Self(clock, secs * 1_000_000_000)
+    }
+    fn passed(&self) -> bool {
+        self.0.now_ns() >= self.1
+    }
+}
+
+/// Packet payload: producer, stream number and sequence packed in a u64.
+fn payload(producer: u64, stream: u64, seq: u64) -> u64 {
+    (producer << 56) | (stream << 32) | seq
+}
+
+type Log = Arc<Mutex<Vec<(usize, u64)>>>;
+
+/// Records every packet it takes, with the worker; takes at most `per_call` per call.
+struct Recorder {
+    worker: usize,
+    log: Log,
+    discarded: Arc<Mutex<Vec<(u64, DiscardReason)>>>,
+    per_call: usize,
+}
+
+impl Egress<u64> for Recorder {
+    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
+        let mut log = self.log.lock().unwrap();
+        for _ in 0..self.per_call {
+            match out.pop() {
+                Some(d) => log.push((self.worker, d.packet)),
+                None => break,
+            }
+        }
+    }
+    fn discard(&mut self, d: Discarded<u64>) {
+        self.discarded.lock().unwrap().push((d.packet, d.reason));
+    }
+}
+
+/// Pushes, retrying while the ring is full (backpressure hands the packet back).
+fn push(tx: &mut qos_dataplane::runtime::Producer<u64>, h: StreamHandle, p: u64) -> u64 {
+    let mut fulls = 0;
+    let mut packet = p;
+    loop {
+        match tx.enqueue(h, packet, 1000) {
+            Ok(()) => return fulls,
+            Err(EnqueueError::Full(back)) => {
+                assert_eq!(back, p, "the full ring hands back the very packet");
+                packet = back;
+                fulls += 1;
+                thread::yield_now();
+            }
+            Err(e) => panic!("enqueue: {e}"),
+        }
+    }
+}
+
+fn fifo_run(workers: usize, pinning: Pinning, per_call: usize) {
+    let log: Log = Arc::new(Mutex::new(Vec::new()));
+    let discarded = Arc::new(Mutex::new(Vec::new()));
+    let (l, d) = (log.clone(), discarded.clone());
+    let (dp, producers) = Dataplane::<u64>::builder()
+        .workers(workers)
+        .producers(2)
+        .pinning(pinning)
+        .ring_capacity(64)
+        .batch(16, 8)
+        .build(move |worker| Recorder {
+            worker,
+            log: l.clone(),
+            discarded: d.clone(),
+            per_call,
+        })
+        .unwrap();
+    if pinning == Pinning::Wrap && workers > std::thread::available_parallelism().unwrap().get() {
+        assert!(
+            dp.pinning().shared_cores,
+            "wrap with more workers than cores is reported"
+        );
+    }
+    const STREAMS: u64 = 12;
+    const PER_STREAM: u64 = 400;
+    let handles: Vec<_> = producers
+        .into_iter()
+        .enumerate()
+        .map(|(p, mut tx)| {
+            thread::spawn(move || {
+                let hs: Vec<StreamHandle> = (0..STREAMS)
+                    .map(|s| {
+                        let prio = (s % 8) as u8;
+                        tx.open(p as u64 * 1000 + s, StreamConfig::with_priority(prio))
+                            .unwrap()
+                    })
+                    .collect();
+                let mut fulls = 0;
+                for seq in 0..PER_STREAM {
+                    for (s, h) in hs.iter().enumerate() {
+                        fulls += push(&mut tx, *h, payload(p as u64, s as u64, seq));
+                    }
+                }
+                (hs, fulls)
+            })
+        })
+        .collect();
+    let mut placement = Vec::new();
+    for h in handles {
+        let (hs, _fulls) = h.join().unwrap();
+        placement.push(hs);
+    }
+    let report = dp.shutdown(StopMode::Drain).unwrap();
+    let total = 2 * STREAMS * PER_STREAM;
+    assert_eq!(report.taken(), total);
+    assert_eq!(report.sent(), total, "S11: everything sent");
+    assert_eq!(report.discarded(), 0);
+    assert!(
+        report.is_conserved(),
+        "S11 across rings, schedulers, egress"
+    );
+    assert!(discarded.lock().unwrap().is_empty());
+    // Per-stream FIFO end to end, and each stream served by its owner only.
+    let log = log.lock().unwrap();
+    assert_eq!(log.len() as u64, total);
+    let mut next: HashMap<u64, u64> = HashMap::new();
+    for &(worker, p) in log.iter() {
+        let key = p >> 32;
+        let (prod, stream) = ((key >> 24) as usize, (key & 0xff_ffff) as usize);
+        assert_eq!(
+            worker,
+            placement[prod][stream].worker(),
+            "served by its owner"
+        );
+        let seq = p & 0xffff_ffff;
+        let want = next.entry(key).or_insert(0);
+        assert_eq!(seq, *want, "stream {key:#x} out of order");
+        *want += 1;
+    }
+    assert!(next.values().all(|&n| n == PER_STREAM));
+}
+
+#[test]
+fn t2_fifo_per_stream_and_s11_exact_three_workers_pinning_off() {
+    fifo_run(3, Pinning::Off, usize::MAX);
+}
+
+#[test]
+fn t1_fifo_and_s11_with_more_workers_than_cores_wrapped() {
+    fifo_run(4, Pinning::Wrap, usize::MAX);
+}
+
+#[test]
+fn t2_refused_tail_stays_queued_in_order() {
+    // The egress takes one packet per call: the rest of each batch must be offered
+    // again, first, in order.
+    fifo_run(2, Pinning::Off, 1);
+}
+
+#[test]
+fn t1_strict_pinning_beyond_the_cores_is_an_error() {
+    let cores = core_affinity_count();
+    let err = Dataplane::<u64>::builder()
+        .workers(cores + 1)
+        .pinning(Pinning::Strict)
+        .build(|_| Recorder {
+            worker: 0,
+            log: Arc::default(),
+            discarded: Arc::default(),
+            per_call: 1,
+        })
+        .unwrap_err();
+    assert!(matches!(err, BuildError::NoSuchCore { .. }), "{err}");
+    assert!(err.to_string().contains("pinning"), "{err}");
+}
+
+fn core_affinity_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[test]
+fn bad_settings_name_the_field() {
+    for (b, field) in [
+        (Dataplane::<u64>::builder().workers(0), "workers"),
+        (
+            Dataplane::<u64>::builder().ring_capacity(1),
+            "ring_capacity",
+        ),
+        (Dataplane::<u64>::builder().batch(0, 4), "ingress_batch"),
+        (Dataplane::<u64>::builder().batch(4, 0), "egress_batch"),
+        (Dataplane::<u64>::builder().producers(0), "producers"),
+    ] {
+        let err = b.build(|_| Recorder {
+            worker: 0,
+            log: Arc::default(),
+            discarded: Arc::default(),
+            per_call: 1,
+        });
+        let msg = err.unwrap_err().to_string();
+        assert!(msg.starts_with(field), "{msg} should name {field}");
+    }
+}
+
+/// An egress that takes nothing until `open` is set.
+struct Gate {
+    open: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+}
+
+impl Egress<u64> for Gate {
+    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
+        if self.open.load(Ordering::Relaxed) {
+            while out.pop().is_some() {
+                self.sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+#[test]
+fn t2_backpressure_hands_the_packet_back_and_loses_nothing() {
+    let open = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU64::new(0));
+    let (o, s) = (open.clone(), sent.clone());
+    // The worker stops taking from its ring when its descriptor pool could not hold
+    // another batch; with the egress shut, the ring must fill and push back.
+    let (dp, mut producers) = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .ring_capacity(8)
+        .batch(4, 4)
+        .scheduler(qos_dataplane::sched::SchedulerConfig {
+            max_streams: 16,
+            max_packets: 64,
+            event_capacity: 64,
+        })
+        .build(move |_| Gate {
+            open: o.clone(),
+            sent: s.clone(),
+        })
+        .unwrap();
+    let mut tx = producers.pop().unwrap();
+    let h = tx.open(1, StreamConfig::with_priority(4)).unwrap();
+    let mut pushed = 0u64;
+    let mut full_seen = 0u64;
+    let deadline = Deadline::after(20);
+    while full_seen < 1000 {
+        assert!(!deadline.passed(), "the ring never filled");
+        match tx.enqueue(h, pushed, 100) {
+            Ok(()) => pushed += 1,
+            Err(EnqueueError::Full(p)) => {
+                assert_eq!(p, pushed, "the very packet comes back");
+                full_seen += 1;
+                thread::yield_now();
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // At most the pool, one egress batch held by the shut egress and the ring.
+    assert!(pushed <= 64 + 4 + 8, "pushed {pushed}");
+    let stats = &dp.stats()[0];
+    assert_eq!(
+        stats.shard.refused.iter().sum::<u64>(),
+        0,
+        "nothing refused"
+    );
+    open.store(true, Ordering::Relaxed);
+    drop(tx);
+    let report = dp.shutdown(StopMode::Drain).unwrap();
+    assert_eq!(report.taken(), pushed);
+    assert_eq!(sent.load(Ordering::Relaxed), pushed, "nothing lost");
+    assert!(report.is_conserved());
+}
+
+/// Worker 1's egress panics on its first packet.
+struct Fragile {
+    worker: usize,
+    sent: Arc<AtomicU64>,
+}
+
+impl Egress<u64> for Fragile {
+    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
+        if self.worker == 1 && !out.is_empty() {
+            panic!("egress of worker 1 failed");
+        }
+        while out.pop().is_some() {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[test]
+fn t1_a_panicking_egress_is_reported_and_other_workers_go_on() {
+    let sent = Arc::new(AtomicU64::new(0));
+    let s = sent.clone();
+    let (dp, mut producers) = Dataplane::<u64>::builder()
+        .workers(2)
+        .pinning(Pinning::Off)
+        .build(move |worker| Fragile {
+            worker,
+            sent: s.clone(),
+        })
+        .unwrap();
+    let mut tx = producers.pop().unwrap();
+    let h0 = tx.open_on(0, StreamConfig::with_priority(3)).unwrap();
+    let h1 = tx.open_on(1, StreamConfig::with_priority(3)).unwrap();
+    tx.enqueue(h1, 7, 100).unwrap();
+    let deadline = Deadline::after(10);
+    while dp.worker_states()[1] != WorkerState::Panicked {
+        assert!(!deadline.passed(), "the panic is reported");
+        thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(dp.worker_states()[0], WorkerState::Running);
+    // The dead worker refuses further packets instead of swallowing them.
+    assert!(matches!(
+        tx.enqueue(h1, 8, 100),
+        Err(EnqueueError::Closed(8))
+    ));
+    for i in 0..100 {
+        tx.enqueue(h0, i, 100).unwrap();
+    }
+    while sent.load(Ordering::Relaxed) < 100 {
+        assert!(!deadline.passed(), "worker 0 goes on");
+        thread::sleep(Duration::from_millis(1));
+    }
+    drop(tx);
+    match dp.shutdown(StopMode::Drain) {
+        Err(RuntimeError::WorkerPanicked {
+            worker,
+            message,
+            report,
+        }) => {
+            assert_eq!(worker, 1);
+            assert!(message.contains("egress of worker 1"), "{message}");
+            assert_eq!(report.workers[0].sent, 100);
+            assert!(report.workers[0].is_conserved());
+        }
+        other => panic!("expected the panic as an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn t3_every_worker_adopts_a_published_policy_and_reports_its_version() {
+    let (dp, mut producers) = Dataplane::<u64>::builder()
+        .workers(3)
+        .pinning(Pinning::Off)
+        .build(|worker| Recorder {
+            worker,
+            log: Arc::default(),
+            discarded: Arc::default(),
+            per_call: usize::MAX,
+        })
+        .unwrap();
+    assert_eq!(dp.policy_versions(), vec![1, 1, 1]);
+    let tx = producers.pop().unwrap();
+    let v2 = PolicySpec {
+        version: 2,
+        ..PolicySpec::classes5()
+    };
+    dp.publish_policy(Arc::new(v2.build().unwrap())).unwrap();
+    let deadline = Deadline::after(5);
+    while dp.policy_versions() != vec![2, 2, 2] {
+        assert!(!deadline.passed(), "adopted: {:?}", dp.policy_versions());
+        thread::sleep(Duration::from_micros(200));
+    }
+    // C2: stale versions are refused, the same version is a no-op.
+    let stale = dp.publish_policy(Arc::new(Policy::default())).unwrap_err();
+    assert!(stale.to_string().contains("policy.version: 1"), "{stale}");
+    assert_eq!(dp.policy().version(), 2);
+    drop(tx);
+    dp.shutdown(StopMode::Drain).unwrap();
+}
+
+#[test]
+fn t4_histograms_come_back_by_exchange_and_count_every_packet() {
+    let (mut dp, mut producers) = Dataplane::<u64>::builder()
+        .workers(2)
+        .pinning(Pinning::Off)
+        .build(|worker| Recorder {
+            worker,
+            log: Arc::default(),
+            discarded: Arc::default(),
+            per_call: usize::MAX,
+        })
+        .unwrap();
+    let mut tx = producers.pop().unwrap();
+    let hs: Vec<_> = (0..8u8)
+        .map(|p| {
+            tx.open(u64::from(p), StreamConfig::with_priority(p))
+                .unwrap()
+        })
+        .collect();
+    for i in 0..800u64 {
+        push(&mut tx, hs[(i % 8) as usize], i);
+    }
+    // Wait until every packet went out, then exchange: all 800 samples, 100 per
+    // priority.
+    let deadline = Deadline::after(10);
+    while dp.stats().iter().map(|s| s.sent).sum::<u64>() < 800 {
+        assert!(!deadline.passed());
+        thread::sleep(Duration::from_millis(1));
+    }
+    let mut per_prio = [0u64; 8];
+    let mut answered = 0;
+    while answered < 2 {
+        assert!(!deadline.passed(), "workers answer the exchange");
+        for h in dp
+            .take_histograms(Duration::from_millis(100))
+            .into_iter()
+            .flatten()
+        {
+            answered += 1;
+            for (p, hist) in h.iter().enumerate() {
+                per_prio[p] += hist.len();
+            }
+        }
+    }
+    assert_eq!(per_prio, [100; 8]);
+    // The next exchange starts from empty histograms.
+    let again: u64 = dp
+        .take_histograms(Duration::from_secs(2))
+        .into_iter()
+        .flatten()
+        .map(|h| h.iter().map(|x| x.len()).sum::<u64>())
+        .sum();
+    assert_eq!(again, 0);
+    drop(tx);
+    dp.shutdown(StopMode::Drain).unwrap();
+}
+
+#[test]
+fn s11_discard_mode_counts_every_queued_packet() {
+    // A slow link keeps packets queued; Discard must account for all of them.
+    let spec = PolicySpec {
+        link: Some(LinkRate {
+            rate_bps: 1_000_000,
+            burst_bytes: 20_000,
+        }),
+        ..PolicySpec::default()
+    };
+    let discarded = Arc::new(Mutex::new(Vec::new()));
+    let log: Log = Arc::default();
+    let (d, l) = (discarded.clone(), log.clone());
+    let (dp, mut producers) = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .policy(Arc::new(spec.build().unwrap()))
+        .build(move |worker| Recorder {
+            worker,
+            log: l.clone(),
+            discarded: d.clone(),
+            per_call: usize::MAX,
+        })
+        .unwrap();
+    let mut tx = producers.pop().unwrap();
+    let h = tx.open(9, StreamConfig::with_priority(2)).unwrap();
+    for i in 0..500 {
+        push(&mut tx, h, i);
+    }
+    drop(tx);
+    let report = dp.shutdown(StopMode::Discard).unwrap();
+    let sent = log.lock().unwrap().len() as u64;
+    let discarded = discarded.lock().unwrap();
+    assert_eq!(report.taken(), 500);
+    assert_eq!(
+        sent + discarded.len() as u64,
+        500,
+        "every packet sent or discarded"
+    );
+    assert!(
+        discarded.len() > 400,
+        "the 1 Mbit/s link cannot have sent them"
+    );
+    assert!(report.is_conserved());
+    assert_eq!(report.sent(), sent);
+    assert_eq!(report.discarded(), discarded.len() as u64);
+}
