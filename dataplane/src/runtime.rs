@@ -54,6 +54,7 @@ mod config;
 mod counters;
 mod doorbell;
 mod egress;
+mod link;
 #[allow(unsafe_code)]
 pub mod mailbox;
 mod producer;
@@ -104,6 +105,7 @@ pub(crate) struct Shared {
     pub(crate) workers: Vec<WorkerShared>,
     pub(crate) clock: Clock,
     policy: SnapshotCell<Policy>,
+    pub(crate) link: link::LinkBoard,
     stop: AtomicU64,
     stop_deadline: AtomicU64,
 }
@@ -115,6 +117,8 @@ pub(crate) struct WorkerShared {
     pub(crate) counters: Counters,
     gone: AtomicBool,
     panicked: AtomicBool,
+    /// The link rate this worker holds in the ledger (for release when it ends).
+    granted: AtomicU64,
 }
 
 impl WorkerShared {
@@ -124,12 +128,20 @@ impl WorkerShared {
             counters: Counters::new(),
             gone: AtomicBool::new(false),
             panicked: AtomicBool::new(false),
+            granted: AtomicU64::new(0),
         }
     }
 
     pub(crate) fn mark_gone(&self) {
         // Release: partner of the Acquire loads in `is_closed` / `Dataplane::stats`.
         self.gone.store(true, Ordering::Release);
+    }
+
+    /// Records the rate the worker holds; returns the previous value.
+    pub(crate) fn set_granted(&self, rate: u64) -> u64 {
+        // Relaxed: only the worker writes it while alive; its exit guard swaps it on
+        // the same thread.
+        self.granted.swap(rate, Ordering::Relaxed)
     }
 
     pub(crate) fn mark_panicked(&self) {
@@ -319,6 +331,12 @@ impl<P: Send + 'static> Dataplane<P> {
             self.shared.ring(w);
         }
         Ok(())
+    }
+
+    /// T6: the sum of the pacing rates the workers hold, in bit/s (never above the
+    /// link rate; 0 without a link).
+    pub fn link_granted_bps(&self) -> u64 {
+        self.shared.link.ledger.granted()
     }
 
     /// The policy last published.

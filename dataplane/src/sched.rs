@@ -52,6 +52,7 @@ mod pool;
 mod prefetch;
 mod priority;
 mod shaper;
+mod share;
 mod stats;
 mod stream;
 mod throttle;
@@ -66,6 +67,7 @@ use hdrhistogram::Histogram;
 pub use events::Event;
 pub use policy::{AqmSpec, LinkRate, Policy, PolicyError, PolicySpec, TierSpec};
 pub use priority::{Priority, PriorityOutOfRange};
+pub use share::LinkShare;
 pub use stats::{
     DropReason, PriorityStats, RefuseReason, SOJOURN_MAX_NS, ServiceStats, ShardStats,
     new_sojourn_histogram,

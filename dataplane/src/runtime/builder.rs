@@ -121,6 +121,7 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
             workers: (0..n).map(|_| WorkerShared::new()).collect(),
             clock: super::Clock::start(),
             policy: SnapshotCell::new(self.policy.clone()),
+            link: super::link::LinkBoard::new(n),
             stop: AtomicU64::new(super::RUNNING),
             stop_deadline: AtomicU64::new(u64::MAX),
         });

@@ -25,7 +25,8 @@ use super::sync::Arc;
 use super::{Shared, StopMode};
 use crate::sched::policy::{MAX_TIERS, PRIORITIES};
 use crate::sched::{
-    BatchEnd, Dequeued, Event, Policy, Priority, Rejected, Rejection, Scheduler, StreamId,
+    BatchEnd, Dequeued, Event, LinkShare, Policy, Priority, Rejected, Rejection, Scheduler,
+    StreamId,
 };
 
 /// The eight sojourn histograms of a worker, moved by exchange (T4).
@@ -76,6 +77,22 @@ struct Worker<P, E> {
     adopted: std::sync::Arc<Policy>,
     stats: WorkerStats,
     next_publish: u64,
+    /// Link sharing state while the policy sets a link rate (T6).
+    link: Option<LinkState>,
+}
+
+/// A worker's side of link sharing (T6, see `link.rs`).
+struct LinkState {
+    /// Pacing rate this worker holds in the ledger, bit/s.
+    mine: u64,
+    weights: [u64; MAX_TIERS],
+    next_at: u64,
+    last_at: u64,
+    /// Cumulative bytes served per tier at `last_at`.
+    last_bytes: [u64; MAX_TIERS],
+    /// Smoothed service rate per tier, bit/s.
+    ewma: [u64; MAX_TIERS],
+    demands: Vec<[u64; MAX_TIERS]>,
 }
 
 /// What one iteration did.
@@ -127,6 +144,8 @@ struct ExitGuard {
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         let w = &self.shared.workers[self.index];
+        // A stopped (or dead) worker paces nothing: its part of the link goes back.
+        self.shared.link.ledger.release(w.set_granted(0));
         if std::thread::panicking() {
             w.mark_panicked();
         }
@@ -171,11 +190,13 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             adopted,
             stats,
             next_publish: 0,
+            link: None,
         }
     }
 
     fn run(&mut self) {
         let clock = self.shared.clock;
+        let _ = self.share_link(clock.now_ns());
         let backoff = Backoff::new();
         let stall_ns = duration_ns(self.config.stall_budget);
         loop {
@@ -205,7 +226,10 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
 
     /// One bounded iteration at time `now`.
     fn iteration(&mut self, now: u64) -> Progress {
-        self.adopt_policy(now);
+        let now = self.adopt_policy(now);
+        // A raised link rate applies from a fresh clock reading: the rest of the
+        // iteration (and the egress's timestamps) run at that time.
+        let now = self.share_link(now);
         let mut busy = self.take_ingress(now);
         busy |= self.reclaim();
         self.forward_events();
@@ -216,16 +240,24 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     }
 
     /// T3: looks at the snapshot once per batch; a new one governs the next decision.
-    fn adopt_policy(&mut self, now: u64) {
+    fn adopt_policy(&mut self, now: u64) -> u64 {
+        let mut now = now;
         let current = self.policy.load();
         if !std::sync::Arc::ptr_eq(current, &self.adopted) {
             self.adopted = current.clone();
             self.sched.set_policy(now, current.clone());
+            // The policy's own link is the whole link: put this worker's part back at
+            // once (the next decision must not pace at the full rate).
+            if let Some(st) = self.link.as_mut() {
+                st.next_at = now;
+            }
+            now = self.share_link(now);
             self.stats.policy_version = self.adopted.version();
             self.shared.workers[self.index]
                 .counters
                 .publish(&self.stats);
         }
+        now
     }
 
     /// Takes at most `ingress_batch` messages from each ring. Returns whether any.
@@ -434,6 +466,136 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         self.stats.tier_bytes[MAX_TIERS] = self.sched.aging_lane_stats().bytes;
     }
 
+    /// T6: every `link_period`, publishes this worker's demand per tier, computes its
+    /// part of the link from every worker's demand and moves its pacing rate there
+    /// through the ledger (see `link.rs`).
+    /// Returns the time the rest of the iteration runs at.
+    fn share_link(&mut self, now: u64) -> u64 {
+        let Some(link) = self.adopted.spec().link else {
+            if let Some(st) = self.link.take() {
+                self.shared.link.ledger.release(st.mine);
+                self.shared.workers[self.index].set_granted(0);
+                self.stats.link_rate_bps = 0;
+            }
+            return now;
+        };
+        let workers = self.shared.workers.len();
+        let st = self.link.get_or_insert_with(|| LinkState {
+            mine: 0,
+            weights: [0; MAX_TIERS],
+            next_at: now,
+            last_at: now,
+            last_bytes: [0; MAX_TIERS],
+            ewma: [0; MAX_TIERS],
+            demands: Vec::with_capacity(workers),
+        });
+        if now < st.next_at {
+            return now;
+        }
+        st.next_at = now.saturating_add(duration_ns(self.config.link_period));
+        let demand = self.measure_demand(now);
+        let board = &self.shared.link;
+        board.publish(self.index, &demand);
+        let st = self.link.as_mut().expect("set above");
+        board.read(&mut st.demands);
+        let tiers = self.adopted.tiers().len();
+        let mut shares = [0u64; MAX_TIERS];
+        for (s, t) in shares.iter_mut().zip(self.adopted.tiers()) {
+            *s = u64::from(t.share_percent);
+        }
+        let (target, weights) =
+            super::link::allocate(link.rate_bps, &shares[..tiers], &st.demands, self.index);
+        st.weights = weights;
+        self.move_rate(
+            target,
+            link.rate_bps,
+            link.burst_bytes / workers as u64,
+            now,
+        )
+    }
+
+    /// Per-tier demand in bit/s: smoothed service rate plus queued bytes spread over
+    /// the queue horizon.
+    fn measure_demand(&mut self, now: u64) -> [u64; MAX_TIERS] {
+        let st = self.link.as_mut().expect("link state");
+        let dt = now.saturating_sub(st.last_at).max(1);
+        let low = self.adopted.low_tier();
+        let mut queued = [0u64; MAX_TIERS];
+        for p in 0..PRIORITIES as u8 {
+            let t = self.adopted.tier_of(p);
+            queued[t] += self.sched.priority_stats(Priority::saturating(p)).queued;
+        }
+        let mut demand = [0u64; MAX_TIERS];
+        for t in 0..self.adopted.tiers().len() {
+            let served = self
+                .sched
+                .tier_stats(t)
+                .map(|s| s.served)
+                .unwrap_or_default();
+            let mut bytes = served.bytes;
+            let mut packets = served.packets;
+            if t == low {
+                let lane = self.sched.aging_lane_stats();
+                bytes += lane.bytes;
+                packets += lane.packets;
+            }
+            let delta = bytes.saturating_sub(st.last_bytes[t]);
+            st.last_bytes[t] = bytes;
+            let rate = (u128::from(delta) * 8_000_000_000 / u128::from(dt)) as u64;
+            st.ewma[t] = st.ewma[t] / 2 + rate / 2;
+            let avg = bytes
+                .checked_div(packets)
+                .unwrap_or(u64::from(self.adopted.spec().max_packet_bytes));
+            let backlog = u128::from(queued[t] * avg) * 8_000_000_000
+                / u128::from(super::link::QUEUE_HORIZON_NS);
+            demand[t] = st.ewma[t].saturating_add(backlog.min(u128::from(u64::MAX / 64)) as u64);
+        }
+        st.last_at = now;
+        demand
+    }
+
+    /// Moves this worker's pacing rate toward `target`: lower first, then return the
+    /// difference to the ledger; or claim first, then raise from a fresh clock reading.
+    /// Returns the time the new rate applies from.
+    fn move_rate(&mut self, target: u64, link_bps: u64, burst: u64, now: u64) -> u64 {
+        let st = self.link.as_mut().expect("link state");
+        let ledger = &self.shared.link.ledger;
+        let mut at = now;
+        if target < st.mine {
+            let give = st.mine - target;
+            st.mine = target;
+            apply_share(&mut self.sched, at, st.mine, burst, st.weights);
+            ledger.release(give);
+        } else {
+            let got = ledger.claim(target - st.mine, link_bps);
+            if got > 0 {
+                at = self.shared.clock.now_ns();
+                st.mine += got;
+            }
+            apply_share(&mut self.sched, at, st.mine, burst, st.weights);
+        }
+        self.shared.workers[self.index].set_granted(st.mine);
+        self.stats.link_rate_bps = st.mine;
+        at
+    }
+
+    /// Before parking with nothing queued: publish no demand and keep only a floor
+    /// rate, so busy workers can use the link (work conservation across workers).
+    fn release_link(&mut self, now: u64) {
+        let Some(link) = self.adopted.spec().link else {
+            return;
+        };
+        let workers = self.shared.workers.len() as u64;
+        self.shared.link.publish(self.index, &[0; MAX_TIERS]);
+        if let Some(st) = self.link.as_mut() {
+            st.ewma = [0; MAX_TIERS];
+        }
+        let floor = (link.rate_bps / (64 * workers)).max(1);
+        if self.link.as_ref().is_some_and(|st| st.mine > floor) {
+            self.move_rate(floor, link.rate_bps, link.burst_bytes / workers, now);
+        }
+    }
+
     /// Nothing to do this iteration: spin, yield, then park until woken, the pacing
     /// deadline or the park timeout.
     fn idle(&mut self, backoff: &Backoff, now: u64, wait_until: Option<u64>) {
@@ -445,10 +607,18 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             backoff.snooze();
             return;
         }
-        let timeout = match wait_until {
+        let mut timeout = match wait_until {
             Some(t) => park_timeout.min(std::time::Duration::from_nanos(t.saturating_sub(now))),
             None => park_timeout,
         };
+        if self.link.is_some() {
+            if self.sched.queued() == 0 && self.outbox.is_empty() {
+                self.release_link(now);
+            } else if let Some(st) = &self.link {
+                let until = st.next_at.saturating_sub(now);
+                timeout = timeout.min(std::time::Duration::from_nanos(until));
+            }
+        }
         let shared = &self.shared;
         let index = self.index;
         let inboxes = &self.inboxes;
@@ -518,4 +688,22 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
 
 fn duration_ns(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Applies a worker's part of the link to its scheduler.
+fn apply_share<P>(
+    sched: &mut Scheduler<P>,
+    now: u64,
+    rate: u64,
+    burst: u64,
+    weights: [u64; MAX_TIERS],
+) {
+    sched.set_link_share(
+        now,
+        LinkShare {
+            rate_bps: rate.max(1),
+            burst_bytes: burst,
+            tier_weights: weights,
+        },
+    );
 }

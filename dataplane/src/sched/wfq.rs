@@ -139,6 +139,18 @@ impl Wfq {
         self.cursor = NIL;
     }
 
+    /// Replaces the tiers' SFQ weights (any positive scale; 0 counts as 1) without
+    /// touching membership or queues: link sharing across workers (T6) re-weights a
+    /// worker's tiers to the part of each tier's share that worker carries.
+    pub(crate) fn set_weights(&mut self, weights: &[u64]) {
+        for (t, class) in self.classes.iter_mut().take(MAX_TIERS).enumerate() {
+            class.inv = inverse(weights.get(t).copied().unwrap_or(1).max(1));
+        }
+        let low = weights.get(self.low).copied().unwrap_or(1).max(1);
+        self.classes[LANE].inv = self.classes[self.low].inv;
+        self.lane_inv_alone = inverse(2 * low);
+    }
+
     /// Moves every listed stream of a tier into the round of the tier it now belongs to.
     fn refile(&mut self, streams: &mut [Stream]) {
         let mut old = [List::EMPTY; 2 * MAX_TIERS];

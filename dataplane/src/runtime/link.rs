@@ -1,0 +1,271 @@
+//! One link, many workers (T6): the workers together never exceed the link rate, tier
+//! shares hold across workers, and the link stays work conserving. No lock, no shared
+//! queue.
+//!
+//! Every `link_period` (<= 1 ms) each worker
+//! 1. publishes, in its own single-writer [`DemandSlot`], its demand per tier: the
+//!    tier's recent service rate (an EWMA over periods) plus its queued bytes spread
+//!    over [`QUEUE_HORIZON_NS`], so a backlogged tier asks for far more than a link;
+//! 2. reads every slot and runs the same deterministic [`allocate`] every worker runs:
+//!    tiers share the link by policy share, capped by their total demand (water
+//!    filling, so an idle or light tier lends the rest, S2); each tier's allocation is
+//!    split equally between the workers that carry it, capped by their demand; what no
+//!    one asks for is spread evenly as slack;
+//! 3. moves its own pacing rate toward its allocation through the [`RateLedger`]: a
+//!    decrease is applied to its scheduler first and then returned to the ledger; an
+//!    increase is first claimed from the ledger (compare-and-swap, never beyond the
+//!    link rate) and then applied from a fresh clock reading.
+//!
+//! Hence the sum of the rates the workers pace at never exceeds the link rate at any
+//! instant, and each worker's bucket holds `burst / workers`: over any interval
+//! starting at the dataplane's start the workers together send at most
+//! `rate * t + burst`. Shares converge within about two periods of a change in
+//! demand; the error bound is in `docs/DECISIONS.md`.
+
+use crossbeam_utils::CachePadded;
+
+use super::sync::{AtomicU64, Ordering};
+use crate::sched::policy::MAX_TIERS;
+
+/// Queued bytes count as demand spread over this horizon (4 ms).
+pub(crate) const QUEUE_HORIZON_NS: u64 = 4_000_000;
+
+/// One worker's published demand, per tier, in bit/s.
+#[derive(Debug)]
+pub(crate) struct DemandSlot {
+    demand: [AtomicU64; MAX_TIERS],
+}
+
+/// Shared by all workers: their demand slots and the ledger of granted rates.
+#[derive(Debug)]
+pub(crate) struct LinkBoard {
+    slots: Vec<CachePadded<DemandSlot>>,
+    pub(crate) ledger: RateLedger,
+}
+
+impl LinkBoard {
+    pub(crate) fn new(workers: usize) -> Self {
+        Self {
+            slots: (0..workers)
+                .map(|_| {
+                    CachePadded::new(DemandSlot {
+                        demand: std::array::from_fn(|_| AtomicU64::new(0)),
+                    })
+                })
+                .collect(),
+            ledger: RateLedger::new(),
+        }
+    }
+
+    /// Publishes worker `w`'s demand (only worker `w` calls this).
+    pub(crate) fn publish(&self, w: usize, demand: &[u64; MAX_TIERS]) {
+        for (slot, &d) in self.slots[w].demand.iter().zip(demand) {
+            // Relaxed: each word is read on its own; a stale value only delays
+            // convergence by a period (partner: `read`'s Relaxed loads).
+            slot.store(d, Ordering::Relaxed);
+        }
+    }
+
+    /// Every worker's latest demand.
+    pub(crate) fn read(&self, out: &mut Vec<[u64; MAX_TIERS]>) {
+        out.clear();
+        for slot in &self.slots {
+            // Relaxed: partner of `publish`.
+            out.push(std::array::from_fn(|t| {
+                slot.demand[t].load(Ordering::Relaxed)
+            }));
+        }
+    }
+}
+
+/// The sum of the pacing rates granted to workers, kept at or below the link rate.
+#[derive(Debug)]
+pub(crate) struct RateLedger {
+    granted: AtomicU64,
+}
+
+impl RateLedger {
+    pub(crate) fn new() -> Self {
+        Self {
+            granted: AtomicU64::new(0),
+        }
+    }
+
+    /// Claims up to `want` more bit/s without letting the total pass `link_bps`;
+    /// returns what was claimed.
+    pub(crate) fn claim(&self, want: u64, link_bps: u64) -> u64 {
+        // Acquire on success: partner of `release`'s Release, so the releasing worker's
+        // lowered rate (applied before its release) happens before our raise.
+        let mut got = 0;
+        let _ = self
+            .granted
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |g| {
+                got = want.min(link_bps.saturating_sub(g));
+                (got > 0).then_some(g + got)
+            });
+        got
+    }
+
+    /// Returns `amount` bit/s (already removed from the worker's pacing rate).
+    pub(crate) fn release(&self, amount: u64) {
+        // Release: partner of `claim`'s Acquire.
+        self.granted.fetch_sub(amount, Ordering::Release);
+    }
+
+    /// Total granted now.
+    pub(crate) fn granted(&self) -> u64 {
+        self.granted.load(Ordering::Relaxed)
+    }
+}
+
+/// Water filling: shares `total` between entries in proportion to `weights`, none
+/// above its cap; entries with weight 0 or cap 0 get 0. Returns what was handed out.
+pub(crate) fn waterfill(total: u64, weights: &[u64], caps: &[u64], out: &mut [u64]) -> u64 {
+    let n = weights.len();
+    let mut fixed = [false; 64];
+    debug_assert!(n <= fixed.len());
+    let mut left = u128::from(total);
+    for (i, o) in out.iter_mut().enumerate().take(n) {
+        *o = 0;
+        fixed[i] = weights[i] == 0 || caps[i] == 0;
+    }
+    loop {
+        let wsum: u128 = (0..n)
+            .filter(|&i| !fixed[i])
+            .map(|i| u128::from(weights[i]))
+            .sum();
+        if wsum == 0 || left == 0 {
+            break;
+        }
+        // Fix every entry whose cap is below its proportional offer, then redo.
+        let mut capped = false;
+        for i in 0..n {
+            if !fixed[i] && u128::from(caps[i]) * wsum <= left * u128::from(weights[i]) {
+                out[i] = caps[i];
+                left -= u128::from(caps[i]);
+                fixed[i] = true;
+                capped = true;
+            }
+        }
+        if !capped {
+            for i in 0..n {
+                if !fixed[i] {
+                    out[i] = (left * u128::from(weights[i]) / wsum) as u64;
+                }
+            }
+            break;
+        }
+    }
+    out.iter().take(n).sum()
+}
+
+/// Worker `w`'s part of the link: its pacing rate and its tiers' weights (both in
+/// bit/s), from every worker's demand. The same inputs give the same answer on every
+/// worker.
+pub(crate) fn allocate(
+    link_bps: u64,
+    shares: &[u64],
+    demands: &[[u64; MAX_TIERS]],
+    w: usize,
+) -> (u64, [u64; MAX_TIERS]) {
+    let tiers = shares.len();
+    let workers = demands.len() as u64;
+    let mut tier_demand = [0u64; MAX_TIERS];
+    for d in demands {
+        for t in 0..tiers {
+            tier_demand[t] = tier_demand[t].saturating_add(d[t]);
+        }
+    }
+    let mut tier_alloc = [0u64; MAX_TIERS];
+    let used = waterfill(
+        link_bps,
+        shares,
+        &tier_demand[..tiers],
+        &mut tier_alloc[..tiers],
+    );
+    let slack = (link_bps - used.min(link_bps)) / workers.max(1);
+    let mut weights = [0u64; MAX_TIERS];
+    let mut rate = slack;
+    let mut caps = vec![0u64; demands.len()];
+    let ones = vec![1u64; demands.len()];
+    let mut split = vec![0u64; demands.len()];
+    for t in 0..tiers {
+        for (c, d) in caps.iter_mut().zip(demands) {
+            *c = d[t];
+        }
+        waterfill(tier_alloc[t], &ones, &caps, &mut split);
+        rate += split[w];
+        // Slack is weighted by the policy's shares, so a tier that turns busy on this
+        // worker before the next period still gets its share of the slack.
+        let total_share: u64 = shares.iter().sum::<u64>().max(1);
+        weights[t] = split[w] + slack * shares[t] / total_share;
+    }
+    (rate, weights)
+}
+
+#[cfg(all(test, not(qos_loom)))]
+mod tests {
+    use super::*;
+
+    const G: u64 = 1_000_000_000;
+    const INF: u64 = u64::MAX / 64;
+
+    fn row(d: &[u64]) -> [u64; MAX_TIERS] {
+        let mut r = [0; MAX_TIERS];
+        r[..d.len()].copy_from_slice(d);
+        r
+    }
+
+    #[test]
+    fn t6_uneven_tiers_across_two_workers_get_25_60_15() {
+        // Worker 0: High and Medium backlogged; worker 1: Medium and Low.
+        let demands = [row(&[INF, INF, 0]), row(&[0, INF, INF])];
+        let shares = [25, 60, 15];
+        let (r0, w0) = allocate(G, &shares, &demands, 0);
+        let (r1, w1) = allocate(G, &shares, &demands, 1);
+        assert_eq!(r0 + r1, G);
+        assert_eq!(w0[0], G / 4);
+        assert_eq!(w0[1] + w1[1], 6 * G / 10);
+        assert_eq!(w1[2], 15 * G / 100);
+        assert_eq!(r0, w0[..3].iter().sum::<u64>());
+    }
+
+    #[test]
+    fn t6_idle_high_lends_its_share_80_20() {
+        let demands = [row(&[0, INF, 0]), row(&[0, INF, INF])];
+        let (r0, w0) = allocate(G, &[25, 60, 15], &demands, 0);
+        let (r1, w1) = allocate(G, &[25, 60, 15], &demands, 1);
+        assert_eq!(r0 + r1, G);
+        assert_eq!(w0[1] + w1[1], 8 * G / 10);
+        assert_eq!(w1[2], 2 * G / 10);
+    }
+
+    #[test]
+    fn t6_light_demand_is_capped_and_the_rest_lent() {
+        // Worker 1's Medium only needs 50 Mbit/s: worker 0's Medium takes the rest.
+        let demands = [row(&[0, INF, 0]), row(&[0, 50_000_000, 0])];
+        let (r0, _) = allocate(G, &[25, 60, 15], &demands, 0);
+        let (r1, _) = allocate(G, &[25, 60, 15], &demands, 1);
+        assert_eq!(r1, 50_000_000);
+        assert_eq!(r0, G - 50_000_000);
+    }
+
+    #[test]
+    fn t6_nothing_asked_spreads_the_link_as_slack() {
+        let demands = [row(&[0, 0, 0]), row(&[0, 0, 0])];
+        let (r0, w0) = allocate(G, &[25, 60, 15], &demands, 0);
+        assert_eq!(r0, G / 2);
+        assert_eq!(w0[..3], [G / 8, 3 * G / 10, 15 * G / 200]);
+    }
+
+    #[test]
+    fn t6_ledger_never_grants_beyond_the_link() {
+        let l = RateLedger::new();
+        assert_eq!(l.claim(600, 1000), 600);
+        assert_eq!(l.claim(600, 1000), 400);
+        assert_eq!(l.claim(1, 1000), 0);
+        l.release(300);
+        assert_eq!(l.claim(500, 1000), 300);
+        assert_eq!(l.granted(), 1000);
+    }
+}
