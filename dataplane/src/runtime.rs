@@ -58,6 +58,7 @@ mod link;
 #[allow(unsafe_code)]
 pub mod mailbox;
 mod producer;
+pub mod shm;
 mod snapshot;
 #[allow(unsafe_code)]
 pub(crate) mod sync;
@@ -76,6 +77,13 @@ pub use doorbell::Doorbell;
 pub use egress::{DiscardReason, Discarded, Egress, Outbox};
 pub use producer::{ControlError, EnqueueError, Producer, StreamHandle};
 pub use snapshot::{SnapshotCell, SnapshotReader};
+
+/// What the loom models (`loom-tests/`, DESIGN T5) reach beyond the public API.
+#[cfg(qos_loom)]
+#[doc(hidden)]
+pub mod loom_access {
+    pub use super::counters::Counters;
+}
 
 use crate::sched::Event;
 use crate::sched::Policy;

@@ -7,7 +7,7 @@ use super::config::{BuildError, IdleStrategy, Pinning, RuntimeConfig};
 use super::producer::Producer;
 use super::snapshot::SnapshotCell;
 use super::sync::{Arc, AtomicU64};
-use super::worker::{self, Hists, WorkerParts};
+use super::worker::{self, Hists, ShmDecode, ShmInbox, WorkerParts};
 use super::{Dataplane, Egress, HistExchange, PinningReport, Shared, WorkerShared, mailbox};
 use crate::sched::{Policy, Scheduler, SchedulerConfig};
 
@@ -15,6 +15,7 @@ use crate::sched::{Policy, Scheduler, SchedulerConfig};
 #[derive(Debug)]
 pub struct DataplaneBuilder<P> {
     config: RuntimeConfig,
+    shm: Vec<(usize, qos_shm_ring::Consumer, ShmDecodeDebug<P>)>,
     policy: std::sync::Arc<Policy>,
     drain_timeout: Duration,
     _packets: std::marker::PhantomData<fn(P)>,
@@ -24,6 +25,7 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
     pub(crate) fn new() -> Self {
         Self {
             config: RuntimeConfig::default(),
+            shm: Vec::new(),
             policy: std::sync::Arc::new(Policy::default()),
             drain_timeout: Duration::from_secs(5),
             _packets: std::marker::PhantomData,
@@ -86,6 +88,22 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
         self
     }
 
+    /// Attaches a shared-memory ring from another process as ingress of worker
+    /// `worker` (T2; record format in [`shm`](super::shm)); `decode` turns a packet
+    /// record's payload bytes into a packet. The worker owns the ring's streams like
+    /// a producer's. A graceful stop waits for the peer to abandon the ring (or the
+    /// drain timeout).
+    pub fn shm_ingress(
+        mut self,
+        worker: usize,
+        consumer: qos_shm_ring::Consumer,
+        decode: impl FnMut(&[u8]) -> P + Send + 'static,
+    ) -> Self {
+        self.shm
+            .push((worker, consumer, ShmDecodeDebug(Box::new(decode))));
+        self
+    }
+
     /// How long a `StopMode::Drain` shutdown may take before discarding (default 5 s).
     pub fn drain_timeout(mut self, timeout: Duration) -> Self {
         self.drain_timeout = timeout;
@@ -102,6 +120,24 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
         let config = self.config;
         config.validate()?;
         let n = config.workers;
+        if let Some((worker, ..)) = self.shm.iter().find(|(w, ..)| *w >= n) {
+            return Err(BuildError::Config {
+                field: "shm_ingress.worker",
+                value: *worker as u64,
+                expected: "a worker index below `workers`",
+            });
+        }
+        let mut shm: Vec<Vec<ShmInbox<P>>> = (0..n).map(|_| Vec::new()).collect();
+        for (w, rx, decode) in self.shm {
+            let max = rx.max_record();
+            shm[w].push(ShmInbox {
+                rx,
+                decode: decode.0,
+                buf: vec![0; max],
+                done: false,
+            });
+        }
+        let mut shm = shm.into_iter();
         if let Some(link) = self.policy.spec().link {
             let max_packet = self.policy.spec().max_packet_bytes;
             if n > 1 && link.burst_bytes < n as u64 * u64::from(max_packet) {
@@ -158,6 +194,7 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
                 index: w,
                 sched,
                 inboxes,
+                shm: shm.next().unwrap_or_default(),
                 egress: egress(w),
                 hist_in,
                 hist_out,
@@ -225,4 +262,13 @@ fn shares_a_core(cores: &[Option<core_affinity::CoreId>]) -> bool {
     ids.sort_unstable();
     ids.dedup();
     ids.len() < n
+}
+
+/// A decoder, boxed (with a `Debug` that says so).
+struct ShmDecodeDebug<P>(ShmDecode<P>);
+
+impl<P> std::fmt::Debug for ShmDecodeDebug<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShmDecode")
+    }
 }

@@ -303,6 +303,17 @@ impl<P: Send> Producer<P> {
     }
 }
 
+impl<P> Drop for Producer<P> {
+    /// Wakes every worker: a stopping worker waits for its producers to be dropped.
+    fn drop(&mut self) {
+        // Drop the rings first (marking them abandoned), then ring.
+        self.rings.clear();
+        for w in 0..self.locals.len() {
+            self.shared.ring(w);
+        }
+    }
+}
+
 /// A fixed 64-bit mix (splitmix64's finalizer): placement must not change between runs.
 fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

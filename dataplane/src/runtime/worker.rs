@@ -32,11 +32,21 @@ use crate::sched::{
 /// The eight sojourn histograms of a worker, moved by exchange (T4).
 pub(crate) type Hists = Box<[Histogram<u64>; PRIORITIES]>;
 
-/// One ring from one producer, with the streams that producer opened here.
+/// One ring from one producer.
 struct Inbox<P> {
     rx: rtrb::Consumer<Msg<P>>,
-    /// Indexed by the producer's local stream number.
-    streams: Vec<Option<StreamId>>,
+}
+
+/// Decodes a shared-memory packet payload into the embedder's packet type.
+pub(crate) type ShmDecode<P> = Box<dyn FnMut(&[u8]) -> P + Send>;
+
+/// A shared-memory ring from another process (T2).
+pub(crate) struct ShmInbox<P> {
+    pub(crate) rx: qos_shm_ring::Consumer,
+    pub(crate) decode: ShmDecode<P>,
+    pub(crate) buf: Vec<u8>,
+    /// The peer abandoned the ring (or broke the protocol) and it is drained.
+    pub(crate) done: bool,
 }
 
 /// Everything a worker thread is started with.
@@ -44,6 +54,7 @@ pub(crate) struct WorkerParts<P, E> {
     pub(crate) index: usize,
     pub(crate) sched: Scheduler<P>,
     pub(crate) inboxes: Vec<rtrb::Consumer<Msg<P>>>,
+    pub(crate) shm: Vec<ShmInbox<P>>,
     pub(crate) egress: E,
     pub(crate) hist_in: MailboxReceiver<Hists>,
     pub(crate) hist_out: MailboxSender<Hists>,
@@ -60,6 +71,10 @@ struct Worker<P, E> {
     index: usize,
     sched: Scheduler<P>,
     inboxes: Vec<Inbox<P>>,
+    shm: Vec<ShmInbox<P>>,
+    /// Streams opened by each source (rtrb inboxes first, then shm inboxes), indexed by
+    /// the source's local stream number.
+    tables: Vec<Vec<Option<StreamId>>>,
     egress: E,
     outbox: VecDeque<Dequeued<P>>,
     batch: Vec<Dequeued<P>>,
@@ -157,6 +172,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     fn new(p: WorkerParts<P, E>) -> Self {
         let adopted = p.sched.policy().clone();
         let n = p.config.egress_batch;
+        let sources = p.inboxes.len() + p.shm.len();
         let mut stats = WorkerStats {
             worker: p.index,
             policy_version: adopted.version(),
@@ -166,14 +182,9 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         Self {
             index: p.index,
             sched: p.sched,
-            inboxes: p
-                .inboxes
-                .into_iter()
-                .map(|rx| Inbox {
-                    rx,
-                    streams: Vec::new(),
-                })
-                .collect(),
+            inboxes: p.inboxes.into_iter().map(|rx| Inbox { rx }).collect(),
+            shm: p.shm,
+            tables: vec![Vec::new(); sources],
             egress: p.egress,
             outbox: VecDeque::with_capacity(n),
             batch: Vec::with_capacity(n),
@@ -231,6 +242,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         // iteration (and the egress's timestamps) run at that time.
         let now = self.share_link(now);
         let mut busy = self.take_ingress(now);
+        busy |= self.take_shm(now);
         busy |= self.reclaim();
         self.forward_events();
         let (sent, wait_until) = self.send(now);
@@ -294,11 +306,55 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         any
     }
 
+    /// Takes at most `ingress_batch` records from each shared-memory ring. Bad
+    /// records are counted (`shm_rejected`) and skipped. Returns whether any.
+    fn take_shm(&mut self, now: u64) -> bool {
+        let mut any = false;
+        for k in 0..self.shm.len() {
+            let mut msgs = std::mem::take(&mut self.msgs);
+            let inbox = &mut self.shm[k];
+            if inbox.done {
+                self.msgs = msgs;
+                continue;
+            }
+            match inbox.rx.read(self.config.ingress_batch) {
+                Ok(mut batch) => {
+                    while let Some(r) = batch.next_into(&mut inbox.buf) {
+                        let msg = r.ok().and_then(|n| {
+                            super::shm::decode(&inbox.buf[..n])
+                                .ok()
+                                .map(|rec| shm_msg(rec, &mut inbox.decode))
+                        });
+                        match msg {
+                            Some(m) => msgs.push(m),
+                            None => self.stats.shm_rejected += 1,
+                        }
+                    }
+                    any |= batch.release() > 0;
+                }
+                Err(qos_shm_ring::PopError::Empty) => {}
+                Err(qos_shm_ring::PopError::Disconnected) => inbox.done = true,
+                Err(qos_shm_ring::PopError::Record(_)) => self.stats.shm_rejected += 1,
+                Err(qos_shm_ring::PopError::Corrupt(_)) => {
+                    self.stats.shm_rejected += 1;
+                    inbox.done = true;
+                }
+            }
+            let source = self.inboxes.len() + k;
+            for msg in msgs.drain(..) {
+                self.handle(source, now, msg);
+            }
+            self.msgs = msgs;
+            self.flush_burst(now);
+        }
+        any
+    }
+
     fn handle(&mut self, inbox: usize, now: u64, msg: Msg<P>) {
         match msg {
             Msg::Packet { local, len, packet } => {
                 self.stats.taken += 1;
-                match self.inboxes[inbox].streams.get(local as usize) {
+                match self.tables[inbox].get(local as usize) {
                     Some(Some(id)) => self.burst.push((*id, packet, len)),
                     _ => {
                         self.stats.unknown_stream += 1;
@@ -315,7 +371,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
                         None
                     }
                 };
-                let table = &mut self.inboxes[inbox].streams;
+                let table = &mut self.tables[inbox];
                 if table.len() <= local as usize {
                     table.resize(local as usize + 1, None);
                 }
@@ -334,7 +390,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
                 if id.is_none_or(|id| self.sched.close(id).is_err()) {
                     self.stats.control_failed += 1;
                 }
-                if let Some(slot) = self.inboxes[inbox].streams.get_mut(local as usize) {
+                if let Some(slot) = self.tables[inbox].get_mut(local as usize) {
                     *slot = None;
                 }
                 self.reclaim();
@@ -343,11 +399,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     }
 
     fn stream(&self, inbox: usize, local: u32) -> Option<StreamId> {
-        self.inboxes[inbox]
-            .streams
-            .get(local as usize)
-            .copied()
-            .flatten()
+        self.tables[inbox].get(local as usize).copied().flatten()
     }
 
     /// Enqueues the packets gathered so far (one prefetching burst).
@@ -622,6 +674,15 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         let shared = &self.shared;
         let index = self.index;
         let inboxes = &self.inboxes;
+        // A shared-memory peer cannot ring the doorbell: with shm ingress attached the
+        // worker parks only briefly (it polls the ring every 50 us).
+        let shm_pending = self
+            .shm
+            .iter()
+            .any(|s| !s.done && s.rx.cached_available() > 0);
+        if self.shm.iter().any(|s| !s.done) {
+            timeout = timeout.min(std::time::Duration::from_micros(50));
+        }
         let hist_waiting = self.hist_in.is_waiting();
         let adopted = &self.adopted;
         let policy = &mut self.policy;
@@ -632,9 +693,8 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         bell.sleep_unless(timeout, || {
             hist_waiting
                 || shared.stop_mode().is_some()
-                || inboxes
-                    .iter()
-                    .any(|i| !i.rx.is_empty() || i.rx.is_abandoned())
+                || shm_pending
+                || inboxes.iter().any(|i| !i.rx.is_empty())
                 || !std::sync::Arc::ptr_eq(policy.load(), adopted)
         });
     }
@@ -645,7 +705,8 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         let rings_done = self
             .inboxes
             .iter()
-            .all(|i| i.rx.is_abandoned() && i.rx.is_empty());
+            .all(|i| i.rx.is_abandoned() && i.rx.is_empty())
+            && self.shm.iter().all(|s| s.done);
         let deadline = now >= self.shared.stop_deadline();
         if !rings_done && !deadline {
             return false;
@@ -670,12 +731,11 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             }
             self.flush_burst(now);
         }
-        for i in 0..self.inboxes.len() {
-            let ids: Vec<StreamId> = self.inboxes[i].streams.iter().flatten().copied().collect();
-            for id in ids {
+        while self.take_shm(now) {}
+        for table in std::mem::take(&mut self.tables) {
+            for id in table.into_iter().flatten() {
                 let _ = self.sched.close(id);
             }
-            self.inboxes[i].streams.clear();
         }
         self.reclaim();
         while let Some(d) = self.outbox.pop_front() {
@@ -706,4 +766,23 @@ fn apply_share<P>(
             tier_weights: weights,
         },
     );
+}
+
+/// A decoded shared-memory record as a ring message.
+fn shm_msg<P>(rec: super::shm::ShmRecord<'_>, decode: &mut ShmDecode<P>) -> Msg<P> {
+    use super::shm::ShmRecord;
+    match rec {
+        ShmRecord::Open { local, config } => Msg::Open { local, config },
+        ShmRecord::Update { local, config } => Msg::Update { local, config },
+        ShmRecord::Close { local } => Msg::Close { local },
+        ShmRecord::Packet {
+            local,
+            len,
+            payload,
+        } => Msg::Packet {
+            local,
+            len,
+            packet: decode(payload),
+        },
+    }
 }
