@@ -4,7 +4,7 @@
 //!
 //! Every `link_period` (<= 1 ms) each worker
 //! 1. publishes, in its own single-writer [`DemandSlot`], its demand per tier: the
-//!    tier's recent service rate (an EWMA over periods) plus its queued bytes spread
+//!    tier's recent arrival rate (an EWMA over periods, so traffic that AQM or tail drop trims still counts) plus its queued bytes spread
 //!    over [`QUEUE_HORIZON_NS`], so a backlogged tier asks for far more than a link;
 //! 2. reads every slot and runs the same deterministic [`allocate`] every worker runs:
 //!    tiers share the link by policy share, capped by their total demand (water

@@ -103,9 +103,9 @@ struct LinkState {
     weights: [u64; MAX_TIERS],
     next_at: u64,
     last_at: u64,
-    /// Cumulative bytes served per tier at `last_at`.
+    /// Cumulative packets enqueued per tier at `last_at`.
     last_bytes: [u64; MAX_TIERS],
-    /// Smoothed service rate per tier, bit/s.
+    /// Smoothed arrival rate per tier, bit/s.
     ewma: [u64; MAX_TIERS],
     demands: Vec<[u64; MAX_TIERS]>,
 }
@@ -572,32 +572,38 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         let st = self.link.as_mut().expect("link state");
         let dt = now.saturating_sub(st.last_at).max(1);
         let low = self.adopted.low_tier();
+        // Arrivals, not service: a tier whose excess AQM or tail drop trims keeps a
+        // short queue, yet asks for all it is offered.
         let mut queued = [0u64; MAX_TIERS];
+        let mut arrived = [0u64; MAX_TIERS];
         for p in 0..PRIORITIES as u8 {
             let t = self.adopted.tier_of(p);
-            queued[t] += self.sched.priority_stats(Priority::saturating(p)).queued;
+            let ps = self.sched.priority_stats(Priority::saturating(p));
+            queued[t] += ps.queued;
+            arrived[t] += ps.enqueued;
         }
         let mut demand = [0u64; MAX_TIERS];
         for t in 0..self.adopted.tiers().len() {
-            let served = self
+            let mut served = self
                 .sched
                 .tier_stats(t)
                 .map(|s| s.served)
                 .unwrap_or_default();
-            let mut bytes = served.bytes;
-            let mut packets = served.packets;
             if t == low {
                 let lane = self.sched.aging_lane_stats();
-                bytes += lane.bytes;
-                packets += lane.packets;
+                served.bytes += lane.bytes;
+                served.packets += lane.packets;
             }
-            let delta = bytes.saturating_sub(st.last_bytes[t]);
-            st.last_bytes[t] = bytes;
-            let rate = (u128::from(delta) * 8_000_000_000 / u128::from(dt)) as u64;
-            st.ewma[t] = st.ewma[t] / 2 + rate / 2;
-            let avg = bytes
-                .checked_div(packets)
+            let avg = served
+                .bytes
+                .checked_div(served.packets)
                 .unwrap_or(u64::from(self.adopted.spec().max_packet_bytes));
+            // Packets that arrived since the last period (the counters may be reset by
+            // a remap of priorities; a drop then reads as no arrivals).
+            let delta = arrived[t].saturating_sub(st.last_bytes[t]);
+            st.last_bytes[t] = arrived[t];
+            let rate = (u128::from(delta * avg) * 8_000_000_000 / u128::from(dt)) as u64;
+            st.ewma[t] = st.ewma[t] / 2 + rate / 2;
             let backlog = u128::from(queued[t] * avg) * 8_000_000_000
                 / u128::from(super::link::QUEUE_HORIZON_NS);
             demand[t] = st.ewma[t].saturating_add(backlog.min(u128::from(u64::MAX / 64)) as u64);
