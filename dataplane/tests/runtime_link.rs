@@ -13,9 +13,9 @@ use qos_dataplane::runtime::{
 };
 use qos_dataplane::sched::{LinkRate, Policy, PolicySpec, StreamConfig};
 
-const RATE_BPS: u64 = 40_000_000;
-const BURST: u64 = 30_000;
-const PACKET: u32 = 1_000;
+const RATE_BPS: u64 = 100_000_000;
+const BURST: u64 = 64 * 1024;
+const PACKET: u32 = 1_200;
 
 /// (egress time ns, bytes, tier) of every packet sent, all workers.
 type Sent = Arc<Mutex<Vec<(u64, u32, usize)>>>;
@@ -62,12 +62,21 @@ fn offer(
 /// Runs two workers for `secs` with the given streams (priority, worker) and returns
 /// the egress log, after checking the rate bound.
 fn run(streams: &[(u8, usize)], secs: u64) -> Vec<(u64, u32, usize)> {
+    run_offered(streams, secs, 3)
+}
+
+/// As `run`, offering `times` the link in total; a worker index of `usize::MAX` places
+/// the stream by hashing its index.
+fn run_offered(streams: &[(u8, usize)], secs: u64, times: u64) -> Vec<(u64, u32, usize)> {
     let policy = Arc::new(
         PolicySpec {
             link: Some(LinkRate {
                 rate_bps: RATE_BPS,
                 burst_bytes: BURST,
             }),
+            // The test's producer ignores backpressure signals: tail drop, not S8
+            // disconnects, so every tier stays backlogged.
+            disconnect: false,
             ..PolicySpec::default()
         }
         .build()
@@ -87,10 +96,18 @@ fn run(streams: &[(u8, usize)], secs: u64) -> Vec<(u64, u32, usize)> {
     let mut tx = producers.pop().unwrap();
     let handles: Vec<_> = streams
         .iter()
-        .map(|&(prio, w)| tx.open_on(w, StreamConfig::with_priority(prio)).unwrap())
+        .enumerate()
+        .map(|(i, &(prio, w))| {
+            let config = StreamConfig::with_priority(prio);
+            if w == usize::MAX {
+                tx.open(i as u64, config).unwrap()
+            } else {
+                tx.open_on(w, config).unwrap()
+            }
+        })
         .collect();
-    // Offer 3x the link in total, spread evenly over the streams.
-    let pps = 3 * RATE_BPS / (8 * u64::from(PACKET)) / streams.len() as u64;
+    // Offer `times` the link in total, spread evenly over the streams.
+    let pps = times * RATE_BPS / (8 * u64::from(PACKET)) / streams.len() as u64;
     let stop = Arc::new(AtomicBool::new(false));
     let st = stop.clone();
     let producer = thread::spawn(move || offer(tx, handles, pps, st));
@@ -102,6 +119,16 @@ fn run(streams: &[(u8, usize)], secs: u64) -> Vec<(u64, u32, usize)> {
     stop.store(true, Ordering::Relaxed);
     producer.join().unwrap();
     let report = dp.shutdown(StopMode::Discard).unwrap();
+    for w in &report.workers {
+        eprintln!(
+            "worker {}: tier bytes {:?} dropped {:?} iterations {} stalls {}",
+            w.worker,
+            &w.tier_bytes[..3],
+            w.shard.totals.dropped,
+            w.iterations,
+            w.stalls
+        );
+    }
     assert!(report.is_conserved());
     assert!(granted_max <= RATE_BPS, "ledger granted {granted_max}");
     let log = std::mem::take(&mut *sent.lock().unwrap());
@@ -179,6 +206,22 @@ fn t6_high_idle_gives_medium_low_80_20_across_workers() {
         assert!(
             (got - want).abs() <= 0.01,
             "shares {s:?}, want 0/80/20 +-1%"
+        );
+    }
+}
+
+#[test]
+fn t6_shares_hold_when_aqm_keeps_the_queues_short() {
+    // Two streams per priority placed by hash, 2x the link offered: CoDel trims the
+    // budgeted tiers' excess, so their queues stay short and the arrival rate is what
+    // shows their demand.
+    let streams: Vec<(u8, usize)> = (0..16).map(|i| ((i / 2) as u8, usize::MAX)).collect();
+    let log = run_offered(&streams, 4, 2);
+    let s = shares(&log, 1_000_000_000, 4_000_000_000);
+    for (got, want) in s.iter().zip([0.25, 0.60, 0.15]) {
+        assert!(
+            (got - want).abs() <= 0.01,
+            "shares {s:?}, want 25/60/15 +-1%"
         );
     }
 }
