@@ -82,14 +82,22 @@ const SCALARS: usize = 19;
 const SHARD_FIELDS: usize = 5 + RefuseReason::COUNT;
 const WORDS: usize = SCALARS + SHARD_FIELDS + PRIORITIES * PRIO_FIELDS + MAX_TIERS + 1;
 
-/// The published words of one worker.
+/// The published words of one worker. `pub` only so that the loom models reach it
+/// (`runtime::loom_access`, under `--cfg qos_loom`); the API exposes [`WorkerStats`].
 #[derive(Debug)]
-pub(crate) struct Counters {
+pub struct Counters {
     words: CachePadded<[AtomicU64; WORDS]>,
 }
 
+impl Default for Counters {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Counters {
-    pub(crate) fn new() -> Self {
+    /// All words zero.
+    pub fn new() -> Self {
         Self {
             words: CachePadded::new(std::array::from_fn(|_| AtomicU64::new(0))),
         }
@@ -97,7 +105,7 @@ impl Counters {
 
     /// Publishes `s` (worker only). `Relaxed`: each word is read on its own; nothing
     /// else is published through it (partner: `read`'s Relaxed loads).
-    pub(crate) fn publish(&self, s: &WorkerStats) {
+    pub fn publish(&self, s: &WorkerStats) {
         let mut words = [0u64; WORDS];
         encode(s, &mut words);
         for (w, v) in self.words.iter().zip(words) {
@@ -107,7 +115,7 @@ impl Counters {
 
     /// Publishes only the words that change every iteration (worker only).
     #[inline]
-    pub(crate) fn publish_hot(&self, s: &WorkerStats) {
+    pub fn publish_hot(&self, s: &WorkerStats) {
         let hot = [s.iterations, s.heartbeat_ns, s.taken, s.sent, s.sent_bytes];
         for (w, v) in self.words.iter().skip(1).zip(hot) {
             w.store(v, Ordering::Relaxed);
@@ -115,7 +123,7 @@ impl Counters {
     }
 
     /// The latest published values (any thread).
-    pub(crate) fn read(&self, worker: usize) -> WorkerStats {
+    pub fn read(&self, worker: usize) -> WorkerStats {
         let mut words = [0u64; WORDS];
         for (v, w) in words.iter_mut().zip(self.words.iter()) {
             // Relaxed: partner of `publish`'s Relaxed stores; one word at a time.
