@@ -68,6 +68,11 @@ pub struct RuntimeConfig {
     pub link_period: Duration,
     /// Capacity of each worker's event ring (scheduler events for the control plane).
     pub event_capacity: usize,
+    /// Benchmark baseline (P4): packets go from the rings straight to the egress in
+    /// arrival order, unscheduled and unpaced (reported with priority 0 and no
+    /// sojourn). Everything else in the loop runs as usual. Never for production.
+    #[doc(hidden)]
+    pub bypass_scheduler: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -85,6 +90,7 @@ impl Default for RuntimeConfig {
             publish_interval: Duration::from_micros(100),
             link_period: Duration::from_micros(500),
             event_capacity: 4096,
+            bypass_scheduler: false,
         }
     }
 }
