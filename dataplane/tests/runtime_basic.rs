@@ -570,3 +570,43 @@ fn t3_policy_swaps_under_load_lose_and_reorder_nothing() {
         }
     }
 }
+
+/// Sleeps 5 ms in its first call with packets: an iteration over the stall budget.
+struct Sleepy(bool);
+
+impl Egress<u64> for Sleepy {
+    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
+        if !self.0 && !out.is_empty() {
+            self.0 = true;
+            thread::sleep(Duration::from_millis(5));
+        }
+        while out.pop().is_some() {}
+    }
+}
+
+#[test]
+fn t4_stalls_are_counted_and_idle_heartbeats_stay_fresh() {
+    let (dp, mut producers) = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .build(|_| Sleepy(false))
+        .unwrap();
+    let mut tx = producers.pop().unwrap();
+    let h = tx.open(1, StreamConfig::with_priority(5)).unwrap();
+    tx.enqueue(h, 1, 100).unwrap();
+    let deadline = Deadline::after(10);
+    while dp.stats()[0].stalls == 0 {
+        assert!(!deadline.passed(), "the 5 ms iteration is a stall");
+        thread::sleep(Duration::from_millis(1));
+    }
+    let s = &dp.stats()[0];
+    assert!(s.max_iteration_ns >= 5_000_000, "{}", s.max_iteration_ns);
+    // Idle now: the parked worker still beats at least every park timeout (10 ms).
+    thread::sleep(Duration::from_millis(50));
+    for _ in 0..5 {
+        let age = dp.heartbeat_age_ns()[0];
+        assert!(age < 200_000_000, "heartbeat {age} ns old");
+        thread::sleep(Duration::from_millis(7));
+    }
+    drop(tx);
+    dp.shutdown(StopMode::Drain).unwrap();
+}
