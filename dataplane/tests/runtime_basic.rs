@@ -43,6 +43,18 @@ struct Recorder {
     per_call: usize,
 }
 
+impl Recorder {
+    /// A recorder whose log nobody reads (tests that check counters only).
+    fn quiet(worker: usize) -> Self {
+        Self {
+            worker,
+            log: Arc::default(),
+            discarded: Arc::default(),
+            per_call: usize::MAX,
+        }
+    }
+}
+
 impl Egress<u64> for Recorder {
     fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
         let mut log = self.log.lock().unwrap();
@@ -76,6 +88,36 @@ fn push(tx: &mut qos_dataplane::runtime::Producer<u64>, h: StreamHandle, p: u64)
     }
 }
 
+/// One thread per producer: opens `streams` streams (key `1000 * producer + s`,
+/// priority `s % 8`) and pushes `per_stream` packets to each, round robin, retrying on
+/// a full ring. Each thread returns its stream handles.
+fn spawn_producers(
+    producers: Vec<qos_dataplane::runtime::Producer<u64>>,
+    streams: u64,
+    per_stream: u64,
+) -> Vec<thread::JoinHandle<Vec<StreamHandle>>> {
+    producers
+        .into_iter()
+        .enumerate()
+        .map(|(p, mut tx)| {
+            thread::spawn(move || {
+                let hs: Vec<StreamHandle> = (0..streams)
+                    .map(|s| {
+                        let prio = StreamConfig::with_priority((s % 8) as u8);
+                        tx.open(p as u64 * 1000 + s, prio).unwrap()
+                    })
+                    .collect();
+                for seq in 0..per_stream {
+                    for (s, h) in hs.iter().enumerate() {
+                        push(&mut tx, *h, payload(p as u64, s as u64, seq));
+                    }
+                }
+                hs
+            })
+        })
+        .collect()
+}
+
 fn fifo_run(workers: usize, pinning: Pinning, per_call: usize) {
     let log: Log = Arc::new(Mutex::new(Vec::new()));
     let discarded = Arc::new(Mutex::new(Vec::new()));
@@ -101,32 +143,10 @@ fn fifo_run(workers: usize, pinning: Pinning, per_call: usize) {
     }
     const STREAMS: u64 = 12;
     const PER_STREAM: u64 = 400;
-    let handles: Vec<_> = producers
-        .into_iter()
-        .enumerate()
-        .map(|(p, mut tx)| {
-            thread::spawn(move || {
-                let hs: Vec<StreamHandle> = (0..STREAMS)
-                    .map(|s| {
-                        let prio = (s % 8) as u8;
-                        tx.open(p as u64 * 1000 + s, StreamConfig::with_priority(prio))
-                            .unwrap()
-                    })
-                    .collect();
-                let mut fulls = 0;
-                for seq in 0..PER_STREAM {
-                    for (s, h) in hs.iter().enumerate() {
-                        fulls += push(&mut tx, *h, payload(p as u64, s as u64, seq));
-                    }
-                }
-                (hs, fulls)
-            })
-        })
-        .collect();
+    let handles = spawn_producers(producers, STREAMS, PER_STREAM);
     let mut placement = Vec::new();
     for h in handles {
-        let (hs, _fulls) = h.join().unwrap();
-        placement.push(hs);
+        placement.push(h.join().unwrap());
     }
     let report = dp.shutdown(StopMode::Drain).unwrap();
     let total = 2 * STREAMS * PER_STREAM;
@@ -181,12 +201,7 @@ fn t1_strict_pinning_beyond_the_cores_is_an_error() {
     let err = Dataplane::<u64>::builder()
         .workers(cores + 1)
         .pinning(Pinning::Strict)
-        .build(|_| Recorder {
-            worker: 0,
-            log: Arc::default(),
-            discarded: Arc::default(),
-            per_call: 1,
-        })
+        .build(Recorder::quiet)
         .unwrap_err();
     assert!(matches!(err, BuildError::NoSuchCore { .. }), "{err}");
     assert!(err.to_string().contains("pinning"), "{err}");
@@ -208,12 +223,7 @@ fn bad_settings_name_the_field() {
         (Dataplane::<u64>::builder().batch(4, 0), "egress_batch"),
         (Dataplane::<u64>::builder().producers(0), "producers"),
     ] {
-        let err = b.build(|_| Recorder {
-            worker: 0,
-            log: Arc::default(),
-            discarded: Arc::default(),
-            per_call: 1,
-        });
+        let err = b.build(Recorder::quiet);
         let msg = err.unwrap_err().to_string();
         assert!(msg.starts_with(field), "{msg} should name {field}");
     }
@@ -361,12 +371,7 @@ fn t3_every_worker_adopts_a_published_policy_and_reports_its_version() {
     let (dp, mut producers) = Dataplane::<u64>::builder()
         .workers(3)
         .pinning(Pinning::Off)
-        .build(|worker| Recorder {
-            worker,
-            log: Arc::default(),
-            discarded: Arc::default(),
-            per_call: usize::MAX,
-        })
+        .build(Recorder::quiet)
         .unwrap();
     assert_eq!(dp.policy_versions(), vec![1, 1, 1]);
     let tx = producers.pop().unwrap();
@@ -393,12 +398,7 @@ fn t4_histograms_come_back_by_exchange_and_count_every_packet() {
     let (mut dp, mut producers) = Dataplane::<u64>::builder()
         .workers(2)
         .pinning(Pinning::Off)
-        .build(|worker| Recorder {
-            worker,
-            log: Arc::default(),
-            discarded: Arc::default(),
-            per_call: usize::MAX,
-        })
+        .build(Recorder::quiet)
         .unwrap();
     let mut tx = producers.pop().unwrap();
     let hs: Vec<_> = (0..8u8)
@@ -510,25 +510,7 @@ fn t3_policy_swaps_under_load_lose_and_reorder_nothing() {
         })
         .unwrap();
     const PER_STREAM: u64 = 2_000;
-    let threads: Vec<_> = producers
-        .into_iter()
-        .enumerate()
-        .map(|(p, mut tx)| {
-            thread::spawn(move || {
-                let hs: Vec<_> = (0..8u64)
-                    .map(|s| {
-                        tx.open(p as u64 * 100 + s, StreamConfig::with_priority(s as u8))
-                            .unwrap()
-                    })
-                    .collect();
-                for seq in 0..PER_STREAM {
-                    for (s, h) in hs.iter().enumerate() {
-                        push(&mut tx, *h, payload(p as u64, s as u64, seq));
-                    }
-                }
-            })
-        })
-        .collect();
+    let threads = spawn_producers(producers, 8, PER_STREAM);
     // Swap between the two presets while packets flow; every worker reports each
     // version.
     let deadline = Deadline::after(30);
