@@ -77,7 +77,9 @@ fn main() {
         let _ = s.dequeue_batch(now, 32, &mut out);
         for d in out.drain(..) {
             sum += d.packet;
-            served.push(d.stream);
+            if backlogged {
+                served.push(d.stream);
+            }
         }
     }
     let ns = start.elapsed().as_nanos() as f64 / (f64::from(batches) * 32.0);

@@ -44,6 +44,19 @@ impl<P> Scheduler<P> {
         len: u32,
     ) -> Result<(), Rejected<P>> {
         let now = self.advance(now);
+        self.enqueue_at(now, id, packet, len)
+    }
+
+    /// [`Scheduler::enqueue`] at a `now` already advanced: the body shared with
+    /// [`Scheduler::enqueue_burst`], inlined into both.
+    #[inline(always)]
+    fn enqueue_at(
+        &mut self,
+        now: u64,
+        id: StreamId,
+        packet: P,
+        len: u32,
+    ) -> Result<(), Rejected<P>> {
         let s = id.index() as usize;
         // One look at the slot decides the common case; every other case (bad length,
         // stale handle, closed or disconnected stream, full queue) takes the cold path.
@@ -117,8 +130,9 @@ impl<P> Scheduler<P> {
                 prefetch(self.pool.addr(st.fifo.tail));
             }
         }
+        let now = self.advance(now);
         for (id, packet, len) in burst.drain(..) {
-            if let Err(r) = self.enqueue(now, id, packet, len) {
+            if let Err(r) = self.enqueue_at(now, id, packet, len) {
                 rejected.push(r);
             }
         }
@@ -366,14 +380,30 @@ impl<P> Scheduler<P> {
     /// After a packet left stream `s` (sent or dropped): ends the backpressure episode
     /// at the clear watermark (S7), and on an empty queue resets CoDel and ends a
     /// promotion.
-    #[inline]
+    #[inline(always)]
     fn after_take(&mut self, s: u32) {
         let st = &mut self.streams[s as usize];
-        let left = st.len;
-        if left != 0 && !st.in_episode() {
-            return;
+        if st.in_episode() {
+            self.end_episode(s);
         }
-        if left <= self.c.clear_at && st.in_episode() {
+        let st = &mut self.streams[s as usize];
+        if st.len == 0 {
+            st.end_saturation();
+            reset_codel(st);
+            if st.has(Flags::PROMOTED) {
+                self.demote(s);
+            }
+        }
+    }
+
+    /// Ends stream `s`'s backpressure episode once its queue is at the clear watermark
+    /// (S7). Out of line: episodes are rare.
+    #[cold]
+    #[inline(never)]
+    fn end_episode(&mut self, s: u32) {
+        let st = &mut self.streams[s as usize];
+        let left = st.len;
+        if left <= self.c.clear_at {
             st.clear(Flags::WARNED);
             st.forgive();
             let stream = StreamId::new(s, st.generation());
@@ -381,14 +411,6 @@ impl<P> Scheduler<P> {
                 stream,
                 depth: left,
             });
-        }
-        if left == 0 {
-            let st = &mut self.streams[s as usize];
-            st.end_saturation();
-            reset_codel(st);
-            if st.has(Flags::PROMOTED) {
-                self.demote(s);
-            }
         }
     }
 

@@ -371,6 +371,20 @@ impl List {
         streams[s as usize].next = NIL;
     }
 
+    /// Unlinks the head (the list must not be empty).
+    #[inline(always)]
+    pub(crate) fn pop_front(&mut self, streams: &mut [Stream]) {
+        let s = self.head;
+        let next = streams[s as usize].next;
+        streams[s as usize].next = NIL;
+        self.head = next;
+        if next == NIL {
+            self.tail = NIL;
+        } else {
+            streams[next as usize].prev = NIL;
+        }
+    }
+
     /// Moves the head to the tail (a DRR rotation).
     #[inline]
     pub(crate) fn rotate(&mut self, streams: &mut [Stream]) {

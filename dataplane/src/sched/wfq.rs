@@ -234,14 +234,14 @@ impl Wfq {
 
     /// A packet was appended to stream `s`, which holds `len >= 1` packets now and is
     /// not parked (throttled). Links it into its class's fresh list if it was unlisted.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn packet_added(&mut self, streams: &mut [Stream], s: u32) {
         let st = &streams[s as usize];
         let c = self.class_of(st);
         if st.has(Flags::LISTED) {
             self.add_queued(c, 1);
         } else {
-            self.link(streams, s);
+            self.link_into(streams, s, c);
         }
     }
 
@@ -249,6 +249,12 @@ impl Wfq {
     /// with one quantum of credit: idle streams bank nothing beyond that.
     pub(crate) fn link(&mut self, streams: &mut [Stream], s: u32) {
         let c = self.class_of(&streams[s as usize]);
+        self.link_into(streams, s, c);
+    }
+
+    /// [`Wfq::link`] into class `c`, the stream's class.
+    #[inline(always)]
+    fn link_into(&mut self, streams: &mut [Stream], s: u32, c: usize) {
         let q = self.quantum_of(c, streams[s as usize].weight);
         let st = &mut streams[s as usize];
         debug_assert!(!st.has(Flags::LISTED), "stream linked twice");
@@ -308,6 +314,26 @@ impl Wfq {
         self.sub_queued(c, len);
     }
 
+    /// [`Wfq::unlink`] of `s`, the head of class `c`'s round, with an empty queue (so the
+    /// class's packet count does not change).
+    #[inline(always)]
+    fn leave_round(&mut self, streams: &mut [Stream], c: usize, s: u32) {
+        debug_assert!(streams[s as usize].prev == NIL && self.classes[c].round.head == s);
+        debug_assert!(streams[s as usize].len == 0 && !streams[s as usize].has(Flags::FRESH));
+        if self.cursor == s {
+            // As in `unlink`: the walk resumes with the stream that followed `s`.
+            self.cursor = if c == self.low {
+                self.classes[self.low].fresh.tail
+            } else {
+                NIL
+            };
+        }
+        let class = &mut self.classes[c];
+        class.listed -= 1;
+        class.round.pop_front(streams);
+        streams[s as usize].clear(Flags::LISTED);
+    }
+
     /// The backlogged class with the earliest start tag and the stream it serves next,
     /// dropping lingering empty streams it meets at the head of the round.
     #[inline]
@@ -342,7 +368,7 @@ impl Wfq {
             if st.len == 0 {
                 // Lingered through its turn with nothing to send: it leaves the round.
                 prefetch(streams.as_ptr().wrapping_add(st.next as usize));
-                self.unlink(streams, s);
+                self.leave_round(streams, c, s);
                 continue;
             }
             if st.deficit > 0 {
