@@ -58,41 +58,51 @@ impl<P> Scheduler<P> {
         len: u32,
     ) -> Result<(), Rejected<P>> {
         let s = id.index() as usize;
+        let (max_packet, max_depth, warn_at) =
+            (self.c.max_packet, self.c.max_depth, self.c.warn_at);
         // One look at the slot decides the common case; every other case (bad length,
         // stale handle, closed or disconnected stream, full queue) takes the cold path.
-        let fast = len != 0
-            && len <= self.c.max_packet
-            && self.streams.get(s).is_some_and(|st| {
-                st.generation() == id.generation()
-                    && st.state() == SlotState::Open
-                    && st.len < self.c.max_depth
-            });
-        if !fast {
+        let Some(st) = self.streams.get_mut(s) else {
+            return self.enqueue_cold(id, packet, len);
+        };
+        if len == 0
+            || len > max_packet
+            || st.generation() != id.generation()
+            || st.state() != SlotState::Open
+            || st.len >= max_depth
+        {
             return self.enqueue_cold(id, packet, len);
         }
         let d = match self.pool.alloc(packet, len, now) {
             Ok(d) => d,
             Err(packet) => return self.refuse(packet, RefuseReason::PoolExhausted),
         };
-        let st = &mut self.streams[s];
         self.pool.push_back(&mut st.fifo, d);
         st.len += 1;
         st.enqueued += 1;
         let ps = &mut self.prio_stats[usize::from(st.prio())];
         ps.enqueued += 1;
         ps.queued += 1;
-        if st.len >= self.c.warn_at && !st.has(Flags::WARNED) {
-            st.set(Flags::WARNED);
-            ps.warnings += 1;
-            let stream = StreamId::new(s as u32, st.generation());
-            let depth = st.len;
-            self.events
-                .push(Event::BackpressureWarning { stream, depth });
+        if st.len >= warn_at && !st.has(Flags::WARNED) {
+            self.warn(s);
         }
         if !self.streams[s].has(Flags::THROTTLED) {
             self.wfq.packet_added(&mut self.streams, s as u32);
         }
         Ok(())
+    }
+
+    /// Raises WARNING for stream `s`, whose queue just reached the watermark (S7).
+    #[cold]
+    #[inline(never)]
+    fn warn(&mut self, s: usize) {
+        let st = &mut self.streams[s];
+        st.set(Flags::WARNED);
+        self.prio_stats[usize::from(st.prio())].warnings += 1;
+        let stream = StreamId::new(s as u32, st.generation());
+        let depth = st.len;
+        self.events
+            .push(Event::BackpressureWarning { stream, depth });
     }
 
     /// The uncommon outcomes of `enqueue`: a refusal (with its reason) or a full queue.

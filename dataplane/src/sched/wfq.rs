@@ -44,8 +44,8 @@ const REFRESH_BIT: u32 = 61;
 
 #[derive(Clone, Copy, Debug)]
 struct Class {
-    /// SFQ start tag.
-    tag: u64,
+    /// Quantum of weight `w` is `(Q * w) >> shift`.
+    shift: u32,
     /// Fixed-point inverse of the class's share.
     inv: u64,
     /// Streams that (re)joined with a fresh quantum, served before the round.
@@ -56,19 +56,16 @@ struct Class {
     queued: u64,
     /// Streams listed here (backlogged or lingering).
     listed: u32,
-    /// Quantum of weight `w` is `(Q * w) >> shift`.
-    shift: u32,
 }
 
 impl Class {
     const IDLE: Class = Class {
-        tag: 0,
+        shift: 0,
         inv: 1 << 40,
         fresh: List::EMPTY,
         round: List::EMPTY,
         queued: 0,
         listed: 0,
-        shift: 0,
     };
 }
 
@@ -76,6 +73,10 @@ impl Class {
 #[derive(Debug)]
 pub(crate) struct Wfq {
     classes: [Class; CLASSES],
+    /// SFQ start tag of each class, dense for the pick's scan (indexed by class; the
+    /// entries past `CLASSES` are unused and let a class index masked to 4 bits be
+    /// used without a bounds check).
+    tags: [u64; 16],
     tier_of: [u8; PRIORITIES],
     /// Classes with queued packets (bit per class).
     active: u16,
@@ -96,6 +97,7 @@ impl Wfq {
     pub(crate) fn new() -> Self {
         Self {
             classes: [Class::IDLE; CLASSES],
+            tags: [0; 16],
             tier_of: [0; PRIORITIES],
             active: 0,
             vtime: 0,
@@ -214,8 +216,9 @@ impl Wfq {
         if class.queued == 0 && self.active & (1 << c) == 0 {
             // SFQ: a class that becomes backlogged starts at the virtual time, or keeps
             // its finish tag if that is still ahead (it used its share just before).
-            if before(class.tag, self.vtime) {
-                class.tag = self.vtime;
+            let tag = &mut self.tags[c & 15];
+            if before(*tag, self.vtime) {
+                *tag = self.vtime;
             }
             self.active |= 1 << c;
         }
@@ -342,13 +345,15 @@ impl Wfq {
             return None;
         }
         let mut bits = self.active;
-        let mut c = bits.trailing_zeros() as usize;
+        let mut c = bits.trailing_zeros() as usize & 15;
+        let mut best = self.tags[c];
         bits &= bits - 1;
         while bits != 0 {
-            let o = bits.trailing_zeros() as usize;
+            let o = bits.trailing_zeros() as usize & 15;
             bits &= bits - 1;
-            if before(self.classes[o].tag, self.classes[c].tag) {
-                c = o;
+            let tag = self.tags[o];
+            if before(tag, best) {
+                (c, best) = (o, tag);
             }
         }
         Some((c, self.head_of(streams, c)))
@@ -430,10 +435,10 @@ impl Wfq {
         } else {
             self.classes[c].inv
         };
-        let class = &mut self.classes[c];
+        let tag = &mut self.tags[c & 15];
         let before_v = self.vtime;
-        self.vtime = class.tag;
-        class.tag = class.tag.wrapping_add(cost(len, inv));
+        self.vtime = *tag;
+        *tag = tag.wrapping_add(cost(len, inv));
         if (before_v ^ self.vtime) >> REFRESH_BIT != 0 {
             self.refresh_idle();
         }
@@ -443,9 +448,9 @@ impl Wfq {
     /// idle tag can drift 2^63 away and be misread after a wrap (see the module docs).
     #[cold]
     fn refresh_idle(&mut self) {
-        for (c, class) in self.classes.iter_mut().enumerate() {
-            if self.active & (1 << c) == 0 && before(class.tag, self.vtime) {
-                class.tag = self.vtime;
+        for (c, tag) in self.tags.iter_mut().take(CLASSES).enumerate() {
+            if self.active & (1 << c) == 0 && before(*tag, self.vtime) {
+                *tag = self.vtime;
             }
         }
     }
@@ -499,7 +504,7 @@ impl Wfq {
     /// Start tag of class `c` (tests).
     #[cfg(test)]
     fn tag(&self, c: usize) -> u64 {
-        self.classes[c].tag
+        self.tags[c]
     }
 }
 
@@ -535,9 +540,9 @@ mod tests {
         let mut streams = table(2, 4);
         let mut w = default_wfq(&mut streams);
         // Medium alone, its tag near a refresh boundary; High idle with a stale tag.
-        w.classes[1].tag = (1u64 << 61) - 10;
+        w.tags[1] = (1u64 << 61) - 10;
         w.vtime = (1u64 << 61) - 10;
-        w.classes[0].tag = 5;
+        w.tags[0] = 5;
         streams[0].len = 1;
         w.link(&mut streams, 0);
         let (c, s) = w.pick(&mut streams).expect("backlogged");
