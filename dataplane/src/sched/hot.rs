@@ -332,15 +332,10 @@ impl<P> Scheduler<P> {
         if st.cap != super::stream::NIL16 {
             self.caps.slots[usize::from(st.cap)].bucket.consume(len);
         }
-        let d = self.pool.pop_front(&mut st.fifo);
+        let (packet, stamp) = self.pool.take_front(&mut st.fifo);
         st.len -= 1;
         st.dequeued += 1;
         let (id, prio) = (StreamId::new(s, st.generation()), st.prio());
-        let stamp = self.pool.get(d).stamp;
-        let packet = self
-            .pool
-            .release(d)
-            .expect("a queued descriptor holds its packet");
         self.wfq.served(&mut self.streams, c, s, len);
         self.after_take(s);
         let p = usize::from(prio);

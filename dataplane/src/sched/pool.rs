@@ -135,6 +135,26 @@ impl<P> Pool<P> {
         idx
     }
 
+    /// Unlinks the head of `fifo` (which must not be empty), frees its descriptor and
+    /// returns its packet and stamp: `pop_front`, `get` and `release` in one visit.
+    #[inline]
+    pub(crate) fn take_front(&mut self, fifo: &mut Fifo) -> (P, u64) {
+        let idx = fifo.head;
+        let d = &mut self.descs[idx as usize];
+        fifo.head = d.next;
+        if fifo.head == NIL {
+            fifo.tail = NIL;
+        }
+        let packet = d
+            .packet
+            .take()
+            .expect("a queued descriptor holds its packet");
+        d.next = self.free;
+        self.free = idx;
+        self.in_use -= 1;
+        (packet, d.stamp)
+    }
+
     /// Rewrites descriptor `idx`'s stamp and length (a dropped packet carries its
     /// stream and drop reason there until reclaimed).
     #[inline]
