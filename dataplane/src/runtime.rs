@@ -98,8 +98,9 @@ pub enum StopMode {
     /// Keep scheduling (at the policy's pace) until every queue is empty, then stop;
     /// past the drain timeout, discard the rest (counted `shutdown`).
     Drain,
-    /// Discard what is queued at once (queued packets counted as dropped `closed`,
-    /// dequeued-but-unsent ones as `shutdown`).
+    /// Discard what is queued once every producer is dropped (or the drain timeout
+    /// passes; until then workers keep serving): queued packets are counted as dropped
+    /// `closed`, dequeued-but-unsent ones as `shutdown`.
     Discard,
 }
 
@@ -322,15 +323,29 @@ impl<P: Send + 'static> Dataplane<P> {
 
     /// Publishes `policy` (T3): every worker adopts it at its next batch boundary.
     /// Never waits for a worker. A version older than the one published is refused
-    /// (C2); the same version again is a no-op.
-    pub fn publish_policy(&self, policy: std::sync::Arc<Policy>) -> Result<(), StaleVersion> {
+    /// (C2); the same version again is a no-op. A link whose burst, split between the
+    /// workers, would not hold one largest packet per worker is refused too (each
+    /// worker would otherwise pass such packets above its rate).
+    pub fn publish_policy(&self, policy: std::sync::Arc<Policy>) -> Result<(), PublishError> {
         let current = self.shared.policy.current();
         if policy.version() < current.version() {
-            return Err(StaleVersion {
+            return Err(PublishError::StaleVersion {
                 offered: policy.version(),
                 current: current.version(),
             });
         }
+        config::check_burst(&policy, self.workers()).map_err(|e| match e {
+            BuildError::BurstTooSmall {
+                burst,
+                workers,
+                max_packet,
+            } => PublishError::BurstTooSmall {
+                burst,
+                workers,
+                max_packet,
+            },
+            _ => unreachable!("check_burst only reports BurstTooSmall"),
+        })?;
         if policy.version() == current.version() {
             return Ok(());
         }
@@ -341,8 +356,9 @@ impl<P: Send + 'static> Dataplane<P> {
         Ok(())
     }
 
-    /// T6: the sum of the pacing rates the workers hold, in bit/s (never above the
-    /// link rate; 0 without a link).
+    /// T6: the sum of the pacing rates the workers hold, in bit/s (0 without a link).
+    /// Never above the link rate, except for up to one link period after a policy
+    /// lowers the rate (workers give back their excess at their next period).
     pub fn link_granted_bps(&self) -> u64 {
         self.shared.link.ledger.granted()
     }
@@ -500,14 +516,30 @@ impl<P> Drop for Dataplane<P> {
     }
 }
 
-/// A policy older than the one running was offered (C2).
+/// Why [`Dataplane::publish_policy`] refused a policy; the running one stays.
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
-#[error("policy.version: {offered}, expected >= {current} (the version running)")]
-pub struct StaleVersion {
-    /// The version offered.
-    pub offered: u64,
-    /// The version published.
-    pub current: u64,
+#[non_exhaustive]
+pub enum PublishError {
+    /// A policy older than the one running was offered (C2).
+    #[error("policy.version: {offered}, expected >= {current} (the version running)")]
+    StaleVersion {
+        /// The version offered.
+        offered: u64,
+        /// The version published.
+        current: u64,
+    },
+    /// The link's burst cannot give every worker a bucket of one largest packet.
+    #[error(
+        "policy.link.burst_bytes: {burst}, expected >= workers ({workers}) * max_packet_bytes ({max_packet})"
+    )]
+    BurstTooSmall {
+        /// The policy's burst.
+        burst: u64,
+        /// Worker count.
+        workers: usize,
+        /// The policy's largest packet.
+        max_packet: u32,
+    },
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

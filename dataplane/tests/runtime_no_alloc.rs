@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use counting_alloc::{Counting, allocations};
 use qos_dataplane::runtime::{Dataplane, Egress, EnqueueError, Outbox, Pinning, StopMode};
-use qos_dataplane::sched::{PolicySpec, StreamConfig};
+use qos_dataplane::sched::{LinkRate, PolicySpec, StreamConfig};
 
 #[global_allocator]
 static GLOBAL: Counting = Counting;
@@ -36,10 +36,24 @@ impl Egress<u64> for Probe {
 
 #[test]
 fn s13_worker_thread_allocates_nothing_per_packet_after_warm_up() {
+    no_alloc_run(None);
+}
+
+#[test]
+fn s13_no_allocation_with_link_sharing_either() {
+    // A link fast enough not to hold the test back: link sharing runs every period.
+    no_alloc_run(Some(LinkRate {
+        rate_bps: 10_000_000_000,
+        burst_bytes: 1 << 20,
+    }));
+}
+
+fn no_alloc_run(link: Option<LinkRate>) {
     let sent = Arc::new(AtomicU64::new(0));
     let allocs = Arc::new(AtomicU64::new(0));
     let (s, a) = (sent.clone(), allocs.clone());
     let policy = PolicySpec {
+        link,
         disconnect: false,
         ..PolicySpec::default()
     };

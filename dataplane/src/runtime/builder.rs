@@ -138,16 +138,7 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
             });
         }
         let mut shm = shm.into_iter();
-        if let Some(link) = self.policy.spec().link {
-            let max_packet = self.policy.spec().max_packet_bytes;
-            if n > 1 && link.burst_bytes < n as u64 * u64::from(max_packet) {
-                return Err(BuildError::BurstTooSmall {
-                    burst: link.burst_bytes,
-                    workers: n,
-                    max_packet,
-                });
-            }
-        }
+        super::config::check_burst(&self.policy, n)?;
         let cores = placement(config.pinning, n)?;
         let mut scheds = Vec::with_capacity(n);
         for _ in 0..n {

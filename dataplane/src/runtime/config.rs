@@ -179,3 +179,19 @@ pub enum BuildError {
         source: std::io::Error,
     },
 }
+
+/// With a link rate and several workers, each worker's share of the burst must hold one
+/// largest packet.
+pub(crate) fn check_burst(policy: &crate::sched::Policy, workers: usize) -> Result<(), BuildError> {
+    if let Some(link) = policy.spec().link {
+        let max_packet = policy.spec().max_packet_bytes;
+        if workers > 1 && link.burst_bytes < workers as u64 * u64::from(max_packet) {
+            return Err(BuildError::BurstTooSmall {
+                burst: link.burst_bytes,
+                workers,
+                max_packet,
+            });
+        }
+    }
+    Ok(())
+}

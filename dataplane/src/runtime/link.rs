@@ -118,12 +118,39 @@ impl RateLedger {
     }
 }
 
+/// Buffers `allocate` works in, sized once for the worker count (no allocation per
+/// link period).
+#[derive(Debug)]
+pub(crate) struct Scratch {
+    fixed: Vec<bool>,
+    caps: Vec<u64>,
+    ones: Vec<u64>,
+    split: Vec<u64>,
+}
+
+impl Scratch {
+    pub(crate) fn new(workers: usize) -> Self {
+        let n = workers.max(MAX_TIERS);
+        Self {
+            fixed: vec![false; n],
+            caps: vec![0; workers],
+            ones: vec![1; workers],
+            split: vec![0; workers],
+        }
+    }
+}
+
 /// Water filling: shares `total` between entries in proportion to `weights`, none
 /// above its cap; entries with weight 0 or cap 0 get 0. Returns what was handed out.
-pub(crate) fn waterfill(total: u64, weights: &[u64], caps: &[u64], out: &mut [u64]) -> u64 {
+/// `fixed` is scratch of at least `weights.len()` entries.
+pub(crate) fn waterfill(
+    total: u64,
+    weights: &[u64],
+    caps: &[u64],
+    out: &mut [u64],
+    fixed: &mut [bool],
+) -> u64 {
     let n = weights.len();
-    let mut fixed = [false; 64];
-    debug_assert!(n <= fixed.len());
     let mut left = u128::from(total);
     for (i, o) in out.iter_mut().enumerate().take(n) {
         *o = 0;
@@ -167,6 +194,7 @@ pub(crate) fn allocate(
     shares: &[u64],
     demands: &[[u64; MAX_TIERS]],
     w: usize,
+    scratch: &mut Scratch,
 ) -> (u64, [u64; MAX_TIERS]) {
     let tiers = shares.len();
     let workers = demands.len() as u64;
@@ -182,23 +210,28 @@ pub(crate) fn allocate(
         shares,
         &tier_demand[..tiers],
         &mut tier_alloc[..tiers],
+        &mut scratch.fixed,
     );
     let slack = (link_bps - used.min(link_bps)) / workers.max(1);
     let mut weights = [0u64; MAX_TIERS];
     let mut rate = slack;
-    let mut caps = vec![0u64; demands.len()];
-    let ones = vec![1u64; demands.len()];
-    let mut split = vec![0u64; demands.len()];
+    let total_share = u128::from(shares.iter().sum::<u64>().max(1));
+    let Scratch {
+        fixed,
+        caps,
+        ones,
+        split,
+    } = scratch;
     for t in 0..tiers {
         for (c, d) in caps.iter_mut().zip(demands) {
             *c = d[t];
         }
-        waterfill(tier_alloc[t], &ones, &caps, &mut split);
+        waterfill(tier_alloc[t], ones, caps, split, fixed);
         rate += split[w];
         // Slack is weighted by the policy's shares, so a tier that turns busy on this
         // worker before the next period still gets its share of the slack.
-        let total_share: u64 = shares.iter().sum::<u64>().max(1);
-        weights[t] = split[w] + slack * shares[t] / total_share;
+        let slack_part = u128::from(slack) * u128::from(shares[t]) / total_share;
+        weights[t] = split[w].saturating_add(slack_part as u64);
     }
     (rate, weights)
 }
@@ -221,8 +254,8 @@ mod tests {
         // Worker 0: High and Medium backlogged; worker 1: Medium and Low.
         let demands = [row(&[INF, INF, 0]), row(&[0, INF, INF])];
         let shares = [25, 60, 15];
-        let (r0, w0) = allocate(G, &shares, &demands, 0);
-        let (r1, w1) = allocate(G, &shares, &demands, 1);
+        let (r0, w0) = allocate(G, &shares, &demands, 0, &mut Scratch::new(2));
+        let (r1, w1) = allocate(G, &shares, &demands, 1, &mut Scratch::new(2));
         assert_eq!(r0 + r1, G);
         assert_eq!(w0[0], G / 4);
         assert_eq!(w0[1] + w1[1], 6 * G / 10);
@@ -233,8 +266,8 @@ mod tests {
     #[test]
     fn t6_idle_high_lends_its_share_80_20() {
         let demands = [row(&[0, INF, 0]), row(&[0, INF, INF])];
-        let (r0, w0) = allocate(G, &[25, 60, 15], &demands, 0);
-        let (r1, w1) = allocate(G, &[25, 60, 15], &demands, 1);
+        let (r0, w0) = allocate(G, &[25, 60, 15], &demands, 0, &mut Scratch::new(2));
+        let (r1, w1) = allocate(G, &[25, 60, 15], &demands, 1, &mut Scratch::new(2));
         assert_eq!(r0 + r1, G);
         assert_eq!(w0[1] + w1[1], 8 * G / 10);
         assert_eq!(w1[2], 2 * G / 10);
@@ -244,8 +277,8 @@ mod tests {
     fn t6_light_demand_is_capped_and_the_rest_lent() {
         // Worker 1's Medium only needs 50 Mbit/s: worker 0's Medium takes the rest.
         let demands = [row(&[0, INF, 0]), row(&[0, 50_000_000, 0])];
-        let (r0, _) = allocate(G, &[25, 60, 15], &demands, 0);
-        let (r1, _) = allocate(G, &[25, 60, 15], &demands, 1);
+        let (r0, _) = allocate(G, &[25, 60, 15], &demands, 0, &mut Scratch::new(2));
+        let (r1, _) = allocate(G, &[25, 60, 15], &demands, 1, &mut Scratch::new(2));
         assert_eq!(r1, 50_000_000);
         assert_eq!(r0, G - 50_000_000);
     }
@@ -253,9 +286,21 @@ mod tests {
     #[test]
     fn t6_nothing_asked_spreads_the_link_as_slack() {
         let demands = [row(&[0, 0, 0]), row(&[0, 0, 0])];
-        let (r0, w0) = allocate(G, &[25, 60, 15], &demands, 0);
+        let (r0, w0) = allocate(G, &[25, 60, 15], &demands, 0, &mut Scratch::new(2));
         assert_eq!(r0, G / 2);
         assert_eq!(w0[..3], [G / 8, 3 * G / 10, 15 * G / 200]);
+    }
+
+    #[test]
+    fn t6_a_thousand_workers_and_huge_rates_do_not_overflow() {
+        let demands: Vec<_> = (0..1024).map(|i| row(&[INF, i, 0])).collect();
+        let mut scratch = Scratch::new(1024);
+        let total: u64 = (0..1024)
+            .map(|w| allocate(u64::MAX / 2, &[25, 60, 15], &demands, w, &mut scratch).0)
+            .sum();
+        assert!(total <= u64::MAX / 2);
+        let (r, _) = allocate(u64::MAX / 2, &[25, 60, 15], &demands[..1], 0, &mut scratch);
+        assert!(r <= u64::MAX / 2);
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //!
 //! Open, update and close records are exactly 8 bytes, packet records at least 12. As
 //! with in-process producers, a stream's records travel in order on one ring, and a
-//! packet for a local number never opened is discarded as `UnknownStream`.
+//! packet for a local number never opened is discarded as `UnknownStream`. Local numbers
+//! must be below the worker's `max_streams` (others are rejected); opening a number
+//! that is already open closes the old stream first.
 
 use crate::sched::{Priority, StreamConfig};
 
@@ -58,6 +60,18 @@ pub enum ShmRecord<'a> {
         /// The sender's stream number.
         local: u32,
     },
+}
+
+impl ShmRecord<'_> {
+    /// The sender's stream number.
+    pub fn local(&self) -> u32 {
+        match *self {
+            Self::Open { local, .. }
+            | Self::Packet { local, .. }
+            | Self::Update { local, .. }
+            | Self::Close { local } => local,
+        }
+    }
 }
 
 /// Why a record was rejected.

@@ -108,6 +108,7 @@ struct LinkState {
     /// Smoothed arrival rate per tier, bit/s.
     ewma: [u64; MAX_TIERS],
     demands: Vec<[u64; MAX_TIERS]>,
+    scratch: super::link::Scratch,
 }
 
 /// What one iteration did.
@@ -258,6 +259,12 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         if !std::sync::Arc::ptr_eq(current, &self.adopted) {
             self.adopted = current.clone();
             self.sched.set_policy(now, current.clone());
+            // Put this worker's part of the link back at once: `set_policy` installed
+            // the whole link rate, which must not be credited for any time.
+            if let (Some(st), Some(link)) = (&self.link, self.adopted.spec().link) {
+                let burst = link.burst_bytes / self.shared.workers.len() as u64;
+                apply_share(&mut self.sched, now, st.mine, burst, st.weights);
+            }
             // The policy's own link is the whole link: put this worker's part back at
             // once (the next decision must not pace at the full rate).
             if let Some(st) = self.link.as_mut() {
@@ -274,20 +281,23 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
 
     /// Takes at most `ingress_batch` messages from each ring. Returns whether any.
     ///
-    /// Backpressure: a worker whose descriptor pool could not hold another full batch
-    /// leaves messages in the rings, so producers see a full ring (and keep their
-    /// packets) instead of the scheduler refusing them for want of descriptors.
+    /// Backpressure: a worker takes no more messages than its descriptor pool has free
+    /// descriptors, so producers see a full ring (and keep their packets) instead of
+    /// the scheduler refusing them for want of descriptors.
     fn take_ingress(&mut self, now: u64) -> bool {
         let mut any = false;
-        let room = u64::from(self.config.scheduler.max_packets).saturating_sub(self.sched.queued());
-        if room < self.config.ingress_batch as u64 {
-            return false;
-        }
+        // Room is spent ring by ring, so several producers cannot overrun the pool.
+        let mut room = self.ingress_room();
         for i in 0..self.inboxes.len() {
-            let n = self.inboxes[i].rx.slots().min(self.config.ingress_batch);
+            let n = self.inboxes[i]
+                .rx
+                .slots()
+                .min(self.config.ingress_batch)
+                .min(room);
             if n == 0 {
                 continue;
             }
+            room -= n;
             any = true;
             let chunk = match self.inboxes[i].rx.read_chunk(n) {
                 Ok(chunk) => chunk,
@@ -310,6 +320,10 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     /// records are counted (`shm_rejected`) and skipped. Returns whether any.
     fn take_shm(&mut self, now: u64) -> bool {
         let mut any = false;
+        let max_local = self.config.scheduler.max_streams;
+        if self.ingress_room() < self.config.ingress_batch {
+            return false; // backpressure: the peer sees a full ring
+        }
         for k in 0..self.shm.len() {
             let mut msgs = std::mem::take(&mut self.msgs);
             let inbox = &mut self.shm[k];
@@ -320,9 +334,12 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             match inbox.rx.read(self.config.ingress_batch) {
                 Ok(mut batch) => {
                     while let Some(r) = batch.next_into(&mut inbox.buf) {
+                        // A local stream number must fit the stream table: a hostile
+                        // peer must not make the worker allocate for `u32::MAX`.
                         let msg = r.ok().and_then(|n| {
                             super::shm::decode(&inbox.buf[..n])
                                 .ok()
+                                .filter(|rec| rec.local() < max_local)
                                 .map(|rec| shm_msg(rec, &mut inbox.decode))
                         });
                         match msg {
@@ -350,6 +367,12 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         any
     }
 
+    /// Free packet descriptors (what ingress may take this iteration).
+    fn ingress_room(&self) -> usize {
+        let max = u64::from(self.config.scheduler.max_packets);
+        usize::try_from(max.saturating_sub(self.sched.queued())).unwrap_or(usize::MAX)
+    }
+
     fn handle(&mut self, inbox: usize, now: u64, msg: Msg<P>) {
         match msg {
             Msg::Packet { local, len, packet } => {
@@ -364,6 +387,13 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             }
             Msg::Open { local, config } => {
                 self.flush_burst(now);
+                // A shm peer may reuse an open number: the old stream is closed first
+                // (its queue dropped as `closed`), never orphaned.
+                if let Some(old) = self.stream(inbox, local) {
+                    self.stats.control_failed += 1;
+                    let _ = self.sched.close(old);
+                    self.reclaim();
+                }
                 let id = match self.sched.open(config) {
                     Ok(id) => Some(id),
                     Err(_) => {
@@ -552,6 +582,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             last_bytes: [0; MAX_TIERS],
             ewma: [0; MAX_TIERS],
             demands: Vec::with_capacity(workers),
+            scratch: super::link::Scratch::new(workers),
         });
         if now < st.next_at {
             return now;
@@ -567,8 +598,13 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         for (s, t) in shares.iter_mut().zip(self.adopted.tiers()) {
             *s = u64::from(t.share_percent);
         }
-        let (target, weights) =
-            super::link::allocate(link.rate_bps, &shares[..tiers], &st.demands, self.index);
+        let (target, weights) = super::link::allocate(
+            link.rate_bps,
+            &shares[..tiers],
+            &st.demands,
+            self.index,
+            &mut st.scratch,
+        );
         st.weights = weights;
         self.move_rate(
             target,
@@ -689,6 +725,15 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
                 timeout = timeout.min(std::time::Duration::from_nanos(until));
             }
         }
+        // While stopping, wake-ups come from producers being dropped (they ring), the
+        // pacing deadline, or the drain deadline.
+        let stopping = self.shared.stop_mode().is_some();
+        if stopping {
+            let left = self.shared.stop_deadline().saturating_sub(now);
+            timeout = timeout.min(std::time::Duration::from_nanos(left));
+        }
+        // Full rings are work only if the pool has room to take from them.
+        let can_take = self.ingress_room() > 0;
         let shared = &self.shared;
         let index = self.index;
         let inboxes = &self.inboxes;
@@ -701,7 +746,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         if self.shm.iter().any(|s| !s.done) {
             timeout = timeout.min(std::time::Duration::from_micros(50));
         }
-        let hist_waiting = self.hist_in.is_waiting();
+        let hist_in = &self.hist_in;
         let adopted = &self.adopted;
         let policy = &mut self.policy;
         let bell = shared.workers[index]
@@ -709,10 +754,9 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             .get()
             .expect("the worker set its doorbell before its first iteration");
         bell.sleep_unless(timeout, || {
-            hist_waiting
-                || shared.stop_mode().is_some()
-                || shm_pending
-                || inboxes.iter().any(|i| !i.rx.is_empty())
+            hist_in.is_waiting()
+                || (!stopping && shared.stop_mode().is_some())
+                || (can_take && (shm_pending || inboxes.iter().any(|i| !i.rx.is_empty())))
                 || !std::sync::Arc::ptr_eq(policy.load(), adopted)
         });
     }
@@ -749,7 +793,19 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             }
             self.flush_burst(now);
         }
-        while self.take_shm(now) {}
+        // One bounded pass over each shared-memory ring: a live peer never sees the
+        // stop flag and must not keep the worker here.
+        let passes = self.shm.iter().map(|i| i.rx.capacity()).max().unwrap_or(0)
+            / self.config.ingress_batch
+            + 1;
+        for _ in 0..passes {
+            if !self.take_shm(now) {
+                break;
+            }
+        }
+        for inbox in &mut self.shm {
+            inbox.done = true;
+        }
         for table in std::mem::take(&mut self.tables) {
             for id in table.into_iter().flatten() {
                 let _ = self.sched.close(id);

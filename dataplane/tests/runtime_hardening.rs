@@ -1,0 +1,238 @@
+//! Findings of the runtime review, each as a regression test: many workers with a link,
+//! a republished burst too small for the workers, several producers against a small
+//! descriptor pool, and a hostile or live shared-memory peer.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use qos_dataplane::runtime::shm::{encode_open, encode_packet};
+use qos_dataplane::runtime::{
+    Clock, Dataplane, DiscardReason, Discarded, Egress, EnqueueError, IdleStrategy, Outbox,
+    Pinning, PublishError, StopMode, WorkerState,
+};
+use qos_dataplane::sched::{LinkRate, Policy, PolicySpec, Priority, SchedulerConfig, StreamConfig};
+use qos_shm_ring::{RingConfig, pair};
+
+/// Sends everything; records discard reasons.
+#[derive(Default)]
+struct Sink(Arc<Mutex<Vec<DiscardReason>>>);
+
+impl Egress<u64> for Sink {
+    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
+        while out.pop().is_some() {}
+    }
+    fn discard(&mut self, d: Discarded<u64>) {
+        self.0.lock().unwrap().push(d.reason);
+    }
+}
+
+fn linked(rate_bps: u64, burst_bytes: u64) -> Arc<Policy> {
+    let spec = PolicySpec {
+        link: Some(LinkRate {
+            rate_bps,
+            burst_bytes,
+        }),
+        disconnect: false,
+        ..PolicySpec::default()
+    };
+    Arc::new(spec.build().unwrap())
+}
+
+#[test]
+fn t6_sixty_five_workers_with_a_link_run_and_stop() {
+    // The allocation once had a fixed 64-entry scratch: every worker panicked.
+    let (dp, producers) = Dataplane::<u64>::builder()
+        .workers(65)
+        .pinning(Pinning::Off)
+        .policy(linked(1_000_000_000, 1 << 30))
+        .build(|_| Sink::default())
+        .unwrap();
+    thread::sleep(Duration::from_millis(100));
+    assert!(
+        dp.worker_states()
+            .iter()
+            .all(|s| *s == WorkerState::Running)
+    );
+    assert!(dp.link_granted_bps() <= 1_000_000_000);
+    drop(producers);
+    dp.shutdown(StopMode::Drain).unwrap();
+}
+
+#[test]
+fn t6_a_burst_too_small_for_the_workers_is_refused_at_publish() {
+    let (dp, producers) = Dataplane::<u64>::builder()
+        .workers(2)
+        .pinning(Pinning::Off)
+        .policy(linked(8_000_000, 20_000))
+        .build(|_| Sink::default())
+        .unwrap();
+    // 9,216 bytes of burst for two workers and 9,216-byte packets: each bucket would
+    // hold half a packet and pass full packets above its rate.
+    let spec = PolicySpec {
+        version: 2,
+        ..linked(8_000_000, 9_216).spec().clone()
+    };
+    let err = dp
+        .publish_policy(Arc::new(spec.build().unwrap()))
+        .unwrap_err();
+    assert!(matches!(err, PublishError::BurstTooSmall { .. }), "{err}");
+    assert!(
+        err.to_string().starts_with("policy.link.burst_bytes"),
+        "{err}"
+    );
+    assert_eq!(dp.policy().version(), 1, "the running policy stays");
+    drop(producers);
+    dp.shutdown(StopMode::Drain).unwrap();
+}
+
+#[test]
+fn t2_several_producers_against_a_small_pool_get_backpressure_not_drops() {
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let r = reasons.clone();
+    let (dp, mut producers) = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .producers(4)
+        .policy(linked(1_000_000, 16_000))
+        .scheduler(SchedulerConfig {
+            max_packets: 200,
+            ..SchedulerConfig::default()
+        })
+        .idle(IdleStrategy::Backoff {
+            park_timeout: Duration::from_millis(200),
+        })
+        .drain_timeout(Duration::from_millis(10))
+        .build(move |_| Sink(r.clone()))
+        .unwrap();
+    let hs: Vec<_> = producers
+        .iter_mut()
+        .map(|tx| tx.open_on(0, StreamConfig::with_priority(0)).unwrap())
+        .collect();
+    thread::sleep(Duration::from_millis(50)); // let the worker park
+    // Fill every ring quietly (4 x 100 > the pool of 200), then wake the worker once.
+    for (tx, h) in producers.iter_mut().zip(&hs) {
+        for i in 0..100 {
+            match tx.enqueue_quiet(*h, i, 1000) {
+                Ok(()) | Err(EnqueueError::Full(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    for tx in producers.iter_mut() {
+        tx.flush();
+    }
+    thread::sleep(Duration::from_millis(100));
+    let pool_drops = reasons
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.as_str() == "pool_exhausted")
+        .count();
+    assert_eq!(pool_drops, 0, "a full pool must push back, not drop");
+    assert!(
+        dp.stats()[0].taken <= 200 + 32,
+        "took {}",
+        dp.stats()[0].taken
+    );
+    drop(producers);
+    assert!(dp.shutdown(StopMode::Discard).unwrap().is_conserved());
+}
+
+fn shm_dataplane(
+    drain: Duration,
+) -> (
+    Dataplane<u64>,
+    qos_shm_ring::Producer,
+    Arc<Mutex<Vec<DiscardReason>>>,
+) {
+    let (tx, rx) = pair(RingConfig::for_records(1024, 64)).unwrap();
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let r = reasons.clone();
+    let (dp, producers) = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .policy(linked(1_000_000, 64_000))
+        .scheduler(SchedulerConfig {
+            max_streams: 1024,
+            ..SchedulerConfig::default()
+        })
+        .shm_ingress(0, rx, |_| 0)
+        .drain_timeout(drain)
+        .build(move |_| Sink(r.clone()))
+        .unwrap();
+    drop(producers);
+    (dp, tx, reasons)
+}
+
+#[test]
+fn t2_shm_reopening_an_open_number_closes_the_old_stream() {
+    let (dp, mut tx, _) = shm_dataplane(Duration::from_millis(200));
+    let mut b = [0u8; 64];
+    let n = encode_open(&mut b, 0, Priority::new(2).unwrap(), None);
+    tx.push(&b[..n]).unwrap();
+    for _ in 0..200 {
+        let n = encode_packet(&mut b, 0, 1000, &[]);
+        tx.push(&b[..n]).unwrap();
+    }
+    let n = encode_open(&mut b, 0, Priority::new(2).unwrap(), None);
+    tx.push(&b[..n]).unwrap();
+    thread::sleep(Duration::from_millis(50));
+    drop(tx);
+    let report = dp.shutdown(StopMode::Discard).unwrap();
+    let w = &report.workers[0];
+    assert_eq!(w.taken, 200);
+    assert_eq!(
+        w.sent + w.discarded,
+        200,
+        "the old stream's queue is not orphaned"
+    );
+    assert!(report.is_conserved());
+}
+
+#[test]
+fn t2_shm_local_numbers_beyond_the_table_are_rejected() {
+    let (dp, mut tx, _) = shm_dataplane(Duration::from_millis(100));
+    let mut b = [0u8; 64];
+    // u32::MAX would once resize the worker's table to 48 GiB.
+    for local in [u32::MAX, 1024] {
+        let n = encode_open(&mut b, local, Priority::new(2).unwrap(), None);
+        tx.push(&b[..n]).unwrap();
+        let n = encode_packet(&mut b, local, 100, &[]);
+        tx.push(&b[..n]).unwrap();
+    }
+    thread::sleep(Duration::from_millis(50));
+    drop(tx);
+    let report = dp.shutdown(StopMode::Drain).unwrap();
+    assert_eq!(report.workers[0].shm_rejected, 4);
+    assert_eq!(report.workers[0].taken, 0);
+    assert!(report.is_conserved());
+}
+
+#[test]
+fn t2_a_live_shm_peer_cannot_hold_shutdown_past_its_deadline() {
+    let (dp, mut tx, _) = shm_dataplane(Duration::from_millis(100));
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let peer = thread::spawn(move || {
+        let mut b = [0u8; 64];
+        let n = encode_packet(&mut b, 7, 1000, &[]); // a stream never opened
+        while !s.load(Ordering::Relaxed) {
+            if tx.push(&b[..n]).is_err() {
+                thread::yield_now();
+            }
+        }
+    });
+    thread::sleep(Duration::from_millis(20));
+    let clock = Clock::start();
+    let report = dp.shutdown(StopMode::Drain).unwrap();
+    let took = clock.now_ns();
+    stop.store(true, Ordering::Relaxed);
+    peer.join().unwrap();
+    assert!(
+        took < 2_000_000_000,
+        "shutdown took {took} ns with a 100 ms drain"
+    );
+    assert!(report.is_conserved());
+    assert_eq!(report.workers[0].unknown_stream, report.workers[0].taken);
+}
