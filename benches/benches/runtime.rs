@@ -6,7 +6,8 @@
 //! * `p7_policy_adoption`: time from `publish_policy` until every one of 2 workers
 //!   reports the new version, with the workers idle (parked) and busy.
 //! * `p8_observability`: the P4 pipeline with the scheduler counters published every
-//!   100 us (default) against publication only at the end.
+//!   100 us and sojourn histograms recorded (default) against counters published only
+//!   at the end and no histogram recording.
 //!
 //! Run: `cargo bench -p qos-benches --bench runtime`.
 
@@ -187,12 +188,13 @@ fn p8_observability(c: &mut Criterion) {
     let on = base_config();
     let off = RuntimeConfig {
         publish_interval: Duration::from_secs(3600),
+        sojourn_histograms: false,
         ..base_config()
     };
     bench_pipeline(
         c,
         "p8_observability",
-        &[("counters_every_100us", on), ("counters_at_end", off)],
+        &[("counters_and_histograms", on), ("both_off", off)],
     );
 }
 

@@ -170,6 +170,8 @@ pub struct Scheduler<P> {
     served: [ServiceStats; CLASSES],
     refused: [u64; RefuseReason::COUNT],
     sojourn: [Histogram<u64>; PRIORITIES],
+    /// Whether dequeues record into `sojourn` (off only to measure its cost, P8).
+    record_sojourn: bool,
     window: BudgetWindow,
     events: EventQueue,
     /// When the aging guard next looks at a stream (`u64::MAX`: aging off).
@@ -225,6 +227,7 @@ impl<P> Scheduler<P> {
             served: [ServiceStats::default(); CLASSES],
             refused: [0; RefuseReason::COUNT],
             sojourn: std::array::from_fn(|_| new_sojourn_histogram()),
+            record_sojourn: true,
             window: BudgetWindow::new(c.window_ns),
             events,
             aging_next: 0,
@@ -381,6 +384,13 @@ impl<P> Scheduler<P> {
     /// The sojourn histogram of `priority` (ns, since the last swap).
     pub fn sojourn_histogram(&self, priority: Priority) -> &Histogram<u64> {
         &self.sojourn[priority.index()]
+    }
+
+    /// Switches sojourn histogram recording (on by default). Off exists only so that
+    /// benchmarks can measure what recording costs (P8); the histograms then stay empty.
+    #[doc(hidden)]
+    pub fn set_sojourn_recording(&mut self, on: bool) {
+        self.record_sojourn = on;
     }
 
     /// Exchanges the eight sojourn histograms with `spare` (T4): the caller gets the

@@ -142,7 +142,9 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
         let cores = placement(config.pinning, n)?;
         let mut scheds = Vec::with_capacity(n);
         for _ in 0..n {
-            scheds.push(Scheduler::<P>::new(config.scheduler, self.policy.clone())?);
+            let mut sched = Scheduler::<P>::new(config.scheduler, self.policy.clone())?;
+            sched.set_sojourn_recording(config.sojourn_histograms);
+            scheds.push(sched);
         }
         let shared = Arc::new(Shared {
             workers: (0..n).map(|_| WorkerShared::new()).collect(),

@@ -73,6 +73,10 @@ pub struct RuntimeConfig {
     /// sojourn). Everything else in the loop runs as usual. Never for production.
     #[doc(hidden)]
     pub bypass_scheduler: bool,
+    /// Benchmark baseline (P8): when `false`, the schedulers record no sojourn
+    /// histograms. Never for production.
+    #[doc(hidden)]
+    pub sojourn_histograms: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -91,6 +95,7 @@ impl Default for RuntimeConfig {
             link_period: Duration::from_micros(500),
             event_capacity: 4096,
             bypass_scheduler: false,
+            sojourn_histograms: true,
         }
     }
 }

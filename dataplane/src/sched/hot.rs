@@ -346,7 +346,9 @@ impl<P> Scheduler<P> {
         self.served[c].packets += 1;
         self.served[c].bytes += u64::from(len);
         let sojourn_ns = now.saturating_sub(stamp);
-        self.sojourn[p].saturating_record(sojourn_ns);
+        if self.record_sojourn {
+            self.sojourn[p].saturating_record(sojourn_ns);
+        }
         self.window.samples[p] += 1;
         if sojourn_ns > self.c.budgets[p] {
             self.window.over[p] += 1;
