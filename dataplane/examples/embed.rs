@@ -105,7 +105,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .into_iter()
             .flatten()
         {
-            for (p, h) in set.iter().enumerate() {
+            for (p, h) in set.sojourn.iter().enumerate() {
                 sojourn[p].add(h)?;
             }
         }

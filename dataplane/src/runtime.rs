@@ -58,6 +58,7 @@ mod link;
 #[allow(unsafe_code)]
 pub mod mailbox;
 mod producer;
+mod report;
 pub mod shm;
 mod snapshot;
 #[allow(unsafe_code)]
@@ -76,6 +77,7 @@ pub use counters::WorkerStats;
 pub use doorbell::Doorbell;
 pub use egress::{DiscardReason, Discarded, Egress, Outbox};
 pub use producer::{ControlError, EnqueueError, Producer, StreamHandle};
+pub use report::{StreamEntry, StreamReport};
 pub use snapshot::{SnapshotCell, SnapshotReader};
 
 /// What the loom models (`loom-tests/`, DESIGN T5) reach beyond the public API.
@@ -117,6 +119,10 @@ pub(crate) struct Shared {
     pub(crate) link: link::LinkBoard,
     stop: AtomicU64,
     stop_deadline: AtomicU64,
+    /// Tiers shed at ingress (bit `t` = tier `t` of the running policy; O5).
+    shed_tiers: AtomicU64,
+    /// Per producer: packets handed back because a ring was full.
+    ring_full: Vec<counters::Gauge>,
 }
 
 /// One worker's shared state.
@@ -184,6 +190,12 @@ impl Shared {
             DISCARD => Some(StopMode::Discard),
             _ => None,
         }
+    }
+
+    /// The tiers to shed (bit per tier index).
+    pub(crate) fn shed_tiers(&self) -> u64 {
+        // Relaxed: a lone word; a worker adopting it one iteration late is fine.
+        self.shed_tiers.load(Ordering::Relaxed)
     }
 
     pub(crate) fn stop_deadline(&self) -> u64 {
@@ -262,15 +274,71 @@ impl ShutdownReport {
     }
 }
 
-/// The sojourn histograms of one worker since the previous exchange, by priority.
-pub type SojournHistograms = Box<[hdrhistogram::Histogram<u64>; crate::sched::policy::PRIORITIES]>;
+/// What one worker recorded since the previous exchange (T4, O4).
+#[derive(Debug)]
+pub struct WorkerHistograms {
+    /// Sojourn (enqueue to dequeue) in ns, by priority.
+    pub sojourn: [hdrhistogram::Histogram<u64>; crate::sched::policy::PRIORITIES],
+    /// Scheduling cost: the duration of each loop iteration that moved packets, in ns
+    /// (take a batch, schedule, hand to egress, publish).
+    pub iteration_ns: hdrhistogram::Histogram<u64>,
+}
 
-/// The control side's end of one worker's histogram exchange.
-struct HistExchange {
-    to_worker: MailboxSender<Hists>,
-    from_worker: MailboxReceiver<Hists>,
-    /// An empty set was sent and its full counterpart not yet received.
+impl WorkerHistograms {
+    pub(crate) fn empty() -> Box<Self> {
+        Box::new(Self {
+            sojourn: std::array::from_fn(|_| crate::sched::new_sojourn_histogram()),
+            iteration_ns: crate::sched::new_sojourn_histogram(),
+        })
+    }
+}
+
+/// The control side's end of one worker's mailbox exchange: an empty value goes to
+/// the worker, the filled one comes back.
+struct Exchange<T> {
+    to_worker: MailboxSender<T>,
+    from_worker: MailboxReceiver<T>,
+    /// An empty value was sent and its filled counterpart not yet received.
     requested: bool,
+}
+
+impl<T: Send> Exchange<T> {
+    /// Hands `make(w)` to every worker that has no request outstanding, then waits
+    /// until `timeout` for the answers.
+    fn round(
+        all: &mut [Self],
+        shared: &Shared,
+        timeout: Duration,
+        mut make: impl FnMut(usize) -> T,
+    ) -> Vec<Option<T>> {
+        for (w, x) in all.iter_mut().enumerate() {
+            if !x.requested && x.to_worker.put(make(w)).is_ok() {
+                x.requested = true;
+                shared.ring(w);
+            }
+        }
+        let clock = shared.clock;
+        let deadline = clock.now_ns().saturating_add(timeout.as_nanos() as u64);
+        let mut out: Vec<Option<T>> = (0..all.len()).map(|_| None).collect();
+        loop {
+            for (w, x) in all.iter_mut().enumerate() {
+                if out[w].is_none()
+                    && let Some(full) = x.from_worker.take()
+                {
+                    x.requested = false;
+                    out[w] = Some(full);
+                }
+            }
+            let waiting = out
+                .iter()
+                .zip(all.iter())
+                .any(|(o, x)| o.is_none() && x.requested);
+            if !waiting || clock.now_ns() >= deadline {
+                return out;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
 }
 
 /// A running dataplane: the control side's handle (publish policies, read counters and
@@ -278,7 +346,8 @@ struct HistExchange {
 pub struct Dataplane<P> {
     shared: sync::Arc<Shared>,
     threads: Vec<Option<std::thread::JoinHandle<()>>>,
-    hists: Vec<HistExchange>,
+    hists: Vec<Exchange<Hists>>,
+    reports: Vec<Exchange<Box<StreamReport>>>,
     events: Vec<rtrb::Consumer<Event>>,
     pinning: PinningReport,
     config: RuntimeConfig,
@@ -408,43 +477,58 @@ impl<P: Send + 'static> Dataplane<P> {
         self.stats().iter().map(|s| s.policy_version).collect()
     }
 
-    /// T4: collects each worker's sojourn histograms (recorded since the previous
-    /// exchange) by handing it an empty set and taking its full one back, waiting at
-    /// most `timeout` for workers to answer. A worker that has not answered yet gives
-    /// `None`; its histograms are not lost, they come with a later call.
-    pub fn take_histograms(&mut self, timeout: Duration) -> Vec<Option<SojournHistograms>> {
-        for (w, h) in self.hists.iter_mut().enumerate() {
-            if !h.requested {
-                let empty: Hists = Box::new(std::array::from_fn(|_| {
-                    crate::sched::new_sojourn_histogram()
-                }));
-                if h.to_worker.put(empty).is_ok() {
-                    h.requested = true;
-                    self.shared.ring(w);
-                }
-            }
+    /// T4: collects each worker's sojourn and iteration-cost histograms (recorded
+    /// since the previous exchange) by handing it an empty set and taking its full one
+    /// back, waiting at most `timeout` for workers to answer. A worker that has not
+    /// answered yet gives `None`; its histograms are not lost, they come with a later
+    /// call.
+    pub fn take_histograms(&mut self, timeout: Duration) -> Vec<Option<Box<WorkerHistograms>>> {
+        Exchange::round(&mut self.hists, &self.shared, timeout, |_| {
+            WorkerHistograms::empty()
+        })
+    }
+
+    /// Per-stream report of every worker (O1, O6): its `limit` busiest streams (by
+    /// packets offered) with their counters and keys, and its open stream count. Each
+    /// worker walks its table 1,024 slots per loop iteration, so this costs a worker
+    /// little even at a million streams; waits at most `timeout` (a worker still
+    /// walking gives `None`, and its report comes with a later call).
+    pub fn stream_reports(
+        &mut self,
+        limit: usize,
+        timeout: Duration,
+    ) -> Vec<Option<Box<StreamReport>>> {
+        Exchange::round(&mut self.reports, &self.shared, timeout, |w| {
+            StreamReport::empty(w, limit)
+        })
+    }
+
+    /// Degrade (O5): sheds at ingress every packet of the tiers in `mask` (bit `t` =
+    /// tier `t` of the running policy), counted per priority in
+    /// [`WorkerStats::shed`] and handed to [`Egress::discard`] with
+    /// [`DiscardReason::Shed`]. `0` stops shedding. Queued packets are not touched.
+    /// Workers adopt it at their next iteration.
+    pub fn set_shed_tiers(&self, mask: u64) {
+        // Relaxed: a lone word (partner: `Shared::shed_tiers`); then wake the workers.
+        self.shared.shed_tiers.store(mask, Ordering::Relaxed);
+        for w in 0..self.workers() {
+            self.shared.ring(w);
         }
-        let clock = self.shared.clock;
-        let deadline = clock.now_ns().saturating_add(timeout.as_nanos() as u64);
-        let mut out: Vec<Option<SojournHistograms>> = (0..self.hists.len()).map(|_| None).collect();
-        loop {
-            for (w, h) in self.hists.iter_mut().enumerate() {
-                if out[w].is_none()
-                    && let Some(full) = h.from_worker.take()
-                {
-                    h.requested = false;
-                    out[w] = Some(full);
-                }
-            }
-            let waiting = out
-                .iter()
-                .zip(&self.hists)
-                .any(|(o, h)| o.is_none() && h.requested);
-            if !waiting || clock.now_ns() >= deadline {
-                return out;
-            }
-            std::thread::sleep(Duration::from_micros(50));
-        }
+    }
+
+    /// The tiers being shed (see [`Dataplane::set_shed_tiers`]).
+    pub fn shed_tiers(&self) -> u64 {
+        self.shared.shed_tiers()
+    }
+
+    /// Per producer: packets handed back because a ring to a worker was full
+    /// (backpressure at ingress; a hazard when it persists, O5).
+    pub fn ring_full_events(&self) -> Vec<u64> {
+        self.shared
+            .ring_full
+            .iter()
+            .map(counters::Gauge::read)
+            .collect()
     }
 
     /// Takes the scheduler events (backpressure signals, disconnects, promotions)

@@ -329,8 +329,8 @@ fn t1_a_panicking_egress_is_reported_and_other_workers_go_on() {
         })
         .unwrap();
     let mut tx = producers.pop().unwrap();
-    let h0 = tx.open_on(0, StreamConfig::with_priority(3)).unwrap();
-    let h1 = tx.open_on(1, StreamConfig::with_priority(3)).unwrap();
+    let h0 = tx.open_on(0, 10, StreamConfig::with_priority(3)).unwrap();
+    let h1 = tx.open_on(1, 11, StreamConfig::with_priority(3)).unwrap();
     tx.enqueue(h1, 7, 100).unwrap();
     let deadline = Deadline::after(10);
     while dp.worker_states()[1] != WorkerState::Panicked {
@@ -427,7 +427,7 @@ fn t4_histograms_come_back_by_exchange_and_count_every_packet() {
             .flatten()
         {
             answered += 1;
-            for (p, hist) in h.iter().enumerate() {
+            for (p, hist) in h.sojourn.iter().enumerate() {
                 per_prio[p] += hist.len();
             }
         }
@@ -438,7 +438,7 @@ fn t4_histograms_come_back_by_exchange_and_count_every_packet() {
         .take_histograms(Duration::from_secs(2))
         .into_iter()
         .flatten()
-        .map(|h| h.iter().map(|x| x.len()).sum::<u64>())
+        .map(|h| h.sojourn.iter().map(|x| x.len()).sum::<u64>())
         .sum();
     assert_eq!(again, 0);
     drop(tx);

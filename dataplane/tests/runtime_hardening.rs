@@ -108,7 +108,7 @@ fn t2_several_producers_against_a_small_pool_get_backpressure_not_drops() {
         .unwrap();
     let hs: Vec<_> = producers
         .iter_mut()
-        .map(|tx| tx.open_on(0, StreamConfig::with_priority(0)).unwrap())
+        .map(|tx| tx.open_on(0, 0, StreamConfig::with_priority(0)).unwrap())
         .collect();
     thread::sleep(Duration::from_millis(50)); // let the worker park
     // Fill every ring quietly (4 x 100 > the pool of 200), then wake the worker once.

@@ -102,7 +102,7 @@ fn run_offered(streams: &[(u8, usize)], secs: u64, times: u64) -> Vec<(u64, u32,
             if w == usize::MAX {
                 tx.open(i as u64, config).unwrap()
             } else {
-                tx.open_on(w, config).unwrap()
+                tx.open_on(w, i as u64, config).unwrap()
             }
         })
         .collect();

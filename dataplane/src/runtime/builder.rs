@@ -4,11 +4,13 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use super::config::{BuildError, IdleStrategy, Pinning, RuntimeConfig};
+use super::counters::Gauge;
 use super::producer::Producer;
+use super::report::StreamReport;
 use super::snapshot::SnapshotCell;
 use super::sync::{Arc, AtomicU64};
 use super::worker::{self, Hists, ShmDecode, ShmInbox, WorkerParts};
-use super::{Dataplane, Egress, HistExchange, PinningReport, Shared, WorkerShared, mailbox};
+use super::{Dataplane, Egress, Exchange, PinningReport, Shared, WorkerShared, mailbox};
 use crate::sched::{Policy, Scheduler, SchedulerConfig};
 
 /// Builds a [`Dataplane`]: `Dataplane::builder().workers(n)...build(egress_factory)`.
@@ -153,6 +155,8 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
             link: super::link::LinkBoard::new(n),
             stop: AtomicU64::new(super::RUNNING),
             stop_deadline: AtomicU64::new(u64::MAX),
+            shed_tiers: AtomicU64::new(0),
+            ring_full: (0..config.producers).map(|_| Gauge::default()).collect(),
         });
         // rings[p][w]
         let mut tx_rings: Vec<Vec<_>> = (0..config.producers).map(|_| Vec::new()).collect();
@@ -168,6 +172,7 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
             shared: shared.clone(),
             threads: Vec::with_capacity(n),
             hists: Vec::with_capacity(n),
+            reports: Vec::with_capacity(n),
             events: Vec::with_capacity(n),
             pinning: PinningReport {
                 policy: config.pinning,
@@ -182,6 +187,8 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
         for (w, (sched, inboxes)) in scheds.into_iter().zip(rx_rings).enumerate() {
             let (to_worker, hist_in) = mailbox::channel::<Hists>();
             let (hist_out, from_worker) = mailbox::channel::<Hists>();
+            let (report_to_worker, report_in) = mailbox::channel::<Box<StreamReport>>();
+            let (report_out, report_from_worker) = mailbox::channel::<Box<StreamReport>>();
             let (events_tx, events_rx) = rtrb::RingBuffer::new(config.event_capacity);
             let parts = WorkerParts {
                 index: w,
@@ -191,6 +198,8 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
                 egress: egress(w),
                 hist_in,
                 hist_out,
+                report_in,
+                report_out,
                 events: events_tx,
                 shared: shared.clone(),
                 config,
@@ -204,9 +213,14 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
                 .spawn(move || worker::run(parts))
                 .map_err(|source| BuildError::Spawn { worker: w, source })?;
             dataplane.threads.push(Some(thread));
-            dataplane.hists.push(HistExchange {
+            dataplane.hists.push(Exchange {
                 to_worker,
                 from_worker,
+                requested: false,
+            });
+            dataplane.reports.push(Exchange {
+                to_worker: report_to_worker,
+                from_worker: report_from_worker,
                 requested: false,
             });
             dataplane.events.push(events_rx);

@@ -60,6 +60,12 @@ pub struct WorkerStats {
     /// Bytes served per tier (index = tier of the running policy; the last entry is the
     /// aging lane).
     pub tier_bytes: [u64; MAX_TIERS + 1],
+    /// Packets shed at ingress by degrade, per priority (O5): handed to
+    /// [`Egress::discard`](super::Egress::discard) with [`DiscardReason::Shed`]
+    /// (counted in `discarded`), never seen by the scheduler.
+    ///
+    /// [`DiscardReason::Shed`]: super::DiscardReason::Shed
+    pub shed: [u64; PRIORITIES],
 }
 
 impl WorkerStats {
@@ -74,6 +80,24 @@ impl WorkerStats {
                     + self.shard.totals.queued
                     + self.pending
                     + self.shard.awaiting_reclaim
+    }
+}
+
+/// One single-writer counter in its own cache line (a producer's ring-full count).
+#[derive(Debug, Default)]
+pub(crate) struct Gauge(CachePadded<AtomicU64>);
+
+impl Gauge {
+    /// Publishes `v` (its one writer only). Relaxed: a lone word, read on its own
+    /// (partner: `read`).
+    #[inline]
+    pub(crate) fn publish(&self, v: u64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+
+    /// The latest published value (any thread). Relaxed: partner of `publish`.
+    pub(crate) fn read(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
     }
 }
 
@@ -174,10 +198,10 @@ fn encode(s: &WorkerStats, w: &mut [u64; WORDS]) {
         put(v);
     }
     sh.refused.into_iter().for_each(&mut put);
-    for p in &s.priorities {
-        for v in prio_words(p) {
-            put(v);
-        }
+    for (p, shed) in s.priorities.iter().zip(s.shed) {
+        let mut words = prio_words(p);
+        words[11] = shed;
+        words.into_iter().for_each(&mut put);
     }
     s.tier_bytes.into_iter().for_each(&mut put);
 }
@@ -242,9 +266,10 @@ fn decode(w: &[u64; WORDS]) -> WorkerStats {
     for r in sh.refused.iter_mut() {
         *r = get();
     }
-    for p in s.priorities.iter_mut() {
+    for (p, shed) in s.priorities.iter_mut().zip(s.shed.iter_mut()) {
         let mut words = [0u64; PRIO_FIELDS];
         words.iter_mut().for_each(|v| *v = get());
+        *shed = words[11];
         *p = PriorityStats {
             enqueued: words[0],
             dequeued: words[1],
@@ -330,6 +355,7 @@ mod tests {
         }
         s.shard.totals = totals;
         s.tier_bytes = std::array::from_fn(|_| next());
+        s.shed = std::array::from_fn(|_| next());
         let c = Counters::new();
         c.publish(&s);
         assert_eq!(c.read(3), s);

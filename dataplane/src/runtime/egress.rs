@@ -90,6 +90,10 @@ pub enum DiscardReason {
     ///
     /// [`StopMode::Discard`]: super::StopMode::Discard
     Shutdown,
+    /// Shed at ingress while the control plane degrades the dataplane (O5): its
+    /// stream's tier is being shed to protect the higher ones. Counted under
+    /// [`WorkerStats::shed`](super::WorkerStats::shed).
+    Shed,
 }
 
 impl DiscardReason {
@@ -100,6 +104,7 @@ impl DiscardReason {
             Self::Dropped(r) => r.as_str(),
             Self::UnknownStream => "unknown_stream",
             Self::Shutdown => "shutdown",
+            Self::Shed => "shed",
         }
     }
 }

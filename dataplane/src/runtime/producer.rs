@@ -13,10 +13,23 @@ use crate::sched::StreamConfig;
 /// What travels on a ring.
 #[derive(Debug)]
 pub(crate) enum Msg<P> {
-    Packet { local: u32, len: u32, packet: P },
-    Open { local: u32, config: StreamConfig },
-    Update { local: u32, config: StreamConfig },
-    Close { local: u32 },
+    Packet {
+        local: u32,
+        len: u32,
+        packet: P,
+    },
+    Open {
+        local: u32,
+        key: u64,
+        config: StreamConfig,
+    },
+    Update {
+        local: u32,
+        config: StreamConfig,
+    },
+    Close {
+        local: u32,
+    },
 }
 
 /// A stream opened through a [`Producer`]: valid only with that producer (its packets
@@ -117,6 +130,8 @@ pub struct Producer<P> {
     rings: Vec<rtrb::Producer<Msg<P>>>,
     locals: Vec<Locals>,
     pending_bell: Vec<bool>,
+    /// Packets handed back because a ring was full (published for the control plane).
+    full_events: u64,
     shared: Arc<Shared>,
 }
 
@@ -141,6 +156,7 @@ impl<P: Send> Producer<P> {
             rings,
             locals: (0..n).map(|_| Locals::default()).collect(),
             pending_bell: vec![false; n],
+            full_events: 0,
             shared,
         }
     }
@@ -161,13 +177,15 @@ impl<P: Send> Producer<P> {
     /// the scheduler refuses it (table full), its packets come back through
     /// [`Egress::discard`](super::Egress::discard) as `UnknownStream`, counted.
     pub fn open(&mut self, key: u64, config: StreamConfig) -> Result<StreamHandle, ControlError> {
-        self.open_on(self.worker_for(key), config)
+        self.open_on(self.worker_for(key), key, config)
     }
 
-    /// Opens a stream on worker `worker` (explicit placement).
+    /// Opens a stream on worker `worker` (explicit placement). `key` names the stream
+    /// in reports and metrics (the `stream_id` label); it need not be unique.
     pub fn open_on(
         &mut self,
         worker: usize,
+        key: u64,
         config: StreamConfig,
     ) -> Result<StreamHandle, ControlError> {
         if worker >= self.rings.len() {
@@ -181,7 +199,7 @@ impl<P: Send> Producer<P> {
             Some(&local) => local,
             None => l.generation.len() as u32,
         };
-        self.send(worker, Msg::Open { local, config })?;
+        self.send(worker, Msg::Open { local, key, config })?;
         let l = &mut self.locals[worker];
         if l.free.pop().is_none() {
             l.generation.push(0);
@@ -258,6 +276,8 @@ impl<P: Send> Producer<P> {
                 Ok(())
             }
             Err(rtrb::PushError::Full(Msg::Packet { packet, .. })) => {
+                self.full_events += 1;
+                self.shared.ring_full[self.index].publish(self.full_events);
                 Err(EnqueueError::Full(packet))
             }
             Err(rtrb::PushError::Full(_)) => unreachable!("push hands back the message it got"),

@@ -20,6 +20,7 @@ use super::doorbell::Doorbell;
 use super::egress::{DiscardReason, Discarded, Egress, Outbox};
 use super::mailbox::{MailboxReceiver, MailboxSender};
 use super::producer::Msg;
+use super::report::StreamReport;
 use super::snapshot::SnapshotReader;
 use super::sync::Arc;
 use super::{Shared, StopMode};
@@ -29,8 +30,8 @@ use crate::sched::{
     StreamId,
 };
 
-/// The eight sojourn histograms of a worker, moved by exchange (T4).
-pub(crate) type Hists = Box<[Histogram<u64>; PRIORITIES]>;
+/// A worker's histograms, moved by exchange (T4).
+pub(crate) type Hists = Box<super::WorkerHistograms>;
 
 /// One ring from one producer.
 struct Inbox<P> {
@@ -58,6 +59,8 @@ pub(crate) struct WorkerParts<P, E> {
     pub(crate) egress: E,
     pub(crate) hist_in: MailboxReceiver<Hists>,
     pub(crate) hist_out: MailboxSender<Hists>,
+    pub(crate) report_in: MailboxReceiver<Box<StreamReport>>,
+    pub(crate) report_out: MailboxSender<Box<StreamReport>>,
     pub(crate) events: rtrb::Producer<Event>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) config: RuntimeConfig,
@@ -84,6 +87,18 @@ struct Worker<P, E> {
     hist_in: MailboxReceiver<Hists>,
     hist_out: MailboxSender<Hists>,
     outgoing: Option<Hists>,
+    /// Duration of each iteration that moved packets (scheduling cost, O4).
+    iteration_ns: Histogram<u64>,
+    report_in: MailboxReceiver<Box<StreamReport>>,
+    report_out: MailboxSender<Box<StreamReport>>,
+    /// The stream report being walked, and whether its walk is complete.
+    report: Option<(Box<StreamReport>, bool)>,
+    /// Per stream slot: the key it was opened with.
+    keys: Vec<u64>,
+    /// Per stream slot: packets shed at ingress (degrade).
+    shed: Vec<u64>,
+    /// Priorities whose tier is shed now (bit per priority).
+    shed_prios: u8,
     events: rtrb::Producer<Event>,
     shared: Arc<Shared>,
     config: RuntimeConfig,
@@ -195,6 +210,13 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             hist_in: p.hist_in,
             hist_out: p.hist_out,
             outgoing: None,
+            iteration_ns: crate::sched::new_sojourn_histogram(),
+            report_in: p.report_in,
+            report_out: p.report_out,
+            report: None,
+            keys: Vec::new(),
+            shed: Vec::new(),
+            shed_prios: 0,
             events: p.events,
             shared: p.shared,
             config: p.config,
@@ -221,6 +243,9 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
                 self.stats.stalls += 1;
             }
             self.stats.max_iteration_ns = self.stats.max_iteration_ns.max(took);
+            if progress.busy {
+                self.iteration_ns.saturating_record(took);
+            }
             self.publish(now);
             if let Some(mode) = self.shared.stop_mode()
                 && self.stopped(mode, now)
@@ -242,6 +267,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         // A raised link rate applies from a fresh clock reading: the rest of the
         // iteration (and the egress's timestamps) run at that time.
         let now = self.share_link(now);
+        self.shed_prios = self.shed_priorities();
         let mut busy = self.take_ingress(now);
         busy |= self.take_shm(now);
         busy |= self.reclaim();
@@ -249,6 +275,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         let (sent, wait_until) = self.send(now);
         busy |= sent;
         self.exchange_histograms();
+        busy |= self.step_report();
         Progress { busy, wait_until }
     }
 
@@ -378,6 +405,10 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             Msg::Packet { local, len, packet } => {
                 self.stats.taken += 1;
                 match self.tables[inbox].get(local as usize) {
+                    Some(Some(id)) if self.shed_prios != 0 => {
+                        let id = *id;
+                        self.shed_or_queue(id, packet, len);
+                    }
                     Some(Some(id)) => self.burst.push((*id, packet, len)),
                     _ => {
                         self.stats.unknown_stream += 1;
@@ -385,7 +416,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
                     }
                 }
             }
-            Msg::Open { local, config } => {
+            Msg::Open { local, key, config } => {
                 self.flush_burst(now);
                 // A shm peer may reuse an open number: the old stream is closed first
                 // (its queue dropped as `closed`), never orphaned.
@@ -395,7 +426,16 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
                     self.reclaim();
                 }
                 let id = match self.sched.open(config) {
-                    Ok(id) => Some(id),
+                    Ok(id) => {
+                        let slot = id.index() as usize;
+                        if self.keys.len() <= slot {
+                            self.keys.resize(slot + 1, 0);
+                            self.shed.resize(slot + 1, 0);
+                        }
+                        self.keys[slot] = key;
+                        self.shed[slot] = 0;
+                        Some(id)
+                    }
                     Err(_) => {
                         self.stats.open_failed += 1;
                         None
@@ -426,6 +466,58 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
                 self.reclaim();
             }
         }
+    }
+
+    /// Under degrade: sheds the packet if its stream's tier is shed, else queues it.
+    fn shed_or_queue(&mut self, id: StreamId, packet: P, len: u32) {
+        match self.sched.stream_priority(id) {
+            Some(p) if self.shed_prios & (1 << p.get()) != 0 => {
+                self.stats.shed[p.index()] += 1;
+                if let Some(n) = self.shed.get_mut(id.index() as usize) {
+                    *n += 1;
+                }
+                self.discard(packet, Some(id), DiscardReason::Shed);
+            }
+            _ => self.burst.push((id, packet, len)),
+        }
+    }
+
+    /// The priorities of the tiers the control plane asks to shed, under the
+    /// adopted policy.
+    fn shed_priorities(&self) -> u8 {
+        let tiers = self.shared.shed_tiers();
+        if tiers == 0 {
+            return 0;
+        }
+        (0..PRIORITIES as u8)
+            .filter(|&p| {
+                let t = self.adopted.tier_of(p);
+                t < 64 && tiers & (1u64 << t) != 0
+            })
+            .fold(0u8, |m, p| m | (1 << p))
+    }
+
+    /// Walks the requested stream report a bounded step further and hands it back
+    /// once complete. Returns whether it is still walking (the worker then does not
+    /// park).
+    fn step_report(&mut self) -> bool {
+        if self.report.is_none()
+            && let Some(r) = self.report_in.take()
+        {
+            self.report = Some((r, false));
+        }
+        let Some((mut r, done)) = self.report.take() else {
+            return false;
+        };
+        let done = done || r.step(&self.sched, &self.keys, &self.shed);
+        if !done {
+            self.report = Some((r, false));
+            return true;
+        }
+        if let Err(r) = self.report_out.put(r) {
+            self.report = Some((r, true));
+        }
+        false
     }
 
     fn stream(&self, inbox: usize, local: u32) -> Option<StreamId> {
@@ -517,7 +609,8 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         if self.outgoing.is_none()
             && let Some(mut empty) = self.hist_in.take()
         {
-            self.sched.swap_sojourn_histograms(&mut empty);
+            self.sched.swap_sojourn_histograms(&mut empty.sojourn);
+            std::mem::swap(&mut self.iteration_ns, &mut empty.iteration_ns);
             self.outgoing = Some(empty);
         }
         if let Some(full) = self.outgoing.take()
@@ -846,7 +939,11 @@ fn apply_share<P>(
 fn shm_msg<P>(rec: super::shm::ShmRecord<'_>, decode: &mut ShmDecode<P>) -> Msg<P> {
     use super::shm::ShmRecord;
     match rec {
-        ShmRecord::Open { local, config } => Msg::Open { local, config },
+        ShmRecord::Open { local, config } => Msg::Open {
+            local,
+            key: u64::from(local),
+            config,
+        },
         ShmRecord::Update { local, config } => Msg::Update { local, config },
         ShmRecord::Close { local } => Msg::Close { local },
         ShmRecord::Packet {

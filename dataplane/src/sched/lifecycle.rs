@@ -229,6 +229,32 @@ impl<P> Scheduler<P> {
             .map(|s| StreamStats::of(&self.streams[s], false))
     }
 
+    /// The priority of an open stream, or `None` if the handle names none.
+    #[inline]
+    pub fn stream_priority(&self, id: StreamId) -> Option<super::Priority> {
+        self.lookup(id)
+            .ok()
+            .map(|s| super::Priority::saturating(self.streams[s].prio()))
+    }
+
+    /// Slots ever used (open, disconnected or free again): the bound of
+    /// [`Scheduler::stream_at`]'s index. Grows up to `max_streams`, never shrinks.
+    pub fn stream_slots(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// The stream in slot `index` and its counters, if a stream is open (or
+    /// disconnected) there. For reports that walk every stream a bounded number of
+    /// slots at a time (the runtime's per-stream report does).
+    pub fn stream_at(&self, index: usize) -> Option<(StreamId, StreamStats)> {
+        let st = self.streams.get(index)?;
+        if st.state() == SlotState::Free {
+            return None;
+        }
+        let id = StreamId::new(index as u32, st.generation());
+        Some((id, StreamStats::of(st, false)))
+    }
+
     /// Moves every queued packet of stream `s` to the reclaim list, dropped for `reason`
     /// (a terminal event: afterwards the slot's credit field holds the count).
     pub(super) fn drop_queue(&mut self, s: usize, reason: DropReason) -> u32 {

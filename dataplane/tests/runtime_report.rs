@@ -1,0 +1,303 @@
+//! What the control plane reads from a running dataplane (O1, O5, O6): per-stream
+//! reports bounded to the busiest N, shedding at ingress by tier with exact counts,
+//! ring-full backpressure counted per producer, and the iteration-cost histogram.
+//! Real threads, bounded in time, pass on 2 cores.
+#![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use qos_dataplane::runtime::{
+    Clock, Dataplane, DiscardReason, Discarded, Egress, EnqueueError, Outbox, Pinning, Producer,
+    StopMode, StreamHandle,
+};
+use qos_dataplane::sched::{Policy, PolicySpec, StreamConfig};
+
+/// A time limit on the runtime's clock (tests wait for threads, bounded).
+struct Deadline(Clock, u64);
+
+impl Deadline {
+    fn after(secs: u64) -> Self {
+        Self(Clock::start(), secs * 1_000_000_000)
+    }
+    fn passed(&self) -> bool {
+        self.0.now_ns() >= self.1
+    }
+}
+
+type Discards = Arc<Mutex<Vec<(u64, DiscardReason)>>>;
+
+/// Sends everything; remembers discards.
+struct Sink(Discards);
+
+impl Egress<u64> for Sink {
+    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
+        while out.pop().is_some() {}
+    }
+    fn discard(&mut self, d: Discarded<u64>) {
+        self.0.lock().unwrap().push((d.packet, d.reason));
+    }
+}
+
+fn quiet_policy() -> Arc<Policy> {
+    Arc::new(
+        PolicySpec {
+            disconnect: false,
+            aqm: false,
+            ..PolicySpec::default()
+        }
+        .build()
+        .unwrap(),
+    )
+}
+
+fn start(workers: usize, ring: usize) -> (Dataplane<u64>, Producer<u64>, Discards) {
+    let discards: Discards = Arc::default();
+    let d = discards.clone();
+    let (dp, mut producers) = Dataplane::<u64>::builder()
+        .workers(workers)
+        .pinning(Pinning::Off)
+        .ring_capacity(ring)
+        .policy(quiet_policy())
+        .build(move |_| Sink(d.clone()))
+        .unwrap();
+    (dp, producers.pop().unwrap(), discards)
+}
+
+fn push(tx: &mut Producer<u64>, h: StreamHandle, p: u64) {
+    let mut packet = p;
+    let limit = Deadline::after(10);
+    loop {
+        match tx.enqueue(h, packet, 200) {
+            Ok(()) => return,
+            Err(EnqueueError::Full(back)) => {
+                assert!(!limit.passed(), "ring stayed full for 10 s");
+                packet = back;
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("enqueue failed: {e:?}"),
+        }
+    }
+}
+
+/// Waits until the workers have sent or discarded `total` packets.
+fn settle(dp: &Dataplane<u64>, total: u64) {
+    let limit = Deadline::after(20);
+    loop {
+        let s = dp.stats();
+        let done: u64 = s.iter().map(|w| w.sent + w.discarded).sum();
+        let queued: u64 = s.iter().map(|w| w.shard.totals.queued + w.pending).sum();
+        if done == total && queued == 0 {
+            return;
+        }
+        assert!(!limit.passed(), "only {done} of {total} packets settled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn reports(dp: &mut Dataplane<u64>, limit: usize) -> Vec<qos_dataplane::runtime::StreamReport> {
+    let deadline = Deadline::after(10);
+    let mut out: Vec<Option<_>> = (0..dp.workers()).map(|_| None).collect();
+    while out.iter().any(Option::is_none) {
+        assert!(!deadline.passed(), "a worker never finished its report");
+        for (w, r) in dp
+            .stream_reports(limit, Duration::from_millis(200))
+            .into_iter()
+            .enumerate()
+        {
+            if r.is_some() {
+                out[w] = r;
+            }
+        }
+    }
+    out.into_iter().map(|r| *r.unwrap()).collect()
+}
+
+/// O1: 3,000 streams (three walking steps of a worker's table) with distinct packet
+/// counts; the report holds exactly the 10 busiest with their keys and exact counters,
+/// busiest first, and the open-stream count; closed streams leave the report.
+#[test]
+fn o1_stream_report_holds_exactly_the_busiest_streams() {
+    let (mut dp, mut tx, _) = start(1, 4096);
+    let n = 3000u64;
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            tx.open(1_000_000 + i, StreamConfig::with_priority((i % 8) as u8))
+                .unwrap()
+        })
+        .collect();
+    // Stream i gets (i * 7919) % 23 + 1 packets; the top ten are computed here.
+    let count = |i: u64| (i * 7919) % 23 + 1 + if i % 500 == 7 { 40 + i / 100 } else { 0 };
+    let mut total = 0;
+    for (i, &h) in handles.iter().enumerate() {
+        for k in 0..count(i as u64) {
+            push(&mut tx, h, k);
+            total += 1;
+        }
+    }
+    settle(&dp, total);
+    let mut expected: Vec<(u64, u64)> = (0..n).map(|i| (count(i), 1_000_000 + i)).collect();
+    expected.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let r = &reports(&mut dp, 10)[0];
+    assert_eq!(r.open_streams, n);
+    assert_eq!(r.top.len(), 10);
+    let got: Vec<u64> = r.top.iter().map(|e| e.key).collect();
+    let want: Vec<u64> = expected[..10].iter().map(|e| e.1).collect();
+    // Ties are broken by slot, which is open order, which is key order.
+    assert_eq!(got, want);
+    for e in &r.top {
+        let i = e.key - 1_000_000;
+        assert_eq!(e.stats.enqueued, count(i));
+        assert_eq!(e.stats.dequeued, count(i));
+        assert_eq!(u64::from(e.stats.priority.get()), i % 8);
+        assert!(e.stats.is_conserved());
+    }
+    // Close the busiest; it leaves the report, the next one moves up.
+    let busiest = (got[0] - 1_000_000) as usize;
+    tx.close(handles[busiest]).unwrap();
+    let limit = Deadline::after(10);
+    loop {
+        let r = &reports(&mut dp, 3)[0];
+        if r.open_streams == n - 1 {
+            let keys: Vec<u64> = r.top.iter().map(|e| e.key).collect();
+            assert_eq!(keys, want[1..4].to_vec());
+            break;
+        }
+        assert!(!limit.passed(), "the close never reached the report");
+    }
+    drop(tx);
+    assert!(dp.shutdown(StopMode::Drain).unwrap().is_conserved());
+}
+
+/// A limit of zero reports only the stream count; two workers each report their own.
+#[test]
+fn o1_stream_report_limit_zero_and_two_workers() {
+    let (mut dp, mut tx, _) = start(2, 1024);
+    let on0: Vec<_> = (0..5)
+        .map(|i| tx.open_on(0, i, StreamConfig::with_priority(3)).unwrap())
+        .collect();
+    let on1: Vec<_> = (0..7)
+        .map(|i| {
+            tx.open_on(1, 100 + i, StreamConfig::with_priority(3))
+                .unwrap()
+        })
+        .collect();
+    for (k, &h) in on0.iter().chain(&on1).enumerate() {
+        push(&mut tx, h, k as u64);
+    }
+    settle(&dp, 12);
+    let r = reports(&mut dp, 0);
+    assert_eq!((r[0].worker, r[0].open_streams, r[0].top.len()), (0, 5, 0));
+    assert_eq!((r[1].worker, r[1].open_streams, r[1].top.len()), (1, 7, 0));
+    let r = reports(&mut dp, 100);
+    let mut keys1: Vec<u64> = r[1].top.iter().map(|e| e.key).collect();
+    keys1.sort_unstable();
+    assert_eq!(keys1, (100..107).collect::<Vec<_>>());
+    drop(tx);
+    assert!(dp.shutdown(StopMode::Drain).unwrap().is_conserved());
+}
+
+/// O5: shedding the Low tier (index 2 in the reference policy) discards exactly the
+/// Low packets at ingress, reason `shed`, counted per priority and per stream; High is
+/// untouched; after the shed is lifted Low flows again; S11 holds at the end.
+#[test]
+fn o5_shed_tiers_drop_exactly_the_shed_tier_with_reason() {
+    let (mut dp, mut tx, discards) = start(1, 4096);
+    let low = tx.open(1, StreamConfig::with_priority(0)).unwrap();
+    let mid = tx.open(2, StreamConfig::with_priority(3)).unwrap();
+    let high = tx.open(3, StreamConfig::with_priority(7)).unwrap();
+    dp.set_shed_tiers(1 << 2);
+    assert_eq!(dp.shed_tiers(), 4);
+    // Let the worker see the mask before the packets (it reads it once per iteration,
+    // and the open messages travel first).
+    push(&mut tx, mid, 0);
+    settle(&dp, 1);
+    for k in 0..600 {
+        push(&mut tx, low, k);
+        if k < 500 {
+            push(&mut tx, high, 10_000 + k);
+        }
+    }
+    settle(&dp, 1101);
+    let s = &dp.stats()[0];
+    assert_eq!(s.shed[0], 600);
+    assert_eq!(s.shed.iter().sum::<u64>(), 600);
+    assert_eq!(s.priorities[7].dequeued, 500);
+    assert_eq!(
+        s.priorities[0].enqueued, 0,
+        "shed packets never reach the scheduler"
+    );
+    {
+        let d = discards.lock().unwrap();
+        assert_eq!(d.len(), 600);
+        assert!(
+            d.iter()
+                .all(|(p, r)| *r == DiscardReason::Shed && *p < 10_000)
+        );
+        assert_eq!(DiscardReason::Shed.as_str(), "shed");
+    }
+    let r = &reports(&mut dp, 10)[0];
+    let low_entry = r.top.iter().find(|e| e.key == 1).unwrap();
+    assert_eq!((low_entry.shed, low_entry.stats.enqueued), (600, 0));
+    assert_eq!(r.top[0].key, 1, "shed packets count toward busyness");
+    // Lifted: Low flows again.
+    dp.set_shed_tiers(0);
+    push(&mut tx, mid, 1);
+    settle(&dp, 1102);
+    for k in 0..100 {
+        push(&mut tx, low, 20_000 + k);
+    }
+    settle(&dp, 1202);
+    let s = &dp.stats()[0];
+    assert_eq!((s.shed[0], s.priorities[0].dequeued), (600, 100));
+    drop(tx);
+    let report = dp.shutdown(StopMode::Drain).unwrap();
+    assert!(report.is_conserved());
+    assert_eq!(report.discarded(), 600);
+}
+
+/// O5 hazard input: every packet the producer got back because a ring was full is
+/// counted, exactly; the iteration-cost histogram records busy iterations and the
+/// sojourn histograms every dequeued packet.
+#[test]
+fn ring_full_events_and_cost_histogram_are_exact() {
+    let (mut dp, mut tx, _) = start(1, 16);
+    let h = tx.open(9, StreamConfig::with_priority(5)).unwrap();
+    let mut full = 0u64;
+    let mut sent = 0u64;
+    let limit = Deadline::after(20);
+    while sent < 20_000 {
+        assert!(!limit.passed(), "20,000 packets did not pass in 20 s");
+        match tx.enqueue(h, sent, 100) {
+            Ok(()) => sent += 1,
+            Err(EnqueueError::Full(_)) => full += 1,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert!(
+        full > 0,
+        "a 16-slot ring never filled: the test proves nothing"
+    );
+    assert_eq!(dp.ring_full_events(), vec![full]);
+    settle(&dp, 20_000);
+    let mut sojourn = 0;
+    let mut iterations = 0;
+    let limit = Deadline::after(10);
+    while sojourn < 20_000 {
+        assert!(!limit.passed(), "histograms never came back");
+        for hs in dp
+            .take_histograms(Duration::from_millis(200))
+            .into_iter()
+            .flatten()
+        {
+            sojourn += hs.sojourn.iter().map(|x| x.len()).sum::<u64>();
+            iterations += hs.iteration_ns.len();
+        }
+    }
+    assert_eq!(sojourn, 20_000);
+    assert!(iterations > 0);
+    let stats = &dp.stats()[0];
+    assert!(iterations <= stats.iterations);
+    drop(tx);
+    assert!(dp.shutdown(StopMode::Drain).unwrap().is_conserved());
+}
