@@ -140,6 +140,9 @@ fn o1_stream_report_holds_exactly_the_busiest_streams() {
     expected.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
     let r = &reports(&mut dp, 10)[0];
     assert_eq!(r.open_streams, n);
+    // The report's counters are one consistent instant of the running worker.
+    assert!(r.stats.is_conserved());
+    assert_eq!((r.stats.taken, r.stats.sent), (total, total));
     assert_eq!(r.top.len(), 10);
     let got: Vec<u64> = r.top.iter().map(|e| e.key).collect();
     let want: Vec<u64> = expected[..10].iter().map(|e| e.1).collect();

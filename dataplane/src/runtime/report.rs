@@ -67,6 +67,14 @@ pub struct StreamReport {
     pub open_streams: u64,
     /// The busiest streams, busiest first.
     pub top: Vec<StreamEntry>,
+    /// The worker's counters taken at the batch boundary where the walk completed:
+    /// one consistent instant, so [`WorkerStats::is_conserved`] is exact on them
+    /// while the worker runs (the live [`Dataplane::stats`] words may come from two
+    /// publications).
+    ///
+    /// [`WorkerStats::is_conserved`]: super::WorkerStats::is_conserved
+    /// [`Dataplane::stats`]: super::Dataplane::stats
+    pub stats: super::WorkerStats,
     limit: usize,
     heap: BinaryHeap<Reverse<Ranked>>,
     cursor: usize,
@@ -80,6 +88,7 @@ impl StreamReport {
             worker,
             open_streams: 0,
             top: Vec::with_capacity(limit),
+            stats: super::WorkerStats::default(),
             limit,
             heap: BinaryHeap::with_capacity(limit + 1),
             cursor: 0,

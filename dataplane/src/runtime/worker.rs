@@ -514,6 +514,8 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             self.report = Some((r, false));
             return true;
         }
+        self.refresh_stats();
+        r.stats.clone_from(&self.stats);
         if let Err(r) = self.report_out.put(r) {
             self.report = Some((r, true));
         }
