@@ -1,1 +1,254 @@
-//! (being written)
+//! The HTTP control API: `hyper` 1 on a current-thread `tokio` runtime, on the
+//! control thread (never a worker).
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `GET /metrics` | Prometheus / OpenMetrics text (O1) |
+//! | `GET /healthz` | `{"state": ...}`; 200 for NORMAL and DEGRADED (serving), 503 for SAFE and UNKNOWN |
+//! | `GET /status` | policy version per worker, shard sizes, health, audit head, store state |
+//! | `GET /integrity` | the integrity report (O6) |
+//! | `POST /policy` | a policy document (TOML or JSON) in the body, its detached ed25519 signature (base64) in `X-Qos-Signature`; 200 applied or no-op, 400 invalid, 403 signature, 409 stale or conflicting version, 413 too large |
+//!
+//! It binds loopback by default; another address needs `allow_remote` and a bearer
+//! token. With a token configured, every route but `/healthz` needs
+//! `Authorization: Bearer <token>` (401 otherwise).
+
+use std::convert::Infallible;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+
+use crate::plane::{State, lock};
+use crate::policy::{MAX_DOCUMENT_BYTES, PolicyRejection};
+
+/// Header carrying a policy's detached signature (base64).
+pub const SIGNATURE_HEADER: &str = "x-qos-signature";
+
+type Shared<P> = Arc<Mutex<State<P>>>;
+
+/// The control thread's body: the API and the tick, until `stop` fires.
+pub(crate) fn run<P: Send + 'static>(
+    state: Shared<P>,
+    listener: TcpListener,
+    tick: Duration,
+    token: Option<String>,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(target: crate::logs::EVENT_TARGET, event = "control.failed", error = %e);
+            return;
+        }
+    };
+    rt.block_on(serve(state, listener, tick, token, stop));
+}
+
+async fn serve<P: Send + 'static>(
+    state: Shared<P>,
+    listener: TcpListener,
+    tick: Duration,
+    token: Option<String>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(target: crate::logs::EVENT_TARGET, event = "control.failed", error = %e);
+            return;
+        }
+    };
+    let token: Arc<Option<String>> = Arc::new(token);
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = ticker.tick() => lock(&state).tick(),
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let state = state.clone();
+                let token = token.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        let state = state.clone();
+                        let token = token.clone();
+                        async move { Ok::<_, Infallible>(route(&state, token.as_deref(), req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => respond(status, "application/json", body),
+        Err(e) => respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "text/plain",
+            format!("cannot encode the answer: {e}\n"),
+        ),
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+    field: Option<String>,
+}
+
+/// Compares in time independent of where the first difference is.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(token: Option<&str>, req: &Request<Incoming>) -> bool {
+    let Some(token) = token else { return true };
+    let Some(value) = req.headers().get(AUTHORIZATION) else {
+        return false;
+    };
+    let Some(given) = value.as_bytes().strip_prefix(b"Bearer ") else {
+        return false;
+    };
+    same(given, token.as_bytes())
+}
+
+async fn route<P: Send + 'static>(
+    state: &Shared<P>,
+    token: Option<&str>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_owned();
+    if path != "/healthz" && !authorized(token, &req) {
+        let mut r = json(
+            StatusCode::UNAUTHORIZED,
+            &ErrorBody {
+                error: "missing or wrong bearer token".into(),
+                field: Some("Authorization".into()),
+            },
+        );
+        r.headers_mut()
+            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    match (req.method(), path.as_str()) {
+        (&Method::GET, "/metrics") => {
+            let snapshot = lock(state).metrics_snapshot();
+            respond(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                crate::metrics::render(&snapshot),
+            )
+        }
+        (&Method::GET, "/healthz") => {
+            let st = lock(state).health_state();
+            let code = StatusCode::from_u16(st.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            #[derive(Serialize)]
+            struct Health {
+                state: crate::health::HealthState,
+                healthy: bool,
+            }
+            json(
+                code,
+                &Health {
+                    state: st,
+                    healthy: st.is_healthy(),
+                },
+            )
+        }
+        (&Method::GET, "/status") => json(StatusCode::OK, &lock(state).status()),
+        (&Method::GET, "/integrity") => json(StatusCode::OK, &lock(state).integrity()),
+        (&Method::POST, "/policy") => post_policy(state, req).await,
+        (_, "/metrics" | "/healthz" | "/status" | "/integrity" | "/policy") => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &ErrorBody {
+                error: format!("{} is not allowed on {path}", req.method()),
+                field: None,
+            },
+        ),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            &ErrorBody {
+                error: format!("no route {path}; expected /metrics, /healthz, /status, /integrity or /policy"),
+                field: None,
+            },
+        ),
+    }
+}
+
+async fn post_policy<P: Send + 'static>(
+    state: &Shared<P>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let signature = match req.headers().get(SIGNATURE_HEADER).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(s)) => Some(s.trim().to_owned()),
+        Some(Err(_)) => {
+            return json(
+                StatusCode::FORBIDDEN,
+                &ErrorBody {
+                    error: format!("{SIGNATURE_HEADER}: not ASCII, expected base64"),
+                    field: Some(SIGNATURE_HEADER.into()),
+                },
+            );
+        }
+    };
+    let body = match Limited::new(req.into_body(), MAX_DOCUMENT_BYTES).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return json(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &ErrorBody {
+                    error: format!("body: {e}; expected a policy document of at most {MAX_DOCUMENT_BYTES} bytes"),
+                    field: None,
+                },
+            );
+        }
+    };
+    let result = lock(state).apply_policy(&body, signature.as_deref(), "http");
+    match result {
+        Ok(applied) => json(StatusCode::OK, &applied),
+        Err(e) => {
+            let code = match &e {
+                PolicyRejection::SignatureMissing { .. }
+                | PolicyRejection::SignatureMalformed { .. }
+                | PolicyRejection::SignatureInvalid { .. } => StatusCode::FORBIDDEN,
+                PolicyRejection::Stale { .. } | PolicyRejection::Conflict { .. } => {
+                    StatusCode::CONFLICT
+                }
+                _ => StatusCode::BAD_REQUEST,
+            };
+            json(
+                code,
+                &ErrorBody {
+                    error: e.to_string(),
+                    field: e.field().map(str::to_owned),
+                },
+            )
+        }
+    }
+}

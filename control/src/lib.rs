@@ -11,6 +11,7 @@
 //! * [`metrics`]: the Prometheus exposition, read from the runtime at scrape time (O1).
 //! * [`integrity`]: the integrity report (O6).
 //! * [`api`]: the HTTP control API.
+//! * [`plane`]: the control plane that ties them together on its own thread.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -21,5 +22,6 @@ pub mod hlog;
 pub mod integrity;
 pub mod logs;
 pub mod metrics;
+pub mod plane;
 pub mod policy;
 pub mod store;

@@ -41,9 +41,12 @@ pub struct TopStream {
 
 /// Merges the workers' reports into the `limit` busiest streams overall, busiest
 /// first (ties: lower worker, then lower slot).
-pub fn merge_top(reports: &[StreamReport], limit: usize) -> Vec<TopStream> {
+pub fn merge_top<'a>(
+    reports: impl IntoIterator<Item = &'a StreamReport>,
+    limit: usize,
+) -> Vec<TopStream> {
     let mut all: Vec<TopStream> = reports
-        .iter()
+        .into_iter()
         .flat_map(|r| {
             r.top.iter().map(move |&entry| TopStream {
                 worker: r.worker,
@@ -208,7 +211,7 @@ impl Collector for Snapshot {
         let mut rows: Vec<(Labels, u64)> = Vec::new();
         let mut named = [0u64; PRIORITIES];
         for t in &s.top {
-            let p = t.entry.stats.priority.index();
+            let p = usize::from(t.entry.stats.priority.get());
             named[p] += t.entry.stats.enqueued;
             rows.push((
                 vec![
@@ -251,7 +254,7 @@ impl Collector for Snapshot {
         }
         for (k, reason) in DropReason::ALL.iter().enumerate() {
             let total: u64 = (0..PRIORITIES)
-                .map(|p| sum_prio(&|w, p| w.priorities[p].dropped[reason.index()], p))
+                .map(|p| sum_prio(&|w, p| w.priorities[p].dropped[k], p))
                 .sum();
             rows.push((
                 vec![
@@ -277,8 +280,8 @@ impl Collector for Snapshot {
 
         // Refusals at the door (never enqueued) and runtime discards.
         let mut rows: Vec<(Labels, u64)> = Vec::new();
-        for r in RefuseReason::ALL {
-            let v = s.workers.iter().map(|w| w.shard.refused[r.index()]).sum();
+        for (k, r) in RefuseReason::ALL.iter().enumerate() {
+            let v = s.workers.iter().map(|w| w.shard.refused[k]).sum();
             rows.push((vec![("reason", r.as_str().to_string())], v));
         }
         family(

@@ -1,0 +1,1168 @@
+//! The control plane as one object: it owns the [`Dataplane`]'s control handle, runs
+//! on its own thread (`qos-control`, never a worker), and every `tick` drains the
+//! workers' events into logs and the audit log, feeds the health machine (and sheds
+//! tiers when it degrades), collects histograms and per-stream reports, writes `.hlog`
+//! intervals and `metrics.db` batches at their periods, and serves the HTTP control
+//! API ([`crate::api`]) on a current-thread tokio runtime.
+//!
+//! Policies go through [`ControlPlane::apply_policy`] (or `POST /policy`): validated
+//! as a whole, version-checked, signature-checked when a key is configured, published
+//! to the workers, audited, and only then recorded as running. A rejected policy
+//! changes nothing.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::VerifyingKey;
+use hdrhistogram::Histogram;
+use qos_dataplane::runtime::{
+    Dataplane, RuntimeError, ShutdownReport, StopMode, StreamReport, WorkerStats,
+};
+use qos_dataplane::sched::policy::PRIORITIES;
+use qos_dataplane::sched::{Event, Policy, new_sojourn_histogram};
+use serde::Serialize;
+use thiserror::Error;
+
+use crate::audit::{AuditError, AuditHead, AuditLog, AuditOptions};
+use crate::health::{
+    HealthConfig, HealthConfigError, HealthMachine, HealthState, Observation, TierOrder,
+    Transition, WorkerObservation,
+};
+use crate::hlog::{HlogError, HlogWriter, cost_tag, sojourn_tag};
+use crate::integrity::{self, IntegrityReport, Interval, PolicyRecord};
+use crate::logs::{BackpressureSeverity, ControlEvent, emit, new_trace_id};
+use crate::metrics::{MetricsSnapshot, TierGauge, TopStream, merge_top};
+use crate::policy::{Admitted, PolicyGate, PolicyRejection};
+use crate::store::{QosMetricsRow, StoreError, StoreWorker, TursoStore};
+
+/// Settings of the control plane. `Default` binds the API to 127.0.0.1:9100 and
+/// writes no files.
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// Address of the HTTP control API (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Required to bind an address that is not loopback (with `bearer_token`).
+    pub allow_remote: bool,
+    /// When set, every route but `/healthz` needs `Authorization: Bearer <token>`.
+    pub bearer_token: Option<String>,
+    /// Control tick: events, health, histograms, allocations.
+    pub tick: Duration,
+    /// How often per-stream reports are refreshed.
+    pub report_every: Duration,
+    /// Busiest streams that keep their own series (O1 cardinality bound).
+    pub series_limit: usize,
+    /// `metrics.db` path (O2); `None` writes none.
+    pub metrics_db: Option<PathBuf>,
+    /// Period of `metrics.db` batches.
+    pub metrics_db_period: Duration,
+    /// `.hlog` path (O4); `None` writes none.
+    pub hlog: Option<PathBuf>,
+    /// Period of `.hlog` intervals.
+    pub hlog_period: Duration,
+    /// Audit log path (C5); `None` keeps none.
+    pub audit_log: Option<PathBuf>,
+    /// fsync every audit record.
+    pub audit_fsync: bool,
+    /// With a key, only policies signed by it are accepted (C3).
+    pub verifying_key: Option<VerifyingKey>,
+    /// Health thresholds (O5).
+    pub health: HealthConfig,
+    /// Backpressure and degrade intervals kept for the integrity report.
+    pub history_limit: usize,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9100)),
+            allow_remote: false,
+            bearer_token: None,
+            tick: Duration::from_millis(250),
+            report_every: Duration::from_secs(1),
+            series_limit: 100,
+            metrics_db: None,
+            metrics_db_period: Duration::from_secs(10),
+            hlog: None,
+            hlog_period: Duration::from_secs(10),
+            audit_log: None,
+            audit_fsync: false,
+            verifying_key: None,
+            health: HealthConfig::default(),
+            history_limit: 1000,
+        }
+    }
+}
+
+/// Why the control plane could not start or stop.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ControlError {
+    /// The API address is not loopback and `allow_remote` or `bearer_token` is
+    /// missing.
+    #[error(
+        "listen: {addr} is not a loopback address; expected 127.0.0.1 / ::1, or allow_remote = true with a bearer_token"
+    )]
+    RemoteNotAllowed {
+        /// The address asked for.
+        addr: SocketAddr,
+    },
+    /// Binding the API address failed.
+    #[error("listen: cannot bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A setting is out of range.
+    #[error("{field}: {value}, expected {expected}")]
+    Setting {
+        /// The setting.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// What was expected.
+        expected: &'static str,
+    },
+    /// The health settings are invalid.
+    #[error(transparent)]
+    Health(#[from] HealthConfigError),
+    /// The audit log cannot be opened (or continued).
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    /// `metrics.db` cannot be set up.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The `.hlog` file cannot be created.
+    #[error(transparent)]
+    Hlog(#[from] HlogError),
+    /// The control thread could not start, or panicked.
+    #[error("control thread: {0}")]
+    Thread(String),
+    /// The dataplane reported a worker panic at shutdown.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+}
+
+/// The outcome of an accepted policy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Applied {
+    /// The version now running.
+    pub version: u64,
+    /// `false` when it was the running version again (idempotent no-op).
+    pub changed: bool,
+}
+
+/// `GET /status`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Status {
+    /// Health state.
+    pub health: HealthState,
+    /// Policy version the control plane runs.
+    pub policy_version: u64,
+    /// Version each worker reports (C2).
+    pub worker_policy_versions: Vec<u64>,
+    /// Streams open per worker (latest report).
+    pub shard_streams: Vec<u64>,
+    /// Packets queued per worker.
+    pub shard_queued: Vec<u64>,
+    /// Heartbeat age per worker, ms.
+    pub heartbeat_age_ms: Vec<f64>,
+    /// Tiers being shed.
+    pub shed_tiers: Vec<String>,
+    /// Audit chain head, to anchor it elsewhere.
+    pub audit_head: Option<AuditHead>,
+    /// metrics.db state, when configured.
+    pub metrics_db: Option<StoreStatusView>,
+    /// Problems worth an operator's attention (failing store, audit errors).
+    pub warnings: Vec<String>,
+}
+
+/// What `/status` shows of the metrics store.
+#[derive(Clone, Debug, Serialize)]
+pub struct StoreStatusView {
+    /// Batches written.
+    pub batches_written: u64,
+    /// Batches that failed.
+    pub batches_failed: u64,
+    /// Batches dropped because the store fell behind.
+    pub batches_dropped: u64,
+    /// Last error, if the latest batch failed.
+    pub last_error: Option<String>,
+}
+
+/// State the control thread and the HTTP handlers share (one lock, control thread
+/// only: never touched by a worker).
+pub(crate) struct State<P> {
+    pub(crate) dataplane: Option<Dataplane<P>>,
+    gate: PolicyGate,
+    audit: Option<AuditLog>,
+    audit_counts: [u64; 2],
+    audit_error: Option<String>,
+    health: HealthMachine,
+    health_transitions: u64,
+    store: Option<StoreWorker>,
+    hlog: Option<HlogWriter>,
+    config: ControlConfig,
+    // histograms
+    cumulative: Vec<Histogram<u64>>,
+    hlog_sojourn: Vec<Histogram<u64>>,
+    hlog_cost: Vec<Histogram<u64>>,
+    db_window: Vec<Histogram<u64>>,
+    hlog_started: SystemTime,
+    db_started: u64,
+    // reports
+    reports: Vec<Option<StreamReport>>,
+    next_report_ns: u64,
+    top: Vec<TopStream>,
+    // allocation
+    last_tier_bytes: Vec<u64>,
+    last_tick_ns: u64,
+    tier_mbps: Vec<f64>,
+    last_stream_bytes: std::collections::HashMap<(usize, u32), (u64, u64)>,
+    last_other_drops: [u64; PRIORITIES],
+    // health inputs
+    last_stalls: Vec<u64>,
+    last_ring_full: u64,
+    // histories
+    backpressure: std::collections::VecDeque<Interval>,
+    open_backpressure: std::collections::HashMap<(usize, u64), usize>,
+    degrade: std::collections::VecDeque<Interval>,
+    policy_history: std::collections::VecDeque<PolicyRecord>,
+    policy_counts: [u64; 2],
+    final_report: Option<IntegrityReport>,
+}
+
+/// Wall-clock milliseconds since the Unix epoch, for records and rows.
+#[allow(clippy::disallowed_methods)] // wall-clock stamps of control records, control thread only
+pub(crate) fn wall_now() -> SystemTime {
+    SystemTime::now()
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl<P: Send + 'static> State<P> {
+    fn new(dataplane: Dataplane<P>, config: ControlConfig) -> Result<Self, ControlError> {
+        if config.tick.is_zero() || config.tick > Duration::from_secs(10) {
+            return Err(ControlError::Setting {
+                field: "tick",
+                value: format!("{:?}", config.tick),
+                expected: "1 ns ..= 10 s",
+            });
+        }
+        for (field, d) in [
+            ("metrics_db_period", config.metrics_db_period),
+            ("hlog_period", config.hlog_period),
+            ("report_every", config.report_every),
+        ] {
+            if d < config.tick {
+                return Err(ControlError::Setting {
+                    field,
+                    value: format!("{d:?}"),
+                    expected: ">= tick",
+                });
+            }
+        }
+        let policy = dataplane.policy();
+        let health = HealthMachine::new(config.health.clone(), TierOrder::from_policy(&policy))?;
+        let audit = match &config.audit_log {
+            Some(path) => Some(AuditLog::open(
+                path,
+                AuditOptions {
+                    fsync: config.audit_fsync,
+                    ..AuditOptions::default()
+                },
+            )?),
+            None => None,
+        };
+        let now = wall_now();
+        let hlog = match &config.hlog {
+            Some(path) => Some(HlogWriter::create(path, now)?),
+            None => None,
+        };
+        let store = match &config.metrics_db {
+            Some(path) => Some(StoreWorker::spawn(
+                Box::new(TursoStore::new(path.clone())?),
+                4,
+            )?),
+            None => None,
+        };
+        let workers = dataplane.workers();
+        let mut state = Self {
+            gate: PolicyGate::new(&policy, config.verifying_key),
+            audit,
+            audit_counts: [0; 2],
+            audit_error: None,
+            health,
+            health_transitions: 0,
+            store,
+            hlog,
+            cumulative: (0..PRIORITIES).map(|_| new_sojourn_histogram()).collect(),
+            hlog_sojourn: (0..PRIORITIES).map(|_| new_sojourn_histogram()).collect(),
+            hlog_cost: (0..workers).map(|_| new_sojourn_histogram()).collect(),
+            db_window: (0..PRIORITIES).map(|_| new_sojourn_histogram()).collect(),
+            hlog_started: now,
+            db_started: dataplane.now_ns(),
+            reports: (0..workers).map(|_| None).collect(),
+            next_report_ns: 0,
+            top: Vec::new(),
+            last_tier_bytes: Vec::new(),
+            last_tick_ns: dataplane.now_ns(),
+            tier_mbps: Vec::new(),
+            last_stream_bytes: std::collections::HashMap::new(),
+            last_other_drops: [0; PRIORITIES],
+            last_stalls: vec![0; workers],
+            last_ring_full: 0,
+            backpressure: std::collections::VecDeque::new(),
+            open_backpressure: std::collections::HashMap::new(),
+            degrade: std::collections::VecDeque::new(),
+            policy_history: std::collections::VecDeque::new(),
+            policy_counts: [0; 2],
+            final_report: None,
+            config,
+            dataplane: Some(dataplane),
+        };
+        state.record_policy(PolicyRecord {
+            at_unix_ms: unix_ms(now),
+            outcome: "applied".into(),
+            version: Some(policy.version()),
+            sha256: None,
+            source: "startup".into(),
+            reason: None,
+        });
+        Ok(state)
+    }
+
+    /// Logs `event` and appends it to the audit log (if any).
+    fn record(&mut self, event: &ControlEvent) {
+        emit(event);
+        if let Some(audit) = self.audit.as_mut() {
+            match audit.append(event) {
+                Ok(_) => self.audit_counts[0] += 1,
+                Err(e) => {
+                    self.audit_counts[1] += 1;
+                    let msg = e.to_string();
+                    if self.audit_error.as_deref() != Some(msg.as_str()) {
+                        tracing::error!(target: crate::logs::EVENT_TARGET, event = "audit.failed", error = %msg);
+                    }
+                    self.audit_error = Some(msg);
+                }
+            }
+        }
+    }
+
+    fn record_policy(&mut self, r: PolicyRecord) {
+        if self.policy_history.len() >= self.config.history_limit.max(1) {
+            self.policy_history.pop_front();
+        }
+        self.policy_history.push_back(r);
+    }
+
+    /// Admits, publishes, audits and commits a policy document (C1-C3).
+    pub(crate) fn apply_policy(
+        &mut self,
+        document: &[u8],
+        signature: Option<&str>,
+        source: &str,
+    ) -> Result<Applied, PolicyRejection> {
+        let at = unix_ms(wall_now());
+        let result = self.gate.admit(document, signature).and_then(|admitted| {
+            if let Admitted::Apply { policy, .. } = &admitted
+                && let Some(dp) = self.dataplane.as_ref()
+            {
+                dp.publish_policy(policy.clone())
+                    .map_err(|e| PolicyRejection::Invalid {
+                        field: "link.burst_bytes".into(),
+                        value: e.to_string(),
+                        expected: "a publishable policy".into(),
+                    })?;
+            }
+            self.gate.commit(&admitted)?;
+            Ok(admitted)
+        });
+        match result {
+            Ok(Admitted::Apply {
+                policy,
+                version,
+                sha256_hex,
+                signed,
+            }) => {
+                self.policy_counts[0] += 1;
+                self.health.set_tier_order(TierOrder::from_policy(&policy));
+                self.record(&ControlEvent::PolicyApplied {
+                    version,
+                    source: source.into(),
+                    sha256: sha256_hex.clone(),
+                    signed,
+                });
+                self.record_policy(PolicyRecord {
+                    at_unix_ms: at,
+                    outcome: "applied".into(),
+                    version: Some(version),
+                    sha256: Some(sha256_hex),
+                    source: source.into(),
+                    reason: None,
+                });
+                Ok(Applied {
+                    version,
+                    changed: true,
+                })
+            }
+            Ok(Admitted::NoOp { version }) => {
+                self.record_policy(PolicyRecord {
+                    at_unix_ms: at,
+                    outcome: "no-op".into(),
+                    version: Some(version),
+                    sha256: None,
+                    source: source.into(),
+                    reason: None,
+                });
+                Ok(Applied {
+                    version,
+                    changed: false,
+                })
+            }
+            Err(e) => {
+                self.policy_counts[1] += 1;
+                let version = crate::policy::PolicyDocument::from_bytes(document)
+                    .ok()
+                    .map(|d| d.version);
+                self.record(&ControlEvent::PolicyRejected {
+                    version,
+                    source: source.into(),
+                    reason: e.to_string(),
+                });
+                self.record_policy(PolicyRecord {
+                    at_unix_ms: at,
+                    outcome: "rejected".into(),
+                    version,
+                    sha256: None,
+                    source: source.into(),
+                    reason: Some(e.to_string()),
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// One control tick.
+    pub(crate) fn tick(&mut self) {
+        let Some(mut dp) = self.dataplane.take() else {
+            return;
+        };
+        let now_ns = dp.now_ns();
+        let wall = wall_now();
+        self.drain_events(&mut dp, wall);
+        let stats = dp.stats();
+        self.tick_health(&dp, &stats, now_ns, wall);
+        self.tick_allocation(&dp, &stats, now_ns);
+        self.collect_histograms(&mut dp);
+        if now_ns >= self.next_report_ns {
+            for (w, r) in dp
+                .stream_reports(self.config.series_limit, Duration::ZERO)
+                .into_iter()
+                .enumerate()
+            {
+                if let Some(r) = r {
+                    self.reports[w] = Some(*r);
+                }
+            }
+            self.top = merge_top(self.reports.iter().flatten(), self.config.series_limit);
+            self.next_report_ns = now_ns.saturating_add(ns(self.config.report_every));
+        }
+        self.dataplane = Some(dp);
+        self.tick_hlog(wall, false);
+        self.tick_store(now_ns, wall, false);
+    }
+
+    fn drain_events(&mut self, dp: &mut Dataplane<P>, wall: SystemTime) {
+        let mut events = Vec::new();
+        dp.drain_keyed_events(|w, e, tag| events.push((w, e, tag)));
+        let at = unix_ms(wall);
+        for (worker, e, tag) in events {
+            let key = tag.map_or(0, |t| t.key);
+            let stream_id = key.to_string();
+            let priority = tag.and_then(|t| t.priority).map_or(0, |p| p.get());
+            match e {
+                Event::BackpressureWarning { depth, .. } => {
+                    self.open_episode(worker, key, priority, "warning", at);
+                    self.record(&ControlEvent::BackpressureTriggered {
+                        stream_id,
+                        priority,
+                        queue_depth: depth,
+                        severity: BackpressureSeverity::Warning,
+                        trace_id: new_trace_id(),
+                        worker,
+                    });
+                }
+                Event::BackpressureCritical { depth, strike, .. } => {
+                    // One record per episode's first tail drop, not one per packet.
+                    if strike == 1 {
+                        self.open_episode(worker, key, priority, "critical", at);
+                        self.record(&ControlEvent::BackpressureTriggered {
+                            stream_id,
+                            priority,
+                            queue_depth: depth,
+                            severity: BackpressureSeverity::Critical,
+                            trace_id: new_trace_id(),
+                            worker,
+                        });
+                    }
+                }
+                Event::BackpressureCleared { depth, .. } => {
+                    if let Some(i) = self.open_backpressure.remove(&(worker, key))
+                        && let Some(iv) = self.backpressure.get_mut(i)
+                    {
+                        iv.end_unix_ms = Some(at);
+                    }
+                    self.record(&ControlEvent::BackpressureCleared {
+                        stream_id,
+                        priority,
+                        queue_depth: depth,
+                        worker,
+                    });
+                }
+                Event::Disconnected { dropped, .. } => {
+                    self.record(&ControlEvent::StreamDisconnected {
+                        stream_id,
+                        priority,
+                        dropped,
+                        worker,
+                    });
+                }
+                Event::Promoted { priority: p, .. } => {
+                    // Logged, not audited: promotions are routine under load.
+                    emit(&ControlEvent::StreamPromoted {
+                        stream_id,
+                        priority: p.get(),
+                        worker,
+                    });
+                }
+                Event::BudgetViolation {
+                    priority: p,
+                    samples,
+                    over_budget,
+                    budget_ns,
+                } => {
+                    self.record(&ControlEvent::PerfBudgetViolation {
+                        priority: p.get(),
+                        worker,
+                        samples,
+                        over_budget,
+                        budget_ms: budget_ns as f64 / 1e6,
+                    });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn open_episode(&mut self, worker: usize, key: u64, priority: u8, severity: &str, at: u64) {
+        if self.open_backpressure.contains_key(&(worker, key)) {
+            return;
+        }
+        if self.backpressure.len() >= self.config.history_limit.max(1) {
+            self.backpressure.pop_front();
+            // Indexes of open episodes shift by one.
+            self.open_backpressure.retain(|_, i| {
+                if *i == 0 {
+                    false
+                } else {
+                    *i -= 1;
+                    true
+                }
+            });
+        }
+        self.backpressure.push_back(Interval {
+            what: format!("stream {key} (worker {worker}, priority {priority}) backpressure"),
+            detail: severity.into(),
+            start_unix_ms: at,
+            end_unix_ms: None,
+        });
+        self.open_backpressure
+            .insert((worker, key), self.backpressure.len() - 1);
+    }
+
+    fn tick_health(
+        &mut self,
+        dp: &Dataplane<P>,
+        stats: &[WorkerStats],
+        now_ns: u64,
+        wall: SystemTime,
+    ) {
+        let ring_full: u64 = dp.ring_full_events().iter().sum();
+        let ring_delta = ring_full.saturating_sub(self.last_ring_full);
+        self.last_ring_full = ring_full;
+        let obs: Vec<WorkerObservation> = stats
+            .iter()
+            .enumerate()
+            .map(|(w, s)| {
+                let stalled = s.stalls > self.last_stalls.get(w).copied().unwrap_or(0);
+                WorkerObservation {
+                    heartbeat_age_ns: now_ns.saturating_sub(s.heartbeat_ns),
+                    stalled,
+                    pool_queued: u64::from(s.shard.descriptors_in_use),
+                    pool_capacity: u64::from(s.shard.descriptor_capacity),
+                    ring_full_events: if w == 0 { ring_delta } else { 0 },
+                }
+            })
+            .collect();
+        self.last_stalls = stats.iter().map(|s| s.stalls).collect();
+        let transitions = self.health.tick(&Observation {
+            now_ns,
+            workers: &obs,
+        });
+        for t in transitions {
+            self.apply_transition(dp, &t, wall);
+        }
+    }
+
+    fn apply_transition(&mut self, dp: &Dataplane<P>, t: &Transition, wall: SystemTime) {
+        self.health_transitions += 1;
+        let mask = t
+            .shed_tiers
+            .iter()
+            .filter(|&&i| i < 64)
+            .fold(0u64, |m, &i| m | (1 << i));
+        if mask != dp.shed_tiers() {
+            dp.set_shed_tiers(mask);
+        }
+        let policy = dp.policy();
+        let names: Vec<String> = t
+            .shed_tiers
+            .iter()
+            .map(|&i| tier_name(&policy, i))
+            .collect();
+        let at = unix_ms(wall);
+        if let Some(last) = self.degrade.back_mut()
+            && last.end_unix_ms.is_none()
+        {
+            last.end_unix_ms = Some(at);
+        }
+        if t.to != HealthState::Normal {
+            if self.degrade.len() >= self.config.history_limit.max(1) {
+                self.degrade.pop_front();
+            }
+            self.degrade.push_back(Interval {
+                what: t.to.as_str().into(),
+                detail: t.hazard.as_str().into(),
+                start_unix_ms: at,
+                end_unix_ms: None,
+            });
+        }
+        self.record(&ControlEvent::HealthChanged {
+            from: t.from.as_str().into(),
+            to: t.to.as_str().into(),
+            reason: t.hazard.as_str().into(),
+        });
+        let rank = |s: HealthState| match s {
+            HealthState::Normal => 0,
+            HealthState::Degraded => 1,
+            HealthState::Safe => 2,
+            HealthState::Unknown => 3,
+        };
+        if matches!(t.to, HealthState::Degraded | HealthState::Safe) && rank(t.to) > rank(t.from)
+        {
+            self.record(&ControlEvent::PerfDegradeApplied {
+                from: t.from.as_str().into(),
+                to: t.to.as_str().into(),
+                hazard: t.hazard.as_str().into(),
+                shed_tiers: names,
+            });
+        } else if matches!(t.from, HealthState::Degraded | HealthState::Safe)
+            && rank(t.to) < rank(t.from)
+        {
+            self.record(&ControlEvent::PerfDegradeRecovered {
+                from: t.from.as_str().into(),
+                to: t.to.as_str().into(),
+                held_ms: self.config.health.recovery_hold_ns / 1_000_000,
+            });
+        }
+    }
+
+    fn tick_allocation(&mut self, dp: &Dataplane<P>, stats: &[WorkerStats], now_ns: u64) {
+        let tiers = dp.policy().tiers().len();
+        let mut bytes = vec![0u64; tiers];
+        for s in stats {
+            for (t, b) in bytes.iter_mut().enumerate() {
+                *b += s.tier_bytes.get(t).copied().unwrap_or(0);
+            }
+        }
+        let dt = now_ns.saturating_sub(self.last_tick_ns);
+        if self.last_tier_bytes.len() == tiers && dt > 0 {
+            self.tier_mbps = bytes
+                .iter()
+                .zip(&self.last_tier_bytes)
+                .map(|(b, l)| b.saturating_sub(*l) as f64 * 8.0 * 1e3 / dt as f64)
+                .collect();
+        } else {
+            self.tier_mbps = vec![0.0; tiers];
+        }
+        self.last_tier_bytes = bytes;
+        self.last_tick_ns = now_ns;
+    }
+
+    fn collect_histograms(&mut self, dp: &mut Dataplane<P>) {
+        for (w, h) in dp
+            .take_histograms(Duration::from_millis(5))
+            .into_iter()
+            .enumerate()
+        {
+            let Some(h) = h else { continue };
+            for (p, s) in h.sojourn.iter().enumerate() {
+                // Same bounds on both sides: `add` cannot fail.
+                let _ = self.cumulative[p].add(s);
+                let _ = self.hlog_sojourn[p].add(s);
+                let _ = self.db_window[p].add(s);
+            }
+            if let Some(c) = self.hlog_cost.get_mut(w) {
+                let _ = c.add(&h.iteration_ns);
+            }
+        }
+    }
+
+    fn tick_hlog(&mut self, wall: SystemTime, force: bool) {
+        let Some(writer) = self.hlog.as_mut() else {
+            return;
+        };
+        let elapsed = wall
+            .duration_since(self.hlog_started)
+            .unwrap_or(Duration::ZERO);
+        if !force && elapsed < self.config.hlog_period {
+            return;
+        }
+        let mut failed = None;
+        for (p, h) in self.hlog_sojourn.iter_mut().enumerate() {
+            if let Err(e) = writer.write_interval(&sojourn_tag(p as u8), self.hlog_started, elapsed, h) {
+                failed = Some(e.to_string());
+            }
+            h.reset();
+        }
+        for (w, h) in self.hlog_cost.iter_mut().enumerate() {
+            if let Err(e) = writer.write_interval(&cost_tag(w), self.hlog_started, elapsed, h) {
+                failed = Some(e.to_string());
+            }
+            h.reset();
+        }
+        if let Some(e) = failed {
+            tracing::error!(target: crate::logs::EVENT_TARGET, event = "hlog.failed", error = %e);
+        }
+        self.hlog_started = wall;
+    }
+
+    fn tick_store(&mut self, now_ns: u64, wall: SystemTime, force: bool) {
+        if self.store.is_none() {
+            return;
+        }
+        let elapsed = now_ns.saturating_sub(self.db_started);
+        if !force && elapsed < ns(self.config.metrics_db_period) {
+            return;
+        }
+        let rows = self.metrics_rows(unix_ms(wall) as i64, elapsed);
+        for h in &mut self.db_window {
+            h.reset();
+        }
+        self.db_started = now_ns;
+        if let Some(store) = self.store.as_ref()
+            && store.submit(rows).is_err()
+        {
+            tracing::warn!(target: crate::logs::EVENT_TARGET, event = "metrics_db.dropped", reason = "the store is behind; batch dropped");
+        }
+    }
+
+    /// QoSMetrics rows: one per busiest stream plus one `other` per priority (O2).
+    fn metrics_rows(&mut self, ts: i64, elapsed_ns: u64) -> Vec<QosMetricsRow> {
+        // NaN (stored as NULL) when a priority sent nothing in the period.
+        let p95: Vec<f64> = self
+            .db_window
+            .iter()
+            .map(|h| {
+                if h.is_empty() {
+                    f64::NAN
+                } else {
+                    h.value_at_quantile(0.95) as f64 / 1e6
+                }
+            })
+            .collect();
+        let secs = (elapsed_ns as f64 / 1e9).max(1e-9);
+        let mut rows = Vec::with_capacity(self.top.len() + PRIORITIES);
+        let mut named_drops = [0u64; PRIORITIES];
+        let mut named_depth = [0u64; PRIORITIES];
+        let mut seen = std::collections::HashMap::new();
+        for t in &self.top {
+            let s = &t.entry.stats;
+            let p = usize::from(s.priority.get());
+            let drops = s.dropped_queue_full
+                + s.dropped_aqm
+                + s.dropped_expired
+                + s.dropped_disconnected
+                + s.dropped_closed
+                + t.entry.shed;
+            named_drops[p] += drops;
+            named_depth[p] += s.queued;
+            let key = (t.worker, t.entry.id.index());
+            let served = s.dequeued;
+            // A stream new to the list counts from the start of its life.
+            let (served_before, drops_before) =
+                self.last_stream_bytes.get(&key).copied().unwrap_or((0, 0));
+            seen.insert(key, (served, drops));
+            rows.push(QosMetricsRow {
+                timestamp_ms: ts,
+                stream_id: t.entry.key.to_string(),
+                priority: s.priority.get(),
+                queue_depth: s.queued,
+                packets_dropped: drops.saturating_sub(drops_before),
+                // The report counts packets; bandwidth is the packets served in the
+                // period times the mean packet size served at its priority.
+                bandwidth_allocated_mbps: served.saturating_sub(served_before) as f64
+                    * self.mean_packet_bits(p)
+                    / secs
+                    / 1e6,
+                latency_p95_ms: p95[p],
+            });
+        }
+        self.last_stream_bytes = seen;
+        if let Some(dp) = self.dataplane.as_ref() {
+            let stats = dp.stats();
+            for p in 0..PRIORITIES {
+                let drops: u64 = stats
+                    .iter()
+                    .map(|w| w.priorities[p].dropped_total() + w.shed[p])
+                    .sum();
+                let depth: u64 = stats.iter().map(|w| w.priorities[p].queued).sum();
+                let other = drops.saturating_sub(named_drops[p]);
+                let before = std::mem::replace(&mut self.last_other_drops[p], other);
+                rows.push(QosMetricsRow {
+                    timestamp_ms: ts,
+                    stream_id: "other".into(),
+                    priority: p as u8,
+                    queue_depth: depth.saturating_sub(named_depth[p]),
+                    packets_dropped: other.saturating_sub(before),
+                    bandwidth_allocated_mbps: 0.0,
+                    latency_p95_ms: p95[p],
+                });
+            }
+        }
+        rows
+    }
+
+    /// Mean packet size of priority `p` served so far, in bits.
+    fn mean_packet_bits(&self, p: usize) -> f64 {
+        let Some(dp) = self.dataplane.as_ref() else {
+            return 0.0;
+        };
+        let (bytes, packets) = dp.stats().iter().fold((0u64, 0u64), |(b, n), w| {
+            (
+                b + w.priorities[p].dequeued_bytes,
+                n + w.priorities[p].dequeued,
+            )
+        });
+        if packets == 0 {
+            0.0
+        } else {
+            bytes as f64 * 8.0 / packets as f64
+        }
+    }
+
+    pub(crate) fn metrics_snapshot(&self) -> MetricsSnapshot {
+        let (workers, ages, ring_full, tiers) = match self.dataplane.as_ref() {
+            Some(dp) => {
+                let stats = dp.stats();
+                let now = dp.now_ns();
+                let ages = stats
+                    .iter()
+                    .map(|s| now.saturating_sub(s.heartbeat_ns) as f64 / 1e9)
+                    .collect();
+                let policy = dp.policy();
+                let tiers = policy
+                    .tiers()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| TierGauge {
+                        name: t.name.clone(),
+                        share_percent: t.share_percent,
+                        allocated_mbps: self.tier_mbps.get(i).copied().unwrap_or(0.0),
+                    })
+                    .collect();
+                (stats, ages, dp.ring_full_events(), tiers)
+            }
+            None => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        };
+        MetricsSnapshot {
+            workers,
+            heartbeat_age_s: ages,
+            top: self.top.clone(),
+            open_streams: self.reports.iter().flatten().map(|r| r.open_streams).sum(),
+            sojourn: self.cumulative.clone(),
+            tiers,
+            health: self.health.state().as_str().into(),
+            ring_full,
+            health_transitions: self.health_transitions,
+            store: self.store.as_ref().map(|s| {
+                let st = s.status();
+                [st.batches_written, st.batches_failed, st.batches_dropped]
+            }),
+            audit: self.audit_counts,
+            policies: self.policy_counts,
+        }
+    }
+
+    pub(crate) fn health_state(&self) -> HealthState {
+        self.health.state()
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        let (versions, queued, ages, shed) = match self.dataplane.as_ref() {
+            Some(dp) => {
+                let stats = dp.stats();
+                let now = dp.now_ns();
+                let policy = dp.policy();
+                let mask = dp.shed_tiers();
+                let shed = (0..policy.tiers().len())
+                    .filter(|&t| t < 64 && mask & (1 << t) != 0)
+                    .map(|t| tier_name(&policy, t))
+                    .collect();
+                (
+                    stats.iter().map(|s| s.policy_version).collect(),
+                    stats.iter().map(|s| s.shard.totals.queued).collect(),
+                    stats
+                        .iter()
+                        .map(|s| now.saturating_sub(s.heartbeat_ns) as f64 / 1e6)
+                        .collect(),
+                    shed,
+                )
+            }
+            None => (Vec::new(), Vec::new(), Vec::new(), Vec::new()),
+        };
+        let store = self.store.as_ref().map(|s| {
+            let st = s.status();
+            StoreStatusView {
+                batches_written: st.batches_written,
+                batches_failed: st.batches_failed,
+                batches_dropped: st.batches_dropped,
+                last_error: if st.healthy { None } else { st.last_error.clone() },
+            }
+        });
+        let mut warnings = Vec::new();
+        if let Some(s) = &store
+            && let Some(e) = &s.last_error
+        {
+            warnings.push(format!("metrics.db failing: {e}"));
+        }
+        if let Some(e) = &self.audit_error {
+            warnings.push(format!("audit log failing: {e}"));
+        }
+        Status {
+            health: self.health.state(),
+            policy_version: self.gate.running_version(),
+            worker_policy_versions: versions,
+            shard_streams: self.reports.iter().map(|r| r.as_ref().map_or(0, |r| r.open_streams)).collect(),
+            shard_queued: queued,
+            heartbeat_age_ms: ages,
+            shed_tiers: shed,
+            audit_head: self.audit.as_ref().map(AuditLog::head),
+            metrics_db: store,
+            warnings,
+        }
+    }
+
+    pub(crate) fn integrity(&self) -> IntegrityReport {
+        if let Some(r) = &self.final_report {
+            return r.clone();
+        }
+        // Per-worker counters from each worker's latest report: one consistent
+        // instant per worker.
+        let workers: Vec<WorkerStats> = self
+            .reports
+            .iter()
+            .flatten()
+            .map(|r| r.stats.clone())
+            .collect();
+        self.integrity_from(&workers, false)
+    }
+
+    fn integrity_from(&self, workers: &[WorkerStats], final_counters: bool) -> IntegrityReport {
+        integrity::build(
+            unix_ms(wall_now()),
+            workers,
+            final_counters,
+            &self.top,
+            self.backpressure.iter().cloned().collect(),
+            self.degrade.iter().cloned().collect(),
+            self.policy_history.iter().cloned().collect(),
+        )
+    }
+
+    /// Final tick, flush, dataplane shutdown.
+    pub(crate) fn shutdown(&mut self, mode: StopMode) -> Result<ShutdownReport, ControlError> {
+        self.tick();
+        let Some(dp) = self.dataplane.take() else {
+            return Err(ControlError::Thread("dataplane already stopped".into()));
+        };
+        let result = dp.shutdown(mode);
+        let wall = wall_now();
+        let report = match &result {
+            Ok(r) => Some(r.workers.clone()),
+            Err(RuntimeError::WorkerPanicked { report, .. }) => Some(report.workers.clone()),
+            #[allow(unreachable_patterns)]
+            Err(_) => None,
+        };
+        if let Some(workers) = report {
+            self.final_report = Some(self.integrity_from(&workers, true));
+        }
+        self.tick_hlog(wall, true);
+        self.tick_store(u64::MAX, wall, true);
+        if let Some(store) = self.store.take() {
+            let _ = store.stop(Duration::from_secs(5));
+        }
+        Ok(result?)
+    }
+}
+
+fn tier_name(policy: &Policy, i: usize) -> String {
+    policy
+        .tiers()
+        .get(i)
+        .map_or_else(|| format!("tier{i}"), |t| t.name.clone())
+}
+
+/// A running control plane (see the module docs).
+pub struct ControlPlane<P: Send + 'static> {
+    state: Arc<Mutex<State<P>>>,
+    addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl<P: Send + 'static> std::fmt::Debug for ControlPlane<P> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+pub(crate) fn lock<P>(state: &Mutex<State<P>>) -> MutexGuard<'_, State<P>> {
+    // A panic while holding the lock leaves consistent data (each step completes or
+    // is abandoned whole); keep serving.
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<P: Send + 'static> ControlPlane<P> {
+    /// Takes over `dataplane`'s control handle and starts the control thread and
+    /// its HTTP API.
+    pub fn start(dataplane: Dataplane<P>, config: ControlConfig) -> Result<Self, ControlError> {
+        let addr = config.listen;
+        if !addr.ip().is_loopback() && !(config.allow_remote && config.bearer_token.is_some()) {
+            return Err(ControlError::RemoteNotAllowed { addr });
+        }
+        let listener = TcpListener::bind(addr).map_err(|source| ControlError::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| ControlError::Bind { addr, source })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| ControlError::Bind { addr, source })?;
+        let tick = config.tick;
+        let token = config.bearer_token.clone();
+        let state = Arc::new(Mutex::new(State::new(dataplane, config)?));
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let shared = state.clone();
+        let thread = std::thread::Builder::new()
+            .name("qos-control".into())
+            .spawn(move || crate::api::run(shared, listener, tick, token, stop_rx))
+            .map_err(|e| ControlError::Thread(e.to_string()))?;
+        Ok(Self {
+            state,
+            addr: local,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The API's bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Validates, publishes and audits a policy document (what `POST /policy` does).
+    pub fn apply_policy(
+        &self,
+        document: &[u8],
+        signature: Option<&str>,
+        source: &str,
+    ) -> Result<Applied, PolicyRejection> {
+        lock(&self.state).apply_policy(document, signature, source)
+    }
+
+    /// Runs one control tick now (the thread also runs them every `tick`).
+    pub fn tick_now(&self) {
+        lock(&self.state).tick();
+    }
+
+    /// `GET /status`.
+    pub fn status(&self) -> Status {
+        lock(&self.state).status()
+    }
+
+    /// The health state.
+    pub fn health(&self) -> HealthState {
+        lock(&self.state).health_state()
+    }
+
+    /// `GET /integrity`.
+    pub fn integrity(&self) -> IntegrityReport {
+        lock(&self.state).integrity()
+    }
+
+    /// The Prometheus exposition (`GET /metrics`).
+    pub fn metrics_text(&self) -> String {
+        crate::metrics::render(&lock(&self.state).metrics_snapshot())
+    }
+
+    /// Runs `f` on the dataplane's control handle (while it runs).
+    pub fn with_dataplane<R>(&self, f: impl FnOnce(&mut Dataplane<P>) -> R) -> Option<R> {
+        lock(&self.state).dataplane.as_mut().map(f)
+    }
+
+    /// Stops the API thread, runs a last tick, stops the dataplane (`mode`), writes
+    /// the last `.hlog` interval and `metrics.db` batch, and returns the dataplane's
+    /// report with the final integrity report.
+    pub fn shutdown(
+        mut self,
+        mode: StopMode,
+    ) -> Result<(ShutdownReport, IntegrityReport), ControlError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take()
+            && t.join().is_err()
+        {
+            return Err(ControlError::Thread("the control thread panicked".into()));
+        }
+        let mut state = lock(&self.state);
+        let report = state.shutdown(mode)?;
+        let integrity = state.integrity();
+        Ok((report, integrity))
+    }
+}
+
+impl<P: Send + 'static> Drop for ControlPlane<P> {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

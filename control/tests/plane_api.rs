@@ -1,0 +1,423 @@
+//! The control plane end to end with real components: a running dataplane, real HTTP
+//! on loopback (`/metrics`, `/healthz`, `/status`, `/integrity`, `POST /policy`),
+//! `promtool check metrics`, the audit log verified, `metrics.db` read back with the
+//! `sqlite3` client, the `.hlog` read back. Bounded in time; pass on 2 cores.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // tests
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use qos_control::health::{HealthConfig, HealthState};
+use qos_control::plane::{ControlConfig, ControlPlane};
+use qos_control::policy::signing;
+use qos_dataplane::runtime::{
+    Dataplane, Discarded, Egress, EnqueueError, Outbox, Pinning, Producer, StopMode,
+    StreamHandle,
+};
+use qos_dataplane::sched::{PolicySpec, SchedulerConfig, StreamConfig};
+
+/// An egress that sends everything unless `hold` is set (then it refuses all), and
+/// sleeps once for `stall_ms` when asked.
+#[derive(Clone, Default)]
+struct Switch {
+    hold: Arc<AtomicBool>,
+    stall_ms: Arc<AtomicU64>,
+    discards: Arc<Mutex<Vec<String>>>,
+}
+
+struct Wire(Switch);
+
+impl Egress<u64> for Wire {
+    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
+        let stall = self.0.stall_ms.swap(0, Ordering::Relaxed);
+        if stall > 0 {
+            std::thread::sleep(Duration::from_millis(stall));
+        }
+        if self.0.hold.load(Ordering::Relaxed) {
+            return;
+        }
+        while out.pop().is_some() {}
+    }
+    fn discard(&mut self, d: Discarded<u64>) {
+        self.0.discards.lock().unwrap().push(d.reason.as_str().to_string());
+    }
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "qos-plane-{name}-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn start(
+    workers: usize,
+    max_packets: u32,
+    config: ControlConfig,
+) -> (ControlPlane<u64>, Producer<u64>, Switch) {
+    let sw = Switch::default();
+    let s = sw.clone();
+    let policy = PolicySpec {
+        disconnect: false,
+        ..PolicySpec::default()
+    }
+    .build()
+    .unwrap();
+    let (dp, mut producers) = Dataplane::<u64>::builder()
+        .workers(workers)
+        .pinning(Pinning::Off)
+        .scheduler(SchedulerConfig {
+            max_packets,
+            ..SchedulerConfig::default()
+        })
+        .policy(Arc::new(policy))
+        .build(move |_| Wire(s.clone()))
+        .unwrap();
+    let plane = ControlPlane::start(
+        dp,
+        ControlConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tick: Duration::from_millis(50),
+            report_every: Duration::from_millis(50),
+            ..config
+        },
+    )
+    .unwrap();
+    (plane, producers.pop().unwrap(), sw)
+}
+
+/// A plain HTTP/1.1 request; returns (status, body).
+fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let status: u16 = text[9..12].parse().unwrap();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap();
+    // Bodies are sent with Content-Length by hyper for full bodies.
+    assert!(!head.to_ascii_lowercase().contains("transfer-encoding: chunked"));
+    (status, rest.to_string())
+}
+
+fn push(tx: &mut Producer<u64>, h: StreamHandle, n: u64) {
+    let limit = Instant::now() + Duration::from_secs(10);
+    for k in 0..n {
+        let mut p = k;
+        loop {
+            match tx.enqueue(h, p, 500) {
+                Ok(()) => break,
+                Err(EnqueueError::Full(back)) => {
+                    assert!(Instant::now() < limit, "ring full for 10 s");
+                    p = back;
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    }
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let limit = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Parses `name{labels} value` lines of one metric into label maps.
+fn series(text: &str, name: &str) -> Vec<(HashMap<String, String>, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(name) else { continue };
+        let (labels, value) = if let Some(rest) = rest.strip_prefix('{') {
+            let (l, v) = rest.split_once("} ").unwrap();
+            (l.to_string(), v)
+        } else if let Some(v) = rest.strip_prefix(' ') {
+            (String::new(), v)
+        } else {
+            continue;
+        };
+        let mut map = HashMap::new();
+        for kv in labels.split(',').filter(|s| !s.is_empty()) {
+            let (k, v) = kv.split_once('=').unwrap();
+            map.insert(k.to_string(), v.trim_matches('"').to_string());
+        }
+        out.push((map, value.parse().unwrap()));
+    }
+    out
+}
+
+/// O1: a real scrape parsed back equals the runtime's counters: per named stream
+/// exactly, `other` as the rest, sums exact; cardinality bounded; promtool accepts it.
+#[test]
+fn o1_metrics_scrape_matches_the_runtime_counters() {
+    let (plane, mut tx, _) = start(
+        2,
+        65_536,
+        ControlConfig {
+            series_limit: 5,
+            ..ControlConfig::default()
+        },
+    );
+    // 40 streams, stream i gets 10 + i packets at priority i % 8.
+    let mut total = 0;
+    for i in 0..40u64 {
+        let h = tx.open(7000 + i, StreamConfig::with_priority((i % 8) as u8)).unwrap();
+        push(&mut tx, h, 10 + i);
+        total += 10 + i;
+    }
+    wait_until("every packet sent", 20, || {
+        plane.with_dataplane(|dp| dp.stats().iter().map(|s| s.sent).sum::<u64>()).unwrap() == total
+    });
+    wait_until("a stream report", 10, || {
+        plane.tick_now();
+        plane.status().shard_streams.iter().sum::<u64>() == 40
+    });
+    let (code, text) = http(plane.addr(), "GET", "/metrics", &[], b"");
+    assert_eq!(code, 200);
+    let enq = series(&text, "qos_packets_enqueued_total");
+    let named: Vec<_> = enq.iter().filter(|(l, _)| l["stream_id"] != "other").collect();
+    assert_eq!(named.len(), 5, "series limit 5");
+    // The five busiest are keys 7039..7035 with 49..45 packets.
+    for (l, v) in &named {
+        let key: u64 = l["stream_id"].parse().unwrap();
+        assert!((7035..7040).contains(&key), "{key} is not among the busiest");
+        assert_eq!(*v as u64, 10 + key - 7000);
+        assert_eq!(l["priority"], ((key - 7000) % 8).to_string());
+    }
+    let sum: f64 = enq.iter().map(|(_, v)| v).sum();
+    assert_eq!(sum as u64, total, "named + other = every packet");
+    let others = enq.iter().filter(|(l, _)| l["stream_id"] == "other").count();
+    assert_eq!(others, 8, "one other series per priority");
+    // Depth 0 everywhere, dequeued all; the sojourn histogram counted every packet.
+    let count: f64 = series(&text, "qos_scheduling_duration_seconds_count")
+        .iter()
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(count as u64, total);
+    let versions = series(&text, "qos_policy_version");
+    assert_eq!(versions.len(), 2);
+    assert!(text.contains("qos_bandwidth_allocated_mbps{priority_tier=\"High\"}"));
+    assert!(text.contains("qos_health_state{state=\"NORMAL\"} 1"));
+    assert!(text.trim_end().ends_with("# EOF"));
+    promtool(&text);
+    drop(tx);
+    let (report, integrity) = plane.shutdown(StopMode::Drain).unwrap();
+    assert!(report.is_conserved());
+    assert!(integrity.s11_holds, "{}", integrity.statement);
+    assert!(integrity.final_counters);
+}
+
+fn promtool(text: &str) {
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is needed (Debian package `prometheus`; .ci/run installs it)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// C1-C3 over HTTP with a key: unsigned, malformed and wrongly signed policies are
+/// refused (403), invalid ones name the field (400), stale ones 409, a signed one is
+/// applied and every worker reports it, the same again is a no-op; the audit log
+/// records each and verifies.
+#[test]
+fn c3_post_policy_signed_over_http_and_audited() {
+    let dir = temp_dir("policy");
+    let (sk, vk) = signing::generate_keypair().unwrap();
+    let (other, _) = signing::generate_keypair().unwrap();
+    let audit = dir.join("audit.jsonl");
+    let (plane, tx, _) = start(
+        2,
+        65_536,
+        ControlConfig {
+            verifying_key: Some(vk),
+            audit_log: Some(audit.clone()),
+            ..ControlConfig::default()
+        },
+    );
+    let addr = plane.addr();
+    let doc = b"version = 2\npreset = \"default\"\n[[tiers]]\nname = \"High\"\npriorities = [6, 7]\nshare_percent = 30\n[[tiers]]\nname = \"Medium\"\npriorities = [2, 3, 4, 5]\nshare_percent = 55\n[[tiers]]\nname = \"Low\"\npriorities = [0, 1]\nshare_percent = 15\n";
+    let sig = signing::sign(doc, &sk);
+    let (code, body) = http(addr, "POST", "/policy", &[], doc);
+    assert_eq!(code, 403, "{body}");
+    let (code, _) = http(addr, "POST", "/policy", &[("X-Qos-Signature", "not base64!")], doc);
+    assert_eq!(code, 403);
+    let (code, _) = http(addr, "POST", "/policy", &[("X-Qos-Signature", &signing::sign(doc, &other))], doc);
+    assert_eq!(code, 403);
+    let bad = b"version = 3\n[[tiers]]\nname = \"High\"\npriorities = [6, 7]\nshare_percent = 30\n[[tiers]]\nname = \"Rest\"\npriorities = [0, 1, 2, 3, 4, 5]\nshare_percent = 60\n";
+    let (code, body) = http(addr, "POST", "/policy", &[("X-Qos-Signature", &signing::sign(bad, &sk))], bad);
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("share_percent"), "{body}");
+    assert_eq!(plane.status().policy_version, 1, "rejections change nothing");
+    let (code, body) = http(addr, "POST", "/policy", &[("X-Qos-Signature", &sig)], doc);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"changed\": true"));
+    wait_until("every worker on version 2", 5, || {
+        plane.status().worker_policy_versions == vec![2, 2]
+    });
+    let (code, body) = http(addr, "POST", "/policy", &[("X-Qos-Signature", &sig)], doc);
+    assert_eq!((code, body.contains("\"changed\": false")), (200, true), "{body}");
+    let stale = b"version = 1\n";
+    let (code, _) = http(addr, "POST", "/policy", &[("X-Qos-Signature", &signing::sign(stale, &sk))], stale);
+    assert_eq!(code, 409);
+    let (code, _) = http(addr, "GET", "/policy", &[], b"");
+    assert_eq!(code, 405);
+    let (code, _) = http(addr, "GET", "/nope", &[], b"");
+    assert_eq!(code, 404);
+    let (code, body) = http(addr, "GET", "/status", &[], b"");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["policy_version"], 2);
+    drop(tx);
+    let (_, integrity) = plane.shutdown(StopMode::Drain).unwrap();
+    let outcomes: Vec<&str> = integrity
+        .policy_history
+        .iter()
+        .map(|p| p.outcome.as_str())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["applied", "rejected", "rejected", "rejected", "rejected", "applied", "no-op", "rejected"]
+    );
+    let report = qos_control::audit::verify(&audit).unwrap();
+    assert!(report.is_ok(), "{report:?}");
+    let log = std::fs::read_to_string(&audit).unwrap();
+    assert_eq!(log.matches("\"event\":\"policy.rejected\"").count(), 5);
+    assert_eq!(log.matches("\"event\":\"policy.applied\"").count(), 1);
+}
+
+/// O5 with a real dataplane: an egress that refuses everything fills the descriptor
+/// pool: SAFE (503), every tier but High shed (counted `shed`); released, the pool
+/// drains and health steps back after the hold time (200). A worker stuck in its
+/// egress longer than the stale threshold makes health UNKNOWN (503).
+#[test]
+fn o5_health_follows_hazards_and_healthz_codes() {
+    let dir = temp_dir("health");
+    let audit = dir.join("audit.jsonl");
+    let (plane, mut tx, sw) = start(
+        1,
+        2_000,
+        ControlConfig {
+            audit_log: Some(audit.clone()),
+            health: HealthConfig {
+                recovery_hold_ns: 300_000_000,
+                heartbeat_stale_ns: 400_000_000,
+                ..HealthConfig::default()
+            },
+            ..ControlConfig::default()
+        },
+    );
+    let addr = plane.addr();
+    wait_until("NORMAL", 5, || plane.health() == HealthState::Normal);
+    assert_eq!(http(addr, "GET", "/healthz", &[], b"").0, 200);
+    sw.hold.store(true, Ordering::Relaxed);
+    let low = tx.open(1, StreamConfig::with_priority(0)).unwrap();
+    let mid = tx.open(2, StreamConfig::with_priority(3)).unwrap();
+    let high = tx.open(3, StreamConfig::with_priority(7)).unwrap();
+    // 2,000 descriptors: fill them from the Medium stream (depth limit 10,000).
+    let mut pushed = 0;
+    while pushed < 1_990 {
+        if tx.enqueue(mid, pushed, 100).is_ok() {
+            pushed += 1;
+        }
+    }
+    wait_until("SAFE", 10, || plane.health() == HealthState::Safe);
+    let (code, body) = http(addr, "GET", "/healthz", &[], b"");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("SAFE"));
+    assert_eq!(plane.status().shed_tiers, vec!["Low".to_string(), "Medium".to_string()]);
+    // Shed Low, pass High (it has room for 10 more descriptors).
+    push(&mut tx, low, 50);
+    push(&mut tx, high, 5);
+    wait_until("50 shed", 10, || {
+        plane.with_dataplane(|dp| dp.stats()[0].shed[0]).unwrap() == 50
+    });
+    sw.hold.store(false, Ordering::Relaxed);
+    wait_until("back to NORMAL", 10, || plane.health() == HealthState::Normal);
+    assert_eq!(http(addr, "GET", "/healthz", &[], b"").0, 200);
+    assert!(plane.status().shed_tiers.is_empty());
+    // A worker stuck in its egress for 1.2 s: heartbeat stale, UNKNOWN.
+    sw.stall_ms.store(1_200, Ordering::Relaxed);
+    push(&mut tx, high, 1);
+    wait_until("UNKNOWN", 10, || plane.health() == HealthState::Unknown);
+    let (code, body) = http(addr, "GET", "/healthz", &[], b"");
+    assert_eq!(code, 503, "{body}");
+    wait_until("NORMAL again", 10, || plane.health() == HealthState::Normal);
+    drop(tx);
+    let (report, integrity) = plane.shutdown(StopMode::Drain).unwrap();
+    assert!(report.is_conserved());
+    assert!(integrity.s11_holds, "{}", integrity.statement);
+    assert_eq!(integrity.dropped_by_reason["shed"], 50);
+    assert!(integrity.degrade.iter().any(|i| i.what == "SAFE"));
+    let log = std::fs::read_to_string(&audit).unwrap();
+    assert!(log.contains("\"event\":\"perf.degrade.applied\""));
+    assert!(log.contains("\"event\":\"perf.degrade.recovered\""));
+    assert!(log.contains("\"to\":\"UNKNOWN\""));
+    assert!(qos_control::audit::verify(&audit).unwrap().is_ok());
+}
+
+/// The API binds loopback unless told otherwise; a token guards every route but
+/// /healthz.
+#[test]
+fn api_refuses_remote_bind_and_checks_the_token() {
+    let dp = Dataplane::<u64>::builder()
+        .workers(1)
+        .pinning(Pinning::Off)
+        .build(|_| Wire(Switch::default()))
+        .unwrap()
+        .0;
+    let err = ControlPlane::start(
+        dp,
+        ControlConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            ..ControlConfig::default()
+        },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("not a loopback address"), "{err}");
+    let (plane, _tx, _) = start(
+        1,
+        4096,
+        ControlConfig {
+            bearer_token: Some("s3cret".into()),
+            ..ControlConfig::default()
+        },
+    );
+    let addr = plane.addr();
+    assert_eq!(http(addr, "GET", "/metrics", &[], b"").0, 401);
+    assert_eq!(http(addr, "GET", "/metrics", &[("Authorization", "Bearer wrong")], b"").0, 401);
+    assert_eq!(http(addr, "GET", "/metrics", &[("Authorization", "Bearer s3cret")], b"").0, 200);
+    wait_until("NORMAL", 5, || plane.health() == HealthState::Normal);
+    assert_eq!(http(addr, "GET", "/healthz", &[], b"").0, 200);
+}
