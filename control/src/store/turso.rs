@@ -92,7 +92,8 @@ impl TursoStore {
         let mut retries = self.lock_retries;
         loop {
             let io: Arc<dyn IO> = Arc::new(PlatformIO::new().map_err(self.err(StoreStep::Io))?);
-            match Database::open_file(io, &self.path_str, Arc::new(SqliteDialect)) {
+            let options = OpenOptions::new(Arc::new(SqliteDialect));
+            match Database::open(io, &self.path_str, options) {
                 Err(LimboError::LockingError(_)) if retries > 0 => {
                     retries -= 1;
                     std::thread::sleep(self.lock_retry_delay);
