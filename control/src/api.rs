@@ -3,7 +3,7 @@
 //!
 //! | route | answer |
 //! | --- | --- |
-//! | `GET /metrics` | Prometheus / OpenMetrics text (O1) |
+//! | `GET /metrics` | Prometheus text 0.0.4 (O1); OpenMetrics 1.0 when the `Accept` header asks for `application/openmetrics-text` |
 //! | `GET /healthz` | `{"state": ...}`; 200 for NORMAL and DEGRADED (serving), 503 for SAFE and UNKNOWN |
 //! | `GET /status` | policy version per worker, shard sizes, health, audit head, store state |
 //! | `GET /integrity` | the integrity report (O6) |
@@ -96,7 +96,11 @@ async fn serve<P: Send + 'static>(
     }
 }
 
-fn respond(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut()
@@ -157,16 +161,31 @@ async fn route<P: Send + 'static>(
     }
     match (req.method(), path.as_str()) {
         (&Method::GET, "/metrics") => {
+            let openmetrics = req
+                .headers()
+                .get(hyper::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("application/openmetrics-text"));
             let snapshot = lock(state).metrics_snapshot();
-            respond(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                crate::metrics::render(&snapshot),
-            )
+            let text = crate::metrics::render(&snapshot);
+            if openmetrics {
+                respond(
+                    StatusCode::OK,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                )
+            } else {
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    crate::metrics::to_prometheus_text(&text),
+                )
+            }
         }
         (&Method::GET, "/healthz") => {
             let st = lock(state).health_state();
-            let code = StatusCode::from_u16(st.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let code =
+                StatusCode::from_u16(st.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             #[derive(Serialize)]
             struct Health {
                 state: crate::health::HealthState,
@@ -193,7 +212,9 @@ async fn route<P: Send + 'static>(
         _ => json(
             StatusCode::NOT_FOUND,
             &ErrorBody {
-                error: format!("no route {path}; expected /metrics, /healthz, /status, /integrity or /policy"),
+                error: format!(
+                    "no route {path}; expected /metrics, /healthz, /status, /integrity or /policy"
+                ),
                 field: None,
             },
         ),
@@ -217,13 +238,18 @@ async fn post_policy<P: Send + 'static>(
             );
         }
     };
-    let body = match Limited::new(req.into_body(), MAX_DOCUMENT_BYTES).collect().await {
+    let body = match Limited::new(req.into_body(), MAX_DOCUMENT_BYTES)
+        .collect()
+        .await
+    {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             return json(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &ErrorBody {
-                    error: format!("body: {e}; expected a policy document of at most {MAX_DOCUMENT_BYTES} bytes"),
+                    error: format!(
+                        "body: {e}; expected a policy document of at most {MAX_DOCUMENT_BYTES} bytes"
+                    ),
                     field: None,
                 },
             );
@@ -234,7 +260,7 @@ async fn post_policy<P: Send + 'static>(
         Ok(applied) => json(StatusCode::OK, &applied),
         Err(e) => {
             let code = match &e {
-                PolicyRejection::SignatureMissing { .. }
+                PolicyRejection::SignatureMissing
                 | PolicyRejection::SignatureMalformed { .. }
                 | PolicyRejection::SignatureInvalid { .. } => StatusCode::FORBIDDEN,
                 PolicyRejection::Stale { .. } | PolicyRejection::Conflict { .. } => {

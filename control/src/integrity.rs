@@ -199,7 +199,11 @@ pub fn build(
     } else if s11_holds {
         format!(
             "S11 holds: {taken} packets taken = {sent} sent + {discarded} discarded with a reason + {held} still held (queued or pending), on every worker{}; {} busiest streams balance",
-            if final_counters { " (final counters)" } else { "" },
+            if final_counters {
+                " (final counters)"
+            } else {
+                ""
+            },
             streams.len()
         )
     } else {

@@ -16,9 +16,9 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use qos_dataplane::runtime::{StreamEntry, StreamReport, WorkerStats};
 use qos_dataplane::sched::policy::PRIORITIES;
@@ -26,8 +26,8 @@ use qos_dataplane::sched::{DropReason, RefuseReason};
 
 /// Upper bounds of the `qos_scheduling_duration_seconds` buckets, in seconds.
 pub const SOJOURN_BUCKETS_S: [f64; 16] = [
-    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0,
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
 ];
 
 /// One stream of the merged busiest set.
@@ -266,7 +266,10 @@ impl Collector for Snapshot {
         }
         let shed: u64 = s.workers.iter().flat_map(|w| w.shed).sum();
         rows.push((
-            vec![("stream_id", "other".into()), ("drop_reason", "shed".into())],
+            vec![
+                ("stream_id", "other".into()),
+                ("drop_reason", "shed".into()),
+            ],
             shed.saturating_sub(named[DropReason::COUNT]),
         ));
         family(
@@ -333,12 +336,13 @@ impl Collector for Snapshot {
                     .collect();
                 let sum = h.mean() * h.len() as f64 / 1e9;
                 let labels: Labels = vec![("priority", p.to_string())];
-                m.encode_family(&labels)?.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                    sum,
-                    h.len(),
-                    &buckets,
-                    None,
-                )?;
+                m.encode_family(&labels)?
+                    .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                        sum,
+                        h.len(),
+                        &buckets,
+                        None,
+                    )?;
             }
         }
 
@@ -356,9 +360,12 @@ impl Collector for Snapshot {
             &mut enc,
             "qos_tier_share_percent",
             "Configured share of each tier when every tier is backlogged.",
-            s.tiers
-                .iter()
-                .map(|t| (vec![("priority_tier", t.name.clone())], i64::from(t.share_percent))),
+            s.tiers.iter().map(|t| {
+                (
+                    vec![("priority_tier", t.name.clone())],
+                    i64::from(t.share_percent),
+                )
+            }),
             gauge_i,
             MetricType::Gauge,
         )?;
@@ -571,6 +578,37 @@ impl Collector for Snapshot {
         )?;
         Ok(())
     }
+}
+
+/// Converts the OpenMetrics text [`render`] produces into the Prometheus text format
+/// 0.0.4 (what `promtool check metrics` and Prometheus servers without OpenMetrics
+/// negotiation read): a counter's `# HELP` / `# TYPE` name the `_total` series, and
+/// the `# EOF` marker goes. Samples are unchanged.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let rewritten = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters
+                .contains(name)
+                .then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match rewritten {
+            Some(l) => out.push_str(&l),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// Values recorded at or below `bound` (HdrHistogram counts by equivalent ranges: a

@@ -504,19 +504,19 @@ impl<P: Send + 'static> State<P> {
                         worker,
                     });
                 }
-                Event::BackpressureCritical { depth, strike, .. } => {
+                Event::BackpressureCritical {
+                    depth, strike: 1, ..
+                } => {
                     // One record per episode's first tail drop, not one per packet.
-                    if strike == 1 {
-                        self.open_episode(worker, key, priority, "critical", at);
-                        self.record(&ControlEvent::BackpressureTriggered {
-                            stream_id,
-                            priority,
-                            queue_depth: depth,
-                            severity: BackpressureSeverity::Critical,
-                            trace_id: new_trace_id(),
-                            worker,
-                        });
-                    }
+                    self.open_episode(worker, key, priority, "critical", at);
+                    self.record(&ControlEvent::BackpressureTriggered {
+                        stream_id,
+                        priority,
+                        queue_depth: depth,
+                        severity: BackpressureSeverity::Critical,
+                        trace_id: new_trace_id(),
+                        worker,
+                    });
                 }
                 Event::BackpressureCleared { depth, .. } => {
                     if let Some(i) = self.open_backpressure.remove(&(worker, key))
@@ -670,8 +670,7 @@ impl<P: Send + 'static> State<P> {
             HealthState::Safe => 2,
             HealthState::Unknown => 3,
         };
-        if matches!(t.to, HealthState::Degraded | HealthState::Safe) && rank(t.to) > rank(t.from)
-        {
+        if matches!(t.to, HealthState::Degraded | HealthState::Safe) && rank(t.to) > rank(t.from) {
             self.record(&ControlEvent::PerfDegradeApplied {
                 from: t.from.as_str().into(),
                 to: t.to.as_str().into(),
@@ -742,7 +741,9 @@ impl<P: Send + 'static> State<P> {
         }
         let mut failed = None;
         for (p, h) in self.hlog_sojourn.iter_mut().enumerate() {
-            if let Err(e) = writer.write_interval(&sojourn_tag(p as u8), self.hlog_started, elapsed, h) {
+            if let Err(e) =
+                writer.write_interval(&sojourn_tag(p as u8), self.hlog_started, elapsed, h)
+            {
                 failed = Some(e.to_string());
             }
             h.reset();
@@ -949,7 +950,11 @@ impl<P: Send + 'static> State<P> {
                 batches_written: st.batches_written,
                 batches_failed: st.batches_failed,
                 batches_dropped: st.batches_dropped,
-                last_error: if st.healthy { None } else { st.last_error.clone() },
+                last_error: if st.healthy {
+                    None
+                } else {
+                    st.last_error.clone()
+                },
             }
         });
         let mut warnings = Vec::new();
@@ -965,7 +970,11 @@ impl<P: Send + 'static> State<P> {
             health: self.health.state(),
             policy_version: self.gate.running_version(),
             worker_policy_versions: versions,
-            shard_streams: self.reports.iter().map(|r| r.as_ref().map_or(0, |r| r.open_streams)).collect(),
+            shard_streams: self
+                .reports
+                .iter()
+                .map(|r| r.as_ref().map_or(0, |r| r.open_streams))
+                .collect(),
             shard_queued: queued,
             heartbeat_age_ms: ages,
             shed_tiers: shed,
@@ -1054,7 +1063,9 @@ impl<P: Send + 'static> std::fmt::Debug for ControlPlane<P> {
 pub(crate) fn lock<P>(state: &Mutex<State<P>>) -> MutexGuard<'_, State<P>> {
     // A panic while holding the lock leaves consistent data (each step completes or
     // is abandoned whole); keep serving.
-    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl<P: Send + 'static> ControlPlane<P> {
@@ -1062,10 +1073,11 @@ impl<P: Send + 'static> ControlPlane<P> {
     /// its HTTP API.
     pub fn start(dataplane: Dataplane<P>, config: ControlConfig) -> Result<Self, ControlError> {
         let addr = config.listen;
-        if !addr.ip().is_loopback() && !(config.allow_remote && config.bearer_token.is_some()) {
+        if !(addr.ip().is_loopback() || config.allow_remote && config.bearer_token.is_some()) {
             return Err(ControlError::RemoteNotAllowed { addr });
         }
-        let listener = TcpListener::bind(addr).map_err(|source| ControlError::Bind { addr, source })?;
+        let listener =
+            TcpListener::bind(addr).map_err(|source| ControlError::Bind { addr, source })?;
         let local = listener
             .local_addr()
             .map_err(|source| ControlError::Bind { addr, source })?;

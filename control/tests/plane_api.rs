@@ -16,8 +16,7 @@ use qos_control::health::{HealthConfig, HealthState};
 use qos_control::plane::{ControlConfig, ControlPlane};
 use qos_control::policy::signing;
 use qos_dataplane::runtime::{
-    Dataplane, Discarded, Egress, EnqueueError, Outbox, Pinning, Producer, StopMode,
-    StreamHandle,
+    Dataplane, Discarded, Egress, EnqueueError, Outbox, Pinning, Producer, StopMode, StreamHandle,
 };
 use qos_dataplane::sched::{PolicySpec, SchedulerConfig, StreamConfig};
 
@@ -44,7 +43,11 @@ impl Egress<u64> for Wire {
         while out.pop().is_some() {}
     }
     fn discard(&mut self, d: Discarded<u64>) {
-        self.0.discards.lock().unwrap().push(d.reason.as_str().to_string());
+        self.0
+            .discards
+            .lock()
+            .unwrap()
+            .push(d.reason.as_str().to_string());
     }
 }
 
@@ -96,7 +99,13 @@ fn start(
 }
 
 /// A plain HTTP/1.1 request; returns (status, body).
-fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!(
@@ -115,7 +124,11 @@ fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], bo
     let status: u16 = text[9..12].parse().unwrap();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap();
     // Bodies are sent with Content-Length by hyper for full bodies.
-    assert!(!head.to_ascii_lowercase().contains("transfer-encoding: chunked"));
+    assert!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+    );
     (status, rest.to_string())
 }
 
@@ -149,7 +162,9 @@ fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 fn series(text: &str, name: &str) -> Vec<(HashMap<String, String>, f64)> {
     let mut out = Vec::new();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix(name) else { continue };
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
         let (labels, value) = if let Some(rest) = rest.strip_prefix('{') {
             let (l, v) = rest.split_once("} ").unwrap();
             (l.to_string(), v)
@@ -183,12 +198,17 @@ fn o1_metrics_scrape_matches_the_runtime_counters() {
     // 40 streams, stream i gets 10 + i packets at priority i % 8.
     let mut total = 0;
     for i in 0..40u64 {
-        let h = tx.open(7000 + i, StreamConfig::with_priority((i % 8) as u8)).unwrap();
+        let h = tx
+            .open(7000 + i, StreamConfig::with_priority((i % 8) as u8))
+            .unwrap();
         push(&mut tx, h, 10 + i);
         total += 10 + i;
     }
     wait_until("every packet sent", 20, || {
-        plane.with_dataplane(|dp| dp.stats().iter().map(|s| s.sent).sum::<u64>()).unwrap() == total
+        plane
+            .with_dataplane(|dp| dp.stats().iter().map(|s| s.sent).sum::<u64>())
+            .unwrap()
+            == total
     });
     wait_until("a stream report", 10, || {
         plane.tick_now();
@@ -197,18 +217,27 @@ fn o1_metrics_scrape_matches_the_runtime_counters() {
     let (code, text) = http(plane.addr(), "GET", "/metrics", &[], b"");
     assert_eq!(code, 200);
     let enq = series(&text, "qos_packets_enqueued_total");
-    let named: Vec<_> = enq.iter().filter(|(l, _)| l["stream_id"] != "other").collect();
+    let named: Vec<_> = enq
+        .iter()
+        .filter(|(l, _)| l["stream_id"] != "other")
+        .collect();
     assert_eq!(named.len(), 5, "series limit 5");
     // The five busiest are keys 7039..7035 with 49..45 packets.
     for (l, v) in &named {
         let key: u64 = l["stream_id"].parse().unwrap();
-        assert!((7035..7040).contains(&key), "{key} is not among the busiest");
+        assert!(
+            (7035..7040).contains(&key),
+            "{key} is not among the busiest"
+        );
         assert_eq!(*v as u64, 10 + key - 7000);
         assert_eq!(l["priority"], ((key - 7000) % 8).to_string());
     }
     let sum: f64 = enq.iter().map(|(_, v)| v).sum();
     assert_eq!(sum as u64, total, "named + other = every packet");
-    let others = enq.iter().filter(|(l, _)| l["stream_id"] == "other").count();
+    let others = enq
+        .iter()
+        .filter(|(l, _)| l["stream_id"] == "other")
+        .count();
     assert_eq!(others, 8, "one other series per priority");
     // Depth 0 everywhere, dequeued all; the sojourn histogram counted every packet.
     let count: f64 = series(&text, "qos_scheduling_duration_seconds_count")
@@ -220,8 +249,18 @@ fn o1_metrics_scrape_matches_the_runtime_counters() {
     assert_eq!(versions.len(), 2);
     assert!(text.contains("qos_bandwidth_allocated_mbps{priority_tier=\"High\"}"));
     assert!(text.contains("qos_health_state{state=\"NORMAL\"} 1"));
-    assert!(text.trim_end().ends_with("# EOF"));
+    assert!(!text.contains("# EOF"));
     promtool(&text);
+    let (code, om) = http(
+        plane.addr(),
+        "GET",
+        "/metrics",
+        &[("Accept", "application/openmetrics-text; version=1.0.0")],
+        b"",
+    );
+    assert_eq!(code, 200);
+    assert!(om.trim_end().ends_with("# EOF"));
+    assert!(om.contains("# TYPE qos_packets_enqueued counter"));
     drop(tx);
     let (report, integrity) = plane.shutdown(StopMode::Drain).unwrap();
     assert!(report.is_conserved());
@@ -237,7 +276,12 @@ fn promtool(text: &str) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("promtool is needed (Debian package `prometheus`; .ci/run installs it)");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -271,15 +315,37 @@ fn c3_post_policy_signed_over_http_and_audited() {
     let sig = signing::sign(doc, &sk);
     let (code, body) = http(addr, "POST", "/policy", &[], doc);
     assert_eq!(code, 403, "{body}");
-    let (code, _) = http(addr, "POST", "/policy", &[("X-Qos-Signature", "not base64!")], doc);
+    let (code, _) = http(
+        addr,
+        "POST",
+        "/policy",
+        &[("X-Qos-Signature", "not base64!")],
+        doc,
+    );
     assert_eq!(code, 403);
-    let (code, _) = http(addr, "POST", "/policy", &[("X-Qos-Signature", &signing::sign(doc, &other))], doc);
+    let (code, _) = http(
+        addr,
+        "POST",
+        "/policy",
+        &[("X-Qos-Signature", &signing::sign(doc, &other))],
+        doc,
+    );
     assert_eq!(code, 403);
     let bad = b"version = 3\n[[tiers]]\nname = \"High\"\npriorities = [6, 7]\nshare_percent = 30\n[[tiers]]\nname = \"Rest\"\npriorities = [0, 1, 2, 3, 4, 5]\nshare_percent = 60\n";
-    let (code, body) = http(addr, "POST", "/policy", &[("X-Qos-Signature", &signing::sign(bad, &sk))], bad);
+    let (code, body) = http(
+        addr,
+        "POST",
+        "/policy",
+        &[("X-Qos-Signature", &signing::sign(bad, &sk))],
+        bad,
+    );
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("share_percent"), "{body}");
-    assert_eq!(plane.status().policy_version, 1, "rejections change nothing");
+    assert_eq!(
+        plane.status().policy_version,
+        1,
+        "rejections change nothing"
+    );
     let (code, body) = http(addr, "POST", "/policy", &[("X-Qos-Signature", &sig)], doc);
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"changed\": true"));
@@ -287,9 +353,19 @@ fn c3_post_policy_signed_over_http_and_audited() {
         plane.status().worker_policy_versions == vec![2, 2]
     });
     let (code, body) = http(addr, "POST", "/policy", &[("X-Qos-Signature", &sig)], doc);
-    assert_eq!((code, body.contains("\"changed\": false")), (200, true), "{body}");
+    assert_eq!(
+        (code, body.contains("\"changed\": false")),
+        (200, true),
+        "{body}"
+    );
     let stale = b"version = 1\n";
-    let (code, _) = http(addr, "POST", "/policy", &[("X-Qos-Signature", &signing::sign(stale, &sk))], stale);
+    let (code, _) = http(
+        addr,
+        "POST",
+        "/policy",
+        &[("X-Qos-Signature", &signing::sign(stale, &sk))],
+        stale,
+    );
     assert_eq!(code, 409);
     let (code, _) = http(addr, "GET", "/policy", &[], b"");
     assert_eq!(code, 405);
@@ -308,7 +384,10 @@ fn c3_post_policy_signed_over_http_and_audited() {
         .collect();
     assert_eq!(
         outcomes,
-        ["applied", "rejected", "rejected", "rejected", "rejected", "applied", "no-op", "rejected"]
+        [
+            "applied", "rejected", "rejected", "rejected", "rejected", "applied", "no-op",
+            "rejected"
+        ]
     );
     let report = qos_control::audit::verify(&audit).unwrap();
     assert!(report.is_ok(), "{report:?}");
@@ -356,7 +435,10 @@ fn o5_health_follows_hazards_and_healthz_codes() {
     let (code, body) = http(addr, "GET", "/healthz", &[], b"");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("SAFE"));
-    assert_eq!(plane.status().shed_tiers, vec!["Low".to_string(), "Medium".to_string()]);
+    assert_eq!(
+        plane.status().shed_tiers,
+        vec!["Medium".to_string(), "Low".to_string()]
+    );
     // Shed Low, pass High (it has room for 10 more descriptors).
     push(&mut tx, low, 50);
     push(&mut tx, high, 5);
@@ -364,7 +446,9 @@ fn o5_health_follows_hazards_and_healthz_codes() {
         plane.with_dataplane(|dp| dp.stats()[0].shed[0]).unwrap() == 50
     });
     sw.hold.store(false, Ordering::Relaxed);
-    wait_until("back to NORMAL", 10, || plane.health() == HealthState::Normal);
+    wait_until("back to NORMAL", 10, || {
+        plane.health() == HealthState::Normal
+    });
     assert_eq!(http(addr, "GET", "/healthz", &[], b"").0, 200);
     assert!(plane.status().shed_tiers.is_empty());
     // A worker stuck in its egress for 1.2 s: heartbeat stale, UNKNOWN.
@@ -416,8 +500,28 @@ fn api_refuses_remote_bind_and_checks_the_token() {
     );
     let addr = plane.addr();
     assert_eq!(http(addr, "GET", "/metrics", &[], b"").0, 401);
-    assert_eq!(http(addr, "GET", "/metrics", &[("Authorization", "Bearer wrong")], b"").0, 401);
-    assert_eq!(http(addr, "GET", "/metrics", &[("Authorization", "Bearer s3cret")], b"").0, 200);
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            "/metrics",
+            &[("Authorization", "Bearer wrong")],
+            b""
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            "/metrics",
+            &[("Authorization", "Bearer s3cret")],
+            b""
+        )
+        .0,
+        200
+    );
     wait_until("NORMAL", 5, || plane.health() == HealthState::Normal);
     assert_eq!(http(addr, "GET", "/healthz", &[], b"").0, 200);
 }
