@@ -329,10 +329,15 @@ impl Collector for Snapshot {
                 MetricType::Histogram,
             )?;
             for (p, h) in s.sojourn.iter().enumerate() {
+                // The encoder accumulates: it takes each bucket's own count.
+                let mut below = 0;
                 let buckets: Vec<(f64, u64)> = SOJOURN_BUCKETS_S
                     .iter()
                     .map(|&b| (b, count_at_most(h, (b * 1e9) as u64)))
                     .chain(std::iter::once((f64::INFINITY, h.len())))
+                    .map(|(b, cumulative)| {
+                        (b, cumulative - std::mem::replace(&mut below, cumulative))
+                    })
                     .collect();
                 let sum = h.mean() * h.len() as f64 / 1e9;
                 let labels: Labels = vec![("priority", p.to_string())];

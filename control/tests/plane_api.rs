@@ -245,6 +245,22 @@ fn o1_metrics_scrape_matches_the_runtime_counters() {
         .map(|(_, v)| v)
         .sum();
     assert_eq!(count as u64, total);
+    // Buckets are cumulative and end at the count.
+    for p in 0..8 {
+        let b: Vec<f64> = series(&text, "qos_scheduling_duration_seconds_bucket")
+            .into_iter()
+            .filter(|(l, _)| l["priority"] == p.to_string())
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(b.len(), 17);
+        assert!(b.windows(2).all(|w| w[0] <= w[1]), "not cumulative: {b:?}");
+        let c = series(&text, "qos_scheduling_duration_seconds_count")
+            .into_iter()
+            .find(|(l, _)| l["priority"] == p.to_string())
+            .unwrap()
+            .1;
+        assert_eq!(b[16], c);
+    }
     let versions = series(&text, "qos_policy_version");
     assert_eq!(versions.len(), 2);
     assert!(text.contains("qos_bandwidth_allocated_mbps{priority_tier=\"High\"}"));
