@@ -83,7 +83,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
     let mut n = 0u64;
     while start.elapsed() < Duration::from_secs(3) {
-        if n % 5 == 0 {
+        if n.is_multiple_of(5) {
             // 1,000 bytes every 5 ms: 1.6 Mbit/s each, inside every tier's share.
             for &h in &streams {
                 let _ = tx.enqueue(h, n, 1_000);
