@@ -274,6 +274,16 @@ impl ShutdownReport {
     }
 }
 
+/// Which stream an event is about, for logs: the key it was opened with and its
+/// priority when the event was forwarded (`None` if it was closed meanwhile).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamTag {
+    /// The key the stream was opened with.
+    pub key: u64,
+    /// Its priority.
+    pub priority: Option<crate::sched::Priority>,
+}
+
 /// What one worker recorded since the previous exchange (T4, O4).
 #[derive(Debug)]
 pub struct WorkerHistograms {
@@ -348,7 +358,7 @@ pub struct Dataplane<P> {
     threads: Vec<Option<std::thread::JoinHandle<()>>>,
     hists: Vec<Exchange<Hists>>,
     reports: Vec<Exchange<Box<StreamReport>>>,
-    events: Vec<rtrb::Consumer<Event>>,
+    events: Vec<rtrb::Consumer<(Event, Option<StreamTag>)>>,
     pinning: PinningReport,
     config: RuntimeConfig,
     drain_timeout: Duration,
@@ -534,9 +544,15 @@ impl<P: Send + 'static> Dataplane<P> {
     /// Takes the scheduler events (backpressure signals, disconnects, promotions)
     /// every worker forwarded since the last call, as `(worker, event)`.
     pub fn drain_events(&mut self, mut f: impl FnMut(usize, Event)) {
+        self.drain_keyed_events(|w, e, _| f(w, e));
+    }
+
+    /// As [`Dataplane::drain_events`], with the key and priority of the event's stream
+    /// (`None` for events about no stream, such as budget violations).
+    pub fn drain_keyed_events(&mut self, mut f: impl FnMut(usize, Event, Option<StreamTag>)) {
         for (w, rx) in self.events.iter_mut().enumerate() {
-            while let Ok(e) = rx.pop() {
-                f(w, e);
+            while let Ok((e, key)) = rx.pop() {
+                f(w, e, key);
             }
         }
     }

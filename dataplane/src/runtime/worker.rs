@@ -14,6 +14,7 @@ use std::sync::mpsc;
 use crossbeam_utils::Backoff;
 use hdrhistogram::Histogram;
 
+use super::StreamTag;
 use super::config::{BuildError, IdleStrategy, RuntimeConfig};
 use super::counters::WorkerStats;
 use super::doorbell::Doorbell;
@@ -61,7 +62,7 @@ pub(crate) struct WorkerParts<P, E> {
     pub(crate) hist_out: MailboxSender<Hists>,
     pub(crate) report_in: MailboxReceiver<Box<StreamReport>>,
     pub(crate) report_out: MailboxSender<Box<StreamReport>>,
-    pub(crate) events: rtrb::Producer<Event>,
+    pub(crate) events: rtrb::Producer<(Event, Option<StreamTag>)>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) config: RuntimeConfig,
     pub(crate) policy: SnapshotReader<Policy>,
@@ -99,7 +100,7 @@ struct Worker<P, E> {
     shed: Vec<u64>,
     /// Priorities whose tier is shed now (bit per priority).
     shed_prios: u8,
-    events: rtrb::Producer<Event>,
+    events: rtrb::Producer<(Event, Option<StreamTag>)>,
     shared: Arc<Shared>,
     config: RuntimeConfig,
     policy: SnapshotReader<Policy>,
@@ -576,7 +577,11 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     /// Moves scheduler events to the event ring for the control plane.
     fn forward_events(&mut self) {
         while let Some(e) = self.sched.pop_event() {
-            if self.events.push(e).is_err() {
+            let tag = event_stream(&e).map(|id| StreamTag {
+                key: self.keys.get(id.index() as usize).copied().unwrap_or(0),
+                priority: self.sched.stream_priority(id),
+            });
+            if self.events.push((e, tag)).is_err() {
                 self.stats.events_lost += 1;
             }
         }
@@ -912,6 +917,18 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             self.discard(d.packet, Some(d.stream), DiscardReason::Shutdown);
         }
         self.forward_events();
+    }
+}
+
+/// The stream an event is about, if any.
+fn event_stream(e: &Event) -> Option<StreamId> {
+    match *e {
+        Event::BackpressureWarning { stream, .. }
+        | Event::BackpressureCritical { stream, .. }
+        | Event::BackpressureCleared { stream, .. }
+        | Event::Disconnected { stream, .. }
+        | Event::Promoted { stream, .. } => Some(stream),
+        _ => None,
     }
 }
 
