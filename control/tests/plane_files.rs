@@ -1,0 +1,732 @@
+//! The control plane's files with real components: `metrics.db` (O2) read back with the
+//! engine and the `sqlite3` client and held against the runtime's counters, the `.hlog`
+//! (O4) read back and held against the packets dequeued, and a failing store that is
+//! reported without disturbing the dataplane. Bounded in time; pass on 2 cores.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)] // tests
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hdrhistogram::Histogram;
+use qos_control::health::HealthConfig;
+use qos_control::hlog::{LEGEND, percentile_table, read_hlog};
+use qos_control::plane::{ControlConfig, ControlPlane};
+use qos_control::store::read_rows;
+use qos_dataplane::runtime::{
+    Dataplane, Discarded, Egress, EnqueueError, Outbox, Pinning, Producer, RuntimeConfig,
+    ShutdownReport, StopMode, StreamHandle,
+};
+use qos_dataplane::sched::{PolicySpec, SchedulerConfig, StreamConfig};
+
+/// An egress that sends everything unless `hold` is set (then it refuses all).
+#[derive(Clone, Default)]
+struct Switch {
+    hold: Arc<AtomicBool>,
+}
+
+struct Wire(Switch);
+
+impl Egress<u64> for Wire {
+    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
+        if self.0.hold.load(Ordering::Relaxed) {
+            return;
+        }
+        while out.pop().is_some() {}
+    }
+    fn discard(&mut self, _d: Discarded<u64>) {}
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "qos-plane-files-{name}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn start(
+    workers: usize,
+    policy: PolicySpec,
+    config: ControlConfig,
+) -> (ControlPlane<u64>, Producer<u64>, Switch) {
+    let sw = Switch::default();
+    let s = sw.clone();
+    let (dp, mut producers) = Dataplane::<u64>::builder()
+        // A slow (debug, loaded) build must not stall its way into degrade and shed:
+        // these tests count every packet.
+        .config(RuntimeConfig {
+            stall_budget: Duration::from_secs(1),
+            ..RuntimeConfig::default()
+        })
+        .workers(workers)
+        .pinning(Pinning::Off)
+        .scheduler(SchedulerConfig {
+            max_packets: 65_536,
+            ..SchedulerConfig::default()
+        })
+        .policy(Arc::new(policy.build().unwrap()))
+        .build(move |_| Wire(s.clone()))
+        .unwrap();
+    let plane = ControlPlane::start(
+        dp,
+        ControlConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tick: Duration::from_millis(50),
+            report_every: Duration::from_millis(50),
+            // Nor a full ingress ring (the pushes outrun a debug build's workers).
+            health: HealthConfig {
+                ring_full_ticks: 1_000_000,
+                ..HealthConfig::default()
+            },
+            ..config
+        },
+    )
+    .unwrap();
+    (plane, producers.pop().unwrap(), sw)
+}
+
+fn push(tx: &mut Producer<u64>, h: StreamHandle, n: u64) {
+    let limit = Instant::now() + Duration::from_secs(10);
+    for k in 0..n {
+        let mut p = k;
+        loop {
+            match tx.enqueue(h, p, 500) {
+                Ok(()) => break,
+                Err(EnqueueError::Full(back)) => {
+                    assert!(Instant::now() < limit, "ring full for 10 s");
+                    p = back;
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    }
+}
+
+/// As [`push`], 40 packets at a time, each chunk sent before the next: a stream's
+/// queue never grows past 40, so a small `max_queue_depth` drops nothing.
+fn push_paced(plane: &ControlPlane<u64>, tx: &mut Producer<u64>, h: StreamHandle, n: u64) {
+    let base = live(plane, |w| w.sent);
+    let mut done = 0;
+    while done < n {
+        let chunk = (n - done).min(40);
+        push(tx, h, chunk);
+        done += chunk;
+        let limit = Instant::now() + Duration::from_secs(10);
+        while live(plane, |w| w.sent) < base + done {
+            assert!(Instant::now() < limit, "chunk not sent in 10 s");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let limit = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sum over workers of `f(worker stats)`, live.
+fn live(plane: &ControlPlane<u64>, f: impl Fn(&qos_dataplane::runtime::WorkerStats) -> u64) -> u64 {
+    plane
+        .with_dataplane(|dp| dp.stats().iter().map(&f).sum::<u64>())
+        .unwrap()
+}
+
+fn dropped_at(report: &ShutdownReport, p: usize) -> u64 {
+    report
+        .workers
+        .iter()
+        .map(|w| w.priorities[p].dropped_total() + w.shed[p])
+        .sum()
+}
+
+fn dequeued_at(report: &ShutdownReport, p: usize) -> u64 {
+    report
+        .workers
+        .iter()
+        .map(|w| w.priorities[p].dequeued)
+        .sum()
+}
+
+/// The value of the unlabelled-or-labelled sample `line_prefix` in an exposition.
+fn sample(text: &str, line_prefix: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|rest| rest.trim().parse().ok())
+}
+
+fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// The value of `metric{stream_id="key",...}` in a scrape.
+fn named_counter(text: &str, metric: &str, key: u64) -> Option<u64> {
+    let prefix = format!("{metric}{{stream_id=\"{key}\",");
+    text.lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// Sum of `qos_packets_dropped_total` over every reason of stream `key` in a scrape.
+fn named_drops(text: &str, key: &str) -> u64 {
+    let prefix = format!("qos_packets_dropped_total{{stream_id=\"{key}\",");
+    text.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Runs `sqlite3 -json <db> <sql>`; fails (never skips) when the CLI is missing.
+fn sqlite3_json(db: &Path, sql: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let out = std::process::Command::new("sqlite3")
+        .arg("-json")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "the sqlite3 CLI is required by this test and could not be run ({e}); \
+                 install it (apt-get install sqlite3)"
+            )
+        });
+    assert!(
+        out.status.success(),
+        "sqlite3 {} {sql:?} failed: {}",
+        db.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    if text.trim().is_empty() {
+        return Vec::new();
+    }
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
+    rows.into_iter()
+        .map(|r| r.as_object().unwrap().clone())
+        .collect()
+}
+
+/// O2: rows written by the running control plane read back through the engine and
+/// the sqlite3 client: the busiest streams under their keys with their priorities, one
+/// `other` row per priority and batch, drops per stream and per priority equal to the
+/// runtime's counters, p95 latency finite where packets were sent and NULL where none
+/// ever were.
+#[test]
+fn o2_metrics_db_rows_read_back_with_the_engine_and_sqlite3() {
+    let dir = temp_dir("db");
+    let db = dir.join("metrics.db");
+    let t0 = unix_ms_now();
+    let (plane, mut tx, sw) = start(
+        2,
+        PolicySpec {
+            max_queue_depth: 100,
+            disconnect: false,
+            // Tail drops only, at enqueue: no CoDel drops when the held queues drain.
+            aqm: false,
+            ..PolicySpec::default()
+        },
+        ControlConfig {
+            series_limit: 3,
+            metrics_db: Some(db.clone()),
+            metrics_db_period: Duration::from_millis(500),
+            ..ControlConfig::default()
+        },
+    );
+    // (key, priority, worker, phase-1 packets, phase-2 packets). Distinct priorities, so
+    // the runtime's per-priority counters are per-stream counters. Phase 1 ranks them
+    // (score = packets offered) before any drop: 9001..9003 are the three busiest.
+    let streams: [(u64, u8, usize, u64, u64); 6] = [
+        (9001, 7, 0, 3_000, 600),
+        (9002, 5, 1, 2_000, 0),
+        (9003, 3, 0, 1_000, 50),
+        (9004, 1, 1, 300, 600),
+        (9005, 6, 0, 200, 0),
+        (9006, 0, 1, 100, 400),
+    ];
+    let mut handles = Vec::new();
+    let mut total = 0;
+    for &(key, prio, worker, n, _) in &streams {
+        // One at a time, each sent before the next opens: the ranking of the reports
+        // is a prefix of this order at every instant.
+        let h = tx
+            .open_on(worker, key, StreamConfig::with_priority(prio))
+            .unwrap();
+        push_paced(&plane, &mut tx, h, n);
+        total += n;
+        assert_eq!(live(&plane, |w| w.sent), total, "phase 1: no drop");
+        handles.push(h);
+    }
+    // Settled: /metrics names the three busiest with their final counts, so no
+    // fresher report can rank another stream above them.
+    wait_until("the three busiest named in /metrics", 10, || {
+        let text = plane.metrics_text();
+        streams[..3].iter().all(|&(key, _, _, n, _)| {
+            named_counter(&text, "qos_packets_enqueued_total", key) == Some(n)
+        })
+    });
+    let settled_ms = unix_ms_now();
+    // Phase 2, right after a batch: the egress refuses, queues fill to 100 and the
+    // rest is tail-dropped. The period (500 ms) leaves the stream reports (refreshed
+    // every other 50 ms tick) ample time to show the drops before the next batch: a
+    // batch in between counts a named stream's fresh drops twice, under `other` (from
+    // the live counters) and then under its own id (from its report, which lags).
+    let written = |p: &ControlPlane<u64>| p.status().metrics_db.unwrap().batches_written;
+    let edge = written(&plane);
+    wait_until("a batch", 10, || written(&plane) > edge);
+    let edge = written(&plane);
+    sw.hold.store(true, Ordering::Relaxed);
+    for (&(_, _, _, _, n), &h) in streams.iter().zip(&handles) {
+        push(&mut tx, h, n);
+        total += n;
+    }
+    let drops = |w: &qos_dataplane::runtime::WorkerStats| -> u64 {
+        w.priorities.iter().map(|p| p.dropped_total()).sum()
+    };
+    wait_until("phase 2 taken", 20, || live(&plane, |w| w.taken) == total);
+    // 600 pushed on a queue of 100 (plus what the held egress took): >= 468 dropped.
+    wait_until("the stream report showing 9001's drops", 10, || {
+        let p7 = live(&plane, |w| w.priorities[7].dropped_total());
+        p7 >= 468 && named_drops(&plane.metrics_text(), "9001") == p7
+    });
+    assert_eq!(
+        written(&plane),
+        edge,
+        "precondition: the stream reports caught up with the drops within one 500 ms \
+         period (this machine is too slow for this test)"
+    );
+    sw.hold.store(false, Ordering::Relaxed);
+    wait_until("every packet sent or dropped", 20, || {
+        live(&plane, |w| w.sent + drops(w)) == total
+    });
+    let dropped_live = live(&plane, drops);
+    // At least two batches after the last drop, so every drop was in a batch written
+    // while the dataplane ran.
+    let before = written(&plane);
+    wait_until("two more batches", 20, || written(&plane) >= before + 2);
+    let status = plane.status().metrics_db.unwrap();
+    assert!(status.batches_written >= 2);
+    assert_eq!(
+        (status.batches_failed, status.batches_dropped),
+        (0, 0),
+        "{status:?}"
+    );
+    drop(tx);
+    let (report, _) = plane.shutdown(StopMode::Drain).unwrap();
+    assert!(report.is_conserved());
+    assert_eq!(report.sent() + dropped_live, total);
+    let t1 = unix_ms_now();
+
+    // The packets tail-dropped: each phase-2 push beyond the 100 queued (plus what the
+    // worker had already dequeued into the held egress) was dropped.
+    let dropped_total: u64 = (0..8).map(|p| dropped_at(&report, p)).sum();
+    assert_eq!(dropped_total, dropped_live, "no drop after the hold");
+    for &(_, prio, _, _, n) in &streams {
+        let d = dropped_at(&report, usize::from(prio));
+        assert!(d <= n.saturating_sub(100), "p{prio}: {d} dropped of {n}");
+    }
+    assert!(dropped_at(&report, 7) >= 300, "9001 was tail-dropped");
+    assert!(dropped_at(&report, 1) >= 300, "9004 was tail-dropped");
+    assert_eq!(dropped_at(&report, 3), 0, "50 fit in 9003's queue");
+
+    // Through the engine.
+    let rows = read_rows(&db).unwrap();
+    assert!(!rows.is_empty());
+    for r in &rows {
+        assert!(
+            (t0..=t1).contains(&r.timestamp_ms),
+            "timestamp {} outside the run {t0}..={t1}",
+            r.timestamp_ms
+        );
+    }
+    assert!(
+        rows.windows(2)
+            .all(|w| w[0].timestamp_ms <= w[1].timestamp_ms),
+        "rows in time order"
+    );
+    for &(key, prio, ..) in &streams {
+        let k = key.to_string();
+        let mine: Vec<_> = rows.iter().filter(|r| r.stream_id == k).collect();
+        assert!(mine.iter().all(|r| r.priority == prio), "{key}: {mine:?}");
+        // Once every worker's report showed the final ranking, only the three busiest
+        // are named. (Before that a batch may name others: reports lag.)
+        let late = mine.iter().filter(|r| r.timestamp_ms > settled_ms).count();
+        if key <= 9003 {
+            assert!(late >= 3, "{key}: {late} rows after the ranking settled");
+        } else {
+            assert_eq!(late, 0, "{key} is not among the 3 busiest: {mine:?}");
+        }
+    }
+    let mut named_per_batch: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
+    for r in rows.iter().filter(|r| r.timestamp_ms > settled_ms) {
+        named_per_batch.entry(r.timestamp_ms).or_default();
+        if r.stream_id != "other" {
+            named_per_batch
+                .get_mut(&r.timestamp_ms)
+                .unwrap()
+                .push(r.stream_id.as_str());
+        }
+    }
+    assert!(named_per_batch.len() >= 3, "{named_per_batch:?}");
+    for (ts, mut named) in named_per_batch {
+        named.sort_unstable();
+        assert_eq!(named, ["9001", "9002", "9003"], "batch at {ts}");
+    }
+    // One `other` row per priority per batch written with the dataplane running.
+    let mut others = [0usize; 8];
+    for r in rows.iter().filter(|r| r.stream_id == "other") {
+        others[usize::from(r.priority)] += 1;
+    }
+    assert!(others.iter().all(|&n| n >= 2), "{others:?}");
+    assert!(others.iter().all(|&n| n == others[0]), "{others:?}");
+    // Drops: per named stream = its priority's counter; `other` per priority = the
+    // counter of the unnamed streams there; everything = the runtime's total.
+    let mut by_id_prio: BTreeMap<(String, u8), u64> = BTreeMap::new();
+    for r in &rows {
+        *by_id_prio
+            .entry((r.stream_id.clone(), r.priority))
+            .or_default() += r.packets_dropped;
+    }
+    for p in 0..8u8 {
+        let named_p: u64 = by_id_prio
+            .iter()
+            .filter(|((id, q), _)| *q == p && id != "other")
+            .map(|(_, d)| d)
+            .sum();
+        let other_p = by_id_prio
+            .get(&("other".to_string(), p))
+            .copied()
+            .unwrap_or(0);
+        let want = dropped_at(&report, usize::from(p));
+        assert_eq!(named_p + other_p, want, "p{p}: rows {by_id_prio:?}");
+        if let Some(&(key, ..)) = streams.iter().find(|s| s.1 == p && s.0 <= 9003) {
+            assert_eq!((named_p, other_p), (want, 0), "p{p} is stream {key}");
+        }
+    }
+    let rows_dropped: u64 = rows.iter().map(|r| r.packets_dropped).sum();
+    assert_eq!(rows_dropped, dropped_total);
+    // p95: finite where packets were sent in the period, NULL (NaN) where never.
+    assert!(
+        rows.iter()
+            .any(|r| r.priority == 7 && r.latency_p95_ms.is_finite() && r.latency_p95_ms >= 0.0),
+        "a finite p95 at priority 7"
+    );
+    assert!(
+        rows.iter()
+            .filter(|r| r.priority == 2 || r.priority == 4)
+            .all(|r| r.latency_p95_ms.is_nan()),
+        "nothing was ever sent at priorities 2 and 4"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.stream_id == "9001" && r.bandwidth_allocated_mbps > 0.0),
+        "9001 was served"
+    );
+    assert!(rows.iter().all(|r| r.queue_depth <= 200));
+
+    // Through the sqlite3 client: the same rows.
+    let n = sqlite3_json(&db, "select count(*) as n from qos_metrics");
+    assert_eq!(n[0]["n"].as_u64().unwrap(), rows.len() as u64);
+    let cli = sqlite3_json(
+        &db,
+        "select stream_id, priority, typeof(stream_id) as t, sum(packets_dropped) as d, \
+         count(*) as n from qos_metrics group by stream_id, priority order by stream_id, priority",
+    );
+    assert_eq!(cli.len(), by_id_prio.len());
+    for r in &cli {
+        assert_eq!(r["t"], "text");
+        let key = (
+            r["stream_id"].as_str().unwrap().to_string(),
+            r["priority"].as_u64().unwrap() as u8,
+        );
+        assert_eq!(
+            r["d"].as_u64().unwrap(),
+            by_id_prio[&key],
+            "sqlite3 and the engine agree on {key:?}"
+        );
+    }
+    let sum = sqlite3_json(&db, "select sum(packets_dropped) as d from qos_metrics");
+    assert_eq!(sum[0]["d"].as_u64().unwrap(), dropped_total);
+    let nulls = sqlite3_json(
+        &db,
+        "select count(*) as n from qos_metrics where priority in (2, 4) and latency_p95_ms is not null",
+    );
+    assert_eq!(nulls[0]["n"].as_u64().unwrap(), 0);
+    let p7 = sqlite3_json(
+        &db,
+        "select max(latency_p95_ms) as l from qos_metrics where stream_id = '9001'",
+    );
+    assert!(p7[0]["l"].as_f64().unwrap().is_finite());
+    let ts = sqlite3_json(
+        &db,
+        "select timestamp_ms, timestamp from qos_metrics order by rowid limit 1",
+    );
+    let ms = ts[0]["timestamp_ms"].as_i64().unwrap();
+    let text = ts[0]["timestamp"].as_str().unwrap();
+    assert_eq!(text.len(), "2025-10-01T10:30:00.007Z".len(), "{text}");
+    assert!(
+        text.ends_with(&format!(".{:03}Z", ms % 1000)),
+        "{text} vs {ms}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// O4: the `.hlog` written by the running control plane: a standard header, every
+/// interval carries every tag, the counts of each `p{p}.sojourn` sum to the packets
+/// dequeued at priority p, and the percentile table equals the merged intervals.
+#[test]
+fn o4_hlog_counts_equal_the_packets_dequeued_per_priority() {
+    let dir = temp_dir("hlog");
+    let path = dir.join("run.hlog");
+    let (plane, mut tx, _) = start(
+        2,
+        PolicySpec {
+            disconnect: false,
+            // No CoDel: a slow (debug) build must not turn queueing into drops.
+            aqm: false,
+            ..PolicySpec::default()
+        },
+        ControlConfig {
+            hlog: Some(path.clone()),
+            hlog_period: Duration::from_millis(200),
+            ..ControlConfig::default()
+        },
+    );
+    // (key, priority, packets): several streams per priority, on both workers.
+    let plan: [(u64, u8, u64); 7] = [
+        (1, 7, 400),
+        (2, 7, 300),
+        (3, 5, 500),
+        (4, 3, 250),
+        (5, 3, 50),
+        (6, 0, 100),
+        (7, 6, 1),
+    ];
+    let mut want = [0u64; 8];
+    let mut total = 0;
+    for (i, &(key, prio, n)) in plan.iter().enumerate() {
+        let h = tx
+            .open_on(i % 2, key, StreamConfig::with_priority(prio))
+            .unwrap();
+        push(&mut tx, h, n);
+        want[usize::from(prio)] += n;
+        total += n;
+    }
+    let gone = |w: &qos_dataplane::runtime::WorkerStats| w.sent + w.discarded;
+    wait_until("every packet sent or discarded", 20, || {
+        live(&plane, gone) == total
+    });
+    assert_eq!(
+        live(&plane, |w| w.sent),
+        total,
+        "nothing dropped: {:?}",
+        plane.with_dataplane(|dp| dp.stats())
+    );
+    // Every sojourn sample collected by the control plane before it stops.
+    wait_until("every sojourn collected", 10, || {
+        let text = plane.metrics_text();
+        let count: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("qos_scheduling_duration_seconds_count"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        count as u64 == total
+    });
+    // At least two periodic intervals before the final one.
+    wait_until("two intervals", 10, || {
+        read_hlog(&path).is_ok_and(|iv| {
+            iv.iter()
+                .filter(|i| i.tag.as_deref() == Some("p7.sojourn"))
+                .count()
+                >= 2
+        })
+    });
+    drop(tx);
+    let (report, _) = plane.shutdown(StopMode::Drain).unwrap();
+    assert!(report.is_conserved());
+    assert_eq!(report.sent(), total);
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].starts_with("#[Logged with "), "{}", lines[0]);
+    assert!(lines.contains(&"#[Histogram log format version 1.3]"));
+    assert!(lines.iter().any(|l| l.starts_with("#[StartTime: ")));
+    assert!(lines.iter().any(|l| l.starts_with("#[BaseTime: ")));
+    let legend = lines
+        .iter()
+        .position(|l| *l == LEGEND)
+        .expect("legend line");
+    assert!(lines[..legend].iter().all(|l| l.starts_with("#[")));
+    assert!(
+        lines[legend + 1..]
+            .iter()
+            .all(|l| l.starts_with("Tag=p") || l.starts_with("Tag=w")),
+        "only tagged intervals after the legend"
+    );
+
+    let intervals = read_hlog(&path).unwrap();
+    let mut tags: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    for i in &intervals {
+        let e = tags.entry(i.tag.clone().unwrap()).or_default();
+        e.0 += 1;
+        e.1 += i.hist.len();
+    }
+    let expected_tags: Vec<String> = (0..8)
+        .map(|p| format!("p{p}.sojourn"))
+        .chain((0..2).map(|w| format!("w{w}.cost")))
+        .collect();
+    let mut sorted = expected_tags.clone();
+    sorted.sort();
+    assert_eq!(tags.keys().cloned().collect::<Vec<_>>(), sorted);
+    let per_tag = tags["p0.sojourn"].0;
+    assert!(per_tag >= 3, "2 periodic + the final interval: {per_tag}");
+    assert!(tags.values().all(|(n, _)| *n == per_tag), "{tags:?}");
+    for p in 0..8 {
+        let counted = tags[&format!("p{p}.sojourn")].1;
+        assert_eq!(
+            counted,
+            dequeued_at(&report, p),
+            "p{p}: hlog counts vs packets dequeued"
+        );
+        assert_eq!(counted, want[p], "p{p}: hlog counts vs packets pushed");
+    }
+    let cost: u64 = (0..2).map(|w| tags[&format!("w{w}.cost")].1).sum();
+    assert!(cost > 0, "scheduling cost recorded");
+    // Interval starts never go backwards; every interval but the last spans about
+    // one period.
+    let p7: Vec<_> = intervals
+        .iter()
+        .filter(|i| i.tag.as_deref() == Some("p7.sojourn"))
+        .collect();
+    assert!(p7.windows(2).all(|w| w[0].start_secs <= w[1].start_secs));
+    for i in &p7[..p7.len() - 1] {
+        assert!(
+            (0.19..5.0).contains(&i.duration_secs),
+            "interval of {} s",
+            i.duration_secs
+        );
+    }
+
+    // The percentile table of p7 is the merge of its intervals.
+    let table = percentile_table(&intervals, Some("p7")).unwrap();
+    assert_eq!(table.len(), 1);
+    let row = &table[0];
+    assert_eq!(row.tag.as_deref(), Some("p7.sojourn"));
+    assert_eq!(row.intervals, p7.len());
+    assert_eq!(row.count, 700);
+    assert!(row.max > 0);
+    let mut merged = Histogram::<u64>::new_from(&p7[0].hist);
+    merged.auto(true);
+    for i in &p7 {
+        merged.add(&i.hist).unwrap();
+    }
+    assert_eq!(merged.len(), 700);
+    assert_eq!(merged.value_at_quantile(0.99), row.p99);
+    assert_eq!(merged.value_at_quantile(0.5), row.p50);
+    assert_eq!(merged.max(), row.max);
+    assert!(row.p50 <= row.p99 && row.p99 <= row.max);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// O2: a store that cannot write (its parent is a regular file, which root cannot get
+/// around either) is reported on /status and /metrics; the dataplane sends every packet.
+#[test]
+fn o2_a_failing_store_is_reported_and_the_dataplane_is_not_disturbed() {
+    let dir = temp_dir("failing");
+    let blocker = dir.join("not-a-dir");
+    std::fs::write(&blocker, b"a regular file").unwrap();
+    let db = blocker.join("metrics.db");
+    let (plane, mut tx, _) = start(
+        2,
+        PolicySpec {
+            disconnect: false,
+            // No CoDel: a slow (debug) build must not turn queueing into drops.
+            aqm: false,
+            ..PolicySpec::default()
+        },
+        ControlConfig {
+            metrics_db: Some(db.clone()),
+            metrics_db_period: Duration::from_millis(100),
+            ..ControlConfig::default()
+        },
+    );
+    let mut pushed = 0;
+    for key in 0..20u64 {
+        let h = tx
+            .open(key, StreamConfig::with_priority((key % 8) as u8))
+            .unwrap();
+        push(&mut tx, h, 1_000);
+        pushed += 1_000;
+    }
+    assert_eq!(pushed, 20_000);
+    let gone = |w: &qos_dataplane::runtime::WorkerStats| w.sent + w.discarded;
+    wait_until("every packet sent or discarded", 20, || {
+        live(&plane, gone) == pushed
+    });
+    assert_eq!(
+        live(&plane, |w| w.sent),
+        pushed,
+        "nothing dropped: {:?}",
+        plane.with_dataplane(|dp| dp.stats())
+    );
+    wait_until("a failed batch", 10, || {
+        plane.status().metrics_db.unwrap().batches_failed >= 1
+    });
+    let status = plane.status();
+    let store = status.metrics_db.clone().unwrap();
+    assert_eq!(store.batches_written, 0, "{store:?}");
+    let shown = db.display().to_string();
+    assert!(
+        store
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains(&shown)),
+        "{store:?}"
+    );
+    assert!(
+        status
+            .warnings
+            .iter()
+            .any(|w| w.contains("metrics.db") && w.contains(&shown)),
+        "{:?}",
+        status.warnings
+    );
+    let text = plane.metrics_text();
+    let failed = sample(&text, "qos_metrics_db_batches_total{outcome=\"failed\"}")
+        .expect("the failed outcome is exported");
+    assert!(failed >= 1.0, "{failed}");
+    assert_eq!(
+        sample(&text, "qos_metrics_db_batches_total{outcome=\"written\"}"),
+        Some(0.0)
+    );
+    drop(tx);
+    let (report, integrity) = plane.shutdown(StopMode::Drain).unwrap();
+    assert!(report.is_conserved());
+    assert!(integrity.s11_holds, "{}", integrity.statement);
+    assert_eq!(report.sent(), pushed);
+    assert_eq!(report.taken(), pushed);
+    assert_eq!(report.discarded(), 0);
+    assert_eq!(
+        std::fs::read(&blocker).unwrap(),
+        b"a regular file",
+        "the blocking file is untouched"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
