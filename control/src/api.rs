@@ -167,7 +167,7 @@ async fn route<P: Send + 'static>(
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.contains("application/openmetrics-text"));
             let snapshot = lock(state).metrics_snapshot();
-            let text = crate::metrics::render(&snapshot);
+            let text = crate::metrics::render(snapshot);
             if openmetrics {
                 respond(
                     StatusCode::OK,

@@ -1,7 +1,7 @@
 //! The Prometheus exposition (O1), built at scrape time from what the runtime
 //! publishes: the workers' counters (read without stopping them), the busiest streams
-//! of the latest per-stream report, the accumulated sojourn histograms and the health
-//! state. Nothing here runs on a worker, and no metric library call sits on the packet
+//! of the latest per-stream report with the counters the workers took at that same
+//! instant, the sojourn bucket counts the control thread keeps, and the health state. Nothing here runs on a worker, and no metric library call sits on the packet
 //! path: the workers count in plain integers, this module only reads them.
 //!
 //! Per-stream series are bounded: the `limit` busiest streams (by packets offered, over
@@ -9,7 +9,9 @@
 //! with); everything else is summed under `stream_id="other"`, computed as the
 //! workers' totals minus the listed streams, so the sums over a metric stay exact
 //! (closed streams count under `other`). A stream entering the busiest set moves its
-//! count out of `other`, so `other` is not monotone; every named series is.
+//! count out of `other`, so `other` is not monotone; every named series is. The
+//! per-stream families move when a report completes (every `report_every`), not at
+//! every scrape: named streams and the rest always come from the same instant.
 
 use std::fmt::Write as _;
 
@@ -80,16 +82,20 @@ pub struct TierGauge {
 /// Everything one scrape exports, gathered by the control thread.
 #[derive(Debug)]
 pub struct MetricsSnapshot {
-    /// Every worker's counters.
+    /// Every worker's counters, as published now (per-worker families).
     pub workers: Vec<WorkerStats>,
+    /// Every worker's counters at the instant its latest per-stream report completed
+    /// (the per-stream families: `top` and the `other` rest come from the same
+    /// instant, so a packet is never counted under both).
+    pub reported: Vec<WorkerStats>,
     /// Heartbeat age per worker, seconds.
     pub heartbeat_age_s: Vec<f64>,
     /// The busiest streams (from the latest complete report).
     pub top: Vec<TopStream>,
     /// Open streams per worker (from the latest report).
     pub open_streams: u64,
-    /// Sojourn since start, per priority, ns.
-    pub sojourn: Vec<Histogram<u64>>,
+    /// Sojourn since start, per priority.
+    pub sojourn: Vec<SojournBuckets>,
     /// Tiers of the running policy.
     pub tiers: Vec<TierGauge>,
     /// Health state name (`NORMAL`, `DEGRADED`, `SAFE`, `UNKNOWN`).
@@ -106,10 +112,11 @@ pub struct MetricsSnapshot {
     pub policies: [u64; 2],
 }
 
-/// Renders `s` as Prometheus / OpenMetrics text (what `GET /metrics` serves).
-pub fn render(s: &MetricsSnapshot) -> String {
+/// Renders `s` as OpenMetrics text (`GET /metrics` serves it, or its Prometheus 0.0.4
+/// form, [`to_prometheus_text`]).
+pub fn render(s: MetricsSnapshot) -> String {
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Snapshot(s.clone_light())));
+    registry.register_collector(Box::new(Snapshot(s)));
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
         // Writing into a String cannot fail; keep the exposition well-formed anyway.
@@ -119,44 +126,8 @@ pub fn render(s: &MetricsSnapshot) -> String {
     out
 }
 
-impl MetricsSnapshot {
-    /// A copy for the collector (`Collector` needs `'static`).
-    fn clone_light(&self) -> OwnedSnapshot {
-        OwnedSnapshot {
-            workers: self.workers.clone(),
-            heartbeat_age_s: self.heartbeat_age_s.clone(),
-            top: self.top.clone(),
-            open_streams: self.open_streams,
-            sojourn: self.sojourn.clone(),
-            tiers: self.tiers.clone(),
-            health: self.health.clone(),
-            ring_full: self.ring_full.clone(),
-            health_transitions: self.health_transitions,
-            store: self.store,
-            audit: self.audit,
-            policies: self.policies,
-        }
-    }
-}
-
 #[derive(Debug)]
-struct OwnedSnapshot {
-    workers: Vec<WorkerStats>,
-    heartbeat_age_s: Vec<f64>,
-    top: Vec<TopStream>,
-    open_streams: u64,
-    sojourn: Vec<Histogram<u64>>,
-    tiers: Vec<TierGauge>,
-    health: String,
-    ring_full: Vec<u64>,
-    health_transitions: u64,
-    store: Option<[u64; 3]>,
-    audit: [u64; 2],
-    policies: [u64; 2],
-}
-
-#[derive(Debug)]
-struct Snapshot(OwnedSnapshot);
+struct Snapshot(MetricsSnapshot);
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -207,6 +178,10 @@ impl Collector for Snapshot {
         let sum_prio = |f: &dyn Fn(&WorkerStats, usize) -> u64, p: usize| -> u64 {
             s.workers.iter().map(|w| f(w, p)).sum()
         };
+        // The per-stream families: named streams and the rest from one instant.
+        let sum_reported = |f: &dyn Fn(&WorkerStats, usize) -> u64, p: usize| -> u64 {
+            s.reported.iter().map(|w| f(w, p)).sum()
+        };
         // Enqueued, per named stream and per priority for the rest.
         let mut rows: Vec<(Labels, u64)> = Vec::new();
         let mut named = [0u64; PRIORITIES];
@@ -222,7 +197,7 @@ impl Collector for Snapshot {
             ));
         }
         for (p, named) in named.iter().enumerate() {
-            let total = sum_prio(&|w, p| w.priorities[p].enqueued, p);
+            let total = sum_reported(&|w, p| w.priorities[p].enqueued, p);
             rows.push((
                 vec![("stream_id", "other".into()), ("priority", p.to_string())],
                 total.saturating_sub(*named),
@@ -254,7 +229,7 @@ impl Collector for Snapshot {
         }
         for (k, reason) in DropReason::ALL.iter().enumerate() {
             let total: u64 = (0..PRIORITIES)
-                .map(|p| sum_prio(&|w, p| w.priorities[p].dropped[k], p))
+                .map(|p| sum_reported(&|w, p| w.priorities[p].dropped[k], p))
                 .sum();
             rows.push((
                 vec![
@@ -264,7 +239,7 @@ impl Collector for Snapshot {
                 total.saturating_sub(named[k]),
             ));
         }
-        let shed: u64 = s.workers.iter().flat_map(|w| w.shed).sum();
+        let shed: u64 = s.reported.iter().flat_map(|w| w.shed).sum();
         rows.push((
             vec![
                 ("stream_id", "other".into()),
@@ -306,7 +281,7 @@ impl Collector for Snapshot {
                 t.entry.stats.queued as i64,
             ));
         }
-        let queued: u64 = s.workers.iter().map(|w| w.shard.totals.queued).sum();
+        let queued: u64 = s.reported.iter().map(|w| w.shard.totals.queued).sum();
         rows.push((
             vec![("stream_id", "other".into())],
             queued.saturating_sub(named_q) as i64,
@@ -330,23 +305,16 @@ impl Collector for Snapshot {
             )?;
             for (p, h) in s.sojourn.iter().enumerate() {
                 // The encoder accumulates: it takes each bucket's own count.
-                let mut below = 0;
                 let buckets: Vec<(f64, u64)> = SOJOURN_BUCKETS_S
                     .iter()
-                    .map(|&b| (b, count_at_most(h, (b * 1e9) as u64)))
-                    .chain(std::iter::once((f64::INFINITY, h.len())))
-                    .map(|(b, cumulative)| {
-                        (b, cumulative - std::mem::replace(&mut below, cumulative))
-                    })
+                    .copied()
+                    .chain(std::iter::once(f64::INFINITY))
+                    .zip(h.per_bucket)
                     .collect();
-                let sum = h.mean() * h.len() as f64 / 1e9;
                 let labels: Labels = vec![("priority", p.to_string())];
                 m.encode_family(&labels)?
                     .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
-                        sum,
-                        h.len(),
-                        &buckets,
-                        None,
+                        h.sum_s, h.count, &buckets, None,
                     )?;
             }
         }
@@ -616,18 +584,33 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
     out
 }
 
-/// Values recorded at or below `bound` (HdrHistogram counts by equivalent ranges: a
-/// value lands in the bucket whose range contains it, within the histogram's 3
-/// significant digits).
-pub fn count_at_most(h: &Histogram<u64>, bound: u64) -> u64 {
-    if h.is_empty() {
-        return 0;
+/// The `qos_scheduling_duration_seconds` histogram of one priority, kept by the
+/// control thread as histograms arrive from the workers (one pass over each), so a
+/// scrape neither copies nor walks an HdrHistogram.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SojournBuckets {
+    /// Samples in each bucket of [`SOJOURN_BUCKETS_S`] (value <= bound, above the
+    /// previous bound), the last entry above every bound (`+Inf`).
+    pub per_bucket: [u64; SOJOURN_BUCKETS_S.len() + 1],
+    /// Samples.
+    pub count: u64,
+    /// Sum of the samples, seconds (HdrHistogram's equivalent values, 3 significant
+    /// digits).
+    pub sum_s: f64,
+}
+
+impl SojournBuckets {
+    /// Adds the samples of `h` (ns).
+    pub fn add(&mut self, h: &Histogram<u64>) {
+        for v in h.iter_recorded() {
+            let value = v.value_iterated_to();
+            let i = SOJOURN_BUCKETS_S
+                .iter()
+                .position(|&b| value <= (b * 1e9) as u64)
+                .unwrap_or(SOJOURN_BUCKETS_S.len());
+            self.per_bucket[i] += v.count_at_value();
+        }
+        self.count += h.len();
+        self.sum_s += h.mean() * h.len() as f64 / 1e9;
     }
-    if bound >= h.max() {
-        return h.len();
-    }
-    h.iter_recorded()
-        .take_while(|v| v.value_iterated_to() <= bound)
-        .map(|v| v.count_at_value())
-        .sum()
 }

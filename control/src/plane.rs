@@ -33,7 +33,7 @@ use crate::health::{
 use crate::hlog::{HlogError, HlogWriter, cost_tag, sojourn_tag};
 use crate::integrity::{self, IntegrityReport, Interval, PolicyRecord};
 use crate::logs::{BackpressureSeverity, ControlEvent, emit, new_trace_id};
-use crate::metrics::{MetricsSnapshot, TierGauge, TopStream, merge_top};
+use crate::metrics::{MetricsSnapshot, SojournBuckets, TierGauge, TopStream, merge_top};
 use crate::policy::{Admitted, PolicyGate, PolicyRejection};
 use crate::store::{QosMetricsRow, StoreError, StoreWorker, TursoStore};
 
@@ -207,7 +207,7 @@ pub(crate) struct State<P> {
     hlog: Option<HlogWriter>,
     config: ControlConfig,
     // histograms
-    cumulative: Vec<Histogram<u64>>,
+    cumulative: Vec<SojournBuckets>,
     hlog_sojourn: Vec<Histogram<u64>>,
     hlog_cost: Vec<Histogram<u64>>,
     db_window: Vec<Histogram<u64>>,
@@ -306,7 +306,7 @@ impl<P: Send + 'static> State<P> {
             health_transitions: 0,
             store,
             hlog,
-            cumulative: (0..PRIORITIES).map(|_| new_sojourn_histogram()).collect(),
+            cumulative: vec![SojournBuckets::default(); PRIORITIES],
             hlog_sojourn: (0..PRIORITIES).map(|_| new_sojourn_histogram()).collect(),
             hlog_cost: (0..workers).map(|_| new_sojourn_histogram()).collect(),
             db_window: (0..PRIORITIES).map(|_| new_sojourn_histogram()).collect(),
@@ -719,7 +719,7 @@ impl<P: Send + 'static> State<P> {
             let Some(h) = h else { continue };
             for (p, s) in h.sojourn.iter().enumerate() {
                 // Same bounds on both sides: `add` cannot fail.
-                let _ = self.cumulative[p].add(s);
+                self.cumulative[p].add(s);
                 let _ = self.hlog_sojourn[p].add(s);
                 let _ = self.db_window[p].add(s);
             }
@@ -795,6 +795,22 @@ impl<P: Send + 'static> State<P> {
             })
             .collect();
         let secs = (elapsed_ns as f64 / 1e9).max(1e-9);
+        // Named streams and the `other` rest from the same report instant of each
+        // worker, so a drop is never counted under both.
+        let reported = self.reported();
+        let mean_bits: [f64; PRIORITIES] = std::array::from_fn(|p| {
+            let (bytes, packets) = reported.iter().fold((0u64, 0u64), |(b, n), w| {
+                (
+                    b + w.priorities[p].dequeued_bytes,
+                    n + w.priorities[p].dequeued,
+                )
+            });
+            if packets == 0 {
+                0.0
+            } else {
+                bytes as f64 * 8.0 / packets as f64
+            }
+        });
         let mut rows = Vec::with_capacity(self.top.len() + PRIORITIES);
         let mut named_drops = [0u64; PRIORITIES];
         let mut named_depth = [0u64; PRIORITIES];
@@ -825,53 +841,41 @@ impl<P: Send + 'static> State<P> {
                 // The report counts packets; bandwidth is the packets served in the
                 // period times the mean packet size served at its priority.
                 bandwidth_allocated_mbps: served.saturating_sub(served_before) as f64
-                    * self.mean_packet_bits(p)
+                    * mean_bits[p]
                     / secs
                     / 1e6,
                 latency_p95_ms: p95[p],
             });
         }
         self.last_stream_bytes = seen;
-        if let Some(dp) = self.dataplane.as_ref() {
-            let stats = dp.stats();
-            for p in 0..PRIORITIES {
-                let drops: u64 = stats
-                    .iter()
-                    .map(|w| w.priorities[p].dropped_total() + w.shed[p])
-                    .sum();
-                let depth: u64 = stats.iter().map(|w| w.priorities[p].queued).sum();
-                let other = drops.saturating_sub(named_drops[p]);
-                let before = std::mem::replace(&mut self.last_other_drops[p], other);
-                rows.push(QosMetricsRow {
-                    timestamp_ms: ts,
-                    stream_id: "other".into(),
-                    priority: p as u8,
-                    queue_depth: depth.saturating_sub(named_depth[p]),
-                    packets_dropped: other.saturating_sub(before),
-                    bandwidth_allocated_mbps: 0.0,
-                    latency_p95_ms: p95[p],
-                });
-            }
+        for p in 0..PRIORITIES {
+            let drops: u64 = reported
+                .iter()
+                .map(|w| w.priorities[p].dropped_total() + w.shed[p])
+                .sum();
+            let depth: u64 = reported.iter().map(|w| w.priorities[p].queued).sum();
+            let other = drops.saturating_sub(named_drops[p]);
+            let before = std::mem::replace(&mut self.last_other_drops[p], other);
+            rows.push(QosMetricsRow {
+                timestamp_ms: ts,
+                stream_id: "other".into(),
+                priority: p as u8,
+                queue_depth: depth.saturating_sub(named_depth[p]),
+                packets_dropped: other.saturating_sub(before),
+                bandwidth_allocated_mbps: 0.0,
+                latency_p95_ms: p95[p],
+            });
         }
         rows
     }
 
-    /// Mean packet size of priority `p` served so far, in bits.
-    fn mean_packet_bits(&self, p: usize) -> f64 {
-        let Some(dp) = self.dataplane.as_ref() else {
-            return 0.0;
-        };
-        let (bytes, packets) = dp.stats().iter().fold((0u64, 0u64), |(b, n), w| {
-            (
-                b + w.priorities[p].dequeued_bytes,
-                n + w.priorities[p].dequeued,
-            )
-        });
-        if packets == 0 {
-            0.0
-        } else {
-            bytes as f64 * 8.0 / packets as f64
-        }
+    /// Each worker's counters at the instant its latest per-stream report completed.
+    fn reported(&self) -> Vec<WorkerStats> {
+        self.reports
+            .iter()
+            .flatten()
+            .map(|r| r.stats.clone())
+            .collect()
     }
 
     pub(crate) fn metrics_snapshot(&self) -> MetricsSnapshot {
@@ -903,6 +907,7 @@ impl<P: Send + 'static> State<P> {
             heartbeat_age_s: ages,
             top: self.top.clone(),
             open_streams: self.reports.iter().flatten().map(|r| r.open_streams).sum(),
+            reported: self.reported(),
             sojourn: self.cumulative.clone(),
             tiers,
             health: self.health.state().as_str().into(),
@@ -990,13 +995,7 @@ impl<P: Send + 'static> State<P> {
         }
         // Per-worker counters from each worker's latest report: one consistent
         // instant per worker.
-        let workers: Vec<WorkerStats> = self
-            .reports
-            .iter()
-            .flatten()
-            .map(|r| r.stats.clone())
-            .collect();
-        self.integrity_from(&workers, false)
+        self.integrity_from(&self.reported(), false)
     }
 
     fn integrity_from(&self, workers: &[WorkerStats], final_counters: bool) -> IntegrityReport {
@@ -1138,7 +1137,8 @@ impl<P: Send + 'static> ControlPlane<P> {
 
     /// The Prometheus exposition (`GET /metrics`).
     pub fn metrics_text(&self) -> String {
-        crate::metrics::render(&lock(&self.state).metrics_snapshot())
+        let snapshot = lock(&self.state).metrics_snapshot();
+        crate::metrics::render(snapshot)
     }
 
     /// Runs `f` on the dataplane's control handle (while it runs).
