@@ -7,60 +7,18 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use qos_control::health::{HealthConfig, HealthState};
 use qos_control::plane::{ControlConfig, ControlPlane};
 use qos_control::policy::signing;
-use qos_dataplane::runtime::{
-    Dataplane, Discarded, Egress, EnqueueError, Outbox, Pinning, Producer, StopMode, StreamHandle,
-};
+use qos_dataplane::runtime::{Dataplane, Pinning, Producer, StopMode};
 use qos_dataplane::sched::{PolicySpec, SchedulerConfig, StreamConfig};
 
-/// An egress that sends everything unless `hold` is set (then it refuses all), and
-/// sleeps once for `stall_ms` when asked.
-#[derive(Clone, Default)]
-struct Switch {
-    hold: Arc<AtomicBool>,
-    stall_ms: Arc<AtomicU64>,
-    discards: Arc<Mutex<Vec<String>>>,
-}
-
-struct Wire(Switch);
-
-impl Egress<u64> for Wire {
-    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
-        let stall = self.0.stall_ms.swap(0, Ordering::Relaxed);
-        if stall > 0 {
-            std::thread::sleep(Duration::from_millis(stall));
-        }
-        if self.0.hold.load(Ordering::Relaxed) {
-            return;
-        }
-        while out.pop().is_some() {}
-    }
-    fn discard(&mut self, d: Discarded<u64>) {
-        self.0
-            .discards
-            .lock()
-            .unwrap()
-            .push(d.reason.as_str().to_string());
-    }
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "qos-plane-{name}-{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+mod plane_common;
+use plane_common::{Switch, Wire, push, temp_dir, wait_until};
 
 fn start(
     workers: usize,
@@ -130,32 +88,6 @@ fn http(
             .contains("transfer-encoding: chunked")
     );
     (status, rest.to_string())
-}
-
-fn push(tx: &mut Producer<u64>, h: StreamHandle, n: u64) {
-    let limit = Instant::now() + Duration::from_secs(10);
-    for k in 0..n {
-        let mut p = k;
-        loop {
-            match tx.enqueue(h, p, 500) {
-                Ok(()) => break,
-                Err(EnqueueError::Full(back)) => {
-                    assert!(Instant::now() < limit, "ring full for 10 s");
-                    p = back;
-                    std::thread::yield_now();
-                }
-                Err(e) => panic!("{e:?}"),
-            }
-        }
-    }
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let limit = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Parses `name{labels} value` lines of one metric into label maps.

@@ -6,9 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
@@ -17,44 +16,14 @@ use qos_control::hlog::{LEGEND, percentile_table, read_hlog};
 use qos_control::plane::{ControlConfig, ControlPlane};
 use qos_control::store::read_rows;
 use qos_dataplane::runtime::{
-    Dataplane, Discarded, Egress, EnqueueError, Outbox, Pinning, Producer, RuntimeConfig,
-    ShutdownReport, StopMode, StreamHandle,
+    Dataplane, Pinning, Producer, RuntimeConfig, ShutdownReport, StopMode, StreamHandle,
 };
 use qos_dataplane::sched::{PolicySpec, SchedulerConfig, StreamConfig};
 
-/// An egress that sends everything unless `hold` is set (then it refuses all).
-#[derive(Clone, Default)]
-struct Switch {
-    hold: Arc<AtomicBool>,
-}
-
-struct Wire(Switch);
-
-impl Egress<u64> for Wire {
-    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
-        if self.0.hold.load(Ordering::Relaxed) {
-            return;
-        }
-        while out.pop().is_some() {}
-    }
-    fn discard(&mut self, _d: Discarded<u64>) {}
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!(
-        "qos-plane-files-{name}-{}-{nanos}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+mod plane_common;
+mod store_common;
+use plane_common::{Switch, Wire, push, temp_dir, wait_until};
+use store_common::sqlite3_json;
 
 fn start(
     workers: usize,
@@ -97,24 +66,6 @@ fn start(
     (plane, producers.pop().unwrap(), sw)
 }
 
-fn push(tx: &mut Producer<u64>, h: StreamHandle, n: u64) {
-    let limit = Instant::now() + Duration::from_secs(10);
-    for k in 0..n {
-        let mut p = k;
-        loop {
-            match tx.enqueue(h, p, 500) {
-                Ok(()) => break,
-                Err(EnqueueError::Full(back)) => {
-                    assert!(Instant::now() < limit, "ring full for 10 s");
-                    p = back;
-                    std::thread::yield_now();
-                }
-                Err(e) => panic!("{e:?}"),
-            }
-        }
-    }
-}
-
 /// As [`push`], 40 packets at a time, each chunk sent before the next: a stream's
 /// queue never grows past 40, so a small `max_queue_depth` drops nothing.
 fn push_paced(plane: &ControlPlane<u64>, tx: &mut Producer<u64>, h: StreamHandle, n: u64) {
@@ -129,14 +80,6 @@ fn push_paced(plane: &ControlPlane<u64>, tx: &mut Producer<u64>, h: StreamHandle
             assert!(Instant::now() < limit, "chunk not sent in 10 s");
             std::thread::sleep(Duration::from_micros(200));
         }
-    }
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let limit = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -193,35 +136,6 @@ fn named_drops(text: &str, key: &str) -> u64 {
         .filter(|l| l.starts_with(&prefix))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
-}
-
-/// Runs `sqlite3 -json <db> <sql>`; fails (never skips) when the CLI is missing.
-fn sqlite3_json(db: &Path, sql: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
-    let out = std::process::Command::new("sqlite3")
-        .arg("-json")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "the sqlite3 CLI is required by this test and could not be run ({e}); \
-                 install it (apt-get install sqlite3)"
-            )
-        });
-    assert!(
-        out.status.success(),
-        "sqlite3 {} {sql:?} failed: {}",
-        db.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    if text.trim().is_empty() {
-        return Vec::new();
-    }
-    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap();
-    rows.into_iter()
-        .map(|r| r.as_object().unwrap().clone())
-        .collect()
 }
 
 /// O2: rows written by the running control plane read back through the engine and

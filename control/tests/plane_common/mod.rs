@@ -1,0 +1,88 @@
+//! Helpers shared by the `plane_*` integration tests: a switchable egress, temp
+//! directories, pushing with backpressure retries, bounded waits.
+#![allow(dead_code, clippy::disallowed_methods, clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use qos_dataplane::runtime::{Discarded, Egress, EnqueueError, Outbox, Producer, StreamHandle};
+
+/// Controls the test egress: while `hold` is set it refuses everything; a non-zero
+/// `stall_ms` makes its next call sleep that long (once).
+#[derive(Clone, Default)]
+pub struct Switch {
+    pub hold: Arc<AtomicBool>,
+    pub stall_ms: Arc<AtomicU64>,
+    pub discards: Arc<Mutex<Vec<String>>>,
+}
+
+/// The egress a [`Switch`] controls; it remembers discard reasons.
+pub struct Wire(pub Switch);
+
+impl Egress<u64> for Wire {
+    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
+        let stall = self.0.stall_ms.swap(0, Ordering::Relaxed);
+        if stall > 0 {
+            std::thread::sleep(Duration::from_millis(stall));
+        }
+        if self.0.hold.load(Ordering::Relaxed) {
+            return;
+        }
+        while out.pop().is_some() {}
+    }
+    fn discard(&mut self, d: Discarded<u64>) {
+        self.0
+            .discards
+            .lock()
+            .unwrap()
+            .push(d.reason.as_str().to_string());
+    }
+}
+
+/// A fresh, empty directory under the system temp dir, unique to this process and call.
+pub fn temp_dir(name: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!(
+        "qos-plane-{name}-{}-{nanos}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Pushes packets `0..n` of 500 bytes on `h`, retrying while the ring is full (at
+/// most 10 s).
+pub fn push(tx: &mut Producer<u64>, h: StreamHandle, n: u64) {
+    let limit = Instant::now() + Duration::from_secs(10);
+    for k in 0..n {
+        let mut p = k;
+        loop {
+            match tx.enqueue(h, p, 500) {
+                Ok(()) => break,
+                Err(EnqueueError::Full(back)) => {
+                    assert!(Instant::now() < limit, "ring full for 10 s");
+                    p = back;
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("{e:?}"),
+            }
+        }
+    }
+}
+
+/// Polls `f` every 20 ms until it holds; fails after `secs`.
+pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let limit = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
