@@ -11,15 +11,14 @@
 //!
 //! Run: `cargo bench -p qos-benches --bench runtime`.
 
-use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use qos_benches::CountingEgress;
 use qos_dataplane::runtime::{
-    Dataplane, Egress, EnqueueError, IdleStrategy, Outbox, Pinning, Producer, RuntimeConfig,
-    StopMode, StreamHandle,
+    Dataplane, EnqueueError, IdleStrategy, Pinning, Producer, RuntimeConfig, StopMode, StreamHandle,
 };
 use qos_dataplane::sched::{Policy, PolicySpec, StreamConfig};
 
@@ -31,25 +30,6 @@ fn now() -> Instant {
 
 const PACKETS: u64 = 100_000;
 const STREAMS: u64 = 1024;
-
-struct Count(Arc<AtomicU64>);
-
-impl Egress<u64> for Count {
-    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
-        let mut n = 0;
-        while let Some(d) = out.pop() {
-            black_box(d.packet);
-            n += 1;
-        }
-        self.0.fetch_add(n, Ordering::Release);
-    }
-
-    /// A packet the dataplane did not send (AQM, tail drop) also ends its journey.
-    fn discard(&mut self, d: qos_dataplane::runtime::Discarded<u64>) {
-        black_box(d.packet);
-        self.0.fetch_add(1, Ordering::Release);
-    }
-}
 
 struct Pipeline {
     dp: Option<Dataplane<u64>>,
@@ -72,7 +52,7 @@ impl Pipeline {
         let (dp, mut producers) = Dataplane::<u64>::builder()
             .config(config)
             .policy(Arc::new(spec.build().expect("policy")))
-            .build(move |_| Count(s.clone()))
+            .build(move |_| CountingEgress(s.clone()))
             .expect("dataplane");
         let mut tx = producers.pop().expect("producer");
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
@@ -207,7 +187,7 @@ fn p7_policy_adoption(c: &mut Criterion) {
         let (dp, mut producers) = Dataplane::<u64>::builder()
             .workers(2)
             .pinning(Pinning::Off)
-            .build(move |_| Count(s.clone()))
+            .build(move |_| CountingEgress(s.clone()))
             .expect("dataplane");
         let mut tx = producers.pop().expect("producer");
         let stop = Arc::new(AtomicBool::new(false));

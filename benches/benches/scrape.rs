@@ -31,10 +31,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use qos_benches::CountingEgress;
 use qos_control::plane::{ControlConfig, ControlPlane};
 use qos_dataplane::runtime::{
-    ControlError, Dataplane, Discarded, Egress, EnqueueError, Outbox, Pinning, Producer,
-    RuntimeConfig, StopMode, StreamHandle,
+    ControlError, Dataplane, EnqueueError, Pinning, Producer, RuntimeConfig, StopMode, StreamHandle,
 };
 use qos_dataplane::sched::{SchedulerConfig, StreamConfig};
 
@@ -47,24 +47,6 @@ fn now() -> Instant {
 const SERIES_LIMIT: usize = 100;
 /// Streams that get packets (1 to 5 each), spread evenly over the table.
 const ACTIVE: u64 = 1_000;
-
-struct Count(Arc<AtomicU64>);
-
-impl Egress<u64> for Count {
-    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
-        let mut n = 0;
-        while let Some(d) = out.pop() {
-            black_box(d.packet);
-            n += 1;
-        }
-        self.0.fetch_add(n, Ordering::Release);
-    }
-
-    fn discard(&mut self, d: Discarded<u64>) {
-        black_box(d.packet);
-        self.0.fetch_add(1, Ordering::Release);
-    }
-}
 
 /// A control plane over a dataplane with `streams` open streams.
 struct Setup {
@@ -98,7 +80,7 @@ impl Setup {
         };
         let (dp, mut producers) = Dataplane::<u64>::builder()
             .config(config)
-            .build(move |_| Count(s.clone()))
+            .build(move |_| CountingEgress(s.clone()))
             .expect("dataplane");
         let mut tx = producers.pop().expect("producer");
         // The active streams are every `stride`-th; priority (key / stride) % 8 gives

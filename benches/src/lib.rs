@@ -129,3 +129,26 @@ mod tests {
         }
     }
 }
+
+/// An egress for the runtime benchmarks: takes every packet it is offered and counts
+/// each packet that ends its journey, sent or discarded (`Release`, so a bench thread
+/// that reads the count with `Acquire` sees the work done).
+#[derive(Debug)]
+pub struct CountingEgress(pub std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl qos_dataplane::runtime::Egress<u64> for CountingEgress {
+    fn send(&mut self, _now: u64, out: &mut qos_dataplane::runtime::Outbox<'_, u64>) {
+        let mut n = 0;
+        while let Some(d) = out.pop() {
+            std::hint::black_box(d.packet);
+            n += 1;
+        }
+        self.0.fetch_add(n, std::sync::atomic::Ordering::Release);
+    }
+
+    /// A packet the dataplane did not send (AQM, tail drop) also ends its journey.
+    fn discard(&mut self, d: qos_dataplane::runtime::Discarded<u64>) {
+        std::hint::black_box(d.packet);
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+}
