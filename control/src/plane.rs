@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ed25519_dalek::VerifyingKey;
 use hdrhistogram::Histogram;
 use qos_dataplane::runtime::{
-    Dataplane, RuntimeError, ShutdownReport, StopMode, StreamReport, WorkerStats,
+    Dataplane, PublishError, RuntimeError, ShutdownReport, StopMode, StreamReport, WorkerStats,
 };
 use qos_dataplane::sched::policy::PRIORITIES;
 use qos_dataplane::sched::{Event, Policy, new_sojourn_histogram};
@@ -379,12 +379,19 @@ impl<P: Send + 'static> State<P> {
             if let Admitted::Apply { policy, .. } = &admitted
                 && let Some(dp) = self.dataplane.as_ref()
             {
-                dp.publish_policy(policy.clone())
-                    .map_err(|e| PolicyRejection::Invalid {
+                dp.publish_policy(policy.clone()).map_err(|e| match e {
+                    // The gate checked the version against what it runs; the dataplane
+                    // can only be ahead if someone published around the control plane.
+                    PublishError::StaleVersion { offered, current } => PolicyRejection::Stale {
+                        version: offered,
+                        running: current,
+                    },
+                    e => PolicyRejection::Invalid {
                         field: "link.burst_bytes".into(),
                         value: e.to_string(),
-                        expected: "a publishable policy".into(),
-                    })?;
+                        expected: "a burst that holds one largest packet per worker".into(),
+                    },
+                })?;
             }
             self.gate.commit(&admitted)?;
             Ok(admitted)
