@@ -220,6 +220,24 @@ pub enum ControlEvent {
         /// Lowercase hex SHA-256 of the torn bytes.
         sha256: String,
     },
+    /// The daemon re-read its configuration file (SIGHUP) and runs it now.
+    #[serde(rename = "config.reloaded")]
+    ConfigReloaded {
+        /// The file read.
+        path: String,
+        /// Lowercase hex SHA-256 of the file as read.
+        sha256: String,
+        /// The policy version running after the reload.
+        policy_version: u64,
+    },
+    /// A configuration file was refused; the running configuration stays.
+    #[serde(rename = "config.rejected")]
+    ConfigRejected {
+        /// The file read.
+        path: String,
+        /// What is wrong, naming the key.
+        reason: String,
+    },
 }
 
 impl ControlEvent {
@@ -237,6 +255,8 @@ impl ControlEvent {
             ControlEvent::HealthChanged { .. } => "health.changed",
             ControlEvent::StreamPromoted { .. } => "stream.promoted",
             ControlEvent::AuditTornTail { .. } => "audit.torn_tail",
+            ControlEvent::ConfigReloaded { .. } => "config.reloaded",
+            ControlEvent::ConfigRejected { .. } => "config.rejected",
         }
     }
 
@@ -248,7 +268,8 @@ impl ControlEvent {
             ControlEvent::PolicyApplied { .. }
             | ControlEvent::BackpressureCleared { .. }
             | ControlEvent::PerfDegradeRecovered { .. }
-            | ControlEvent::StreamPromoted { .. } => EventLevel::Info,
+            | ControlEvent::StreamPromoted { .. }
+            | ControlEvent::ConfigReloaded { .. } => EventLevel::Info,
             ControlEvent::BackpressureTriggered { severity, .. } => match severity {
                 BackpressureSeverity::Warning => EventLevel::Warn,
                 BackpressureSeverity::Critical => EventLevel::Error,
@@ -261,7 +282,8 @@ impl ControlEvent {
             | ControlEvent::PerfBudgetViolation { .. }
             | ControlEvent::PerfDegradeApplied { .. }
             | ControlEvent::HealthChanged { .. }
-            | ControlEvent::AuditTornTail { .. } => EventLevel::Warn,
+            | ControlEvent::AuditTornTail { .. }
+            | ControlEvent::ConfigRejected { .. } => EventLevel::Warn,
         }
     }
 }
@@ -497,6 +519,23 @@ pub fn emit(event: &ControlEvent) {
             offset = *offset,
             bytes = *bytes,
             sha256 = sha256.as_str()
+        ),
+        ControlEvent::ConfigReloaded {
+            path,
+            sha256,
+            policy_version,
+        } => emit_at!(
+            level,
+            event = name,
+            path = path.as_str(),
+            sha256 = sha256.as_str(),
+            policy_version = *policy_version
+        ),
+        ControlEvent::ConfigRejected { path, reason } => emit_at!(
+            level,
+            event = name,
+            path = path.as_str(),
+            reason = reason.as_str()
         ),
     }
 }

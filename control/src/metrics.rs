@@ -110,6 +110,8 @@ pub struct MetricsSnapshot {
     pub audit: [u64; 2],
     /// Policies applied and rejected through the control plane.
     pub policies: [u64; 2],
+    /// The embedder's own families ([`ExtraMetrics`]).
+    pub extra: Vec<ExtraFamily>,
 }
 
 /// Renders `s` as OpenMetrics text (`GET /metrics` serves it, or its Prometheus 0.0.4
@@ -549,7 +551,48 @@ impl Collector for Snapshot {
             counter,
             MetricType::Counter,
         )?;
+        for f in &s.extra {
+            let ty = if f.counter {
+                MetricType::Counter
+            } else {
+                MetricType::Gauge
+            };
+            let mut m = enc.encode_descriptor(&f.name, &f.help, None, ty)?;
+            for (labels, v) in &f.rows {
+                let e = m.encode_family(labels)?;
+                if f.counter {
+                    counter(e, *v)?;
+                } else {
+                    gauge_i(e, i64::try_from(*v).unwrap_or(i64::MAX))?;
+                }
+            }
+        }
         Ok(())
+    }
+}
+
+/// A metric family an embedder adds to the exposition (a daemon's own counters),
+/// read at scrape time through [`ExtraMetrics`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtraFamily {
+    /// Name; a counter's `_total` suffix is added by the encoder.
+    pub name: String,
+    /// `# HELP` text.
+    pub help: String,
+    /// Counter (`true`) or gauge.
+    pub counter: bool,
+    /// Label pairs and value of each series.
+    pub rows: Vec<(Vec<(String, String)>, u64)>,
+}
+
+/// What an embedder plugs into [`ControlConfig`](crate::plane::ControlConfig) to add
+/// its own families to `/metrics`: called on the control thread at every scrape.
+#[derive(Clone)]
+pub struct ExtraMetrics(pub std::sync::Arc<dyn Fn() -> Vec<ExtraFamily> + Send + Sync>);
+
+impl std::fmt::Debug for ExtraMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExtraMetrics(..)")
     }
 }
 

@@ -71,6 +71,8 @@ pub struct ControlConfig {
     pub health: HealthConfig,
     /// Backpressure and degrade intervals kept for the integrity report.
     pub history_limit: usize,
+    /// The embedder's own metric families, appended to `/metrics`.
+    pub extra_metrics: Option<crate::metrics::ExtraMetrics>,
 }
 
 impl Default for ControlConfig {
@@ -91,6 +93,7 @@ impl Default for ControlConfig {
             verifying_key: None,
             health: HealthConfig::default(),
             history_limit: 1000,
+            extra_metrics: None,
         }
     }
 }
@@ -926,6 +929,12 @@ impl<P: Send + 'static> State<P> {
             }),
             audit: self.audit_counts,
             policies: self.policy_counts,
+            extra: self
+                .config
+                .extra_metrics
+                .as_ref()
+                .map(|f| (f.0)())
+                .unwrap_or_default(),
         }
     }
 
@@ -1120,6 +1129,13 @@ impl<P: Send + 'static> ControlPlane<P> {
         source: &str,
     ) -> Result<Applied, PolicyRejection> {
         lock(&self.state).apply_policy(document, signature, source)
+    }
+
+    /// Logs `event` as a JSON line and appends it to the audit log (if one is
+    /// configured): for what an embedder decides around the plane, such as a daemon's
+    /// configuration reload.
+    pub fn record_event(&self, event: &ControlEvent) {
+        lock(&self.state).record(event);
     }
 
     /// Runs one control tick now (the thread also runs them every `tick`).

@@ -6,4 +6,8 @@
 //! by both the gateway's classifier and the load generator's sink.
 #![forbid(unsafe_code)]
 
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod gateway;
 pub mod header;

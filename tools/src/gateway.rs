@@ -1,0 +1,473 @@
+//! `qosd`, the UDP QoS gateway, as a library: receive threads (one `SO_REUSEPORT`
+//! socket per worker and listen address) classify datagrams into streams and hand
+//! them to the dataplane; each worker's egress writes what its scheduler releases to
+//! the upstreams; the control plane serves the API, metrics, logs, audit, metrics.db
+//! and `.hlog` dumps.
+//!
+//! Accounting: every datagram read is forwarded, or dropped with a counted reason by
+//! the gateway ([`GatewayDrop`]) or by the dataplane (its discard reasons), per stream
+//! ([`StreamAccount`]) and in total.
+
+pub mod classify;
+pub mod counters;
+pub mod egress;
+pub mod rx;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use qos_control::logs::ControlEvent;
+use qos_control::metrics::ExtraMetrics;
+use qos_control::plane::{ControlConfig, ControlPlane};
+use qos_control::policy::sha256_hex;
+use qos_dataplane::runtime::{Dataplane, Pinning, StopMode};
+use serde::Serialize;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::{ConfigError, GatewayConfig, PinningConfig};
+use classify::{Classifier, Dest};
+pub use counters::{GatewayCounters, GatewayDrop, StreamAccount, StreamCounters};
+use egress::UdpEgress;
+use rx::{Rx, RxSettings};
+
+/// What travels through the dataplane: the datagram, where it goes, and its stream's
+/// counters.
+#[derive(Debug)]
+pub struct Packet {
+    /// The datagram as received.
+    pub data: Box<[u8]>,
+    /// Its destination.
+    pub dest: Dest,
+    /// Its stream's counters.
+    pub stream: Arc<StreamCounters>,
+}
+
+/// Why the gateway could not start, reload or stop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// A socket could not be set up.
+    #[error("socket {addr}: {source}")]
+    Socket {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The configuration is not valid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The configuration changes something only a restart can change.
+    #[error("config: {key} changed ({from} -> {to}); it takes effect only after a restart")]
+    NeedsRestart {
+        /// The key.
+        key: &'static str,
+        /// Running value.
+        from: String,
+        /// File's value.
+        to: String,
+    },
+    /// The dataplane did not start.
+    #[error("dataplane: {0}")]
+    Dataplane(#[from] qos_dataplane::runtime::BuildError),
+    /// The control plane failed.
+    #[error("control plane: {0}")]
+    Control(#[from] qos_control::plane::ControlError),
+    /// The policy in the file was refused.
+    #[error("config: policy: {0}")]
+    Policy(#[from] qos_control::policy::PolicyRejection),
+    /// A key file could not be read.
+    #[error("config: control.verifying_key: {0}")]
+    Key(#[from] qos_control::policy::signing::KeyError),
+    /// A thread could not start.
+    #[error("thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running gateway.
+pub struct Gateway {
+    plane: Option<ControlPlane<Packet>>,
+    stop: Arc<AtomicBool>,
+    rx: Vec<JoinHandle<()>>,
+    classifier: Arc<ArcSwap<Classifier>>,
+    counters: Arc<GatewayCounters>,
+    running: Mutex<GatewayConfig>,
+    listen: Vec<SocketAddr>,
+    api: SocketAddr,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("listen", &self.listen)
+            .field("api", &self.api)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The gateway's final accounting (printed by `qosd` on SIGTERM).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct DrainReport {
+    /// Datagrams read from the sockets.
+    pub received: u64,
+    /// Datagrams written to an upstream.
+    pub forwarded: u64,
+    /// Drops by reason, gateway and dataplane together.
+    pub dropped: std::collections::BTreeMap<String, u64>,
+    /// `received = forwarded + dropped` exactly.
+    pub conserved: bool,
+    /// The dataplane's own S11 check (every packet taken sent or discarded).
+    pub dataplane_conserved: bool,
+    /// Per stream.
+    pub streams: Vec<StreamAccount>,
+}
+
+/// Binds `workers` sockets to `addr` with `SO_REUSEPORT` (port 0: the first socket
+/// picks a port, the others share it).
+fn bind_reuseport(
+    addr: SocketAddr,
+    n: usize,
+    buffer: usize,
+) -> Result<Vec<UdpSocket>, GatewayError> {
+    let mut out = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n {
+        let err = |source| GatewayError::Socket { addr, source };
+        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
+            .map_err(err)?;
+        s.set_reuse_port(true).map_err(err)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true).map_err(err)?;
+        }
+        // The kernel caps these at its rmem_max / wmem_max; a smaller buffer is fine.
+        let _ = s.set_recv_buffer_size(buffer);
+        s.bind(&addr.into()).map_err(err)?;
+        let sock: UdpSocket = s.into();
+        if addr.port() == 0 {
+            addr = sock.local_addr().map_err(err)?;
+        }
+        out.push(sock);
+    }
+    Ok(out)
+}
+
+fn egress_socket(upstreams: &[SocketAddr], buffer: usize) -> Result<UdpSocket, GatewayError> {
+    let v6 = upstreams.iter().any(SocketAddr::is_ipv6);
+    let addr: SocketAddr = if v6 {
+        "[::]:0"
+            .parse()
+            .map_err(|_| GatewayError::Thread(std::io::Error::other("addr")))?
+    } else {
+        SocketAddr::from(([0, 0, 0, 0], 0))
+    };
+    let err = |source| GatewayError::Socket { addr, source };
+    let s =
+        Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    if v6 {
+        s.set_only_v6(false).map_err(err)?;
+    }
+    let _ = s.set_send_buffer_size(buffer);
+    s.bind(&addr.into()).map_err(err)?;
+    Ok(s.into())
+}
+
+fn control_config(
+    config: &GatewayConfig,
+    counters: &Arc<GatewayCounters>,
+) -> Result<ControlConfig, GatewayError> {
+    let c = &config.control;
+    let file = |name: &str| c.state_dir.as_ref().map(|d| d.join(name));
+    let verifying_key = match &c.verifying_key {
+        Some(p) => Some(qos_control::policy::signing::read_verifying_key(p)?),
+        None => None,
+    };
+    let counters = counters.clone();
+    Ok(ControlConfig {
+        listen: c.listen,
+        allow_remote: c.allow_remote,
+        bearer_token: c.bearer_token.clone(),
+        series_limit: c.series_limit,
+        metrics_db: if c.metrics_db {
+            file("metrics.db")
+        } else {
+            None
+        },
+        metrics_db_period: Duration::from_millis(c.metrics_db_period_ms),
+        hlog: file("sojourn.hlog"),
+        hlog_period: Duration::from_millis(c.hlog_period_ms),
+        audit_log: file("audit.jsonl"),
+        verifying_key,
+        extra_metrics: Some(ExtraMetrics(Arc::new(move || counters.families()))),
+        ..ControlConfig::default()
+    })
+}
+
+impl Gateway {
+    /// Binds the sockets, starts the dataplane, the control plane and the receive
+    /// threads.
+    pub fn start(config: GatewayConfig) -> Result<Self, GatewayError> {
+        let g = &config.gateway;
+        if let Some(dir) = &config.control.state_dir {
+            std::fs::create_dir_all(dir).map_err(|source| ConfigError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let mut sockets = Vec::new();
+        let mut listen = Vec::new();
+        for &addr in &g.listen {
+            let socks = bind_reuseport(addr, g.workers, g.socket_buffer)?;
+            if let Some(first) = socks.first() {
+                listen.push(
+                    first
+                        .local_addr()
+                        .map_err(|source| GatewayError::Socket { addr, source })?,
+                );
+            }
+            sockets.extend(socks);
+        }
+        let upstreams: Vec<SocketAddr> = config.upstreams.iter().map(|u| u.addr).collect();
+        let mut egresses = Vec::with_capacity(g.workers);
+        for _ in 0..g.workers {
+            let sock = egress_socket(&upstreams, g.socket_buffer)?;
+            let addr = sock
+                .local_addr()
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            egresses.push(Some(
+                UdpEgress::new(sock, true)
+                    .map_err(|source| GatewayError::Socket { addr, source })?,
+            ));
+        }
+        let pinning = match g.pinning {
+            PinningConfig::Strict => Pinning::Strict,
+            PinningConfig::Wrap => Pinning::Wrap,
+            PinningConfig::Off => Pinning::Off,
+        };
+        let (dp, producers) = Dataplane::<Packet>::builder()
+            .workers(g.workers)
+            .producers(sockets.len())
+            .pinning(pinning)
+            .ring_capacity(g.ring_capacity)
+            .drain_timeout(Duration::from_millis(g.drain_ms))
+            .policy(Arc::new(config.policy.clone()))
+            .build(|w| {
+                egresses[w]
+                    .take()
+                    .expect("the builder asks for each worker's egress once")
+            })?;
+        let counters = Arc::new(GatewayCounters::default());
+        let plane = ControlPlane::start(dp, control_config(&config, &counters)?)?;
+        let api = plane.addr();
+        let classifier = Arc::new(ArcSwap::from_pointee(Classifier::new(&config, 1)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let settings = RxSettings {
+            max_datagram: g.max_datagram,
+            flow_table: g.flow_table,
+            flow_idle_ms: g.flow_idle_ms,
+        };
+        let mut rx = Vec::new();
+        for (i, (sock, producer)) in sockets.into_iter().zip(producers).enumerate() {
+            let addr = sock
+                .local_addr()
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            let r = Rx::new(
+                sock,
+                producer,
+                classifier.clone(),
+                counters.clone(),
+                settings.clone(),
+            )
+            .map_err(|source| GatewayError::Socket { addr, source })?;
+            let stop = stop.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("qosd-rx-{i}"))
+                .spawn(move || r.run(&stop))
+                .map_err(GatewayError::Thread)?;
+            rx.push(t);
+        }
+        tracing::info!(
+            target: qos_control::logs::EVENT_TARGET,
+            event = "qosd.started",
+            listen = ?listen,
+            api = %api,
+            workers = g.workers,
+            policy_version = config.policy.version()
+        );
+        Ok(Self {
+            plane: Some(plane),
+            stop,
+            rx,
+            classifier,
+            counters,
+            running: Mutex::new(config),
+            listen,
+            api,
+        })
+    }
+
+    /// The bound listen addresses (one per configured address).
+    pub fn listen_addrs(&self) -> &[SocketAddr] {
+        &self.listen
+    }
+
+    /// The control API's address.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api
+    }
+
+    /// The gateway's counters.
+    pub fn counters(&self) -> &Arc<GatewayCounters> {
+        &self.counters
+    }
+
+    /// The control plane.
+    pub fn plane(&self) -> Option<&ControlPlane<Packet>> {
+        self.plane.as_ref()
+    }
+
+    /// Re-reads the configuration file (SIGHUP): policy, rules and upstreams change;
+    /// a file that fails (or would change what needs a restart) changes nothing. Both
+    /// outcomes are logged and audited.
+    pub fn reload(&self, path: &Path) -> Result<u64, GatewayError> {
+        let result = GatewayConfig::load(path)
+            .map_err(GatewayError::from)
+            .and_then(|(config, bytes)| self.apply(config).map(|v| (v, bytes)));
+        let event = match &result {
+            Ok((version, bytes)) => ControlEvent::ConfigReloaded {
+                path: path.display().to_string(),
+                sha256: sha256_hex(bytes),
+                policy_version: *version,
+            },
+            Err(e) => ControlEvent::ConfigRejected {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            },
+        };
+        let i = usize::from(result.is_err());
+        self.counters.reloads[i].fetch_add(1, Relaxed);
+        if let Some(p) = &self.plane {
+            p.record_event(&event);
+        }
+        result.map(|(v, _)| v)
+    }
+
+    fn apply(&self, config: GatewayConfig) -> Result<u64, GatewayError> {
+        let mut running = self
+            .running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let restart = |key: &'static str, from: String, to: String| {
+            if from == to {
+                Ok(())
+            } else {
+                Err(GatewayError::NeedsRestart { key, from, to })
+            }
+        };
+        restart(
+            "gateway.listen",
+            format!("{:?}", running.gateway.listen),
+            format!("{:?}", config.gateway.listen),
+        )?;
+        restart(
+            "gateway.workers",
+            running.gateway.workers.to_string(),
+            config.gateway.workers.to_string(),
+        )?;
+        restart(
+            "control.listen",
+            running.control.listen.to_string(),
+            config.control.listen.to_string(),
+        )?;
+        restart(
+            "control.state_dir",
+            format!("{:?}", running.control.state_dir),
+            format!("{:?}", config.control.state_dir),
+        )?;
+        let Some(plane) = &self.plane else {
+            return Err(GatewayError::Thread(std::io::Error::other(
+                "gateway stopped",
+            )));
+        };
+        // The policy only goes through the gate when the file's changed: a policy
+        // posted to the API since is not reverted by reloading an unchanged file.
+        let version = if config.policy_document == running.policy_document {
+            plane.status().policy_version
+        } else {
+            plane
+                .apply_policy(config.policy_text.as_bytes(), None, "sighup")?
+                .version
+        };
+        let generation = self.classifier.load().generation + 1;
+        self.classifier
+            .store(Arc::new(Classifier::new(&config, generation)));
+        *running = config;
+        Ok(version)
+    }
+
+    /// Stops receiving, drains the queues at the policy's pace (up to
+    /// `gateway.drain_ms`), stops the workers and the control plane, and returns the
+    /// accounting.
+    pub fn stop(mut self) -> Result<DrainReport, GatewayError> {
+        self.stop.store(true, Relaxed);
+        for t in self.rx.drain(..) {
+            let _ = t.join();
+        }
+        let plane = self
+            .plane
+            .take()
+            .ok_or_else(|| GatewayError::Thread(std::io::Error::other("gateway stopped")))?;
+        let (report, _integrity) = plane.shutdown(StopMode::Drain)?;
+        Ok(self.account(report.is_conserved()))
+    }
+
+    /// The accounting now (in-flight packets make it inexact until the gateway stops).
+    pub fn account(&self, dataplane_conserved: bool) -> DrainReport {
+        let streams = self.counters.streams();
+        let mut dropped = std::collections::BTreeMap::new();
+        for (r, v) in self.counters.drops_by_reason() {
+            if v > 0 {
+                dropped.insert(r.as_str().to_string(), v);
+            }
+        }
+        for s in &streams {
+            for (r, v) in &s.dropped {
+                if GatewayDrop::ALL.iter().all(|g| g.as_str() != r) {
+                    *dropped.entry(r.clone()).or_insert(0) += v;
+                }
+            }
+        }
+        let received = self.counters.received.load(Relaxed);
+        let forwarded = streams.iter().map(|s| s.forwarded).sum();
+        let total: u64 = dropped.values().sum();
+        DrainReport {
+            received,
+            forwarded,
+            conserved: received == forwarded + total,
+            dropped,
+            dataplane_conserved,
+            streams,
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop.store(true, Relaxed);
+        for t in self.rx.drain(..) {
+            let _ = t.join();
+        }
+        if let Some(p) = self.plane.take() {
+            let _ = p.shutdown(StopMode::Discard);
+        }
+    }
+}
+
+/// Where the daemon keeps its files when the config names none (the demo).
+pub fn default_state_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("qosd-{}", std::process::id()))
+}

@@ -1,0 +1,350 @@
+//! The gateway's own counters: datagrams it dropped before the dataplane saw them
+//! (by reason), flow-table lookups, and per stream what was received, forwarded and
+//! dropped where. Plain atomics written by the thread that owns the event and read by
+//! the control thread at scrape time and by the final accounting.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use qos_control::metrics::ExtraFamily;
+use serde::Serialize;
+
+/// Why the gateway dropped a datagram. Every datagram read from a socket is either
+/// handed to the dataplane or counted under one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum GatewayDrop {
+    /// Zero-length datagram.
+    Empty,
+    /// Longer than `gateway.max_datagram`.
+    Oversize,
+    /// Starts with the load-generator magic but is shorter than its header.
+    Truncated,
+    /// Load-generator header of an unknown version.
+    BadVersion,
+    /// Load-generator header claiming a priority above 7.
+    BadPriority,
+    /// No rule matched.
+    Unclassified,
+    /// The flow table is full of active flows.
+    FlowTableFull,
+    /// The owning worker's ingress ring was full (backpressure).
+    RingFull,
+    /// The dataplane is stopping.
+    Closed,
+    /// The send to the upstream failed (after the scheduler released it).
+    EgressError,
+}
+
+impl GatewayDrop {
+    /// Every reason, in counter order.
+    pub const ALL: [GatewayDrop; 10] = [
+        Self::Empty,
+        Self::Oversize,
+        Self::Truncated,
+        Self::BadVersion,
+        Self::BadPriority,
+        Self::Unclassified,
+        Self::FlowTableFull,
+        Self::RingFull,
+        Self::Closed,
+        Self::EgressError,
+    ];
+
+    /// Label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::Oversize => "oversize",
+            Self::Truncated => "truncated",
+            Self::BadVersion => "bad_version",
+            Self::BadPriority => "bad_priority",
+            Self::Unclassified => "unclassified",
+            Self::FlowTableFull => "flow_table_full",
+            Self::RingFull => "ring_full",
+            Self::Closed => "stopping",
+            Self::EgressError => "egress_error",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+const N_DROPS: usize = GatewayDrop::ALL.len();
+
+/// Dataplane discard reasons, as `DiscardReason::as_str` names them, kept per stream.
+pub const DATAPLANE_REASONS: [&str; 11] = [
+    "queue_full",
+    "disconnected",
+    "closed",
+    "aqm",
+    "expired",
+    "unknown_stream",
+    "invalid_length",
+    "pool_exhausted",
+    "shutdown",
+    "shed",
+    "other",
+];
+
+/// Index of a dataplane reason name (unknown names count as `other`).
+pub fn dataplane_reason_index(name: &str) -> usize {
+    DATAPLANE_REASONS
+        .iter()
+        .position(|r| *r == name)
+        .unwrap_or(DATAPLANE_REASONS.len() - 1)
+}
+
+/// One stream's counters (shared by the receive thread that opened it, the worker
+/// that sends its packets, and the readers).
+#[derive(Debug)]
+pub struct StreamCounters {
+    /// The stream key (`stream_id` label).
+    pub key: u64,
+    /// Priority it was opened with.
+    pub priority: u8,
+    /// Rule that formed it.
+    pub rule: String,
+    /// Datagrams of this stream read from the sockets.
+    pub received: AtomicU64,
+    /// Handed to the dataplane.
+    pub enqueued: AtomicU64,
+    /// Datagrams written to an upstream socket (a broadcast copy counts once per
+    /// datagram, when every copy was written).
+    pub forwarded: AtomicU64,
+    /// Dropped by the gateway, by [`GatewayDrop`].
+    pub gateway_dropped: [AtomicU64; N_DROPS],
+    /// Dropped by the dataplane, by [`DATAPLANE_REASONS`].
+    pub dataplane_dropped: [AtomicU64; DATAPLANE_REASONS.len()],
+}
+
+impl StreamCounters {
+    fn new(key: u64, priority: u8, rule: String) -> Self {
+        Self {
+            key,
+            priority,
+            rule,
+            received: AtomicU64::new(0),
+            enqueued: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+            gateway_dropped: std::array::from_fn(|_| AtomicU64::new(0)),
+            dataplane_dropped: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+
+    /// Counts a gateway drop of one of this stream's datagrams.
+    pub fn gateway_drop(&self, why: GatewayDrop) {
+        self.gateway_dropped[why.index()].fetch_add(1, Relaxed);
+    }
+
+    /// A plain copy.
+    pub fn snapshot(&self) -> StreamAccount {
+        let mut dropped = std::collections::BTreeMap::new();
+        for r in GatewayDrop::ALL {
+            let v = self.gateway_dropped[r.index()].load(Relaxed);
+            if v > 0 {
+                dropped.insert(r.as_str().to_string(), v);
+            }
+        }
+        for (i, r) in DATAPLANE_REASONS.iter().enumerate() {
+            let v = self.dataplane_dropped[i].load(Relaxed);
+            if v > 0 {
+                *dropped.entry((*r).to_string()).or_insert(0) += v;
+            }
+        }
+        StreamAccount {
+            stream_id: self.key,
+            priority: self.priority,
+            rule: self.rule.clone(),
+            received: self.received.load(Relaxed),
+            enqueued: self.enqueued.load(Relaxed),
+            forwarded: self.forwarded.load(Relaxed),
+            dropped_total: dropped.values().sum(),
+            dropped,
+        }
+    }
+}
+
+/// One stream's accounting: `received = forwarded + dropped_total + in flight`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct StreamAccount {
+    /// Stream key.
+    pub stream_id: u64,
+    /// Priority.
+    pub priority: u8,
+    /// Rule that formed it.
+    pub rule: String,
+    /// Datagrams read.
+    pub received: u64,
+    /// Handed to the dataplane.
+    pub enqueued: u64,
+    /// Written to an upstream.
+    pub forwarded: u64,
+    /// Dropped, all reasons.
+    pub dropped_total: u64,
+    /// Dropped, by reason (gateway and dataplane reasons).
+    pub dropped: std::collections::BTreeMap<String, u64>,
+}
+
+/// All of the gateway's counters.
+#[derive(Debug)]
+pub struct GatewayCounters {
+    /// Datagrams read from the sockets.
+    pub received: AtomicU64,
+    /// Bytes read.
+    pub received_bytes: AtomicU64,
+    /// Dropped before a stream was known, by reason.
+    pub dropped: [AtomicU64; N_DROPS],
+    /// Flow-table hits.
+    pub flow_hits: AtomicU64,
+    /// Flow-table misses (a classification ran).
+    pub flow_misses: AtomicU64,
+    /// Flows evicted after being idle.
+    pub flow_evictions: AtomicU64,
+    /// Flows currently cached, all receive threads.
+    pub flows: AtomicU64,
+    /// Configuration reloads applied and rejected.
+    pub reloads: [AtomicU64; 2],
+    streams: Mutex<HashMap<u64, Arc<StreamCounters>>>,
+}
+
+impl Default for GatewayCounters {
+    fn default() -> Self {
+        Self {
+            received: AtomicU64::new(0),
+            received_bytes: AtomicU64::new(0),
+            dropped: std::array::from_fn(|_| AtomicU64::new(0)),
+            flow_hits: AtomicU64::new(0),
+            flow_misses: AtomicU64::new(0),
+            flow_evictions: AtomicU64::new(0),
+            flows: AtomicU64::new(0),
+            reloads: [AtomicU64::new(0), AtomicU64::new(0)],
+            streams: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl GatewayCounters {
+    /// Counts a drop of a datagram no stream owns.
+    pub fn drop_unowned(&self, why: GatewayDrop) {
+        self.dropped[why.index()].fetch_add(1, Relaxed);
+    }
+
+    /// The counters of stream `key`, created on first use (called on flow misses only).
+    pub fn stream(&self, key: u64, priority: u8, rule: &str) -> Arc<StreamCounters> {
+        let mut map = self
+            .streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(key)
+            .or_insert_with(|| Arc::new(StreamCounters::new(key, priority, rule.to_string())))
+            .clone()
+    }
+
+    /// Every stream's accounting, by stream id.
+    pub fn streams(&self) -> Vec<StreamAccount> {
+        let map = self
+            .streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut v: Vec<_> = map.values().map(|s| s.snapshot()).collect();
+        v.sort_by_key(|a| a.stream_id);
+        v
+    }
+
+    /// Drops by reason: those of no stream plus every stream's gateway drops.
+    pub fn drops_by_reason(&self) -> Vec<(GatewayDrop, u64)> {
+        let map = self
+            .streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        GatewayDrop::ALL
+            .iter()
+            .map(|&r| {
+                let own = self.dropped[r.index()].load(Relaxed);
+                let streams: u64 = map
+                    .values()
+                    .map(|s| s.gateway_dropped[r.index()].load(Relaxed))
+                    .sum();
+                (r, own + streams)
+            })
+            .collect()
+    }
+
+    /// The families `qosd` adds to `/metrics`.
+    pub fn families(&self) -> Vec<ExtraFamily> {
+        let row = |labels: &[(&str, &str)], v: u64| {
+            (
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                    .collect(),
+                v,
+            )
+        };
+        let forwarded: u64 = self
+            .streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .map(|s| s.forwarded.load(Relaxed))
+            .sum();
+        vec![
+            ExtraFamily {
+                name: "qosd_datagrams_received".into(),
+                help: "Datagrams read from the gateway's sockets.".into(),
+                counter: true,
+                rows: vec![row(&[], self.received.load(Relaxed))],
+            },
+            ExtraFamily {
+                name: "qosd_datagrams_forwarded".into(),
+                help: "Datagrams written to an upstream.".into(),
+                counter: true,
+                rows: vec![row(&[], forwarded)],
+            },
+            ExtraFamily {
+                name: "qosd_datagrams_dropped".into(),
+                help: "Datagrams the gateway dropped (before or after the scheduler), by reason."
+                    .into(),
+                counter: true,
+                rows: self
+                    .drops_by_reason()
+                    .into_iter()
+                    .map(|(r, v)| row(&[("reason", r.as_str())], v))
+                    .collect(),
+            },
+            ExtraFamily {
+                name: "qosd_flow_lookups".into(),
+                help: "Flow-table lookups, by result (a miss runs the classifier).".into(),
+                counter: true,
+                rows: vec![
+                    row(&[("result", "hit")], self.flow_hits.load(Relaxed)),
+                    row(&[("result", "miss")], self.flow_misses.load(Relaxed)),
+                ],
+            },
+            ExtraFamily {
+                name: "qosd_flow_evictions".into(),
+                help: "Idle flows evicted from the flow table.".into(),
+                counter: true,
+                rows: vec![row(&[], self.flow_evictions.load(Relaxed))],
+            },
+            ExtraFamily {
+                name: "qosd_flows".into(),
+                help: "Flows in the flow tables.".into(),
+                counter: false,
+                rows: vec![row(&[], self.flows.load(Relaxed))],
+            },
+            ExtraFamily {
+                name: "qosd_config_reloads".into(),
+                help: "Configuration reloads (SIGHUP), by outcome.".into(),
+                counter: true,
+                rows: vec![
+                    row(&[("outcome", "applied")], self.reloads[0].load(Relaxed)),
+                    row(&[("outcome", "rejected")], self.reloads[1].load(Relaxed)),
+                ],
+            },
+        ]
+    }
+}
