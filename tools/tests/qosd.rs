@@ -1,0 +1,471 @@
+//! qosd end to end on loopback: classification with priority caps, hash-balanced and
+//! broadcast routing, malformed datagrams counted, SIGHUP with a good and a bad file,
+//! SIGTERM drain accounting per stream, and the control API of a running qosd. Real
+//! UDP sockets, the real binary where signals matter; every load is bounded.
+#![allow(clippy::disallowed_methods)] // wall-clock waits and pacing in tests
+
+mod qosd_common;
+
+use std::collections::BTreeMap;
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use qos_tools::config::GatewayConfig;
+use qos_tools::gateway::Gateway;
+use qosd_common::*;
+
+fn start(text: &str) -> Gateway {
+    let config = GatewayConfig::from_toml(text).unwrap_or_else(|e| panic!("config: {e}\n{text}"));
+    Gateway::start(config).expect("gateway starts")
+}
+
+fn sender() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").expect("bind sender")
+}
+
+/// Sends `n` datagrams in bursts of 50 with a pause, so the gateway's sockets never
+/// overflow (the tests count every datagram).
+fn send_paced(
+    tx: &UdpSocket,
+    to: std::net::SocketAddr,
+    n: u64,
+    mut make: impl FnMut(u64) -> Vec<u8>,
+) {
+    for i in 0..n {
+        tx.send_to(&make(i), to).expect("send");
+        if i % 50 == 49 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+#[test]
+fn capped_source_cannot_claim_priority_7() {
+    let sink = Sink::bind();
+    let gw = start(&config_text(
+        &[sink.addr],
+        200,
+        "",
+        "[[rule]]\nname = \"guests\"\nsource = \"127.0.0.0/8\"\nloadgen = true\nmax_priority = 3\n\
+         stream = \"header\"\nroute = { to = \"u0\" }\n",
+    ));
+    let to = gw.listen_addrs()[0];
+    let tx = sender();
+    send_paced(&tx, to, 300, |i| datagram(77, 7, i, 200));
+    let got = sink.drain(Duration::from_millis(300), Duration::from_secs(10));
+    assert_eq!(
+        got.get(&77),
+        Some(&300),
+        "every datagram forwarded: {got:?}"
+    );
+    let stats = gw
+        .plane()
+        .and_then(|p| p.with_dataplane(|dp| dp.stats()))
+        .expect("running");
+    let enq = |p: usize| stats.iter().map(|w| w.priorities[p].enqueued).sum::<u64>();
+    assert_eq!(enq(7), 0, "nothing scheduled at the claimed priority 7");
+    assert_eq!(enq(3), 300, "scheduled at the cap");
+    let acct = gw.account(false);
+    assert_eq!(acct.streams.len(), 1);
+    assert_eq!(
+        (acct.streams[0].stream_id, acct.streams[0].priority),
+        (77, 3)
+    );
+    let report = gw.stop().expect("stop");
+    assert!(report.conserved && report.dataplane_conserved, "{report:?}");
+}
+
+#[test]
+fn hash_balanced_routing_keeps_each_flow_on_one_upstream() {
+    let sinks: Vec<Sink> = (0..3).map(|_| Sink::bind()).collect();
+    let addrs: Vec<_> = sinks.iter().map(|s| s.addr).collect();
+    let gw = start(&config_text(
+        &addrs,
+        500,
+        "",
+        "[[rule]]\nname = \"lb\"\nloadgen = true\nstream = \"header\"\n\
+         route = { balance = [\"u0\", \"u1\", \"u2\"] }\n",
+    ));
+    let to = gw.listen_addrs()[0];
+    // 40 flows (own source port each), 25 datagrams each, interleaved.
+    let txs: Vec<UdpSocket> = (0..40).map(|_| sender()).collect();
+    for seq in 0..25u64 {
+        for (id, tx) in txs.iter().enumerate() {
+            tx.send_to(&datagram(id as u64, 4, seq, 100), to)
+                .expect("send");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let handles: Vec<_> = sinks
+        .into_iter()
+        .map(|s| {
+            std::thread::spawn(move || s.drain(Duration::from_millis(400), Duration::from_secs(10)))
+        })
+        .collect();
+    let per_sink: Vec<BTreeMap<u64, u64>> = handles
+        .into_iter()
+        .map(|h| h.join().expect("sink"))
+        .collect();
+    for id in 0..40u64 {
+        let holders: Vec<(usize, u64)> = per_sink
+            .iter()
+            .enumerate()
+            .filter_map(|(i, m)| m.get(&id).map(|&n| (i, n)))
+            .collect();
+        assert_eq!(
+            holders.len(),
+            1,
+            "flow {id} on exactly one upstream: {holders:?}"
+        );
+        assert_eq!(holders[0].1, 25, "flow {id} complete there");
+    }
+    for (i, m) in per_sink.iter().enumerate() {
+        assert!(
+            m.len() >= 3,
+            "upstream {i} got {} of 40 flows: balancing spreads",
+            m.len()
+        );
+    }
+    drop(gw);
+}
+
+#[test]
+fn broadcast_reaches_every_upstream() {
+    let sinks: Vec<Sink> = (0..3).map(|_| Sink::bind()).collect();
+    let addrs: Vec<_> = sinks.iter().map(|s| s.addr).collect();
+    let gw = start(&config_text(
+        &addrs,
+        500,
+        "",
+        "[[rule]]\nname = \"copy\"\nroute = { broadcast = [\"u0\", \"u1\", \"u2\"] }\n",
+    ));
+    let to = gw.listen_addrs()[0];
+    let tx = sender();
+    send_paced(&tx, to, 200, |i| datagram(5, 6, i, 300));
+    let handles: Vec<_> = sinks
+        .into_iter()
+        .map(|s| {
+            std::thread::spawn(move || s.drain(Duration::from_millis(400), Duration::from_secs(10)))
+        })
+        .collect();
+    for h in handles {
+        let got = h.join().expect("sink");
+        assert_eq!(
+            got.get(&5),
+            Some(&200),
+            "every upstream gets every datagram: {got:?}"
+        );
+    }
+    let report = gw.stop().expect("stop");
+    assert_eq!((report.received, report.forwarded), (200, 200));
+    assert!(report.conserved, "{report:?}");
+}
+
+#[test]
+fn s9_malformed_datagrams_are_counted_by_reason_not_fatal() {
+    let sink = Sink::bind();
+    let gw = start(&config_text(
+        &[sink.addr],
+        500,
+        "max_datagram = 1000",
+        "[[rule]]\nname = \"lg\"\nloadgen = true\nstream = \"header\"\nroute = { to = \"u0\" }\n",
+    ));
+    let to = gw.listen_addrs()[0];
+    let tx = sender();
+    let good = datagram(1, 5, 0, 100);
+    let mut bad_version = good.clone();
+    bad_version[4] = 9;
+    let mut bad_priority = good.clone();
+    bad_priority[5] = 200;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("oversize", datagram(1, 5, 0, 1001)),
+        ("truncated", good[..20].to_vec()),
+        ("bad_version", bad_version),
+        ("bad_priority", bad_priority),
+        (
+            "unclassified",
+            b"plain datagram, no header, no rule for it".to_vec(),
+        ),
+    ];
+    for (_, bytes) in &cases {
+        for _ in 0..3 {
+            tx.send_to(bytes, to).expect("send");
+        }
+    }
+    send_paced(&tx, to, 10, |i| datagram(1, 5, i, 100));
+    let got = sink.drain(Duration::from_millis(300), Duration::from_secs(10));
+    assert_eq!(got.get(&1), Some(&10), "good datagrams still flow: {got:?}");
+    let report = gw.stop().expect("stop");
+    for (reason, _) in &cases {
+        assert_eq!(
+            report.dropped.get(*reason),
+            Some(&3),
+            "{reason}: {:?}",
+            report.dropped
+        );
+    }
+    assert_eq!(report.received, 3 * cases.len() as u64 + 10);
+    assert!(report.conserved, "{report:?}");
+}
+
+#[test]
+fn sighup_applies_a_good_file_and_a_bad_one_changes_nothing() {
+    let dir = tempdir("sighup");
+    let (a, b) = (Sink::bind(), Sink::bind());
+    let path = dir.join("qosd.toml");
+    let state = format!("state_dir = \"{}\"\n", dir.join("state").display());
+    let write = |version: u64, upstream: &str, extra: &str| {
+        let text = config_text(
+            &[a.addr, b.addr],
+            100,
+            "",
+            &format!(
+                "[[rule]]\nname = \"all\"\nstream = \"header\"\nloadgen = true\nroute = {{ to = \"{upstream}\" }}\n{extra}"
+            ),
+        )
+        .replace("[control]\n", &format!("[control]\n{state}"))
+        .replace("version = 1\n", &format!("version = {version}\n"));
+        std::fs::write(&path, text).expect("write config");
+    };
+    write(1, "u0", "");
+    let q = Qosd::spawn(&path);
+    let tx = sender();
+    send_paced(&tx, q.listen, 20, |i| datagram(3, 4, i, 100));
+    assert_eq!(
+        a.drain(Duration::from_millis(300), Duration::from_secs(5))
+            .get(&3),
+        Some(&20)
+    );
+
+    write(2, "u1", "");
+    q.signal("HUP");
+    assert!(
+        q.wait_line("reloaded", Duration::from_secs(10)).is_some(),
+        "good file reloaded"
+    );
+    send_paced(&tx, q.listen, 20, |i| datagram(3, 4, 100 + i, 100));
+    assert_eq!(
+        b.drain(Duration::from_millis(300), Duration::from_secs(5))
+            .get(&3),
+        Some(&20)
+    );
+    assert!(
+        a.drain(Duration::from_millis(100), Duration::from_secs(1))
+            .is_empty()
+    );
+    let (_, status) = http(q.api, "GET", "/status", &[], b"");
+    assert_eq!(policy_version(&status), 2, "{status}");
+
+    // Unknown key: refused whole; routing and policy stay.
+    write(3, "u0", "bogus_key = 1\n");
+    q.signal("HUP");
+    let refused = q
+        .wait_line("refused", Duration::from_secs(10))
+        .expect("bad file refused");
+    assert!(
+        refused.contains("bogus_key"),
+        "the reason names the key: {refused}"
+    );
+    send_paced(&tx, q.listen, 20, |i| datagram(3, 4, 200 + i, 100));
+    assert_eq!(
+        b.drain(Duration::from_millis(300), Duration::from_secs(5))
+            .get(&3),
+        Some(&20)
+    );
+    let (_, metrics) = http(q.api, "GET", "/metrics", &[], b"");
+    assert_eq!(
+        metric(&metrics, "qosd_config_reloads_total{outcome=\"applied\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&metrics, "qosd_config_reloads_total{outcome=\"rejected\"}"),
+        Some(1.0)
+    );
+    let (_, status) = http(q.api, "GET", "/status", &[], b"");
+    assert_eq!(policy_version(&status), 2, "{status}");
+
+    let (report, exit) = q.terminate();
+    assert!(exit.success(), "{exit:?}");
+    assert!(report.conserved, "{report:?}");
+    let audit = std::fs::read_to_string(dir.join("state/audit.jsonl")).expect("audit log");
+    assert!(audit.contains("\"event\":\"config.reloaded\""), "{audit}");
+    assert!(audit.contains("\"event\":\"config.rejected\""), "{audit}");
+    let verdict = qos_control::audit::verify(dir.join("state/audit.jsonl")).expect("verify");
+    assert!(verdict.is_ok(), "audit chain intact: {verdict:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sigterm_drains_and_accounts_for_every_datagram_per_stream() {
+    let dir = tempdir("sigterm");
+    let sink = Sink::bind();
+    let path = dir.join("qosd.toml");
+    // 20 Mbit/s: the greedy streams overflow their queues; the light one does not.
+    std::fs::write(
+        &path,
+        config_text(
+            &[sink.addr],
+            20,
+            "",
+            "[[rule]]\nname = \"lg\"\nloadgen = true\nstream = \"header\"\nroute = { to = \"u0\" }\n",
+        ),
+    )
+    .expect("write");
+    let q = Qosd::spawn(&path);
+    let to = q.listen;
+    let sink_thread = std::thread::spawn(move || {
+        sink.drain(Duration::from_millis(1500), Duration::from_secs(30))
+    });
+    let streams: [(u64, u8, usize); 4] =
+        [(10, 7, 200), (11, 4, 1200), (12, 4, 1200), (13, 0, 1200)];
+    let mut sent: BTreeMap<u64, u64> = BTreeMap::new();
+    let txs: Vec<UdpSocket> = streams.iter().map(|_| sender()).collect();
+    // 1.5 s at about 3x the link for the greedy streams.
+    for round in 0..150u64 {
+        for ((id, prio, size), tx) in streams.iter().zip(&txs) {
+            let n = if *id == 10 { 1 } else { 6 };
+            for _ in 0..n {
+                let seq = *sent.get(id).unwrap_or(&0);
+                tx.send_to(&datagram(*id, *prio, seq, *size), to)
+                    .expect("send");
+                *sent.entry(*id).or_insert(0) += 1;
+            }
+        }
+        let _ = round;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (report, exit) = q.terminate();
+    assert!(exit.success(), "qosd exits 0 on SIGTERM: {exit:?}");
+    let got = sink_thread.join().expect("sink");
+    assert!(report.conserved && report.dataplane_conserved, "{report:?}");
+    let mut drops = 0;
+    for (id, n) in &sent {
+        let acct = report
+            .streams
+            .iter()
+            .find(|s| s.stream_id == *id)
+            .unwrap_or_else(|| panic!("stream {id} in the report"));
+        let received = got.get(id).copied().unwrap_or(0);
+        assert_eq!(
+            acct.received, *n,
+            "stream {id}: qosd read every datagram sent"
+        );
+        assert_eq!(
+            *n,
+            received + acct.dropped_total,
+            "stream {id}: sent {n} = received {received} + dropped {:?}",
+            acct.dropped
+        );
+        assert_eq!(acct.forwarded, received, "stream {id}");
+        drops += acct.dropped_total;
+    }
+    assert!(drops > 0, "the overload made counted drops");
+    assert_eq!(
+        got.get(&10),
+        sent.get(&10),
+        "the light P7 stream lost nothing"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn control_api_of_a_running_qosd_metrics_healthz_and_a_signed_policy() {
+    let dir = tempdir("api");
+    let (signing, verifying) = qos_control::policy::generate_keypair().expect("keys");
+    let key_path = dir.join("policy.pub");
+    qos_control::policy::signing::write_verifying_key(&key_path, &verifying).expect("write key");
+    let sink = Sink::bind();
+    let text = config_text(
+        &[sink.addr],
+        100,
+        "",
+        "[[rule]]\nname = \"lg\"\nloadgen = true\nstream = \"header\"\nroute = { to = \"u0\" }\n",
+    )
+    .replace(
+        "[control]\n",
+        &format!("[control]\nverifying_key = \"{}\"\n", key_path.display()),
+    );
+    let gw = start(&text);
+    let api = gw.api_addr();
+    let tx = sender();
+    send_paced(&tx, gw.listen_addrs()[0], 100, |i| datagram(42, 6, i, 500));
+    let _ = sink.drain(Duration::from_millis(300), Duration::from_secs(5));
+    if let Some(p) = gw.plane() {
+        p.tick_now();
+    }
+
+    let (code, metrics) = http(api, "GET", "/metrics", &[], b"");
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric(&metrics, "qosd_datagrams_received_total{}"),
+        Some(100.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "qosd_datagrams_forwarded_total{}"),
+        Some(100.0)
+    );
+    assert_eq!(
+        metric(&metrics, "qosd_flow_lookups_total{result=\"miss\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&metrics, "qosd_flow_lookups_total{result=\"hit\"}"),
+        Some(99.0)
+    );
+    let enq6: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("qos_packets_enqueued_total{") && l.contains("priority=\"6\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(enq6, 100.0, "the dataplane's families are there too");
+    if std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let f = dir.join("metrics.txt");
+        std::fs::write(&f, &metrics).expect("write");
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("promtool check metrics < {}", f.display()))
+            .output()
+            .expect("promtool");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!text.contains("error"), "promtool: {text}");
+    }
+
+    let (code, _) = http(api, "GET", "/healthz", &[], b"");
+    assert_eq!(code, 200, "healthy while running");
+
+    let doc = b"version = 2\npreset = \"default\"\ndisconnect = false\n[link]\nrate_mbps = 80\nburst_bytes = 64000\n";
+    let (code, body) = http(api, "POST", "/policy", &[], doc);
+    assert_eq!(code, 403, "unsigned policy refused: {body}");
+    let sig = qos_control::policy::sign(doc, &signing);
+    let (code, body) = http(
+        api,
+        "POST",
+        "/policy",
+        &[("X-Qos-Signature", sig.as_str())],
+        doc,
+    );
+    assert_eq!(code, 200, "signed policy applied: {body}");
+    let (_, status) = http(api, "GET", "/status", &[], b"");
+    assert_eq!(policy_version(&status), 2, "{status}");
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn tempdir(tag: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("qosd-test-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("tempdir");
+    d
+}
+
+fn policy_version(status: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(status).expect("status JSON");
+    v["policy_version"].as_u64().expect("policy_version")
+}
