@@ -596,3 +596,62 @@ fn validate_rule(
         route,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_default_and_the_documented_example_are_valid() {
+        let d = GatewayConfig::embedded().expect("embedded default");
+        assert_eq!(
+            d.gateway.listen,
+            vec![SocketAddr::from(([127, 0, 0, 1], 7000))]
+        );
+        assert_eq!(
+            d.upstreams[0].addr,
+            SocketAddr::from(([127, 0, 0, 1], 7001))
+        );
+        assert_eq!(d.control.listen, SocketAddr::from(([127, 0, 0, 1], 9100)));
+        assert!(!d.policy.spec().disconnect, "S8 off for remote senders");
+        let doc = include_str!("../../docs/qosd.toml");
+        let e = GatewayConfig::from_toml(doc).expect("docs/qosd.toml");
+        assert_eq!(e.rules.len(), 4);
+    }
+
+    #[test]
+    fn s9_each_bad_value_is_named() {
+        let base = DEFAULT_TOML;
+        for (from, to, key) in [
+            ("workers = 2", "workers = 0", "gateway.workers"),
+            ("workers = 2", "workers = 2\nbogus = 1", "bogus"),
+            (
+                "name = \"loadgen\"\nloadgen = true",
+                "name = \"loadgen\"\nloadgen = true\nmax_priority = 9",
+                "rule[0].max_priority",
+            ),
+            (
+                "route = { to = \"main\" }",
+                "route = { to = \"nowhere\" }",
+                "rule[0].route.to",
+            ),
+            ("rate_mbps = 50", "rate_mbps = -5", "link"),
+            (
+                "listen = [\"127.0.0.1:7000\"]",
+                "listen = []",
+                "gateway.listen",
+            ),
+        ] {
+            let text = base.replacen(from, to, 1);
+            assert_ne!(text, base, "{from}");
+            let e = GatewayConfig::from_toml(&text).expect_err(key).to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        let e = GatewayConfig::from_toml("[policy]\nversion = 1\n[[rule]]\nname = \"x\"\nsource = \"10.0.0.0/33\"\nroute = { to = \"a\" }\n")
+            .expect_err("bad prefix");
+        assert!(
+            e.to_string().contains("rule[0].source") || e.to_string().contains("upstream"),
+            "{e}"
+        );
+    }
+}

@@ -11,3 +11,4 @@ pub mod config;
 pub mod daemon;
 pub mod gateway;
 pub mod header;
+pub mod relay;

@@ -1,0 +1,143 @@
+//! A plain UDP relay with the same batching as `qosd` (the P9 baseline): per thread
+//! one `SO_REUSEPORT` socket, batched receive (recvmmsg with GRO), and each batch
+//! forwarded to one upstream with GSO runs of equal-size datagrams. No
+//! classification, no queues, no scheduler, no control plane.
+
+use std::io::IoSliceMut;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::thread::JoinHandle;
+
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// A running relay.
+#[derive(Debug)]
+pub struct Relay {
+    /// The address it receives on.
+    pub listen: SocketAddr,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    /// Datagrams forwarded.
+    pub forwarded: Arc<AtomicU64>,
+}
+
+impl Relay {
+    /// Starts `threads` relay threads on `listen` (port 0: any) forwarding to `upstream`.
+    pub fn start(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        threads: usize,
+    ) -> std::io::Result<Relay> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let forwarded = Arc::new(AtomicU64::new(0));
+        let mut addr = listen;
+        let mut handles = Vec::new();
+        for i in 0..threads.max(1) {
+            let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+            s.set_reuse_port(true)?;
+            let _ = s.set_recv_buffer_size(4 << 20);
+            let _ = s.set_send_buffer_size(4 << 20);
+            s.bind(&addr.into())?;
+            let sock: UdpSocket = s.into();
+            if addr.port() == 0 {
+                addr = sock.local_addr()?;
+            }
+            let state = UdpSocketState::new(UdpSockRef::from(&sock))?;
+            let (stop, fwd) = (stop.clone(), forwarded.clone());
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("relay-{i}"))
+                    .spawn(move || relay_loop(&sock, &state, upstream, &stop, &fwd))?,
+            );
+        }
+        Ok(Relay {
+            listen: addr,
+            stop,
+            threads: handles,
+            forwarded,
+        })
+    }
+
+    /// Stops and joins the threads.
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.forwarded.load(Relaxed)
+    }
+}
+
+fn relay_loop(
+    sock: &UdpSocket,
+    state: &UdpSocketState,
+    upstream: SocketAddr,
+    stop: &AtomicBool,
+    forwarded: &AtomicU64,
+) {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let batch = quinn_udp::BATCH_SIZE;
+    let mut bufs: Vec<Vec<u8>> = (0..batch).map(|_| vec![0u8; 65_536]).collect();
+    let mut meta = vec![RecvMeta::default(); batch];
+    let gso = state.max_gso_segments().max(1);
+    let mut out = Vec::with_capacity(65_536);
+    while !stop.load(Relaxed) {
+        let mut fds = [PollFd::new(sock, PollFlags::IN)];
+        let t = Timespec {
+            tv_sec: 0,
+            tv_nsec: 20_000_000,
+        };
+        if !matches!(poll(&mut fds, Some(&t)), Ok(n) if n > 0) {
+            continue;
+        }
+        let n = {
+            let mut slices: Vec<IoSliceMut<'_>> = bufs
+                .iter_mut()
+                .map(|b| IoSliceMut::new(&mut b[..]))
+                .collect();
+            match state.recv(UdpSockRef::from(sock), &mut slices, &mut meta) {
+                Ok(n) => n,
+                Err(_) => continue,
+            }
+        };
+        // Datagrams of the batch, in order, then sent in GSO runs of equal size.
+        let mut run_size = 0;
+        let mut run_len = 0;
+        out.clear();
+        let flush = |out: &mut Vec<u8>, size: usize, count: usize| {
+            if count == 0 {
+                return;
+            }
+            let t = Transmit {
+                destination: upstream,
+                ecn: None,
+                contents: out,
+                segment_size: (count > 1).then_some(size),
+                src_ip: None,
+            };
+            if state.try_send(UdpSockRef::from(sock), &t).is_ok() {
+                forwarded.fetch_add(count as u64, Relaxed);
+            }
+            out.clear();
+        };
+        for (m, buf) in meta.iter().zip(&bufs).take(n) {
+            let stride = if m.stride == 0 { m.len } else { m.stride };
+            let mut off = 0;
+            while off < m.len && stride > 0 {
+                let end = (off + stride).min(m.len);
+                let d = &buf[off..end];
+                if d.len() != run_size || run_len >= gso || out.len() + d.len() > 60_000 {
+                    flush(&mut out, run_size, run_len);
+                    run_size = d.len();
+                    run_len = 0;
+                }
+                out.extend_from_slice(d);
+                run_len += 1;
+                off = end;
+            }
+        }
+        flush(&mut out, run_size, run_len);
+    }
+}
