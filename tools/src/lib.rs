@@ -6,4 +6,5 @@
 //! by both the gateway's classifier and the load generator's sink.
 #![forbid(unsafe_code)]
 
+pub mod ctl;
 pub mod header;
