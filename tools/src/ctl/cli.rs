@@ -53,7 +53,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show GET /integrity (O6); exit 1 when S11 does not hold.
+    /// Show GET /integrity (O6); exit 1 unless it says S11 holds.
     Integrity {
         #[command(flatten)]
         api: ApiArgs,
@@ -241,8 +241,16 @@ fn dispatch(command: Command, out: &mut dyn Write) -> Result<Option<Verdict>, Ct
             } else {
                 print(out, format_args!("{text}"));
             }
+            // Not holding includes "cannot be checked" (no worker report yet): the
+            // exit code says S11 was shown to hold, and the server's statement says why not.
             (!holds).then(|| Verdict {
-                message: format!("{}: S11 does not hold (see the statement)", api.api),
+                message: format!(
+                    "{}: {}",
+                    api.api,
+                    value["statement"]
+                        .as_str()
+                        .unwrap_or("S11 not shown to hold")
+                ),
             })
         }
         Command::Audit(AuditCommand::Verify { file, anchor }) => {

@@ -23,6 +23,21 @@ pub const MAX_NINES: f64 = 6.0;
 /// Step between curve points, in nines.
 const STEP_NINES: f64 = 0.02;
 
+/// Curve colours, in legend order (then again): distinct on white and for the common
+/// colour-vision deficiencies (the "tab10" set).
+const COLORS: [RGBColor; 10] = [
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0x8c, 0x56, 0x4b),
+    RGBColor(0xe3, 0x77, 0xc2),
+    RGBColor(0x7f, 0x7f, 0x7f),
+    RGBColor(0xbc, 0xbd, 0x22),
+    RGBColor(0x17, 0xbe, 0xcf),
+];
+
 /// Size of the SVG, in pixels.
 pub const SIZE: (u32, u32) = (1000, 600);
 
@@ -142,13 +157,15 @@ fn draw(
         .build_cartesian_2d(NinesAxis { max: x_max }, 0.0..y_max)?;
     chart
         .configure_mesh()
+        .label_style(("sans-serif", 14))
+        .axis_desc_style(("sans-serif", 16))
         .x_desc("percentile")
         .y_desc("latency (ms)")
         .x_label_formatter(&|x| percentile_label(*x))
         .y_label_formatter(&|y| format!("{y:.3}"))
         .draw()?;
     for (i, c) in curves.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = COLORS[i % COLORS.len()];
         chart
             .draw_series(LineSeries::new(
                 c.points.iter().copied(),
@@ -160,6 +177,7 @@ fn draw(
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 14))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
