@@ -56,6 +56,18 @@ pub fn percentile_label(x: f64) -> String {
     format!("{text}%")
 }
 
+/// A y-axis label in ms, with as many decimals as the axis range needs (`1500`,
+/// `12.5`, `0.250`, `0.0125`).
+fn y_label(ms: f64, axis_max: f64) -> String {
+    let decimals = match axis_max {
+        m if m >= 100.0 => 0,
+        m if m >= 10.0 => 1,
+        m if m >= 0.1 => 3,
+        _ => 6,
+    };
+    format!("{ms:.decimals$}")
+}
+
 /// One curve: `(nines, ms)` points of a tag's summed histogram.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Curve {
@@ -162,7 +174,7 @@ fn draw(
         .x_desc("percentile")
         .y_desc("latency (ms)")
         .x_label_formatter(&|x| percentile_label(*x))
-        .y_label_formatter(&|y| format!("{y:.3}"))
+        .y_label_formatter(&|y| y_label(*y, y_max))
         .draw()?;
     for (i, c) in curves.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];

@@ -200,12 +200,21 @@ pub fn integrity(v: &Value) -> (String, bool) {
         };
         let _ = writeln!(out, "{label:<8} {parts}");
     }
+    let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+    for record in items(v, "policy_history") {
+        *outcomes.entry(text(record.get("outcome"))).or_default() += 1;
+    }
+    let outcomes: Vec<String> = outcomes.iter().map(|(o, n)| format!("{n} {o}")).collect();
     let _ = writeln!(
         out,
-        "history  {} backpressure intervals, {} degrade intervals, {} policy changes",
+        "history  {} backpressure intervals, {} degrade intervals; policies: {}",
         items(v, "backpressure").len(),
         items(v, "degrade").len(),
-        items(v, "policy_history").len()
+        if outcomes.is_empty() {
+            "none".into()
+        } else {
+            outcomes.join(", ")
+        }
     );
     (out, holds)
 }
