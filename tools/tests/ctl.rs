@@ -253,6 +253,23 @@ fn unsigned_or_wrongly_signed_apply_is_refused_and_the_version_stays() {
     .unwrap();
     refused(SignatureSource::File(sig), "does not verify");
 
+    // A signature file that is not a signature is refused here, before sending (exit 3).
+    let junk = dir.write("junk.sig", "not a signature\n");
+    let (code, _, err) = ctl(&[
+        "policy",
+        "apply",
+        &doc,
+        "--signature",
+        &junk,
+        "--api",
+        &addr,
+    ]);
+    assert_eq!(code, ctl::EXIT_FAILED);
+    assert!(
+        err.contains("junk.sig: signature: \"not a signature\" is malformed"),
+        "{err}"
+    );
+
     // Through the CLI: the server's reason on stderr, exit 1, nothing on stdout.
     let (code, out, err) = ctl(&["policy", "apply", &doc, "--api", &addr]);
     assert_eq!(code, ctl::EXIT_REFUSED);
@@ -342,9 +359,10 @@ fn validate_names_the_field_of_a_bad_document() {
 // Audit log
 // ---------------------------------------------------------------------------------
 
-/// `audit verify` passes on the plane's own audit log (exit 0, with the record count);
-/// after line 2 of a copy is edited it names line 2 (exit 1); a copy with a torn last
-/// line is reported as torn.
+/// `audit verify` passes on the plane's own audit log (exit 0, with the record count),
+/// also anchored at the head `/status` showed, and names the anchored line for an anchor
+/// with another hash; after line 2 of a copy is edited it names line 2 (exit 1); a copy
+/// with a torn last line is reported as torn.
 #[test]
 fn audit_verify_passes_on_the_planes_log_and_names_an_edited_line() {
     let dir = TempDir::new("audit");
@@ -355,6 +373,12 @@ fn audit_verify_passes_on_the_planes_log_and_names_an_edited_line() {
         let (code, _, err) = ctl(&["policy", "apply", &doc, "--api", &addr]);
         assert_eq!(code, 0, "{err}");
     }
+    let head = status_json(&addr)["audit_head"].clone();
+    let anchor = format!(
+        "{}:{}",
+        head["next_seq"],
+        head["last_hash"].as_str().unwrap()
+    );
     p.shutdown(StopMode::Discard).unwrap();
     let log = dir.path("audit.jsonl");
     let text = std::fs::read_to_string(&log).unwrap();
@@ -367,6 +391,19 @@ fn audit_verify_passes_on_the_planes_log_and_names_an_edited_line() {
         out.contains(&format!(": ok: {} records, head hash ", lines.len())),
         "{out}"
     );
+
+    // Anchored at the head /status showed: still intact; an anchor whose hash the
+    // file does not have names the anchored line.
+    let (code, _, err) = ctl(&["audit", "verify", &s(&log), "--anchor", &anchor]);
+    assert_eq!(code, 0, "{err}");
+    let seq: u64 = head["next_seq"].as_u64().unwrap();
+    let wrong = format!("{seq}:{}", "ab".repeat(32));
+    let (code, _, err) = ctl(&["audit", "verify", &s(&log), "--anchor", &wrong]);
+    assert_eq!(code, ctl::EXIT_REFUSED);
+    assert!(err.contains(&format!("line {seq}: tampered")), "{err}");
+    let (code, _, err) = ctl(&["audit", "verify", &s(&log), "--anchor", "twelve"]);
+    assert_eq!(code, ctl::EXIT_FAILED);
+    assert!(err.contains("--anchor \"twelve\""), "{err}");
 
     // Edit line 2: its timestamp, one digit; it still parses, line 3 no longer links.
     let mut edited: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();

@@ -201,7 +201,8 @@ fn written(out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     }
 }
 
-/// A verdict that is not an error of the tool: what to print on stderr and the code.
+/// A negative answer that is not a failure of the tool: printed on stderr, exit code
+/// [`EXIT_REFUSED`].
 struct Verdict {
     message: String,
 }
