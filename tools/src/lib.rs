@@ -8,6 +8,7 @@
 
 pub mod clock;
 pub mod config;
+pub mod ctl;
 pub mod daemon;
 pub mod gateway;
 pub mod header;

@@ -1,0 +1,133 @@
+//! `hdr print`: the percentile table of an `.hlog`, one row per tag, in ms; and the
+//! per-tag sums `hdr plot` draws.
+//!
+//! Reading, tag filtering and the percentiles are `qos_control::hlog`'s
+//! ([`read_hlog`], [`percentile_table`]); this module only selects several filters at
+//! once and formats. Values in our logs are nanoseconds (`docs/OPERATIONS.md`).
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use qos_control::hlog::{HlogError, Interval, Row, percentile_table, read_hlog};
+
+use super::CtlError;
+
+/// Nanoseconds per millisecond: the tables and plots are in ms.
+pub const NS_PER_MS: f64 = 1e6;
+
+/// The label of a row or curve: its tag, or `(untagged)`.
+pub fn tag_label(tag: Option<&str>) -> &str {
+    tag.unwrap_or("(untagged)")
+}
+
+/// The rows of `intervals` whose tag matches one of `filters` (all when empty), in tag
+/// order, each tag once. A filter selects a tag equal to it or starting with it and a
+/// dot (`p7` selects `p7.sojourn`), as [`percentile_table`] does.
+///
+/// # Errors
+/// [`HlogError::Merge`] when a tag's intervals cannot be summed.
+pub fn rows(intervals: &[Interval], filters: &[String]) -> Result<Vec<Row>, HlogError> {
+    if filters.is_empty() {
+        return percentile_table(intervals, None);
+    }
+    let mut rows = Vec::new();
+    for f in filters {
+        rows.extend(percentile_table(intervals, Some(f))?);
+    }
+    rows.sort_by(|a, b| a.tag.cmp(&b.tag));
+    rows.dedup_by(|a, b| a.tag == b.tag);
+    Ok(rows)
+}
+
+/// `hdr print FILE [--tag TAG]...`: reads the log and returns its rows (values in the
+/// log's unit: ns for ours).
+///
+/// # Errors
+/// [`CtlError::Hlog`] naming the file and line; [`CtlError::NoData`] when no interval
+/// matches the filters.
+pub fn table(path: &Path, filters: &[String]) -> Result<Vec<Row>, CtlError> {
+    let intervals = read_hlog(path)?;
+    let rows = rows(&intervals, filters)?;
+    if rows.is_empty() {
+        return Err(CtlError::NoData {
+            path: path.to_owned(),
+            tags: filters.to_vec(),
+        });
+    }
+    Ok(rows)
+}
+
+/// The table `hdr print` prints: tag, intervals, count, p50, p90, p99, p99.9 and max in
+/// ms. Values are printed with 3 decimals (µs resolution), or 6 (ns) when a non-zero
+/// value of the table is under 0.1 ms, one precision for the whole table.
+pub fn format_table(rows: &[Row]) -> String {
+    let fine = rows
+        .iter()
+        .flat_map(|r| [r.p50, r.p90, r.p99, r.p999, r.max])
+        .any(|ns| ns > 0 && (ns as f64) < 0.1 * NS_PER_MS);
+    let decimals = if fine { 6 } else { 3 };
+    let width = rows
+        .iter()
+        .map(|r| tag_label(r.tag.as_deref()).len())
+        .max()
+        .unwrap_or(0)
+        .max(3);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<width$} {:>9} {:>10} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "tag", "intervals", "count", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+    );
+    for r in rows {
+        let _ = write!(
+            out,
+            "{:<width$} {:>9} {:>10}",
+            tag_label(r.tag.as_deref()),
+            r.intervals,
+            r.count
+        );
+        for ns in [r.p50, r.p90, r.p99, r.p999, r.max] {
+            let _ = write!(out, " {:>12.decimals$}", ns as f64 / NS_PER_MS);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// One tag's intervals summed.
+#[derive(Debug)]
+pub struct TagSum {
+    /// The tag (`None`: untagged intervals).
+    pub tag: Option<String>,
+    /// All its intervals added together.
+    pub hist: Histogram<u64>,
+}
+
+/// Sums the intervals of each tag selected by `filters` (see [`rows`]), in tag order.
+///
+/// # Errors
+/// [`HlogError::Merge`] when an interval cannot be added.
+pub fn sums(intervals: &[Interval], filters: &[String]) -> Result<Vec<TagSum>, HlogError> {
+    let selected = rows(intervals, filters)?;
+    let mut out: Vec<TagSum> = Vec::with_capacity(selected.len());
+    for row in selected {
+        let mut sum: Option<Histogram<u64>> = None;
+        for i in intervals.iter().filter(|i| i.tag == row.tag) {
+            let s = sum.get_or_insert_with(|| {
+                let mut h = Histogram::new_from(&i.hist);
+                h.auto(true);
+                h
+            });
+            s.add(&i.hist).map_err(|e| HlogError::Merge {
+                line: i.line,
+                tag: row.tag.clone().unwrap_or_default(),
+                message: e.to_string(),
+            })?;
+        }
+        if let Some(hist) = sum {
+            out.push(TagSum { tag: row.tag, hist });
+        }
+    }
+    Ok(out)
+}
