@@ -18,7 +18,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ed25519_dalek::VerifyingKey;
 use hdrhistogram::Histogram;
 use qos_dataplane::runtime::{
-    Dataplane, PublishError, RuntimeError, ShutdownReport, StopMode, StreamReport, WorkerStats,
+    Dataplane, PublishError, RuntimeError, ShutdownReport, StopMode, StreamReport,
+    WorkerHistograms, WorkerStats,
 };
 use qos_dataplane::sched::policy::PRIORITIES;
 use qos_dataplane::sched::{Event, Policy, new_sojourn_histogram};
@@ -721,11 +722,13 @@ impl<P: Send + 'static> State<P> {
     }
 
     fn collect_histograms(&mut self, dp: &mut Dataplane<P>) {
-        for (w, h) in dp
-            .take_histograms(Duration::from_millis(5))
-            .into_iter()
-            .enumerate()
-        {
+        let hists = dp.take_histograms(Duration::from_millis(5));
+        self.absorb_histograms(&hists);
+    }
+
+    /// Adds each worker's histograms to the cumulative, `.hlog` and metrics.db windows.
+    fn absorb_histograms(&mut self, hists: &[Option<Box<WorkerHistograms>>]) {
+        for (w, h) in hists.iter().enumerate() {
             let Some(h) = h else { continue };
             for (p, s) in h.sojourn.iter().enumerate() {
                 // Same bounds on both sides: `add` cannot fail.
@@ -1035,11 +1038,17 @@ impl<P: Send + 'static> State<P> {
         let result = dp.shutdown(mode);
         let wall = wall_now();
         let report = match &result {
-            Ok(r) => Some(r.workers.clone()),
-            Err(RuntimeError::WorkerPanicked { report, .. }) => Some(report.workers.clone()),
+            Ok(r) => Some(r),
+            Err(RuntimeError::WorkerPanicked { report, .. }) => Some(&**report),
             #[allow(unreachable_patterns)]
             Err(_) => None,
         };
+        // What the workers recorded after the last tick goes into the last `.hlog`
+        // interval and metrics.db batch.
+        if let Some(r) = report {
+            self.absorb_histograms(&r.histograms);
+        }
+        let report = report.map(|r| r.workers.clone());
         if let Some(workers) = report {
             self.final_report = Some(self.integrity_from(&workers, true));
         }

@@ -243,10 +243,14 @@ pub enum RuntimeError {
 }
 
 /// Every worker's final counters.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct ShutdownReport {
     /// Final counters, by worker.
     pub workers: Vec<WorkerStats>,
+    /// By worker, what its histograms recorded after the last
+    /// [`Dataplane::take_histograms`] (`None` for a worker that panicked): with these,
+    /// a reader's histograms cover every packet the dataplane scheduled.
+    pub histograms: Vec<Option<Box<WorkerHistograms>>>,
 }
 
 impl ShutdownReport {
@@ -295,6 +299,14 @@ pub struct WorkerHistograms {
 }
 
 impl WorkerHistograms {
+    /// Adds `other`'s counts (same bounds on both sides, so nothing is refused).
+    pub fn add(&mut self, other: &WorkerHistograms) {
+        for (a, b) in self.sojourn.iter_mut().zip(&other.sojourn) {
+            let _ = a.add(b);
+        }
+        let _ = self.iteration_ns.add(&other.iteration_ns);
+    }
+
     pub(crate) fn empty() -> Box<Self> {
         Box::new(Self {
             sojourn: std::array::from_fn(|_| crate::sched::new_sojourn_histogram()),
@@ -355,7 +367,7 @@ impl<T: Send> Exchange<T> {
 /// histograms, stop). Built by [`Dataplane::builder`].
 pub struct Dataplane<P> {
     shared: sync::Arc<Shared>,
-    threads: Vec<Option<std::thread::JoinHandle<()>>>,
+    threads: Vec<Option<std::thread::JoinHandle<Option<worker::Hists>>>>,
     hists: Vec<Exchange<Hists>>,
     reports: Vec<Exchange<Box<StreamReport>>>,
     events: Vec<rtrb::Consumer<(Event, Option<StreamTag>)>>,
@@ -576,16 +588,29 @@ impl<P: Send + 'static> Dataplane<P> {
         // Release: partner of `stop_mode`'s Acquire load.
         self.shared.stop.store(code, Ordering::Release);
         let mut panic = None;
+        let mut histograms = Vec::with_capacity(self.threads.len());
         for w in 0..self.threads.len() {
             self.shared.ring(w);
-            if let Some(t) = self.threads[w].take()
-                && let Err(payload) = t.join()
-            {
-                panic.get_or_insert((w, panic_message(payload.as_ref())));
+            let mut last = match self.threads[w].take().map(std::thread::JoinHandle::join) {
+                Some(Ok(h)) => h,
+                Some(Err(payload)) => {
+                    panic.get_or_insert((w, panic_message(payload.as_ref())));
+                    None
+                }
+                None => None,
+            };
+            // A set the worker filled and the reader has not collected yet.
+            if let (Some(last), Some(uncollected)) = (
+                last.as_mut(),
+                self.hists.get_mut(w).and_then(|x| x.from_worker.take()),
+            ) {
+                last.add(&uncollected);
             }
+            histograms.push(last);
         }
         let report = ShutdownReport {
             workers: self.stats(),
+            histograms,
         };
         match panic {
             None => Ok(report),

@@ -135,7 +135,9 @@ struct Progress {
 }
 
 /// The body of a worker thread. Returns when the dataplane stops.
-pub(crate) fn run<P: Send + 'static, E: Egress<P>>(parts: WorkerParts<P, E>) {
+/// Runs a worker until it stops; returns what its histograms recorded since the last
+/// exchange (so the last interval is not lost at shutdown), `None` if it never started.
+pub(crate) fn run<P: Send + 'static, E: Egress<P>>(parts: WorkerParts<P, E>) -> Option<Hists> {
     let pinned = match parts.core {
         Some(core) => core_affinity::set_for_current(core),
         None => false,
@@ -146,7 +148,7 @@ pub(crate) fn run<P: Send + 'static, E: Egress<P>>(parts: WorkerParts<P, E>) {
             core: parts.core.map_or(usize::MAX, |c| c.id),
             available: core_affinity::get_core_ids().map_or(0, |c| c.len()),
         }));
-        return;
+        return None;
     }
     let bell = Doorbell::for_current();
     if parts.shared.workers[parts.index].bell.set(bell).is_err() {
@@ -164,6 +166,7 @@ pub(crate) fn run<P: Send + 'static, E: Egress<P>>(parts: WorkerParts<P, E>) {
     let _ = started.send(Ok(pinned));
     drop(started);
     w.run();
+    Some(w.final_histograms())
 }
 
 /// Marks the worker gone when its thread ends, and panicked if it ends by unwinding,
@@ -608,6 +611,18 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         self.stats.sent += packets;
         self.stats.sent_bytes += bytes;
         (packets > 0, wait_until)
+    }
+
+    /// Everything recorded and not yet handed to the reader: the live histograms plus
+    /// a filled set the reader has not collected.
+    fn final_histograms(&mut self) -> Hists {
+        let mut last = super::WorkerHistograms::empty();
+        self.sched.swap_sojourn_histograms(&mut last.sojourn);
+        std::mem::swap(&mut self.iteration_ns, &mut last.iteration_ns);
+        if let Some(pending) = self.outgoing.take() {
+            last.add(&pending);
+        }
+        last
     }
 
     /// T4: answers the reader's request for histograms (an empty set in, the full one
