@@ -680,13 +680,19 @@ fn o4_a_drain_after_the_last_tick_is_in_the_final_hlog_interval() {
     let (report, _) = plane.shutdown(StopMode::Drain).unwrap();
     assert!(report.is_conserved());
     let sent = dequeued_at(&report, 7);
-    assert!(sent > 900, "most packets drained after the last tick: {sent}");
+    assert!(
+        sent > 900,
+        "most packets drained after the last tick: {sent}"
+    );
     let counted: u64 = read_hlog(&path)
         .unwrap()
         .iter()
         .filter(|i| i.tag.as_deref() == Some("p7.sojourn"))
         .map(|i| i.hist.len())
         .sum();
-    assert_eq!(counted, sent, "every drained packet's sojourn is in the .hlog");
+    assert_eq!(
+        counted, sent,
+        "every drained packet's sojourn is in the .hlog"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
