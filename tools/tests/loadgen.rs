@@ -500,3 +500,17 @@ fn the_stop_flag_ends_a_run_early() {
         "{row:?}"
     );
 }
+
+#[test]
+fn the_example_scenario_in_the_docs_is_valid() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/loadgen-scenario.toml");
+    let plan = Scenario::from_file(&path)
+        .expect("parses")
+        .validate()
+        .expect("valid");
+    assert_eq!(plan.streams.len(), 12);
+    let high = &plan.streams[0];
+    assert!(high.active_at(1_000_000_000) && !high.active_at(7_000_000_000));
+    assert!(high.active_at(12_000_000_000));
+}
