@@ -514,3 +514,65 @@ fn the_example_scenario_in_the_docs_is_valid() {
     assert!(high.active_at(1_000_000_000) && !high.active_at(7_000_000_000));
     assert!(high.active_at(12_000_000_000));
 }
+
+#[test]
+fn snapshots_show_live_counts_and_the_last_intervals_latency() {
+    let mut config = SinkConfig::new(loopback(), Duration::from_secs(4));
+    config.interval = Duration::from_millis(50);
+    let sink = Sink::bind(config)
+        .expect("bind")
+        .spawn(no_stop())
+        .expect("spawn");
+    let tx = raw_sender(sink.local_addr());
+    for (stream, priority) in [(1, 7), (2, 7), (3, 2)] {
+        tx.send(&datagram(stream, priority, 0, 100)).expect("send");
+    }
+    let snap = wait_for(&sink, |s| {
+        s.priorities.len() == 2 && s.priorities.iter().all(|p| p.last_interval.is_some())
+    });
+    assert_eq!(snap.total_bytes(), 300);
+    let p7 = snap
+        .priorities
+        .iter()
+        .find(|p| p.priority == 7)
+        .expect("p7");
+    assert_eq!((p7.packets, p7.bytes, p7.cumulative.count), (2, 200, 2));
+    assert_eq!(
+        snap.streams.iter().map(|s| s.id).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    // Nothing more arrives: the next closed interval is empty.
+    let later = wait_for(&sink, |s| {
+        s.priorities.iter().all(|p| p.last_interval.is_none())
+    });
+    assert_eq!(later.priorities[0].cumulative.count, 1);
+    sink.finish().expect("report");
+}
+
+#[test]
+fn the_binary_exits_non_zero_naming_the_bad_field() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qos-loadgen"))
+        .args(["run", "--duration", "100ms", "--stream"])
+        .arg("id=1,prio=9,size=100,rate=10pps")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("streams[0].priority = 9: expected 0..=7"),
+        "{stderr}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qos-loadgen"))
+        .args(["run", "--duration", "200ms", "--quiet", "--stream"])
+        .arg("id=3,prio=5,size=100,rate=50pps")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("id  prio  sent  recv"), "{stdout}");
+}
