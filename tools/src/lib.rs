@@ -12,4 +12,5 @@ pub mod ctl;
 pub mod daemon;
 pub mod gateway;
 pub mod header;
+pub mod loadgen;
 pub mod relay;

@@ -1,0 +1,373 @@
+//! The per-stream report: rows built from the sink's counts (and the sender's, when it ran
+//! in the same process), printed as an aligned table or serialized as JSON.
+//!
+//! Columns (see `docs/LOADGEN.md`):
+//!
+//! * `sent`: datagrams the sender's socket accepted (`-` when the sender ran elsewhere);
+//! * `recv`: unique datagrams received;
+//! * `Mbit/s`: received unique bytes x 8 over the stream's active time (the plan's, when
+//!   the sender ran here; else the span from the first to the last datagram received,
+//!   stretched by one mean gap);
+//! * `share%`: the stream's part of all unique bytes received;
+//! * `loss`, `loss%`: `sent - recv` when the sender's counts are known, else
+//!   `highest seq + 1 - recv` (datagrams lost after the last one received are then not
+//!   seen); `loss%` is of `sent` (or of `highest seq + 1`);
+//! * `reord`, `dup`: reordered and duplicate datagrams (see the sink);
+//! * `p50`..`max`: one-way latency, ms.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use super::LoadgenError;
+use super::sender::SendReport;
+use super::sink::{SinkReport, StreamReceived};
+
+/// Latency percentiles of a histogram of ns, in ms.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    /// Values recorded.
+    pub count: u64,
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 95th percentile, ms.
+    pub p95_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Largest, ms.
+    pub max_ms: f64,
+}
+
+impl LatencySummary {
+    /// The summary of `hist` (values in ns); all zero for an empty histogram.
+    pub fn of(hist: &Histogram<u64>) -> Self {
+        if hist.is_empty() {
+            return Self::default();
+        }
+        let ms = |ns: u64| ns as f64 / 1e6;
+        Self {
+            count: hist.len(),
+            p50_ms: ms(hist.value_at_quantile(0.50)),
+            p95_ms: ms(hist.value_at_quantile(0.95)),
+            p99_ms: ms(hist.value_at_quantile(0.99)),
+            max_ms: ms(hist.max()),
+        }
+    }
+}
+
+/// One stream's line of the report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StreamRow {
+    /// Stream id.
+    pub id: u64,
+    /// Priority.
+    pub priority: u8,
+    /// Datagrams sent, when the sender ran in this process.
+    pub sent: Option<u64>,
+    /// Datagrams the sender's socket refused (0 when unknown).
+    pub send_errors: u64,
+    /// Unique datagrams received.
+    pub received: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Received throughput over the active time, Mbit/s (10^6 bit/s).
+    pub throughput_mbps: f64,
+    /// Share of all unique bytes received, %.
+    pub share_pct: f64,
+    /// Datagrams lost (see the module docs for how).
+    pub loss: u64,
+    /// `loss` as a % of the datagrams expected.
+    pub loss_pct: f64,
+    /// Reordered datagrams.
+    pub reordered: u64,
+    /// Duplicate datagrams.
+    pub duplicates: u64,
+    /// One-way latency.
+    pub latency: LatencySummary,
+}
+
+/// The whole report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// How long the sender ran (when it ran in this process), else how long the sink
+    /// received, s.
+    pub duration_s: f64,
+    /// `"sender_counts"` when loss is `sent - received`, `"highest_seq"` when it is
+    /// `highest seq + 1 - received` (the sender ran in another process).
+    pub loss_basis: LossBasis,
+    /// One row per stream sent or received, by id.
+    pub streams: Vec<StreamRow>,
+    /// Unique bytes received, all streams.
+    pub total_bytes: u64,
+    /// Received throughput of all streams over `duration_s`, Mbit/s.
+    pub total_mbps: f64,
+    /// Datagrams that were not load-generator headers, by reason.
+    pub malformed: BTreeMap<String, u64>,
+    /// Latencies that came out negative and were counted as 0.
+    pub negative_latency: u64,
+}
+
+/// How loss was computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LossBasis {
+    /// `sent - received`, from the sender's own counts.
+    SenderCounts,
+    /// `highest seq + 1 - received`, from the sequence numbers alone.
+    HighestSeq,
+}
+
+impl Report {
+    /// Builds the report from the sink's counts and, if the sender ran in this process,
+    /// its counts.
+    pub fn new(sink: &SinkReport, sent: Option<&SendReport>) -> Self {
+        let received: BTreeMap<u64, &StreamReceived> =
+            sink.streams.iter().map(|s| (s.id, s)).collect();
+        let total_bytes: u64 = sink.streams.iter().map(|s| s.bytes).sum();
+        let mut ids: Vec<u64> = received.keys().copied().collect();
+        if let Some(sent) = sent {
+            ids.extend(sent.streams.iter().map(|s| s.id));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let streams = ids
+            .into_iter()
+            .map(|id| {
+                let tx = sent.and_then(|r| r.streams.iter().find(|s| s.id == id));
+                let rx = received.get(&id).copied();
+                row(id, tx, rx, total_bytes, sent)
+            })
+            .collect();
+        // The sender's run when known: the sink's drain after it carries no offered load.
+        let duration_s = sent.map_or(sink.elapsed_ns, |s| s.elapsed_ns) as f64 / 1e9;
+        Self {
+            duration_s,
+            loss_basis: if sent.is_some() {
+                LossBasis::SenderCounts
+            } else {
+                LossBasis::HighestSeq
+            },
+            streams,
+            total_bytes,
+            total_mbps: mbps(total_bytes, duration_s),
+            malformed: sink.malformed.clone(),
+            negative_latency: sink.negative_latency,
+        }
+    }
+
+    /// The report as an aligned text table, a totals line and the malformed counts.
+    pub fn table(&self) -> String {
+        let mut rows = vec![
+            [
+                "id", "prio", "sent", "recv", "Mbit/s", "share%", "loss", "loss%", "reord", "dup",
+                "p50ms", "p95ms", "p99ms", "maxms",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        for r in &self.streams {
+            rows.push(vec![
+                r.id.to_string(),
+                r.priority.to_string(),
+                r.sent.map_or_else(|| "-".into(), |s| s.to_string()),
+                r.received.to_string(),
+                format!("{:.3}", r.throughput_mbps),
+                format!("{:.2}", r.share_pct),
+                r.loss.to_string(),
+                format!("{:.2}", r.loss_pct),
+                r.reordered.to_string(),
+                r.duplicates.to_string(),
+                format!("{:.3}", r.latency.p50_ms),
+                format!("{:.3}", r.latency.p95_ms),
+                format!("{:.3}", r.latency.p99_ms),
+                format!("{:.3}", r.latency.max_ms),
+            ]);
+        }
+        let mut out = align(&rows);
+        let _ = writeln!(
+            out,
+            "total: {} bytes in {:.3} s, {:.3} Mbit/s; loss from {}",
+            self.total_bytes,
+            self.duration_s,
+            self.total_mbps,
+            match self.loss_basis {
+                LossBasis::SenderCounts => "the sender's counts",
+                LossBasis::HighestSeq => "sequence numbers (highest + 1 - received)",
+            }
+        );
+        if !self.malformed.is_empty() {
+            let list: Vec<String> = self
+                .malformed
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            let _ = writeln!(out, "not load-generator datagrams: {}", list.join(" "));
+        }
+        if self.negative_latency > 0 {
+            let _ = writeln!(
+                out,
+                "negative latencies counted as 0: {} (sender and sink clocks disagree)",
+                self.negative_latency
+            );
+        }
+        out
+    }
+
+    /// The report as pretty-printed JSON.
+    pub fn to_json(&self) -> String {
+        // A struct of numbers, strings and maps with string keys always serializes.
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+
+    /// Writes [`to_json`](Self::to_json) to `path`.
+    ///
+    /// # Errors
+    /// [`LoadgenError::Write`] naming the file.
+    pub fn write_json(&self, path: &Path) -> Result<(), LoadgenError> {
+        write_file(path, &self.to_json())
+    }
+}
+
+fn row(
+    id: u64,
+    tx: Option<&super::sender::StreamSent>,
+    rx: Option<&StreamReceived>,
+    total_bytes: u64,
+    sent: Option<&SendReport>,
+) -> StreamRow {
+    let received = rx.map_or(0, |r| r.packets);
+    let bytes = rx.map_or(0, |r| r.bytes);
+    let expected = match (tx, rx) {
+        (Some(t), _) => t.packets,
+        (None, Some(r)) => r.highest_seq.saturating_add(1),
+        (None, None) => 0,
+    };
+    let loss = expected.saturating_sub(received);
+    let active_s = match (tx, rx) {
+        (Some(t), _) => {
+            let cut = sent
+                .filter(|s| s.stopped_early)
+                .map_or(u64::MAX, |s| s.elapsed_ns);
+            t.active_ns.min(cut) as f64 / 1e9
+        }
+        (None, Some(r)) => received_span_s(r),
+        (None, None) => 0.0,
+    };
+    StreamRow {
+        id,
+        priority: tx.map_or_else(|| rx.map_or(0, |r| r.priority), |t| t.priority),
+        sent: tx.map(|t| t.packets),
+        send_errors: tx.map_or(0, super::sender::StreamSent::error_count),
+        received,
+        bytes,
+        throughput_mbps: mbps(bytes, active_s),
+        share_pct: percent(bytes, total_bytes),
+        loss,
+        loss_pct: percent(loss, expected),
+        reordered: rx.map_or(0, |r| r.reordered),
+        duplicates: rx.map_or(0, |r| r.duplicates),
+        latency: rx
+            .map(|r| LatencySummary::of(&r.latency))
+            .unwrap_or_default(),
+    }
+}
+
+/// First to last arrival, plus one mean gap (n datagrams span n - 1 gaps).
+fn received_span_s(r: &StreamReceived) -> f64 {
+    let span = (r.last_recv_ns - r.first_recv_ns) as f64 / 1e9;
+    if r.packets < 2 || span <= 0.0 {
+        return 0.0;
+    }
+    span * r.packets as f64 / (r.packets - 1) as f64
+}
+
+fn mbps(bytes: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        bytes as f64 * 8.0 / seconds / 1e6
+    } else {
+        0.0
+    }
+}
+
+fn percent(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 * 100.0 / whole as f64
+    }
+}
+
+/// Right-aligns every column to its widest cell.
+fn align(rows: &[Vec<String>]) -> String {
+    let columns = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, &w)| format!("{cell:>w$}"))
+            .collect();
+        out.push_str(&cells.join("  "));
+        out.push('\n');
+    }
+    out
+}
+
+/// The sender's counts as a table (for `qos-loadgen send`).
+pub fn send_table(report: &SendReport) -> String {
+    let mut rows = vec![
+        ["id", "prio", "sent", "bytes", "Mbit/s", "errors"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for s in &report.streams {
+        let cut = if report.stopped_early {
+            report.elapsed_ns
+        } else {
+            u64::MAX
+        };
+        let active_s = s.active_ns.min(cut) as f64 / 1e9;
+        let errors: Vec<String> = s.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        rows.push(vec![
+            s.id.to_string(),
+            s.priority.to_string(),
+            s.packets.to_string(),
+            s.bytes.to_string(),
+            format!("{:.3}", mbps(s.bytes, active_s)),
+            if errors.is_empty() {
+                "0".into()
+            } else {
+                errors.join(" ")
+            },
+        ]);
+    }
+    let mut out = align(&rows);
+    let _ = writeln!(
+        out,
+        "sent for {:.3} s{}",
+        report.elapsed_ns as f64 / 1e9,
+        if report.stopped_early {
+            " (stopped early)"
+        } else {
+            ""
+        }
+    );
+    out
+}
+
+/// Writes `text` to `path`.
+///
+/// # Errors
+/// [`LoadgenError::Write`] naming the file.
+pub fn write_file(path: &Path, text: &str) -> Result<(), LoadgenError> {
+    std::fs::write(path, text).map_err(|source| LoadgenError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}

@@ -1,0 +1,578 @@
+//! End-to-end tests of `qos-loadgen` on real UDP sockets, 127.0.0.1 only, each bounded
+//! to a few seconds and a few thousand datagrams.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use qos_tools::header::{Header, LEN};
+use qos_tools::loadgen::cli::{StreamArgs, plan as cli_plan};
+use qos_tools::loadgen::{
+    self, LossBasis, Plan, Report, RunOptions, Scenario, Sender, Sink, SinkConfig, SinkHandle,
+    SinkSnapshot,
+};
+
+fn plan(toml: &str) -> Plan {
+    Scenario::from_toml("test", toml)
+        .expect("parses")
+        .validate()
+        .expect("valid")
+}
+
+fn loopback() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("address")
+}
+
+fn no_stop() -> Arc<AtomicBool> {
+    Arc::new(AtomicBool::new(false))
+}
+
+fn run(plan: &Plan, hlog: Option<PathBuf>) -> loadgen::RunOutcome {
+    let mut sink = SinkConfig::new(loopback(), plan.duration);
+    sink.interval = Duration::from_millis(200);
+    sink.hlog = hlog;
+    loadgen::run(plan, RunOptions::new(sink), no_stop()).expect("runs")
+}
+
+fn temp_path(name: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("qos-loadgen-{}-{name}", std::process::id()))
+}
+
+/// Polls the sink until `done` holds (at most 3 s).
+fn wait_for(sink: &SinkHandle, done: impl Fn(&SinkSnapshot) -> bool) -> SinkSnapshot {
+    for _ in 0..300 {
+        let snap = sink.snapshot();
+        if done(&snap) {
+            return snap;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("sink never got there: {:?}", sink.snapshot());
+}
+
+fn raw_sender(to: SocketAddr) -> UdpSocket {
+    let s = UdpSocket::bind(loopback()).expect("bind");
+    s.connect(to).expect("connect");
+    s
+}
+
+fn datagram(stream: u64, priority: u8, seq: u64, size: usize) -> Vec<u8> {
+    let mut d = vec![0u8; size];
+    Header::new(stream, priority, seq, 1)
+        .write_to(&mut d)
+        .expect("fits");
+    d
+}
+
+#[test]
+fn every_datagram_sent_at_a_low_rate_arrives_once_and_in_order() {
+    let plan = plan(
+        r#"
+        duration_ms = 500
+        [[streams]]
+        id = 1
+        priority = 7
+        size = 100
+        rate = "200pps"
+        [[streams]]
+        id = 2
+        priority = 0
+        size = 300
+        rate = "200pps"
+        "#,
+    );
+    let out = run(&plan, None);
+    assert_eq!(out.report.loss_basis, LossBasis::SenderCounts);
+    assert_eq!(out.report.streams.len(), 2);
+    for row in &out.report.streams {
+        let sent = row.sent.expect("sender ran here");
+        assert!((90..=101).contains(&sent), "stream {} sent {sent}", row.id);
+        assert_eq!(row.received, sent, "stream {}", row.id);
+        assert_eq!((row.loss, row.reordered, row.duplicates), (0, 0, 0));
+        assert_eq!(row.latency.count, sent);
+        assert_eq!(row.send_errors, 0);
+    }
+    // Same packet rate, 100 vs 300 bytes: shares 25 % and 75 % of the bytes.
+    let shares: Vec<f64> = out.report.streams.iter().map(|r| r.share_pct).collect();
+    let expected = [
+        100.0 * 100.0 * out.report.streams[0].received as f64 / out.report.total_bytes as f64,
+        100.0 * 300.0 * out.report.streams[1].received as f64 / out.report.total_bytes as f64,
+    ];
+    assert!((shares[0] - expected[0]).abs() < 1e-9 && (shares[1] - expected[1]).abs() < 1e-9);
+    assert!(out.report.malformed.is_empty());
+}
+
+#[test]
+fn a_constant_8_mbps_stream_measures_within_10_percent_over_2_s() {
+    let plan = plan(
+        r#"
+        duration_ms = 2000
+        [[streams]]
+        id = 8
+        priority = 4
+        size = 1000
+        rate = "8mbps"
+        "#,
+    );
+    let out = run(&plan, None);
+    let row = &out.report.streams[0];
+    assert!(
+        (7.2..=8.8).contains(&row.throughput_mbps),
+        "measured {} Mbit/s ({} of {} datagrams received)",
+        row.throughput_mbps,
+        row.received,
+        row.sent.unwrap_or(0)
+    );
+}
+
+#[test]
+fn a_poisson_streams_count_is_within_4_sigma_of_rate_times_duration() {
+    let plan = plan(
+        r#"
+        duration_ms = 1000
+        seed = 7
+        [[streams]]
+        id = 3
+        priority = 2
+        size = 64
+        rate = "1000pps"
+        pattern = "poisson"
+        "#,
+    );
+    let sent = Sender::new(plan, "127.0.0.1:9".parse().expect("addr"))
+        .expect("socket")
+        .run(&AtomicBool::new(false));
+    let n = sent.streams[0].packets + sent.streams[0].error_count();
+    let (mean, sigma) = (1000.0, 1000f64.sqrt());
+    assert!(
+        (n as f64 - mean).abs() <= 4.0 * sigma,
+        "{n} datagrams, expected {mean} +- {}",
+        4.0 * sigma
+    );
+}
+
+#[test]
+fn on_off_and_windows_send_only_inside_their_active_time() {
+    let plan = plan(
+        r#"
+        duration_ms = 600
+        [[streams]]
+        id = 1
+        priority = 7
+        size = 64
+        rate = "500pps"
+        active = [[0, 150], [400, 550]]
+        [[streams]]
+        id = 2
+        priority = 1
+        size = 64
+        rate = "500pps"
+        pattern = "poisson"
+        on_ms = 50
+        off_ms = 100
+        "#,
+    );
+    let rx = UdpSocket::bind(loopback()).expect("bind");
+    rx.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let sender = Sender::new(plan.clone(), rx.local_addr().expect("addr")).expect("socket");
+    let handle = sender.spawn(no_stop()).expect("spawn");
+    let mut buf = [0u8; 2048];
+    let mut headers = Vec::new();
+    while let Ok(n) = rx.recv(&mut buf) {
+        headers.push(Header::parse(&buf[..n]).expect("a header"));
+    }
+    let sent = handle.join().expect("joins");
+    let total: u64 = sent.streams.iter().map(|s| s.packets).sum();
+    assert_eq!(
+        headers.len() as u64,
+        total,
+        "loopback at 1000 pps loses nothing"
+    );
+    for h in &headers {
+        let stream = plan
+            .streams
+            .iter()
+            .find(|s| s.id == h.stream_id)
+            .expect("a planned stream");
+        let offset = h.send_ns - sent.start_ns;
+        assert!(
+            stream.active_at(offset),
+            "stream {} sent at {} ms, outside its active time",
+            h.stream_id,
+            offset as f64 / 1e6
+        );
+    }
+    // Both phases of each stream did send.
+    let sent_in = |id: u64, from_ms: u64, to_ms: u64| {
+        headers.iter().any(|h| {
+            let t = (h.send_ns - sent.start_ns) / 1_000_000;
+            h.stream_id == id && (from_ms..to_ms).contains(&t)
+        })
+    };
+    assert!(sent_in(1, 0, 150) && sent_in(1, 400, 550));
+    assert!(sent_in(2, 0, 50) && sent_in(2, 300, 350));
+}
+
+#[test]
+fn duplicates_and_reordering_are_counted_exactly() {
+    let sink = Sink::bind(SinkConfig::new(loopback(), Duration::from_secs(4)))
+        .expect("bind")
+        .spawn(no_stop())
+        .expect("spawn");
+    let tx = raw_sender(sink.local_addr());
+    for seq in [0, 1, 1, 3, 2] {
+        tx.send(&datagram(5, 3, seq, 64)).expect("send");
+    }
+    wait_for(&sink, |s| s.streams.first().is_some_and(|s| s.packets == 4));
+    let received = sink.finish().expect("report");
+    let s = &received.streams[0];
+    assert_eq!((s.id, s.priority), (5, 3));
+    assert_eq!((s.packets, s.duplicates, s.reordered), (4, 1, 1));
+    assert_eq!(s.highest_seq, 3);
+    let report = Report::new(&received, None);
+    assert_eq!(report.loss_basis, LossBasis::HighestSeq);
+    assert_eq!(report.streams[0].sent, None);
+    assert_eq!((report.streams[0].loss, report.streams[0].received), (0, 4));
+}
+
+#[test]
+fn loss_without_the_sender_is_highest_seq_plus_one_minus_received() {
+    let sink = Sink::bind(SinkConfig::new(loopback(), Duration::from_secs(4)))
+        .expect("bind")
+        .spawn(no_stop())
+        .expect("spawn");
+    let tx = raw_sender(sink.local_addr());
+    for seq in [0, 2, 5, 9] {
+        tx.send(&datagram(1, 6, seq, 40)).expect("send");
+    }
+    wait_for(&sink, |s| s.total_bytes() == 160);
+    let report = Report::new(&sink.finish().expect("report"), None);
+    let row = &report.streams[0];
+    assert_eq!((row.received, row.loss), (4, 6));
+    assert!((row.loss_pct - 60.0).abs() < 1e-9);
+}
+
+#[test]
+fn malformed_datagrams_are_counted_by_reason() {
+    let sink = Sink::bind(SinkConfig::new(loopback(), Duration::from_secs(4)))
+        .expect("bind")
+        .spawn(no_stop())
+        .expect("spawn");
+    let tx = raw_sender(sink.local_addr());
+    let mut bad_version = datagram(1, 1, 0, LEN);
+    bad_version[4] = 9;
+    let mut bad_priority = datagram(1, 1, 0, LEN);
+    bad_priority[5] = 8;
+    for d in [
+        vec![0x51; 10],
+        vec![0; 64],
+        bad_version,
+        bad_priority,
+        datagram(1, 1, 0, LEN),
+    ] {
+        tx.send(&d).expect("send");
+    }
+    let snap = wait_for(&sink, |s| s.malformed == 4 && s.total_bytes() == LEN as u64);
+    assert_eq!(snap.priorities.len(), 1);
+    let received = sink.finish().expect("report");
+    let reasons: Vec<(&str, u64)> = received
+        .malformed
+        .iter()
+        .map(|(k, v)| (k.as_str(), *v))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("bad_magic", 1),
+            ("bad_priority", 1),
+            ("bad_version", 1),
+            ("truncated", 1)
+        ]
+    );
+    assert_eq!(received.streams.len(), 1);
+    assert!(Report::new(&received, None).table().contains("truncated=1"));
+}
+
+#[test]
+fn scenario_errors_name_the_field() {
+    let base = "duration_ms = 1000\n[[streams]]\nid = 1\nsize = 100\nrate = \"1mbps\"\n";
+    let cases = [
+        (format!("{base}priority = 9\n"), "streams[0].priority"),
+        (
+            format!(
+                "{base}priority = 1\n[[streams]]\nid = 2\npriority = 1\nsize = 20\nrate = \"1pps\"\n"
+            ),
+            "streams[1].size",
+        ),
+        (
+            base.replace("1mbps", "quick") + "priority = 1\n",
+            "streams[0].rate",
+        ),
+        (
+            format!("{base}priority = 1\nactive = [[0, 500], [200, 900]]\n"),
+            "streams[0].active[1]",
+        ),
+        (
+            format!("{base}priority = 1\n").replace("duration_ms = 1000", "duration_ms = 0"),
+            "duration_ms",
+        ),
+        (
+            format!(
+                "{base}priority = 1\n[[streams]]\nid = 1\npriority = 1\nsize = 50\nrate = \"1pps\"\n"
+            ),
+            "streams[1].id",
+        ),
+    ];
+    for (text, field) in cases {
+        let err = Scenario::from_toml("t", &text)
+            .expect("TOML of the right shape")
+            .validate()
+            .expect_err(field);
+        assert_eq!(err.field(), Some(field), "{err}");
+        assert!(err.to_string().starts_with(field), "{err}");
+    }
+    // Shape errors come from the TOML parser, which names the key.
+    for (text, key) in [
+        (format!("{base}prio = 1\n"), "prio"),
+        (format!("{base}priority = \"high\"\n"), "priority"),
+        ("streams = []\n".to_owned(), "duration_ms"),
+    ] {
+        let err = Scenario::from_toml("t", &text).expect_err(key);
+        assert!(err.to_string().contains(key), "{err}");
+    }
+    // The command line without a file needs --duration.
+    let args = StreamArgs {
+        scenario: None,
+        streams: vec!["id=1,prio=1,size=100,rate=1pps".parse().expect("spec")],
+        target: None,
+        duration: None,
+        seed: None,
+    };
+    assert_eq!(
+        cli_plan(&args).expect_err("no duration").field(),
+        Some("--duration")
+    );
+}
+
+#[test]
+fn the_json_report_round_trips_with_the_numbers_of_the_table() {
+    let plan = plan(
+        r#"
+        duration_ms = 300
+        [[streams]]
+        id = 4
+        priority = 5
+        size = 500
+        rate = "1mbps"
+        count = 2
+        "#,
+    );
+    let report = run(&plan, None).report;
+    let back: Report = serde_json::from_str(&report.to_json()).expect("parses back");
+    assert_eq!(back.table(), report.table());
+    assert_eq!(back.streams.len(), 2);
+    for (a, b) in report.streams.iter().zip(&back.streams) {
+        assert_eq!(
+            (a.id, a.priority, a.sent, a.received),
+            (b.id, b.priority, b.sent, b.received)
+        );
+        assert_eq!(
+            (a.loss, a.reordered, a.duplicates),
+            (b.loss, b.reordered, b.duplicates)
+        );
+        for (x, y) in [
+            (a.throughput_mbps, b.throughput_mbps),
+            (a.share_pct, b.share_pct),
+            (a.latency.p99_ms, b.latency.p99_ms),
+        ] {
+            assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "{x} vs {y}");
+        }
+        let line = report
+            .table()
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&a.id.to_string()))
+            .expect("a row per stream")
+            .to_owned();
+        assert!(
+            line.contains(&format!("{:.3}", b.throughput_mbps)),
+            "{line}"
+        );
+        assert!(line.contains(&format!("{:.2}", b.share_pct)), "{line}");
+    }
+}
+
+#[test]
+fn the_hlog_reads_back_with_one_count_per_received_datagram() {
+    let plan = plan(
+        r#"
+        duration_ms = 700
+        [[streams]]
+        id = 1
+        priority = 7
+        size = 100
+        rate = "300pps"
+        [[streams]]
+        id = 2
+        priority = 1
+        size = 100
+        rate = "200pps"
+        "#,
+    );
+    let path = temp_path("latency.hlog");
+    let out = run(&plan, Some(path.clone()));
+    let intervals = qos_control::hlog::read_hlog(&path).expect("reads back");
+    let _ = std::fs::remove_file(&path);
+    let received: u64 = out.report.streams.iter().map(|r| r.received).sum();
+    let logged: u64 = intervals.iter().map(|i| i.hist.len()).sum();
+    assert_eq!(logged, received);
+    assert!(intervals.len() >= 4, "200 ms intervals over 0.9 s, 2 tags");
+    for (tag, priority) in [("p7.latency", 7u8), ("p1.latency", 1)] {
+        let count: u64 = intervals
+            .iter()
+            .filter(|i| i.tag.as_deref() == Some(tag))
+            .map(|i| i.hist.len())
+            .sum();
+        let rows: u64 = out
+            .report
+            .streams
+            .iter()
+            .filter(|r| r.priority == priority)
+            .map(|r| r.received)
+            .sum();
+        assert_eq!(count, rows, "{tag}");
+    }
+}
+
+#[test]
+fn send_errors_are_counted_per_stream_and_do_not_end_the_run() {
+    // Nothing listens on the discard port of loopback: the connected socket gets
+    // ECONNREFUSED back for some sends.
+    let plan = plan(
+        r#"
+        duration_ms = 300
+        [[streams]]
+        id = 1
+        priority = 0
+        size = 64
+        rate = "200pps"
+        "#,
+    );
+    let closed = UdpSocket::bind(loopback()).expect("bind");
+    let target = closed.local_addr().expect("addr");
+    drop(closed);
+    let sent = loadgen::send(&plan, target, false, no_stop()).expect("runs");
+    let s = &sent.streams[0];
+    assert!(s.packets + s.error_count() >= 50, "{s:?}");
+    assert!(s.errors.contains_key("ConnectionRefused"), "{s:?}");
+    assert!(!sent.stopped_early);
+}
+
+#[test]
+fn the_stop_flag_ends_a_run_early() {
+    let plan = plan(
+        r#"
+        duration_ms = 60000
+        [[streams]]
+        id = 1
+        priority = 0
+        size = 64
+        rate = "100pps"
+        "#,
+    );
+    let stop = no_stop();
+    let flag = Arc::clone(&stop);
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let sink = SinkConfig::new(loopback(), plan.duration);
+    let out = loadgen::run(&plan, RunOptions::new(sink), stop).expect("runs");
+    stopper.join().expect("joins");
+    assert!(out.sent.stopped_early);
+    assert!(out.sent.elapsed_ns < 5_000_000_000);
+    // The sink stops with the sender: the last datagrams in flight may go unread.
+    let row = &out.report.streams[0];
+    assert!(
+        row.received <= row.sent.unwrap_or(0) && row.received > 0,
+        "{row:?}"
+    );
+}
+
+#[test]
+fn the_example_scenario_in_the_docs_is_valid() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/loadgen-scenario.toml");
+    let plan = Scenario::from_file(&path)
+        .expect("parses")
+        .validate()
+        .expect("valid");
+    assert_eq!(plan.streams.len(), 12);
+    let high = &plan.streams[0];
+    assert!(high.active_at(1_000_000_000) && !high.active_at(7_000_000_000));
+    assert!(high.active_at(12_000_000_000));
+}
+
+#[test]
+fn snapshots_show_live_counts_and_the_last_intervals_latency() {
+    let mut config = SinkConfig::new(loopback(), Duration::from_secs(4));
+    config.interval = Duration::from_millis(50);
+    let sink = Sink::bind(config)
+        .expect("bind")
+        .spawn(no_stop())
+        .expect("spawn");
+    let tx = raw_sender(sink.local_addr());
+    for (stream, priority) in [(1, 7), (2, 7), (3, 2)] {
+        tx.send(&datagram(stream, priority, 0, 100)).expect("send");
+    }
+    let snap = wait_for(&sink, |s| {
+        s.priorities.len() == 2 && s.priorities.iter().all(|p| p.last_interval.is_some())
+    });
+    assert_eq!(snap.total_bytes(), 300);
+    let p7 = snap
+        .priorities
+        .iter()
+        .find(|p| p.priority == 7)
+        .expect("p7");
+    assert_eq!((p7.packets, p7.bytes, p7.cumulative.count), (2, 200, 2));
+    assert_eq!(
+        snap.streams.iter().map(|s| s.id).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    // Nothing more arrives: the next closed interval is empty.
+    let later = wait_for(&sink, |s| {
+        s.priorities.iter().all(|p| p.last_interval.is_none())
+    });
+    assert_eq!(later.priorities[0].cumulative.count, 1);
+    sink.finish().expect("report");
+}
+
+#[test]
+fn the_binary_exits_non_zero_naming_the_bad_field() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qos-loadgen"))
+        .args(["run", "--duration", "100ms", "--stream"])
+        .arg("id=1,prio=9,size=100,rate=10pps")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("streams[0].priority = 9: expected 0..=7"),
+        "{stderr}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_qos-loadgen"))
+        .args(["run", "--duration", "200ms", "--quiet", "--stream"])
+        .arg("id=3,prio=5,size=100,rate=50pps")
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("id  prio  sent  recv"), "{stdout}");
+}
