@@ -72,7 +72,7 @@ use thiserror::Error;
 
 pub use builder::DataplaneBuilder;
 pub use clock::Clock;
-pub use config::{BuildError, IdleStrategy, Pinning, RuntimeConfig};
+pub use config::{BuildError, IdleStrategy, Pinning, RuntimeConfig, check_burst};
 pub use counters::WorkerStats;
 pub use doorbell::Doorbell;
 pub use egress::{DiscardReason, Discarded, Egress, Outbox};

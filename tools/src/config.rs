@@ -107,6 +107,11 @@ pub struct GatewaySection {
     /// How long SIGTERM waits for queued packets to drain, ms.
     #[serde(default = "default_drain_ms")]
     pub drain_ms: u64,
+    /// A worker-loop iteration longer than this counts as a stall, a health hazard
+    /// that degrades qosd (and sheds the lowest tier), ms (1..=10000). The default
+    /// leaves room for a worker being preempted on a busy machine.
+    #[serde(default = "default_stall_ms")]
+    pub stall_budget_ms: u64,
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -135,6 +140,9 @@ fn default_ring() -> usize {
 }
 fn default_drain_ms() -> u64 {
     2_000
+}
+fn default_stall_ms() -> u64 {
+    100
 }
 
 /// `[control]`: the control plane around the dataplane.
@@ -389,6 +397,9 @@ impl GatewayConfig {
             .map_err(|e| ConfigError::Parse(format!("policy: {e}")))?;
         let policy_document = PolicyDocument::from_toml(&policy_text)?;
         let policy = policy_document.validate()?;
+        if let Err(e) = qos_dataplane::runtime::check_burst(&policy, gateway.workers) {
+            return Err(ConfigError::Parse(e.to_string()));
+        }
 
         let mut names = BTreeMap::new();
         for (i, u) in file.upstream.iter().enumerate() {
@@ -438,6 +449,7 @@ fn unreachable_default() -> GatewaySection {
         socket_buffer: default_socket_buffer(),
         ring_capacity: default_ring(),
         drain_ms: default_drain_ms(),
+        stall_budget_ms: default_stall_ms(),
     }
 }
 
@@ -453,6 +465,13 @@ fn validate_gateway(g: &GatewaySection) -> Result<(), ConfigError> {
     }
     if !(1..=(1 << 24)).contains(&g.flow_table) {
         return Err(invalid("gateway.flow_table", g.flow_table, "1..=16777216"));
+    }
+    if !(1..=10_000).contains(&g.stall_budget_ms) {
+        return Err(invalid(
+            "gateway.stall_budget_ms",
+            g.stall_budget_ms,
+            "1..=10000",
+        ));
     }
     if !(1..=1024).contains(&g.batch) {
         return Err(invalid("gateway.batch", g.batch, "1..=1024"));
@@ -640,6 +659,16 @@ mod tests {
                 "listen = [\"127.0.0.1:7000\"]",
                 "listen = []",
                 "gateway.listen",
+            ),
+            (
+                "burst_bytes = 64000",
+                "burst_bytes = 10000",
+                "policy.link.burst_bytes",
+            ),
+            (
+                "workers = 2",
+                "workers = 2\nstall_budget_ms = 0",
+                "gateway.stall_budget_ms",
             ),
         ] {
             let text = base.replacen(from, to, 1);

@@ -35,13 +35,31 @@ pub struct QosdArgs {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
-pub enum QosdCommand {}
+pub enum QosdCommand {
+    /// The demo: qosd on its embedded default plus a load-generator scenario on
+    /// loopback for about 15 s; live tier shares and P7 latency; a summary table, a
+    /// `.hlog` and an SVG plot at the end.
+    Demo(crate::demo::DemoArgs),
+}
 
 /// Runs `qosd` with parsed arguments.
 pub fn run(args: QosdArgs) -> ExitCode {
     if args.print_default_config {
         print!("{DEFAULT_TOML}");
         return ExitCode::SUCCESS;
+    }
+    if let Some(QosdCommand::Demo(demo)) = &args.command {
+        // The demo's own output is the show: qosd's JSON logs stay quiet unless asked.
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = qos_control::logs::init_json(std::io::stderr);
+        }
+        return match crate::demo::run(demo, args.config.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("qosd demo: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let _ = qos_control::logs::init_json(std::io::stderr);
     let config = match &args.config {

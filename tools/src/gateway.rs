@@ -25,7 +25,7 @@ use qos_control::logs::ControlEvent;
 use qos_control::metrics::ExtraMetrics;
 use qos_control::plane::{ControlConfig, ControlPlane};
 use qos_control::policy::sha256_hex;
-use qos_dataplane::runtime::{Dataplane, Pinning, StopMode};
+use qos_dataplane::runtime::{Dataplane, Pinning, RuntimeConfig, StopMode};
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -249,6 +249,10 @@ impl Gateway {
             PinningConfig::Off => Pinning::Off,
         };
         let (dp, producers) = Dataplane::<Packet>::builder()
+            .config(RuntimeConfig {
+                stall_budget: Duration::from_millis(g.stall_budget_ms),
+                ..RuntimeConfig::default()
+            })
             .workers(g.workers)
             .producers(sockets.len())
             .pinning(pinning)

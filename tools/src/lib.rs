@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod demo;
 pub mod gateway;
 pub mod header;
 pub mod loadgen;

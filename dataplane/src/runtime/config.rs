@@ -186,8 +186,10 @@ pub enum BuildError {
 }
 
 /// With a link rate and several workers, each worker's share of the burst must hold one
-/// largest packet.
-pub(crate) fn check_burst(policy: &crate::sched::Policy, workers: usize) -> Result<(), BuildError> {
+/// largest packet: what [`DataplaneBuilder::build`](super::DataplaneBuilder::build) and
+/// [`Dataplane::publish_policy`](super::Dataplane::publish_policy) check, for a caller
+/// validating a configuration before it starts anything.
+pub fn check_burst(policy: &crate::sched::Policy, workers: usize) -> Result<(), BuildError> {
     if let Some(link) = policy.spec().link {
         let max_packet = policy.spec().max_packet_bytes;
         if workers > 1 && link.burst_bytes < workers as u64 * u64::from(max_packet) {
