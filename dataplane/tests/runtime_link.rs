@@ -34,19 +34,22 @@ impl Egress<u64> for Stamp {
     }
 }
 
-/// Offers each stream `per_stream_pps` packets/s until `stop`, paced in 1 ms steps.
+/// Offers each stream `per_stream_pps` packets/s until `stop`, paced in 1 ms steps;
+/// stream `i` starts at `starts[i]` ns.
 fn offer(
     mut tx: Producer<u64>,
     streams: Vec<StreamHandle>,
+    starts: Vec<u64>,
     per_stream_pps: u64,
     stop: Arc<AtomicBool>,
 ) {
     let clock = Clock::start();
     let mut sent = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let due = clock.now_ns() * per_stream_pps / 1_000_000_000;
+        let now = clock.now_ns();
+        let due = now * per_stream_pps / 1_000_000_000;
         while sent < due {
-            for h in &streams {
+            for (h, _) in streams.iter().zip(&starts).filter(|(_, s)| **s <= now) {
                 match tx.enqueue_quiet(*h, sent, PACKET) {
                     Ok(()) | Err(EnqueueError::Full(_)) => {}
                     Err(e) => panic!("{e}"),
@@ -68,6 +71,17 @@ fn run(streams: &[(u8, usize)], secs: u64) -> Vec<(u64, u32, usize)> {
 /// As `run`, offering `times` the link in total; a worker index of `usize::MAX` places
 /// the stream by hashing its index.
 fn run_offered(streams: &[(u8, usize)], secs: u64, times: u64) -> Vec<(u64, u32, usize)> {
+    run_full(streams, &vec![0; streams.len()], 2, secs, times)
+}
+
+/// As `run_offered`, with `workers` workers and stream `i` starting at `starts[i]` ns.
+fn run_full(
+    streams: &[(u8, usize)],
+    starts: &[u64],
+    workers: usize,
+    secs: u64,
+    times: u64,
+) -> Vec<(u64, u32, usize)> {
     let policy = Arc::new(
         PolicySpec {
             link: Some(LinkRate {
@@ -85,7 +99,7 @@ fn run_offered(streams: &[(u8, usize)], secs: u64, times: u64) -> Vec<(u64, u32,
     let sent: Sent = Arc::default();
     let (s, p) = (sent.clone(), policy.clone());
     let (dp, mut producers) = Dataplane::<u64>::builder()
-        .workers(2)
+        .workers(workers)
         .pinning(Pinning::Off)
         .policy(policy)
         .build(move |_| Stamp {
@@ -110,7 +124,8 @@ fn run_offered(streams: &[(u8, usize)], secs: u64, times: u64) -> Vec<(u64, u32,
     let pps = times * RATE_BPS / (8 * u64::from(PACKET)) / streams.len() as u64;
     let stop = Arc::new(AtomicBool::new(false));
     let st = stop.clone();
-    let producer = thread::spawn(move || offer(tx, handles, pps, st));
+    let starts = starts.to_vec();
+    let producer = thread::spawn(move || offer(tx, handles, starts, pps, st));
     let mut granted_max = 0;
     for _ in 0..secs * 100 {
         thread::sleep(Duration::from_millis(10));
@@ -223,5 +238,28 @@ fn t6_shares_hold_when_aqm_keeps_the_queues_short() {
             (got - want).abs() <= 0.01,
             "shares {s:?}, want 25/60/15 +-1%"
         );
+    }
+}
+
+/// Found by the qosd demo: a tier that had been idle came back to an SFQ weight of ~0
+/// (its demand, hence its allocation, had decayed to nothing), so the first packet it
+/// sent was charged as if the tier had a share of 1 bit/s and parked the whole tier for
+/// seconds (High got 2% instead of 25% for the 5 s after it returned; P7 waited 2.3 s).
+/// A tier's weight now never falls below a floor tied to its policy share.
+#[test]
+fn t6_a_tier_returning_from_idle_gets_its_share_at_once() {
+    for workers in [1, 2] {
+        // High starts 1 s after the others, which have saturated the link meanwhile.
+        let streams = [(7, usize::MAX), (6, usize::MAX), (4, 0), (2, 0), (1, 0)];
+        let starts = [1_000_000_000, 1_000_000_000, 0, 0, 0];
+        let log = run_full(&streams, &starts, workers, 3, 3);
+        // From 50 ms after High's return.
+        let s = shares(&log, 1_050_000_000, 2_000_000_000);
+        for (got, want) in s.iter().zip([0.25, 0.60, 0.15]) {
+            assert!(
+                (got - want).abs() <= 0.015,
+                "{workers} worker(s): shares {s:?} after High returned, want 25/60/15 +-1.5%"
+            );
+        }
     }
 }

@@ -232,6 +232,15 @@ pub(crate) fn allocate(
         // worker before the next period still gets its share of the slack.
         let slack_part = u128::from(slack) * u128::from(shares[t]) / total_share;
         weights[t] = split[w].saturating_add(slack_part as u64);
+        // Floor: a quarter of what the tier's policy share of an equal part of the link
+        // would weigh. A tier with no demand here weighs nothing in the split above, and
+        // the scheduler charges each packet served at `len / weight`: the first packet
+        // of a tier returning from idle (or arriving before the next period) would be
+        // charged as at a few bit/s and park the whole tier for seconds. With the floor
+        // it is charged at most 4x its fair cost; the next period sets the real weight.
+        // Busy tiers weigh far more than their floor, so their ratios stay exact.
+        let floor = u128::from(link_bps / workers.max(1)) * u128::from(shares[t]) / total_share / 4;
+        weights[t] = weights[t].max((floor as u64).max(1));
     }
     (rate, weights)
 }
@@ -260,7 +269,22 @@ mod tests {
         assert_eq!(w0[0], G / 4);
         assert_eq!(w0[1] + w1[1], 6 * G / 10);
         assert_eq!(w1[2], 15 * G / 100);
-        assert_eq!(r0, w0[..3].iter().sum::<u64>());
+        // The busy tiers' weights are the allocations, which make up the rate; the tier
+        // with no demand here keeps its floor (a quarter of 15% of half the link).
+        assert_eq!(r0, w0[..2].iter().sum::<u64>());
+        assert_eq!(w0[2], G / 2 * 15 / 100 / 4);
+    }
+
+    #[test]
+    fn t6_a_tier_without_demand_keeps_a_floor_weight_not_zero() {
+        // Medium and Low saturate one worker, High is idle: High's weight is a quarter
+        // of its policy share of the link, so its first packet back is charged at most
+        // 4x its fair cost (it was charged at 1 bit/s, parking High for seconds).
+        let demands = [row(&[0, INF, INF])];
+        let (r, w) = allocate(G, &[25, 60, 15], &demands, 0, &mut Scratch::new(1));
+        assert_eq!(r, G);
+        assert_eq!(w[0], G / 4 / 4);
+        assert_eq!((w[1], w[2]), (8 * G / 10, 2 * G / 10));
     }
 
     #[test]
