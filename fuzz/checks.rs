@@ -111,14 +111,22 @@ pub fn config(data: &[u8]) {
     // tables) and sends to configured upstreams only.
     let classifier = Classifier::new(&cfg, 1);
     let upstreams: Vec<SocketAddr> = cfg.upstreams.iter().map(|u| u.addr).collect();
-    let sources = ["127.0.0.1:4000", "10.1.2.3:5000", "[::1]:6000", "[fe80::1]:1"];
+    let sources = [
+        "127.0.0.1:4000",
+        "10.1.2.3:5000",
+        "[::1]:6000",
+        "[fe80::1]:1",
+    ];
     let ports = [0, 7000, 7010, 65_535];
     for src in sources {
         for port in ports {
             for (kind, id) in [
                 (Kind::Plain, None),
                 (Kind::Loadgen(Header::new(9, 0, 0, 0)), Some(9)),
-                (Kind::Loadgen(Header::new(u64::MAX, 7, 1, 2)), Some(u64::MAX)),
+                (
+                    Kind::Loadgen(Header::new(u64::MAX, 7, 1, 2)),
+                    Some(u64::MAX),
+                ),
             ] {
                 let flow = FlowKey {
                     src: src.parse().unwrap_or_else(|e| panic!("{src}: {e}")),
@@ -172,7 +180,10 @@ pub fn policy(data: &[u8]) {
         Ok(&policy),
         "TOML round trip changed the policy\n{toml}"
     );
-    assert_eq!(again, document, "TOML round trip changed the document\n{toml}");
+    assert_eq!(
+        again, document,
+        "TOML round trip changed the document\n{toml}"
+    );
 
     let json = document
         .to_json()
@@ -184,5 +195,8 @@ pub fn policy(data: &[u8]) {
         Ok(&policy),
         "JSON round trip changed the policy\n{json}"
     );
-    assert_eq!(again, document, "JSON round trip changed the document\n{json}");
+    assert_eq!(
+        again, document,
+        "JSON round trip changed the document\n{json}"
+    );
 }
