@@ -488,3 +488,64 @@ fn policy_version(status: &str) -> u64 {
     let v: serde_json::Value = serde_json::from_str(status).expect("status JSON");
     v["policy_version"].as_u64().expect("policy_version")
 }
+
+#[test]
+fn s9_the_fuzz_corpus_replayed_over_udp_is_counted_and_qosd_keeps_forwarding() {
+    // Every corpus file of the three parsers' fuzz targets, as a datagram: headers
+    // valid and not, and arbitrary TOML / JSON bytes.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
+    let mut inputs: Vec<Vec<u8>> = Vec::new();
+    for target in ["header", "config", "policy"] {
+        let dir = root.join(target);
+        let files: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+            .filter(|b| b.len() <= 65_507)
+            .collect();
+        assert!(!files.is_empty(), "{} is empty", dir.display());
+        inputs.extend(files);
+    }
+    inputs.sort();
+    assert!(
+        inputs.len() >= 100,
+        "a corpus to replay: {} files",
+        inputs.len()
+    );
+    let sink = Sink::bind();
+    // Every kind of datagram has a rule: header ones by their stream, the rest per flow.
+    let gw = start(&config_text(
+        &[sink.addr],
+        500,
+        "max_datagram = 9216",
+        "[[rule]]\nname = \"lg\"\nloadgen = true\nstream = \"header\"\nroute = { to = \"u0\" }\n\
+         [[rule]]\nname = \"plain\"\nroute = { to = \"u0\" }\n",
+    ));
+    let to = gw.listen_addrs()[0];
+    let tx = sender();
+    for (i, bytes) in inputs.iter().enumerate() {
+        tx.send_to(bytes, to).expect("send");
+        if i % 50 == 49 {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    // Still alive and forwarding.
+    send_paced(&tx, to, 20, |i| datagram(424_242, 5, i, 100));
+    let got = sink.drain(Duration::from_millis(400), Duration::from_secs(10));
+    assert_eq!(
+        got.get(&424_242),
+        Some(&20),
+        "valid datagrams after the corpus"
+    );
+    let report = gw.stop().expect("stop");
+    assert_eq!(
+        report.received,
+        inputs.len() as u64 + 20,
+        "every datagram read"
+    );
+    assert!(
+        report.conserved,
+        "each forwarded or dropped with a reason: {report:?}"
+    );
+    let forwarded_at_sink: u64 = got.values().sum();
+    assert_eq!(report.forwarded, forwarded_at_sink);
+}
