@@ -15,3 +15,4 @@ pub mod gateway;
 pub mod header;
 pub mod loadgen;
 pub mod relay;
+pub mod udp;

@@ -3,13 +3,14 @@
 //! forwarded to one upstream with GSO runs of equal-size datagrams. No
 //! classification, no queues, no scheduler, no control plane.
 
-use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
 
-use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
+
+use crate::udp::BatchRecv;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// A running relay.
@@ -77,30 +78,13 @@ fn relay_loop(
     stop: &AtomicBool,
     forwarded: &AtomicU64,
 ) {
-    use rustix::event::{PollFd, PollFlags, Timespec, poll};
-    let batch = quinn_udp::BATCH_SIZE;
-    let mut bufs: Vec<Vec<u8>> = (0..batch).map(|_| vec![0u8; 65_536]).collect();
-    let mut meta = vec![RecvMeta::default(); batch];
+    let mut batch = BatchRecv::new();
     let gso = state.max_gso_segments().max(1);
     let mut out = Vec::with_capacity(65_536);
     while !stop.load(Relaxed) {
-        let mut fds = [PollFd::new(sock, PollFlags::IN)];
-        let t = Timespec {
-            tv_sec: 0,
-            tv_nsec: 20_000_000,
-        };
-        if !matches!(poll(&mut fds, Some(&t)), Ok(n) if n > 0) {
-            continue;
-        }
-        let n = {
-            let mut slices: Vec<IoSliceMut<'_>> = bufs
-                .iter_mut()
-                .map(|b| IoSliceMut::new(&mut b[..]))
-                .collect();
-            match state.recv(UdpSockRef::from(sock), &mut slices, &mut meta) {
-                Ok(n) => n,
-                Err(_) => continue,
-            }
+        let n = match batch.recv(sock, state, 20) {
+            Ok(0) | Err(_) => continue,
+            Ok(n) => n,
         };
         // Datagrams of the batch, in order, then sent in GSO runs of equal size.
         let mut run_size = 0;
@@ -122,21 +106,17 @@ fn relay_loop(
             }
             out.clear();
         };
-        for (m, buf) in meta.iter().zip(&bufs).take(n) {
-            let stride = if m.stride == 0 { m.len } else { m.stride };
-            let mut off = 0;
-            while off < m.len && stride > 0 {
-                let end = (off + stride).min(m.len);
-                let d = &buf[off..end];
-                if d.len() != run_size || run_len >= gso || out.len() + d.len() > 60_000 {
-                    flush(&mut out, run_size, run_len);
-                    run_size = d.len();
-                    run_len = 0;
-                }
-                out.extend_from_slice(d);
-                run_len += 1;
-                off = end;
+        for (_, d) in batch.datagrams(n) {
+            if d.is_empty() {
+                continue;
             }
+            if d.len() != run_size || run_len >= gso || out.len() + d.len() > 60_000 {
+                flush(&mut out, run_size, run_len);
+                run_size = d.len();
+                run_len = 0;
+            }
+            out.extend_from_slice(d);
+            run_len += 1;
         }
         flush(&mut out, run_size, run_len);
     }

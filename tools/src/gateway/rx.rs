@@ -4,7 +4,6 @@
 //! batch, then a flush of the doorbells.
 
 use std::collections::HashMap;
-use std::io::IoSliceMut;
 use std::net::UdpSocket;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
@@ -13,18 +12,16 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use qos_dataplane::runtime::{ControlError, EnqueueError, Producer, StreamHandle};
 use qos_dataplane::sched::StreamConfig;
-use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
+use quinn_udp::{UdpSockRef, UdpSocketState};
 
 use super::Packet;
 use super::classify::{Class, Classifier, Dest, FlowKey, Kind, inspect};
 use super::counters::{GatewayCounters, GatewayDrop, StreamCounters};
 use crate::clock::monotonic_ms;
-
-/// Largest datagram a receive slot holds (with GRO, several datagrams share one).
-const SLOT: usize = 65_536;
+use crate::udp::BatchRecv;
 
 /// How long a receive waits for readiness before checking the stop flag.
-const POLL_MS: i32 = 20;
+const POLL_MS: i64 = 20;
 
 /// A flow's cached classification.
 #[derive(Debug)]
@@ -112,61 +109,24 @@ impl Rx {
     /// Receives until `stop` is set; then drops the producer (the workers see this
     /// producer is done).
     pub fn run(mut self, stop: &AtomicBool) {
-        let batch = quinn_udp::BATCH_SIZE;
-        let mut bufs: Vec<Vec<u8>> = (0..batch).map(|_| vec![0u8; SLOT]).collect();
-        let mut meta = vec![RecvMeta::default(); batch];
+        let mut batch = BatchRecv::new();
         while !stop.load(Relaxed) {
-            if !self.wait_readable() {
-                continue;
-            }
-            let n = {
-                let mut slices: Vec<IoSliceMut<'_>> = bufs
-                    .iter_mut()
-                    .map(|b| IoSliceMut::new(&mut b[..]))
-                    .collect();
-                match self
-                    .state
-                    .recv(UdpSockRef::from(&self.socket), &mut slices, &mut meta)
-                {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "qosd: receive failed");
-                        std::thread::sleep(Duration::from_millis(10));
-                        continue;
-                    }
+            let n = match batch.recv(&self.socket, &self.state, POLL_MS) {
+                Ok(0) => continue,
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "qosd: receive failed");
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
                 }
             };
             let now_ms = monotonic_ms();
             self.refresh_classifier();
-            for (m, buf) in meta.iter().zip(&bufs).take(n) {
-                let stride = if m.stride == 0 { m.len } else { m.stride };
-                let mut off = 0;
-                while off < m.len {
-                    let end = (off + stride).min(m.len);
-                    self.handle(m.addr, &buf[off..end], now_ms);
-                    off = end;
-                    if stride == 0 {
-                        break;
-                    }
-                }
-                if m.len == 0 {
-                    self.handle(m.addr, &[], now_ms);
-                }
+            for (src, datagram) in batch.datagrams(n) {
+                self.handle(src, datagram, now_ms);
             }
             self.producer.flush();
         }
-    }
-
-    fn wait_readable(&self) -> bool {
-        use rustix::event::{PollFd, PollFlags, Timespec, poll};
-        let mut fds = [PollFd::new(&self.socket, PollFlags::IN)];
-        let timeout = Timespec {
-            tv_sec: 0,
-            tv_nsec: i64::from(POLL_MS) * 1_000_000,
-        };
-        matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
     }
 
     fn refresh_classifier(&mut self) {

@@ -1,0 +1,92 @@
+//! Batched UDP receive shared by qosd's receive threads and the plain relay: wait for
+//! the socket to be readable (bounded, so a stop flag is seen), take one `recvmmsg`
+//! batch through quinn-udp (with GRO, one buffer may hold several datagrams of one
+//! stride), and hand out the datagrams one by one.
+
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+
+use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
+
+/// Largest receive buffer: with GRO the kernel coalesces up to 64 KiB.
+const SLOT: usize = 65_536;
+
+/// One batch's buffers, reused for every receive.
+#[derive(Debug)]
+pub struct BatchRecv {
+    bufs: Vec<Vec<u8>>,
+    meta: Vec<RecvMeta>,
+}
+
+impl Default for BatchRecv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BatchRecv {
+    /// Buffers for the platform's batch size (2 MiB on Linux).
+    pub fn new() -> Self {
+        let batch = quinn_udp::BATCH_SIZE;
+        Self {
+            bufs: (0..batch).map(|_| vec![0u8; SLOT]).collect(),
+            meta: vec![RecvMeta::default(); batch],
+        }
+    }
+
+    /// Waits up to `wait_ms` for `sock` to be readable and receives one batch; returns
+    /// how many buffers were filled (0 on timeout, would-block or interrupt), to read
+    /// with [`BatchRecv::datagrams`].
+    pub fn recv(
+        &mut self,
+        sock: &UdpSocket,
+        state: &UdpSocketState,
+        wait_ms: i64,
+    ) -> io::Result<usize> {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let mut fds = [PollFd::new(sock, PollFlags::IN)];
+        let timeout = Timespec {
+            tv_sec: 0,
+            tv_nsec: wait_ms.clamp(0, 999) * 1_000_000,
+        };
+        if !matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0) {
+            return Ok(0);
+        }
+        let mut slices: Vec<IoSliceMut<'_>> = self
+            .bufs
+            .iter_mut()
+            .map(|b| IoSliceMut::new(&mut b[..]))
+            .collect();
+        match state.recv(UdpSockRef::from(sock), &mut slices, &mut self.meta) {
+            Ok(n) => Ok(n),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(0)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The datagrams of the first `n` buffers, in order, each with its sender (GRO
+    /// buffers split at their stride; an empty datagram is one empty slice).
+    pub fn datagrams(&self, n: usize) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
+        self.meta
+            .iter()
+            .zip(&self.bufs)
+            .take(n)
+            .flat_map(|(m, buf)| {
+                let len = m.len.min(buf.len());
+                let stride = if m.stride == 0 { len.max(1) } else { m.stride };
+                let count = if len == 0 { 1 } else { len.div_ceil(stride) };
+                (0..count).map(move |i| {
+                    let start = (i * stride).min(len);
+                    let end = (start + stride).min(len);
+                    (m.addr, &buf[start..end])
+                })
+            })
+    }
+}
