@@ -34,7 +34,20 @@ impl<'a> MakeWriter<'a> for Capture {
 }
 
 /// Emits `events` into a fresh capture and returns the parsed lines.
+/// Tests of this file that touch tracing's dispatch run one at a time: tracing caches
+/// each call site's interest process-wide, and an event emitted on another test's thread
+/// with no subscriber can mark call sites "never" while a capture is running (seen in CI:
+/// the capture stopped after 7 of 13 lines).
+static TRACING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn tracing_lock() -> std::sync::MutexGuard<'static, ()> {
+    TRACING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn capture(events: &[ControlEvent]) -> (String, Vec<Value>) {
+    let _serial = tracing_lock();
     let sink = Capture::default();
     tracing::subscriber::with_default(logs::json_subscriber(sink.clone()), || {
         for event in events {
@@ -207,6 +220,25 @@ fn cases() -> Vec<(ControlEvent, &'static str, Value)> {
             json!({"event": "audit.torn_tail", "offset": 4096, "bytes": 17,
                    "sha256": "cd".repeat(32)}),
         ),
+        (
+            ControlEvent::ConfigReloaded {
+                path: "/etc/qosd.toml".into(),
+                sha256: "ef".repeat(32),
+                policy_version: 3,
+            },
+            "INFO",
+            json!({"event": "config.reloaded", "path": "/etc/qosd.toml",
+                   "sha256": "ef".repeat(32), "policy_version": 3}),
+        ),
+        (
+            ControlEvent::ConfigRejected {
+                path: "/etc/qosd.toml".into(),
+                reason: "config: gateway.workers = 0: expected 1..=64".into(),
+            },
+            "WARN",
+            json!({"event": "config.rejected", "path": "/etc/qosd.toml",
+                   "reason": "config: gateway.workers = 0: expected 1..=64"}),
+        ),
     ]
 }
 
@@ -292,6 +324,7 @@ fn unknown_event_names_and_bad_severity_are_rejected_by_serde() {
 
 #[test]
 fn nothing_is_written_below_info_or_without_a_subscriber() {
+    let _serial = tracing_lock();
     // Without a subscriber `emit` is a no-op (must not panic).
     logs::emit(&ControlEvent::StreamPromoted {
         stream_id: "1".into(),
