@@ -77,7 +77,7 @@ pub use counters::WorkerStats;
 pub use doorbell::Doorbell;
 pub use egress::{DiscardReason, Discarded, Egress, Outbox};
 pub use producer::{ControlError, EnqueueError, Producer, StreamHandle};
-pub use report::{StreamEntry, StreamReport};
+pub use report::{StreamEntry, StreamReport, WindowCounts};
 pub use snapshot::{SnapshotCell, SnapshotReader};
 
 /// What the loom models (`loom-tests/`, DESIGN T5) reach beyond the public API.
@@ -251,6 +251,12 @@ pub struct ShutdownReport {
     /// [`Dataplane::take_histograms`] (`None` for a worker that panicked): with these,
     /// a reader's histograms cover every packet the dataplane scheduled.
     pub histograms: Vec<Option<Box<WorkerHistograms>>>,
+    /// By worker, the stream reports the reader had not received, oldest first,
+    /// ending with one walked at exit over the final counters (empty for a worker
+    /// that panicked, or whose reports were never asked for): with these, the
+    /// report windows ([`StreamReport::rest`], [`StreamEntry::window`]) add up to
+    /// the final counters.
+    pub reports: Vec<Vec<StreamReport>>,
 }
 
 impl ShutdownReport {
@@ -367,7 +373,7 @@ impl<T: Send> Exchange<T> {
 /// histograms, stop). Built by [`Dataplane::builder`].
 pub struct Dataplane<P> {
     shared: sync::Arc<Shared>,
-    threads: Vec<Option<std::thread::JoinHandle<Option<worker::Hists>>>>,
+    threads: Vec<Option<std::thread::JoinHandle<Option<worker::Exit>>>>,
     hists: Vec<Exchange<Hists>>,
     reports: Vec<Exchange<Box<StreamReport>>>,
     events: Vec<rtrb::Consumer<(Event, Option<StreamTag>)>>,
@@ -589,16 +595,32 @@ impl<P: Send + 'static> Dataplane<P> {
         self.shared.stop.store(code, Ordering::Release);
         let mut panic = None;
         let mut histograms = Vec::with_capacity(self.threads.len());
+        let mut reports = Vec::with_capacity(self.threads.len());
         for w in 0..self.threads.len() {
             self.shared.ring(w);
-            let mut last = match self.threads[w].take().map(std::thread::JoinHandle::join) {
-                Some(Ok(h)) => h,
+            let exit = match self.threads[w].take().map(std::thread::JoinHandle::join) {
+                Some(Ok(exit)) => exit,
                 Some(Err(payload)) => {
                     panic.get_or_insert((w, panic_message(payload.as_ref())));
                     None
                 }
                 None => None,
             };
+            let (mut last, late) = match exit {
+                Some(e) => (Some(e.hists), e.reports),
+                None => (None, Vec::new()),
+            };
+            // A report the worker completed that the reader has not collected comes
+            // before the worker's own late ones.
+            let mut mine: Vec<StreamReport> = self
+                .reports
+                .get_mut(w)
+                .and_then(|x| x.from_worker.take())
+                .map(|r| *r)
+                .into_iter()
+                .collect();
+            mine.extend(late);
+            reports.push(mine);
             // A set the worker filled and the reader has not collected yet.
             if let (Some(last), Some(uncollected)) = (
                 last.as_mut(),
@@ -611,6 +633,7 @@ impl<P: Send + 'static> Dataplane<P> {
         let report = ShutdownReport {
             workers: self.stats(),
             histograms,
+            reports,
         };
         match panic {
             None => Ok(report),

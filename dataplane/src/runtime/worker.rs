@@ -21,7 +21,7 @@ use super::doorbell::Doorbell;
 use super::egress::{DiscardReason, Discarded, Egress, Outbox};
 use super::mailbox::{MailboxReceiver, MailboxSender};
 use super::producer::Msg;
-use super::report::StreamReport;
+use super::report::{SLOTS_PER_ITERATION, StreamReport, Windows};
 use super::snapshot::SnapshotReader;
 use super::sync::Arc;
 use super::{Shared, StopMode};
@@ -33,6 +33,16 @@ use crate::sched::{
 
 /// A worker's histograms, moved by exchange (T4).
 pub(crate) type Hists = Box<super::WorkerHistograms>;
+
+/// What a worker thread hands back when it ends.
+pub(crate) struct Exit {
+    /// What its histograms recorded since the last exchange.
+    pub(crate) hists: Hists,
+    /// Stream reports the reader has not received, oldest first: one the mailbox
+    /// could not take, then a final one walked at exit (when the reader ever asked
+    /// for reports), so the report windows add up to the final counters.
+    pub(crate) reports: Vec<StreamReport>,
+}
 
 /// One ring from one producer.
 struct Inbox<P> {
@@ -94,6 +104,10 @@ struct Worker<P, E> {
     report_out: MailboxSender<Box<StreamReport>>,
     /// The stream report being walked, and whether its walk is complete.
     report: Option<(Box<StreamReport>, bool)>,
+    /// The size of the last report asked for (`None`: never asked).
+    report_limit: Option<usize>,
+    /// What the previous report walk saw per slot (report windows).
+    windows: Windows,
     /// Per stream slot: the key it was opened with.
     keys: Vec<u64>,
     /// Per stream slot: packets shed at ingress (degrade).
@@ -136,8 +150,9 @@ struct Progress {
 
 /// The body of a worker thread. Returns when the dataplane stops.
 /// Runs a worker until it stops; returns what its histograms recorded since the last
-/// exchange (so the last interval is not lost at shutdown), `None` if it never started.
-pub(crate) fn run<P: Send + 'static, E: Egress<P>>(parts: WorkerParts<P, E>) -> Option<Hists> {
+/// exchange and its last stream reports (so neither the last interval nor the last
+/// window is lost at shutdown), `None` if it never started.
+pub(crate) fn run<P: Send + 'static, E: Egress<P>>(parts: WorkerParts<P, E>) -> Option<Exit> {
     let pinned = match parts.core {
         Some(core) => core_affinity::set_for_current(core),
         None => false,
@@ -166,7 +181,11 @@ pub(crate) fn run<P: Send + 'static, E: Egress<P>>(parts: WorkerParts<P, E>) -> 
     let _ = started.send(Ok(pinned));
     drop(started);
     w.run();
-    Some(w.final_histograms())
+    let reports = w.final_reports();
+    Some(Exit {
+        hists: w.final_histograms(),
+        reports,
+    })
 }
 
 /// Marks the worker gone when its thread ends, and panicked if it ends by unwinding,
@@ -218,6 +237,8 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             report_in: p.report_in,
             report_out: p.report_out,
             report: None,
+            report_limit: None,
+            windows: Windows::new(p.shared.clock.now_ns()),
             keys: Vec::new(),
             shed: Vec::new(),
             shed_prios: 0,
@@ -279,7 +300,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         let (sent, wait_until) = self.send(now);
         busy |= sent;
         self.exchange_histograms();
-        busy |= self.step_report();
+        busy |= self.step_report(now);
         Progress { busy, wait_until }
     }
 
@@ -426,7 +447,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
                 // (its queue dropped as `closed`), never orphaned.
                 if let Some(old) = self.stream(inbox, local) {
                     self.stats.control_failed += 1;
-                    let _ = self.sched.close(old);
+                    let _ = self.close_stream(old);
                     self.reclaim();
                 }
                 let id = match self.sched.open(config) {
@@ -438,6 +459,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
                         }
                         self.keys[slot] = key;
                         self.shed[slot] = 0;
+                        self.windows.opened(slot);
                         Some(id)
                     }
                     Err(_) => {
@@ -461,7 +483,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             Msg::Close { local } => {
                 self.flush_burst(now);
                 let id = self.stream(inbox, local);
-                if id.is_none_or(|id| self.sched.close(id).is_err()) {
+                if id.is_none_or(|id| self.close_stream(id).is_err()) {
                     self.stats.control_failed += 1;
                 }
                 if let Some(slot) = self.tables[inbox].get_mut(local as usize) {
@@ -504,16 +526,25 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     /// Walks the requested stream report a bounded step further and hands it back
     /// once complete. Returns whether it is still walking (the worker then does not
     /// park).
-    fn step_report(&mut self) -> bool {
+    fn step_report(&mut self, now: u64) -> bool {
         if self.report.is_none()
             && let Some(r) = self.report_in.take()
         {
+            self.report_limit = Some(r.limit());
             self.report = Some((r, false));
         }
         let Some((mut r, done)) = self.report.take() else {
             return false;
         };
-        let done = done || r.step(&self.sched, &self.keys, &self.shed);
+        let done = done
+            || r.step(
+                &self.sched,
+                &self.keys,
+                &self.shed,
+                &mut self.windows,
+                now,
+                SLOTS_PER_ITERATION,
+            );
         if !done {
             self.report = Some((r, false));
             return true;
@@ -568,6 +599,16 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         any
     }
 
+    /// Closes a stream; what it did since the last report walk goes to the next
+    /// report's rest.
+    fn close_stream(&mut self, id: StreamId) -> Result<(), crate::sched::StreamError> {
+        let stats = self.sched.close(id)?;
+        let slot = id.index() as usize;
+        let shed = self.shed.get(slot).copied().unwrap_or(0);
+        self.windows.closed(slot, &stats, shed);
+        Ok(())
+    }
+
     fn discard(&mut self, packet: P, stream: Option<StreamId>, reason: DiscardReason) {
         self.stats.discarded += 1;
         self.egress.discard(Discarded {
@@ -611,6 +652,39 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         self.stats.sent += packets;
         self.stats.sent_bytes += bytes;
         (packets > 0, wait_until)
+    }
+
+    /// At exit: the reports the reader has not received, oldest first, then a final
+    /// one walked whole now (only if the reader ever asked for reports).
+    fn final_reports(&mut self) -> Vec<StreamReport> {
+        let mut out = Vec::new();
+        let walking = match self.report.take() {
+            Some((r, true)) => {
+                out.push(*r);
+                None
+            }
+            Some((r, false)) => Some(r),
+            None => None,
+        };
+        let Some(limit) = self.report_limit else {
+            return out;
+        };
+        let mut r = walking
+            .or_else(|| self.report_in.take())
+            .unwrap_or_else(|| StreamReport::empty(self.index, limit));
+        let now = self.shared.clock.now_ns();
+        r.step(
+            &self.sched,
+            &self.keys,
+            &self.shed,
+            &mut self.windows,
+            now,
+            usize::MAX,
+        );
+        self.refresh_stats();
+        r.stats.clone_from(&self.stats);
+        out.push(*r);
+        out
     }
 
     /// Everything recorded and not yet handed to the reader: the live histograms plus
@@ -923,7 +997,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         }
         for table in std::mem::take(&mut self.tables) {
             for id in table.into_iter().flatten() {
-                let _ = self.sched.close(id);
+                let _ = self.close_stream(id);
             }
         }
         self.reclaim();
