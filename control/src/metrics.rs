@@ -42,7 +42,9 @@ pub struct TopStream {
 }
 
 /// Merges the workers' reports into the `limit` busiest streams overall, busiest
-/// first (ties: lower worker, then lower slot).
+/// first by [`StreamEntry::rank`](qos_dataplane::runtime::StreamEntry::rank): packets
+/// offered in the report window, then over the stream's life (ties: lower worker,
+/// then lower slot).
 pub fn merge_top<'a>(
     reports: impl IntoIterator<Item = &'a StreamReport>,
     limit: usize,
@@ -58,8 +60,8 @@ pub fn merge_top<'a>(
         .collect();
     all.sort_by(|a, b| {
         b.entry
-            .score()
-            .cmp(&a.entry.score())
+            .rank()
+            .cmp(&a.entry.rank())
             .then(a.worker.cmp(&b.worker))
             .then(a.entry.id.index().cmp(&b.entry.id.index()))
     });

@@ -225,8 +225,8 @@ pub(crate) struct State<P> {
     last_tier_bytes: Vec<u64>,
     last_tick_ns: u64,
     tier_mbps: Vec<f64>,
-    last_stream_bytes: std::collections::HashMap<(usize, u32), (u64, u64)>,
-    last_other_drops: [u64; PRIORITIES],
+    /// metrics.db period so far, from the report windows (only with a store).
+    db_period: DbPeriod,
     // health inputs
     last_stalls: Vec<u64>,
     last_ring_full: u64,
@@ -237,6 +237,44 @@ pub(crate) struct State<P> {
     policy_history: std::collections::VecDeque<PolicyRecord>,
     policy_counts: [u64; 2],
     final_report: Option<IntegrityReport>,
+}
+
+/// One stream's report windows summed over the walks in which its worker named it.
+#[derive(Clone, Copy, Debug, Default)]
+struct NamedPeriod {
+    priority: usize,
+    dequeued: u64,
+    dropped: u64,
+    /// The summed window lengths, ns: the time the figures above cover.
+    window_ns: u64,
+}
+
+/// What the workers' report windows add up to since the last metrics.db batch: per
+/// stream for every stream a worker named, and per priority for the rest. A batch
+/// names the busiest streams of the latest reports; what other streams did (named in
+/// an earlier walk of the period, or never) goes to `other`, so the rows of every
+/// batch add up exactly to what the dataplane did in the period.
+#[derive(Debug, Default)]
+struct DbPeriod {
+    named: std::collections::HashMap<(usize, u32), NamedPeriod>,
+    rest_dequeued: [u64; PRIORITIES],
+    rest_dropped: [u64; PRIORITIES],
+}
+
+impl DbPeriod {
+    fn absorb(&mut self, r: &StreamReport) {
+        for e in &r.top {
+            let n = self.named.entry((r.worker, e.id.index())).or_default();
+            n.priority = usize::from(e.stats.priority.get());
+            n.dequeued += e.window.dequeued;
+            n.dropped += e.window.dropped;
+            n.window_ns += r.window_ns;
+        }
+        for (p, x) in r.rest.iter().enumerate() {
+            self.rest_dequeued[p] += x.dequeued;
+            self.rest_dropped[p] += x.dropped;
+        }
+    }
 }
 
 /// Wall-clock milliseconds since the Unix epoch, for records and rows.
@@ -322,8 +360,7 @@ impl<P: Send + 'static> State<P> {
             last_tier_bytes: Vec::new(),
             last_tick_ns: dataplane.now_ns(),
             tier_mbps: Vec::new(),
-            last_stream_bytes: std::collections::HashMap::new(),
-            last_other_drops: [0; PRIORITIES],
+            db_period: DbPeriod::default(),
             last_stalls: vec![0; workers],
             last_ring_full: 0,
             backpressure: std::collections::VecDeque::new(),
@@ -484,7 +521,7 @@ impl<P: Send + 'static> State<P> {
                 .enumerate()
             {
                 if let Some(r) = r {
-                    self.reports[w] = Some(*r);
+                    self.absorb_report(w, *r);
                 }
             }
             self.top = merge_top(self.reports.iter().flatten(), self.config.series_limit);
@@ -493,6 +530,17 @@ impl<P: Send + 'static> State<P> {
         self.dataplane = Some(dp);
         self.tick_hlog(wall, false);
         self.tick_store(now_ns, wall, false);
+    }
+
+    /// A worker's report: its windows go to the metrics.db period, and it becomes the
+    /// worker's latest.
+    fn absorb_report(&mut self, w: usize, r: StreamReport) {
+        if self.store.is_some() {
+            self.db_period.absorb(&r);
+        }
+        if let Some(slot) = self.reports.get_mut(w) {
+            *slot = Some(r);
+        }
     }
 
     fn drain_events(&mut self, dp: &mut Dataplane<P>, wall: SystemTime) {
@@ -794,6 +842,9 @@ impl<P: Send + 'static> State<P> {
     }
 
     /// QoSMetrics rows: one per busiest stream plus one `other` per priority (O2).
+    /// Drops and bandwidth come from the report windows of the period (see
+    /// [`DbPeriod`]): a stream's row counts what it did while its worker named it, and
+    /// `other` everything else, so the rows add up to the period's totals exactly.
     fn metrics_rows(&mut self, ts: i64, elapsed_ns: u64) -> Vec<QosMetricsRow> {
         // NaN (stored as NULL) when a priority sent nothing in the period.
         let p95: Vec<f64> = self
@@ -808,9 +859,9 @@ impl<P: Send + 'static> State<P> {
             })
             .collect();
         let secs = (elapsed_ns as f64 / 1e9).max(1e-9);
-        // Named streams and the `other` rest from the same report instant of each
-        // worker, so a drop is never counted under both.
         let reported = self.reported();
+        // Reports count packets; bandwidth is packets served times the mean packet
+        // size served at the priority.
         let mean_bits: [f64; PRIORITIES] = std::array::from_fn(|p| {
             let (bytes, packets) = reported.iter().fold((0u64, 0u64), |(b, n), w| {
                 (
@@ -824,58 +875,57 @@ impl<P: Send + 'static> State<P> {
                 bytes as f64 * 8.0 / packets as f64
             }
         });
+        let mut period = std::mem::take(&mut self.db_period);
         let mut rows = Vec::with_capacity(self.top.len() + PRIORITIES);
-        let mut named_drops = [0u64; PRIORITIES];
-        let mut named_depth = [0u64; PRIORITIES];
-        let mut seen = std::collections::HashMap::new();
+        let mut named = std::collections::HashSet::new();
         for t in &self.top {
             let s = &t.entry.stats;
             let p = usize::from(s.priority.get());
-            let drops = s.dropped_queue_full
-                + s.dropped_aqm
-                + s.dropped_expired
-                + s.dropped_disconnected
-                + s.dropped_closed
-                + t.entry.shed;
-            named_drops[p] += drops;
-            named_depth[p] += s.queued;
             let key = (t.worker, t.entry.id.index());
-            let served = s.dequeued;
-            // A stream new to the list counts from the start of its life.
-            let (served_before, drops_before) =
-                self.last_stream_bytes.get(&key).copied().unwrap_or((0, 0));
-            seen.insert(key, (served, drops));
+            named.insert(key);
+            let n = period.named.remove(&key).unwrap_or_default();
             rows.push(QosMetricsRow {
                 timestamp_ms: ts,
                 stream_id: t.entry.key.to_string(),
                 priority: s.priority.get(),
                 queue_depth: s.queued,
-                packets_dropped: drops.saturating_sub(drops_before),
-                // The report counts packets; bandwidth is the packets served in the
-                // period times the mean packet size served at its priority.
-                bandwidth_allocated_mbps: served.saturating_sub(served_before) as f64
-                    * mean_bits[p]
-                    / secs
-                    / 1e6,
+                packets_dropped: n.dropped,
+                // The rate over the time its worker named it (its windows).
+                bandwidth_allocated_mbps: if n.window_ns == 0 {
+                    0.0
+                } else {
+                    n.dequeued as f64 * mean_bits[p] * 1e3 / n.window_ns as f64
+                },
                 latency_p95_ms: p95[p],
             });
         }
-        self.last_stream_bytes = seen;
+        // Streams named earlier in the period, or by a worker but not overall.
+        for n in period.named.values() {
+            period.rest_dequeued[n.priority] += n.dequeued;
+            period.rest_dropped[n.priority] += n.dropped;
+        }
+        // Depth of the rest: as the latest walk of each worker saw it.
+        let mut rest_queued = [0u64; PRIORITIES];
+        for r in self.reports.iter().flatten() {
+            for (q, x) in rest_queued.iter_mut().zip(&r.rest_queued) {
+                *q += x;
+            }
+            for e in &r.top {
+                if !named.contains(&(r.worker, e.id.index())) {
+                    rest_queued[usize::from(e.stats.priority.get())] += e.stats.queued;
+                }
+            }
+        }
         for p in 0..PRIORITIES {
-            let drops: u64 = reported
-                .iter()
-                .map(|w| w.priorities[p].dropped_total() + w.shed[p])
-                .sum();
-            let depth: u64 = reported.iter().map(|w| w.priorities[p].queued).sum();
-            let other = drops.saturating_sub(named_drops[p]);
-            let before = std::mem::replace(&mut self.last_other_drops[p], other);
             rows.push(QosMetricsRow {
                 timestamp_ms: ts,
                 stream_id: "other".into(),
                 priority: p as u8,
-                queue_depth: depth.saturating_sub(named_depth[p]),
-                packets_dropped: other.saturating_sub(before),
-                bandwidth_allocated_mbps: 0.0,
+                queue_depth: rest_queued[p],
+                packets_dropped: period.rest_dropped[p],
+                bandwidth_allocated_mbps: period.rest_dequeued[p] as f64 * mean_bits[p]
+                    / secs
+                    / 1e6,
                 latency_p95_ms: p95[p],
             });
         }
@@ -1047,6 +1097,14 @@ impl<P: Send + 'static> State<P> {
         // interval and metrics.db batch.
         if let Some(r) = report {
             self.absorb_histograms(&r.histograms);
+            // The reports the workers handed back at exit: the last windows, and the
+            // named streams as they ended.
+            for (w, late) in r.reports.iter().enumerate() {
+                for x in late {
+                    self.absorb_report(w, x.clone());
+                }
+            }
+            self.top = merge_top(self.reports.iter().flatten(), self.config.series_limit);
         }
         let report = report.map(|r| r.workers.clone());
         if let Some(workers) = report {

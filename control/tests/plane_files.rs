@@ -139,10 +139,13 @@ fn named_drops(text: &str, key: &str) -> u64 {
 }
 
 /// O2: rows written by the running control plane read back through the engine and
-/// the sqlite3 client: the busiest streams under their keys with their priorities, one
-/// `other` row per priority and batch, drops per stream and per priority equal to the
-/// runtime's counters, p95 latency finite where packets were sent and NULL where none
-/// ever were.
+/// the sqlite3 client. Each batch names at most the 3 busiest streams (busiest in the
+/// latest report window, then over their life) under their keys and priorities, plus
+/// one `other` row per priority. The drops of all rows add up exactly to the runtime's
+/// counters, per priority, whichever streams were named when: a stream's row counts
+/// its drops while named, `other` the rest. The last batch (at shutdown) holds what
+/// was drained after the last tick, with the final (zero) depths. p95 latency is
+/// finite where packets were sent and NULL where none ever were.
 #[test]
 fn o2_metrics_db_rows_read_back_with_the_engine_and_sqlite3() {
     let dir = temp_dir("db");
@@ -165,8 +168,7 @@ fn o2_metrics_db_rows_read_back_with_the_engine_and_sqlite3() {
         },
     );
     // (key, priority, worker, phase-1 packets, phase-2 packets). Distinct priorities, so
-    // the runtime's per-priority counters are per-stream counters. Phase 1 ranks them
-    // (score = packets offered) before any drop: 9001..9003 are the three busiest.
+    // the runtime's per-priority counters are per-stream counters.
     let streams: [(u64, u8, usize, u64, u64); 6] = [
         (9001, 7, 0, 3_000, 600),
         (9002, 5, 1, 2_000, 0),
@@ -178,8 +180,6 @@ fn o2_metrics_db_rows_read_back_with_the_engine_and_sqlite3() {
     let mut handles = Vec::new();
     let mut total = 0;
     for &(key, prio, worker, n, _) in &streams {
-        // One at a time, each sent before the next opens: the ranking of the reports
-        // is a prefix of this order at every instant.
         let h = tx
             .open_on(worker, key, StreamConfig::with_priority(prio))
             .unwrap();
@@ -188,24 +188,15 @@ fn o2_metrics_db_rows_read_back_with_the_engine_and_sqlite3() {
         assert_eq!(live(&plane, |w| w.sent), total, "phase 1: no drop");
         handles.push(h);
     }
-    // Settled: /metrics names the three busiest with their final counts, so no
-    // fresher report can rank another stream above them.
-    wait_until("the three busiest named in /metrics", 10, || {
+    // Idle now: every window is empty and the ranking falls back to the streams'
+    // lives, so /metrics names the three largest with their final counts.
+    wait_until("the three largest named in /metrics", 10, || {
         let text = plane.metrics_text();
         streams[..3].iter().all(|&(key, _, _, n, _)| {
             named_counter(&text, "qos_packets_enqueued_total", key) == Some(n)
         })
     });
-    let settled_ms = unix_ms_now();
-    // Phase 2, right after a batch: the egress refuses, queues fill to 100 and the
-    // rest is tail-dropped. The period (500 ms) leaves the stream reports (refreshed
-    // every other 50 ms tick) ample time to show the drops before the next batch: a
-    // batch in between counts a named stream's fresh drops twice, under `other` (from
-    // the live counters) and then under its own id (from its report, which lags).
-    let written = |p: &ControlPlane<u64>| p.status().metrics_db.unwrap().batches_written;
-    let edge = written(&plane);
-    wait_until("a batch", 10, || written(&plane) > edge);
-    let edge = written(&plane);
+    // Phase 2: the egress refuses, queues fill to 100 and the rest is tail-dropped.
     sw.hold.store(true, Ordering::Relaxed);
     for (&(_, _, _, _, n), &h) in streams.iter().zip(&handles) {
         push(&mut tx, h, n);
@@ -215,28 +206,16 @@ fn o2_metrics_db_rows_read_back_with_the_engine_and_sqlite3() {
         w.priorities.iter().map(|p| p.dropped_total()).sum()
     };
     wait_until("phase 2 taken", 20, || live(&plane, |w| w.taken) == total);
-    // 600 pushed on a queue of 100 (plus what the held egress took): >= 468 dropped.
-    wait_until("the stream report showing 9001's drops", 10, || {
-        let p7 = live(&plane, |w| w.priorities[7].dropped_total());
-        p7 >= 468 && named_drops(&plane.metrics_text(), "9001") == p7
-    });
-    assert_eq!(
-        written(&plane),
-        edge,
-        "precondition: the stream reports caught up with the drops within one 500 ms \
-         period (this machine is too slow for this test)"
-    );
+    // At least one batch while the queues are full (depths at 100).
+    let written = |p: &ControlPlane<u64>| p.status().metrics_db.unwrap().batches_written;
+    let edge = written(&plane);
+    wait_until("a batch with full queues", 10, || written(&plane) > edge);
+    let held = live(&plane, |w| w.sent);
     sw.hold.store(false, Ordering::Relaxed);
-    wait_until("every packet sent or dropped", 20, || {
-        live(&plane, |w| w.sent + drops(w)) == total
-    });
-    let dropped_live = live(&plane, drops);
-    // At least two batches after the last drop, so every drop was in a batch written
-    // while the dataplane ran.
-    let before = written(&plane);
-    wait_until("two more batches", 20, || written(&plane) >= before + 2);
+    // Part drains before the shutdown, the rest in it, after the last tick: only
+    // the final batch can show the end state.
+    wait_until("some sent", 20, || live(&plane, |w| w.sent) > held + 10);
     let status = plane.status().metrics_db.unwrap();
-    assert!(status.batches_written >= 2);
     assert_eq!(
         (status.batches_failed, status.batches_dropped),
         (0, 0),
@@ -245,13 +224,9 @@ fn o2_metrics_db_rows_read_back_with_the_engine_and_sqlite3() {
     drop(tx);
     let (report, _) = plane.shutdown(StopMode::Drain).unwrap();
     assert!(report.is_conserved());
-    assert_eq!(report.sent() + dropped_live, total);
     let t1 = unix_ms_now();
-
-    // The packets tail-dropped: each phase-2 push beyond the 100 queued (plus what the
-    // worker had already dequeued into the held egress) was dropped.
     let dropped_total: u64 = (0..8).map(|p| dropped_at(&report, p)).sum();
-    assert_eq!(dropped_total, dropped_live, "no drop after the hold");
+    assert_eq!(report.sent() + dropped_total, total);
     for &(_, prio, _, _, n) in &streams {
         let d = dropped_at(&report, usize::from(prio));
         assert!(d <= n.saturating_sub(100), "p{prio}: {d} dropped of {n}");
@@ -259,6 +234,7 @@ fn o2_metrics_db_rows_read_back_with_the_engine_and_sqlite3() {
     assert!(dropped_at(&report, 7) >= 300, "9001 was tail-dropped");
     assert!(dropped_at(&report, 1) >= 300, "9004 was tail-dropped");
     assert_eq!(dropped_at(&report, 3), 0, "50 fit in 9003's queue");
+    let _ = drops;
 
     // Through the engine.
     let rows = read_rows(&db).unwrap();
@@ -275,43 +251,55 @@ fn o2_metrics_db_rows_read_back_with_the_engine_and_sqlite3() {
             .all(|w| w[0].timestamp_ms <= w[1].timestamp_ms),
         "rows in time order"
     );
-    for &(key, prio, ..) in &streams {
-        let k = key.to_string();
-        let mine: Vec<_> = rows.iter().filter(|r| r.stream_id == k).collect();
-        assert!(mine.iter().all(|r| r.priority == prio), "{key}: {mine:?}");
-        // Once every worker's report showed the final ranking, only the three busiest
-        // are named. (Before that a batch may name others: reports lag.)
-        let late = mine.iter().filter(|r| r.timestamp_ms > settled_ms).count();
-        if key <= 9003 {
-            assert!(late >= 3, "{key}: {late} rows after the ranking settled");
-        } else {
-            assert_eq!(late, 0, "{key} is not among the 3 busiest: {mine:?}");
+    let mut batches: BTreeMap<i64, Vec<&qos_control::store::QosMetricsRow>> = BTreeMap::new();
+    for r in &rows {
+        batches.entry(r.timestamp_ms).or_default().push(r);
+    }
+    // At least the one with full queues and the final one.
+    assert!(batches.len() >= 2, "{} batches", batches.len());
+    for (ts, b) in &batches {
+        let named: Vec<_> = b.iter().filter(|r| r.stream_id != "other").collect();
+        assert!(named.len() <= 3, "batch at {ts}: {named:?}");
+        let mut other: Vec<u8> = b
+            .iter()
+            .filter(|r| r.stream_id == "other")
+            .map(|r| r.priority)
+            .collect();
+        other.sort_unstable();
+        assert_eq!(
+            other,
+            (0..8).collect::<Vec<u8>>(),
+            "batch at {ts}: one other per priority"
+        );
+        for r in &named {
+            let s = streams
+                .iter()
+                .find(|s| s.0.to_string() == r.stream_id)
+                .unwrap_or_else(|| panic!("unknown stream {r:?}"));
+            assert_eq!(r.priority, s.1, "{r:?}");
         }
     }
-    let mut named_per_batch: BTreeMap<i64, Vec<&str>> = BTreeMap::new();
-    for r in rows.iter().filter(|r| r.timestamp_ms > settled_ms) {
-        named_per_batch.entry(r.timestamp_ms).or_default();
-        if r.stream_id != "other" {
-            named_per_batch
-                .get_mut(&r.timestamp_ms)
-                .unwrap()
-                .push(r.stream_id.as_str());
-        }
-    }
-    assert!(named_per_batch.len() >= 3, "{named_per_batch:?}");
-    for (ts, mut named) in named_per_batch {
-        named.sort_unstable();
-        assert_eq!(named, ["9001", "9002", "9003"], "batch at {ts}");
-    }
-    // One `other` row per priority per batch written with the dataplane running.
-    let mut others = [0usize; 8];
-    for r in rows.iter().filter(|r| r.stream_id == "other") {
-        others[usize::from(r.priority)] += 1;
-    }
-    assert!(others.iter().all(|&n| n >= 2), "{others:?}");
-    assert!(others.iter().all(|&n| n == others[0]), "{others:?}");
-    // Drops: per named stream = its priority's counter; `other` per priority = the
-    // counter of the unnamed streams there; everything = the runtime's total.
+    // A batch saw the full queues: 9001's depth at 100.
+    assert!(
+        rows.iter()
+            .any(|r| r.stream_id == "9001" && r.queue_depth == 100),
+        "no batch saw 9001's full queue"
+    );
+    // The final batch: drained, every depth zero; 9001, 9002, 9003 named (the
+    // largest, all idle at the end).
+    let (_, last) = batches.iter().next_back().unwrap();
+    assert!(
+        last.iter().all(|r| r.queue_depth == 0),
+        "final depths: {last:?}"
+    );
+    let mut last_named: Vec<&str> = last
+        .iter()
+        .filter(|r| r.stream_id != "other")
+        .map(|r| r.stream_id.as_str())
+        .collect();
+    last_named.sort_unstable();
+    assert_eq!(last_named, ["9001", "9002", "9003"]);
+    // Drops: the rows of each priority add up to the runtime's counter exactly.
     let mut by_id_prio: BTreeMap<(String, u8), u64> = BTreeMap::new();
     for r in &rows {
         *by_id_prio
@@ -319,21 +307,24 @@ fn o2_metrics_db_rows_read_back_with_the_engine_and_sqlite3() {
             .or_default() += r.packets_dropped;
     }
     for p in 0..8u8 {
-        let named_p: u64 = by_id_prio
+        let all_p: u64 = by_id_prio
             .iter()
-            .filter(|((id, q), _)| *q == p && id != "other")
+            .filter(|((_, q), _)| *q == p)
             .map(|(_, d)| d)
             .sum();
-        let other_p = by_id_prio
-            .get(&("other".to_string(), p))
-            .copied()
-            .unwrap_or(0);
-        let want = dropped_at(&report, usize::from(p));
-        assert_eq!(named_p + other_p, want, "p{p}: rows {by_id_prio:?}");
-        if let Some(&(key, ..)) = streams.iter().find(|s| s.1 == p && s.0 <= 9003) {
-            assert_eq!((named_p, other_p), (want, 0), "p{p} is stream {key}");
-        }
+        assert_eq!(
+            all_p,
+            dropped_at(&report, usize::from(p)),
+            "p{p}: rows {by_id_prio:?}"
+        );
     }
+    // 9001 is the busiest in every window it dropped in, so named in every walk: all
+    // its drops are under its own id.
+    assert_eq!(
+        by_id_prio.get(&("9001".to_string(), 7)).copied(),
+        Some(dropped_at(&report, 7)),
+        "{by_id_prio:?}"
+    );
     let rows_dropped: u64 = rows.iter().map(|r| r.packets_dropped).sum();
     assert_eq!(rows_dropped, dropped_total);
     // p95: finite where packets were sent in the period, NULL (NaN) where never.

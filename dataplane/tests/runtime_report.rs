@@ -370,10 +370,25 @@ fn o2_report_windows_add_up_to_the_final_counters_as_the_named_set_changes() {
         tx.close(handles[victim]).unwrap();
         closed += 1;
         handles[victim] = open(&mut tx, 40 + phase);
+        let before = got[(phase % 2) as usize].len();
         for _ in 0..8 {
             collect(&mut dp, &mut got);
             std::thread::sleep(Duration::from_millis(15));
         }
+        // The busiest of the window are this phase's busy streams (all on worker
+        // phase % 2), not the streams with the longest lives. A victim's replacement
+        // is idle; the victim may be named before its close.
+        let busy = |key: u64| key < 1_040 && (key - 1_000) % 6 == phase;
+        assert!(
+            got[(phase % 2) as usize][before..]
+                .iter()
+                .any(|r| r.top.len() == 3 && r.top.iter().all(|e| busy(e.key))),
+            "phase {phase}: no report named only this phase's streams: {:?}",
+            got[(phase % 2) as usize][before..]
+                .iter()
+                .map(|r| r.top.iter().map(|e| e.key).collect::<Vec<_>>())
+                .collect::<Vec<_>>()
+        );
     }
     drop(tx);
     let report = dp.shutdown(StopMode::Discard).unwrap();

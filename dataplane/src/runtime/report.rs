@@ -178,7 +178,7 @@ impl PartialOrd for Ranked {
 /// The busiest streams of one worker, at most `limit` of them, busiest first once
 /// complete; plus how many streams the worker had open. The rest of the worker's
 /// traffic is its totals ([`WorkerStats`](super::WorkerStats)) minus these.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct StreamReport {
     /// The worker.
     pub worker: usize,
