@@ -4,7 +4,7 @@
 //! | route | answer |
 //! | --- | --- |
 //! | `GET /metrics` | Prometheus text 0.0.4 (O1); OpenMetrics 1.0 when the `Accept` header asks for `application/openmetrics-text` |
-//! | `GET /healthz` | `{"state": ...}`; 200 for NORMAL and DEGRADED (serving), 503 for SAFE and UNKNOWN |
+//! | `GET /healthz` | `{"state": ..., "healthy": ..., "warnings": [...]}`; 200 for NORMAL and DEGRADED (serving), 503 for SAFE and UNKNOWN; `warnings` names a failing metrics.db or audit log |
 //! | `GET /status` | policy version per worker, shard sizes, health, audit head, store state |
 //! | `GET /integrity` | the integrity report (O6) |
 //! | `POST /policy` | a policy document (TOML or JSON) in the body, its detached ed25519 signature (base64) in `X-Qos-Signature`; 200 applied or no-op, 400 invalid, 403 signature, 409 stale or conflicting version, 413 too large |
@@ -183,19 +183,26 @@ async fn route<P: Send + 'static>(
             }
         }
         (&Method::GET, "/healthz") => {
-            let st = lock(state).health_state();
+            let (st, warnings) = {
+                let guard = lock(state);
+                (guard.health_state(), guard.warnings())
+            };
             let code =
                 StatusCode::from_u16(st.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             #[derive(Serialize)]
             struct Health {
                 state: crate::health::HealthState,
                 healthy: bool,
+                /// A failing metrics.db or audit log: reported, but the dataplane
+                /// serves on (the status code follows the dataplane's health only).
+                warnings: Vec<String>,
             }
             json(
                 code,
                 &Health {
                     state: st,
                     healthy: st.is_healthy(),
+                    warnings,
                 },
             )
         }

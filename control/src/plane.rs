@@ -995,6 +995,24 @@ impl<P: Send + 'static> State<P> {
         self.health.state()
     }
 
+    /// What fails beside the dataplane (metrics.db, the audit log): reported by
+    /// `/status` and `/healthz`, never a reason to shed traffic.
+    pub(crate) fn warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(s) = self.store.as_ref() {
+            let st = s.status();
+            if !st.healthy
+                && let Some(e) = &st.last_error
+            {
+                warnings.push(format!("metrics.db failing: {e}"));
+            }
+        }
+        if let Some(e) = &self.audit_error {
+            warnings.push(format!("audit log failing: {e}"));
+        }
+        warnings
+    }
+
     pub(crate) fn status(&self) -> Status {
         let (versions, queued, ages, shed) = match self.dataplane.as_ref() {
             Some(dp) => {
@@ -1031,15 +1049,7 @@ impl<P: Send + 'static> State<P> {
                 },
             }
         });
-        let mut warnings = Vec::new();
-        if let Some(s) = &store
-            && let Some(e) = &s.last_error
-        {
-            warnings.push(format!("metrics.db failing: {e}"));
-        }
-        if let Some(e) = &self.audit_error {
-            warnings.push(format!("audit log failing: {e}"));
-        }
+        let warnings = self.warnings();
         Status {
             health: self.health.state(),
             policy_version: self.gate.running_version(),

@@ -106,6 +106,23 @@ fn dequeued_at(report: &ShutdownReport, p: usize) -> u64 {
         .sum()
 }
 
+/// A plain HTTP/1.1 GET on loopback; (status, body).
+fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw[9..12].parse().unwrap();
+    let body = raw.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
+}
+
 /// The value of the unlabelled-or-labelled sample `line_prefix` in an exposition.
 fn sample(text: &str, line_prefix: &str) -> Option<f64> {
     text.lines()
@@ -599,6 +616,19 @@ fn o2_a_failing_store_is_reported_and_the_dataplane_is_not_disturbed() {
             .any(|w| w.contains("metrics.db") && w.contains(&shown)),
         "{:?}",
         status.warnings
+    );
+    // /healthz names it too, and stays 200: a failing store sheds nothing.
+    let (code, body) = get(plane.addr(), "/healthz");
+    assert_eq!(code, 200, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["state"], "NORMAL", "{body}");
+    assert!(
+        health["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("metrics.db failing")),
+        "{body}"
     );
     let text = plane.metrics_text();
     let failed = sample(&text, "qos_metrics_db_batches_total{outcome=\"failed\"}")
