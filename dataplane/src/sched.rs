@@ -46,6 +46,7 @@ mod aging;
 mod codel;
 mod events;
 mod hot;
+mod hugepage;
 mod lifecycle;
 pub mod policy;
 mod pool;
@@ -207,6 +208,7 @@ impl<P> Scheduler<P> {
         streams
             .try_reserve_exact(config.max_streams as usize)
             .map_err(|_| too_big("max_streams", config.max_streams))?;
+        hugepage::advise(&streams);
         let pool = Pool::try_with_capacity(config.max_packets)
             .ok_or_else(|| too_big("max_packets", config.max_packets))?;
         let events = EventQueue::try_with_capacity(config.event_capacity as usize)

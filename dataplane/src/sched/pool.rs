@@ -45,6 +45,7 @@ impl<P> Pool<P> {
     pub(crate) fn try_with_capacity(capacity: u32) -> Option<Self> {
         let mut descs = Vec::new();
         descs.try_reserve_exact(capacity as usize).ok()?;
+        super::hugepage::advise(&descs);
         Some(Self {
             descs,
             free: NIL,
