@@ -76,9 +76,13 @@ pub struct TierGauge {
     pub name: String,
     /// Configured share, percent.
     pub share_percent: u8,
-    /// Bandwidth the tier was served over the last control tick, Mbit/s: its
-    /// allocation after idle tiers' shares were redistributed.
+    /// The tier's allocation of the link, Mbit/s: its share after the shares of
+    /// tiers that ask for less were redistributed (the dataplane's link sharing, T6).
+    /// Without a link rate in the policy there is nothing to allocate: then it is the
+    /// served rate.
     pub allocated_mbps: f64,
+    /// Bandwidth the tier was served over the last control tick, Mbit/s.
+    pub served_mbps: f64,
 }
 
 /// Everything one scrape exports, gathered by the control thread.
@@ -326,10 +330,20 @@ impl Collector for Snapshot {
         family(
             &mut enc,
             "qos_bandwidth_allocated_mbps",
-            "Bandwidth each tier was served over the last control tick, Mbit/s (its allocation after idle tiers' shares were redistributed).",
+            "Each tier's allocation of the link, Mbit/s, after the shares of tiers asking for less were redistributed (the served rate when the policy sets no link rate).",
             s.tiers
                 .iter()
                 .map(|t| (vec![("priority_tier", t.name.clone())], t.allocated_mbps)),
+            gauge_f,
+            MetricType::Gauge,
+        )?;
+        family(
+            &mut enc,
+            "qos_bandwidth_served_mbps",
+            "Bandwidth each tier was served over the last control tick, Mbit/s.",
+            s.tiers
+                .iter()
+                .map(|t| (vec![("priority_tier", t.name.clone())], t.served_mbps)),
             gauge_f,
             MetricType::Gauge,
         )?;

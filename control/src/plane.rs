@@ -225,6 +225,8 @@ pub(crate) struct State<P> {
     last_tier_bytes: Vec<u64>,
     last_tick_ns: u64,
     tier_mbps: Vec<f64>,
+    /// Per tier, the link's allocation (T6) in Mbit/s; empty without a link rate.
+    tier_alloc_mbps: Vec<f64>,
     /// metrics.db period so far, from the report windows (only with a store).
     db_period: DbPeriod,
     // health inputs
@@ -360,6 +362,7 @@ impl<P: Send + 'static> State<P> {
             last_tier_bytes: Vec::new(),
             last_tick_ns: dataplane.now_ns(),
             tier_mbps: Vec::new(),
+            tier_alloc_mbps: Vec::new(),
             db_period: DbPeriod::default(),
             last_stalls: vec![0; workers],
             last_ring_full: 0,
@@ -765,6 +768,19 @@ impl<P: Send + 'static> State<P> {
         } else {
             self.tier_mbps = vec![0.0; tiers];
         }
+        // Every worker computes the same allocation from the same demand board; the
+        // one pacing the most link computed it most recently (an idle worker stops).
+        self.tier_alloc_mbps = stats
+            .iter()
+            .filter(|s| s.link_rate_bps > 0)
+            .max_by_key(|s| s.link_rate_bps)
+            .map(|s| {
+                s.tier_alloc_bps[..tiers.min(s.tier_alloc_bps.len())]
+                    .iter()
+                    .map(|&b| b as f64 / 1e6)
+                    .collect()
+            })
+            .unwrap_or_default();
         self.last_tier_bytes = bytes;
         self.last_tick_ns = now_ns;
     }
@@ -958,7 +974,13 @@ impl<P: Send + 'static> State<P> {
                     .map(|(i, t)| TierGauge {
                         name: t.name.clone(),
                         share_percent: t.share_percent,
-                        allocated_mbps: self.tier_mbps.get(i).copied().unwrap_or(0.0),
+                        allocated_mbps: self
+                            .tier_alloc_mbps
+                            .get(i)
+                            .or_else(|| self.tier_mbps.get(i))
+                            .copied()
+                            .unwrap_or(0.0),
+                        served_mbps: self.tier_mbps.get(i).copied().unwrap_or(0.0),
                     })
                     .collect();
                 (stats, ages, dp.ring_full_events(), tiers)

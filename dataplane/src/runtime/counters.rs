@@ -53,6 +53,12 @@ pub struct WorkerStats {
     pub shm_rejected: u64,
     /// Link rate the worker paces to under link sharing (T6), in bit/s (0: no link).
     pub link_rate_bps: u64,
+    /// The whole link's allocation per tier (index = tier of the running policy) as
+    /// this worker last computed it under link sharing (T6), bit/s: each tier's share
+    /// after the shares of tiers that ask for less were handed to the others (water
+    /// filling over every worker's demand), plus its share of what no tier asked for.
+    /// They add up to the link rate; all zero without a link rate.
+    pub tier_alloc_bps: [u64; MAX_TIERS],
     /// The scheduler's counters (per priority totals, refusals, queue state).
     pub shard: ShardStats,
     /// Per-priority counters of the scheduler.
@@ -104,7 +110,7 @@ impl Gauge {
 const PRIO_FIELDS: usize = 12 + DropReason::COUNT;
 const SCALARS: usize = 19;
 const SHARD_FIELDS: usize = 5 + RefuseReason::COUNT;
-const WORDS: usize = SCALARS + SHARD_FIELDS + PRIORITIES * PRIO_FIELDS + MAX_TIERS + 1;
+const WORDS: usize = SCALARS + SHARD_FIELDS + PRIORITIES * PRIO_FIELDS + 2 * MAX_TIERS + 1;
 
 /// The published words of one worker. `pub` only so that the loom models reach it
 /// (`runtime::loom_access`, under `--cfg qos_loom`); the API exposes [`WorkerStats`].
@@ -204,6 +210,7 @@ fn encode(s: &WorkerStats, w: &mut [u64; WORDS]) {
         words.into_iter().for_each(&mut put);
     }
     s.tier_bytes.into_iter().for_each(&mut put);
+    s.tier_alloc_bps.into_iter().for_each(&mut put);
 }
 
 fn prio_words(p: &PriorityStats) -> [u64; PRIO_FIELDS] {
@@ -293,6 +300,9 @@ fn decode(w: &[u64; WORDS]) -> WorkerStats {
     for b in s.tier_bytes.iter_mut() {
         *b = get();
     }
+    for b in s.tier_alloc_bps.iter_mut() {
+        *b = get();
+    }
     s
 }
 
@@ -355,6 +365,7 @@ mod tests {
         }
         s.shard.totals = totals;
         s.tier_bytes = std::array::from_fn(|_| next());
+        s.tier_alloc_bps = std::array::from_fn(|_| next());
         s.shed = std::array::from_fn(|_| next());
         let c = Counters::new();
         c.publish(&s);

@@ -126,6 +126,10 @@ pub(crate) struct Scratch {
     caps: Vec<u64>,
     ones: Vec<u64>,
     split: Vec<u64>,
+    /// The last `allocate`'s allocation of the whole link per tier, bit/s: each tier's
+    /// water-filled part of its demand plus its policy share of what no tier asked
+    /// for. The tiers' allocations add up to the link rate.
+    pub(crate) tier_alloc: [u64; MAX_TIERS],
 }
 
 impl Scratch {
@@ -136,6 +140,7 @@ impl Scratch {
             caps: vec![0; workers],
             ones: vec![1; workers],
             split: vec![0; workers],
+            tier_alloc: [0; MAX_TIERS],
         }
     }
 }
@@ -221,7 +226,21 @@ pub(crate) fn allocate(
         caps,
         ones,
         split,
+        tier_alloc: alloc_out,
     } = scratch;
+    // What no tier asked for goes to every tier by its share; the rounding rest to the
+    // first, so the allocations add up to the link exactly.
+    let spare = link_bps - used.min(link_bps);
+    let mut handed = 0u64;
+    *alloc_out = [0; MAX_TIERS];
+    for t in 0..tiers {
+        let part = (u128::from(spare) * u128::from(shares[t]) / total_share) as u64;
+        alloc_out[t] = tier_alloc[t].saturating_add(part);
+        handed = handed.saturating_add(alloc_out[t]);
+    }
+    if tiers > 0 {
+        alloc_out[0] = alloc_out[0].saturating_add(link_bps.saturating_sub(handed));
+    }
     for t in 0..tiers {
         for (c, d) in caps.iter_mut().zip(demands) {
             *c = d[t];
@@ -273,6 +292,60 @@ mod tests {
         // with no demand here keeps its floor (a quarter of 15% of half the link).
         assert_eq!(r0, w0[..2].iter().sum::<u64>());
         assert_eq!(w0[2], G / 2 * 15 / 100 / 4);
+    }
+
+    /// The exported allocation per tier (`qos_bandwidth_allocated_mbps`): the link's
+    /// shares after idle or light tiers' parts went to the others, adding up to the
+    /// link; the same on every worker.
+    #[test]
+    fn t6_tier_allocation_redistributes_what_a_tier_does_not_ask_for() {
+        let shares = [25, 60, 15];
+        let mut sc = Scratch::new(2);
+        // Everyone saturated: the policy's shares.
+        allocate(
+            G,
+            &shares,
+            &[row(&[INF, INF, INF]), row(&[INF, INF, INF])],
+            0,
+            &mut sc,
+        );
+        assert_eq!(sc.tier_alloc[..3], [G / 4, 6 * G / 10, 15 * G / 100]);
+        // High idle everywhere: Medium and Low split the link 60:15.
+        allocate(
+            G,
+            &shares,
+            &[row(&[0, INF, INF]), row(&[0, INF, 0])],
+            1,
+            &mut sc,
+        );
+        assert_eq!(sc.tier_alloc[..3], [0, 8 * G / 10, 2 * G / 10]);
+        // High asks for 10%: it gets that, the rest splits 60:15.
+        allocate(
+            G,
+            &shares,
+            &[row(&[G / 10, INF, INF]), row(&[0, 0, 0])],
+            0,
+            &mut sc,
+        );
+        assert_eq!(sc.tier_alloc[..3], [G / 10, 72 * G / 100, 18 * G / 100]);
+        // Nobody asks for all of it: each gets its demand plus its share of the rest.
+        allocate(
+            G,
+            &shares,
+            &[row(&[G / 10, G / 10, 0]), row(&[0, 0, 0])],
+            1,
+            &mut sc,
+        );
+        let spare = G - 2 * G / 10;
+        assert_eq!(
+            sc.tier_alloc[..3],
+            [
+                G / 10 + spare / 4,
+                G / 10 + spare * 6 / 10,
+                spare * 15 / 100
+            ]
+        );
+        assert_eq!(sc.tier_alloc.iter().sum::<u64>(), G);
     }
 
     #[test]

@@ -759,6 +759,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
                 self.shared.link.ledger.release(st.mine);
                 self.shared.workers[self.index].set_granted(0);
                 self.stats.link_rate_bps = 0;
+                self.stats.tier_alloc_bps = [0; MAX_TIERS];
             }
             return now;
         };
@@ -795,6 +796,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             &mut st.scratch,
         );
         st.weights = weights;
+        self.stats.tier_alloc_bps = st.scratch.tier_alloc;
         self.move_rate(
             target,
             link.rate_bps,
