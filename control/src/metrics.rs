@@ -42,31 +42,36 @@ pub struct TopStream {
 }
 
 /// Merges the workers' reports into the `limit` busiest streams overall, busiest
-/// first by [`StreamEntry::rank`](qos_dataplane::runtime::StreamEntry::rank): packets
-/// offered in the report window, then over the stream's life (ties: lower worker,
-/// then lower slot).
+/// first: by packets offered per second over each report's window (the workers'
+/// windows differ in length: a worker may answer late), then by packets offered over
+/// the stream's life (ties: lower worker, then lower slot).
 pub fn merge_top<'a>(
     reports: impl IntoIterator<Item = &'a StreamReport>,
     limit: usize,
 ) -> Vec<TopStream> {
-    let mut all: Vec<TopStream> = reports
+    let mut all: Vec<((u128, u64), TopStream)> = reports
         .into_iter()
         .flat_map(|r| {
-            r.top.iter().map(move |&entry| TopStream {
-                worker: r.worker,
-                entry,
+            let window_ns = u128::from(r.window_ns.max(1));
+            r.top.iter().map(move |&entry| {
+                let rate = u128::from(entry.window.offered) * 1_000_000_000 / window_ns;
+                (
+                    (rate, entry.score()),
+                    TopStream {
+                        worker: r.worker,
+                        entry,
+                    },
+                )
             })
         })
         .collect();
-    all.sort_by(|a, b| {
-        b.entry
-            .rank()
-            .cmp(&a.entry.rank())
+    all.sort_by(|(ra, a), (rb, b)| {
+        rb.cmp(ra)
             .then(a.worker.cmp(&b.worker))
             .then(a.entry.id.index().cmp(&b.entry.id.index()))
     });
     all.truncate(limit);
-    all
+    all.into_iter().map(|(_, t)| t).collect()
 }
 
 /// A tier as exported.

@@ -244,7 +244,6 @@ pub(crate) struct State<P> {
 /// One stream's report windows summed over the walks in which its worker named it.
 #[derive(Clone, Copy, Debug, Default)]
 struct NamedPeriod {
-    priority: usize,
     dequeued: u64,
     dropped: u64,
     /// The summed window lengths, ns: the time the figures above cover.
@@ -252,13 +251,15 @@ struct NamedPeriod {
 }
 
 /// What the workers' report windows add up to since the last metrics.db batch: per
-/// stream for every stream a worker named, and per priority for the rest. A batch
+/// stream (worker, full stream id with its generation, and priority: a reused slot or
+/// a changed priority is another entry) for every stream a worker named, and per
+/// priority for the rest. A batch
 /// names the busiest streams of the latest reports; what other streams did (named in
 /// an earlier walk of the period, or never) goes to `other`, so the rows of every
 /// batch add up exactly to what the dataplane did in the period.
 #[derive(Debug, Default)]
 struct DbPeriod {
-    named: std::collections::HashMap<(usize, u32), NamedPeriod>,
+    named: std::collections::HashMap<(usize, u64, usize), NamedPeriod>,
     rest_dequeued: [u64; PRIORITIES],
     rest_dropped: [u64; PRIORITIES],
 }
@@ -266,8 +267,8 @@ struct DbPeriod {
 impl DbPeriod {
     fn absorb(&mut self, r: &StreamReport) {
         for e in &r.top {
-            let n = self.named.entry((r.worker, e.id.index())).or_default();
-            n.priority = usize::from(e.stats.priority.get());
+            let p = usize::from(e.stats.priority.get());
+            let n = self.named.entry((r.worker, e.id.to_raw(), p)).or_default();
             n.dequeued += e.window.dequeued;
             n.dropped += e.window.dropped;
             n.window_ns += r.window_ns;
@@ -391,7 +392,11 @@ impl<P: Send + 'static> State<P> {
         emit(event);
         if let Some(audit) = self.audit.as_mut() {
             match audit.append(event) {
-                Ok(_) => self.audit_counts[0] += 1,
+                Ok(_) => {
+                    self.audit_counts[0] += 1;
+                    // Written again: the failure is over (and leaves `/healthz`).
+                    self.audit_error = None;
+                }
                 Err(e) => {
                     self.audit_counts[1] += 1;
                     let msg = e.to_string();
@@ -897,7 +902,7 @@ impl<P: Send + 'static> State<P> {
         for t in &self.top {
             let s = &t.entry.stats;
             let p = usize::from(s.priority.get());
-            let key = (t.worker, t.entry.id.index());
+            let key = (t.worker, t.entry.id.to_raw(), p);
             named.insert(key);
             let n = period.named.remove(&key).unwrap_or_default();
             rows.push(QosMetricsRow {
@@ -916,9 +921,9 @@ impl<P: Send + 'static> State<P> {
             });
         }
         // Streams named earlier in the period, or by a worker but not overall.
-        for n in period.named.values() {
-            period.rest_dequeued[n.priority] += n.dequeued;
-            period.rest_dropped[n.priority] += n.dropped;
+        for (&(_, _, p), n) in &period.named {
+            period.rest_dequeued[p] += n.dequeued;
+            period.rest_dropped[p] += n.dropped;
         }
         // Depth of the rest: as the latest walk of each worker saw it.
         let mut rest_queued = [0u64; PRIORITIES];
@@ -927,8 +932,9 @@ impl<P: Send + 'static> State<P> {
                 *q += x;
             }
             for e in &r.top {
-                if !named.contains(&(r.worker, e.id.index())) {
-                    rest_queued[usize::from(e.stats.priority.get())] += e.stats.queued;
+                let p = usize::from(e.stats.priority.get());
+                if !named.contains(&(r.worker, e.id.to_raw(), p)) {
+                    rest_queued[p] += e.stats.queued;
                 }
             }
         }
@@ -1117,8 +1123,14 @@ impl<P: Send + 'static> State<P> {
         let Some(dp) = self.dataplane.take() else {
             return Err(ControlError::Thread("dataplane already stopped".into()));
         };
+        // The dataplane's clock goes with it: its time at the end is the time now
+        // plus what the shutdown (the drain) took.
+        let (before_ns, before_wall) = (dp.now_ns(), wall_now());
         let result = dp.shutdown(mode);
         let wall = wall_now();
+        let end_ns = before_ns.saturating_add(ns(wall
+            .duration_since(before_wall)
+            .unwrap_or(Duration::ZERO)));
         let report = match &result {
             Ok(r) => Some(r),
             Err(RuntimeError::WorkerPanicked { report, .. }) => Some(&**report),
@@ -1143,7 +1155,7 @@ impl<P: Send + 'static> State<P> {
             self.final_report = Some(self.integrity_from(&workers, true));
         }
         self.tick_hlog(wall, true);
-        self.tick_store(u64::MAX, wall, true);
+        self.tick_store(end_ns, wall, true);
         if let Some(store) = self.store.take() {
             let _ = store.stop(Duration::from_secs(5));
         }

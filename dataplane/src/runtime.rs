@@ -252,10 +252,11 @@ pub struct ShutdownReport {
     /// a reader's histograms cover every packet the dataplane scheduled.
     pub histograms: Vec<Option<Box<WorkerHistograms>>>,
     /// By worker, the stream reports the reader had not received, oldest first,
-    /// ending with one walked at exit over the final counters (empty for a worker
-    /// that panicked, or whose reports were never asked for): with these, the
-    /// report windows ([`StreamReport::rest`], [`StreamEntry::window`]) add up to
-    /// the final counters.
+    /// ending with one walked at exit over the final counters (none walked at exit
+    /// for a worker that panicked, or whose reports were never asked for): with
+    /// these, the report windows ([`StreamReport::rest`], [`StreamEntry::window`])
+    /// add up to the final counters. After a worker panicked they do not: what it did
+    /// since its last report is lost with it.
     pub reports: Vec<Vec<StreamReport>>,
 }
 
@@ -517,7 +518,10 @@ impl<P: Send + 'static> Dataplane<P> {
     }
 
     /// Per-stream report of every worker (O1, O6): its `limit` busiest streams (by
-    /// packets offered) with their counters and keys, and its open stream count. Each
+    /// packets offered since its previous report, then over their lives) with their
+    /// counters, windows and keys, the windows of the rest per priority, and its open
+    /// stream count. Collect every report a call returns: the windows add up only over
+    /// all of them (and those of [`ShutdownReport::reports`]). Each
     /// worker walks its table 1,024 slots per loop iteration, so this costs a worker
     /// little even at a million streams; waits at most `timeout` (a worker still
     /// walking gives `None`, and its report comes with a later call).

@@ -136,11 +136,24 @@ impl Windows {
     /// The stream in `slot` closed with these final counters: what it did since the
     /// last walk passed it goes to its priority's rest.
     pub(crate) fn closed(&mut self, slot: usize, stats: &StreamStats, shed: u64) {
+        self.settle(slot, stats, shed, WindowCounts::default());
+    }
+
+    /// The stream in `slot` is about to change priority; these are its counters under
+    /// the old one. What it did since the last walk passed it goes to the old
+    /// priority's rest (where the worker's counters booked it), and its window starts
+    /// again under the new one.
+    pub(crate) fn moved(&mut self, slot: usize, stats: &StreamStats, shed: u64) {
+        self.settle(slot, stats, shed, WindowCounts::life(stats, shed));
+    }
+
+    fn settle(&mut self, slot: usize, stats: &StreamStats, shed: u64, next: WindowCounts) {
         let mut w = WindowCounts::life(stats, shed);
-        if let Some(seen) = self.seen.get_mut(slot) {
-            w.sub(seen);
-            *seen = WindowCounts::default();
+        if self.seen.len() <= slot {
+            self.seen.resize(slot + 1, WindowCounts::default());
         }
+        w.sub(&self.seen[slot]);
+        self.seen[slot] = next;
         self.closed[stats.priority.index()].add(&w);
     }
 
@@ -176,8 +189,9 @@ impl PartialOrd for Ranked {
 }
 
 /// The busiest streams of one worker, at most `limit` of them, busiest first once
-/// complete; plus how many streams the worker had open. The rest of the worker's
-/// traffic is its totals ([`WorkerStats`](super::WorkerStats)) minus these.
+/// complete; plus how many streams the worker had open. Over the streams' lives, the
+/// rest of the worker's traffic is its totals ([`WorkerStats`](super::WorkerStats))
+/// minus these; over the report's window it is [`StreamReport::rest`].
 #[derive(Clone, Debug)]
 pub struct StreamReport {
     /// The worker.

@@ -476,8 +476,17 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             Msg::Update { local, config } => {
                 self.flush_burst(now);
                 let id = self.stream(inbox, local);
+                let before = id.and_then(|id| self.sched.stream_stats(id));
                 if id.is_none_or(|id| self.sched.update(id, config).is_err()) {
                     self.stats.control_failed += 1;
+                } else if let (Some(id), Some(before)) = (id, before)
+                    && self.sched.stream_priority(id) != Some(before.priority)
+                {
+                    // The worker's counters booked what came before under the old
+                    // priority: so must the report windows.
+                    let slot = id.index() as usize;
+                    let shed = self.shed.get(slot).copied().unwrap_or(0);
+                    self.windows.moved(slot, &before, shed);
                 }
             }
             Msg::Close { local } => {
@@ -655,24 +664,34 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     }
 
     /// At exit: the reports the reader has not received, oldest first, then a final
-    /// one walked whole now (only if the reader ever asked for reports).
+    /// one walked whole now (only if the reader ever asked for reports). A walk under
+    /// way is finished first and handed back as it is: the slots it had passed may
+    /// have moved since, which only a fresh walk sees.
     fn final_reports(&mut self) -> Vec<StreamReport> {
         let mut out = Vec::new();
-        let walking = match self.report.take() {
-            Some((r, true)) => {
-                out.push(*r);
-                None
-            }
-            Some((r, false)) => Some(r),
-            None => None,
-        };
-        let Some(limit) = self.report_limit else {
-            return out;
-        };
-        let mut r = walking
-            .or_else(|| self.report_in.take())
-            .unwrap_or_else(|| StreamReport::empty(self.index, limit));
+        let pending = self.report.take().or_else(|| {
+            self.report_in.take().map(|r| {
+                self.report_limit = Some(r.limit());
+                (r, false)
+            })
+        });
         let now = self.shared.clock.now_ns();
+        if let Some((mut r, done)) = pending {
+            if !done {
+                self.walk_whole(&mut r, now);
+            }
+            out.push(*r);
+        }
+        if let Some(limit) = self.report_limit {
+            let mut r = StreamReport::empty(self.index, limit);
+            self.walk_whole(&mut r, now);
+            out.push(*r);
+        }
+        out
+    }
+
+    /// Walks `r` to its end at once (exit only) and stamps the counters.
+    fn walk_whole(&mut self, r: &mut StreamReport, now: u64) {
         r.step(
             &self.sched,
             &self.keys,
@@ -683,8 +702,6 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         );
         self.refresh_stats();
         r.stats.clone_from(&self.stats);
-        out.push(*r);
-        out
     }
 
     /// Everything recorded and not yet handed to the reader: the live histograms plus

@@ -29,6 +29,7 @@ pub(crate) fn advise<T>(v: &Vec<T>) {
         if end <= first {
             return;
         }
+        let at = v.as_ptr().cast::<u8>().wrapping_add(first - start);
         // SAFETY: the range [first, end) lies inside the allocation `v` owns (its
         // reserved capacity, page-aligned inward), which stays mapped while `v` lives
         // and is never moved (the tables never grow past their reservation).
@@ -36,7 +37,7 @@ pub(crate) fn advise<T>(v: &Vec<T>) {
         // contents or accessibility, so no Rust-visible state changes.
         let _ = unsafe {
             rustix::mm::madvise(
-                first as *mut core::ffi::c_void,
+                at.cast_mut().cast::<core::ffi::c_void>(),
                 end - first,
                 rustix::mm::Advice::LinuxHugepage,
             )
