@@ -30,13 +30,14 @@ use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{ConfigError, GatewayConfig, PinningConfig};
-use classify::{Classifier, Dest};
+use classify::Classifier;
 pub use counters::{GatewayCounters, GatewayDrop, StreamAccount, StreamCounters};
 use egress::UdpEgress;
 use rx::{Rx, RxSettings};
 
 /// What travels through the dataplane: the datagram, where it goes, and its stream's
-/// counters (by index).
+/// counters (both by index: the packet is small, and it is moved several times
+/// between the receive thread and the egress).
 ///
 /// The datagram is a range of the receive buffer it arrived in, shared (refcounted)
 /// by the datagrams of that buffer: the receive thread copies each buffer once
@@ -48,15 +49,15 @@ pub struct Packet {
     buf: Arc<Vec<u8>>,
     start: u32,
     end: u32,
-    dest: Dest,
+    dest: u32,
     stream: u32,
 }
 
 impl Packet {
-    /// The datagram `buf[range]` to `dest`, of the stream whose counters are at
-    /// index `stream` of the gateway's counters. A range outside `buf` is clamped to
-    /// it.
-    pub fn new(buf: Arc<Vec<u8>>, range: std::ops::Range<usize>, dest: Dest, stream: u32) -> Self {
+    /// The datagram `buf[range]` to destination `dest`, of the stream `stream`
+    /// (indices in the gateway's counters: [`GatewayCounters::dest_index`],
+    /// [`StreamCounters::index`]). A range outside `buf` is clamped to it.
+    pub fn new(buf: Arc<Vec<u8>>, range: std::ops::Range<usize>, dest: u32, stream: u32) -> Self {
         let end = range.end.min(buf.len());
         let start = range.start.min(end);
         Self {
@@ -86,9 +87,9 @@ impl Packet {
         self.end == self.start
     }
 
-    /// Its destination.
-    pub fn dest(&self) -> &Dest {
-        &self.dest
+    /// The index of its destination ([`GatewayCounters::extend_dests`]).
+    pub fn dest(&self) -> u32 {
+        self.dest
     }
 
     /// The index of its stream's counters ([`GatewayCounters::extend_streams`]).

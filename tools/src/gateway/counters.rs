@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use qos_control::metrics::ExtraFamily;
+
+use super::classify::Dest;
 use serde::Serialize;
 
 /// Why the gateway dropped a datagram. Every datagram read from a socket is either
@@ -218,6 +220,7 @@ pub struct GatewayCounters {
     /// Configuration reloads applied and rejected.
     pub reloads: [AtomicU64; 2],
     streams: Mutex<Registry>,
+    dests: Mutex<Vec<Dest>>,
 }
 
 /// Every stream's counters: by key, and in creation order (the index a packet
@@ -240,6 +243,7 @@ impl Default for GatewayCounters {
             flows: AtomicU64::new(0),
             reloads: [AtomicU64::new(0), AtomicU64::new(0)],
             streams: Mutex::new(Registry::default()),
+            dests: Mutex::new(Vec::new()),
         }
     }
 }
@@ -283,6 +287,37 @@ impl GatewayCounters {
     pub fn extend_streams(&self, cache: &mut Vec<Arc<StreamCounters>>) {
         let reg = self.registry();
         if let Some(new) = reg.list.get(cache.len()..) {
+            cache.extend(new.iter().cloned());
+        }
+    }
+
+    /// The index of destination `dest` (what a [`Packet`](super::Packet) carries
+    /// instead of the address), added on first use (called on flow misses only).
+    /// Entries are never removed: a configuration has a handful of destinations,
+    /// and a reload adds only those it changes.
+    pub fn dest_index(&self, dest: &Dest) -> u32 {
+        let mut dests = self
+            .dests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let i = match dests.iter().position(|d| d == dest) {
+            Some(i) => i,
+            None => {
+                dests.push(dest.clone());
+                dests.len() - 1
+            }
+        };
+        u32::try_from(i).unwrap_or(u32::MAX)
+    }
+
+    /// Appends to `cache` the destinations added since it was last extended
+    /// (`cache[i]` is destination `i`).
+    pub fn extend_dests(&self, cache: &mut Vec<Dest>) {
+        let dests = self
+            .dests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(new) = dests.get(cache.len()..) {
             cache.extend(new.iter().cloned());
         }
     }

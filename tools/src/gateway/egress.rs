@@ -34,6 +34,8 @@ pub struct UdpEgress {
     counters: Arc<GatewayCounters>,
     /// The streams' counters by index, extended when a packet names a new one.
     streams: Vec<Arc<StreamCounters>>,
+    /// The destinations by index, likewise.
+    dests: Vec<Dest>,
 }
 
 /// What happened to a run of datagrams.
@@ -60,6 +62,7 @@ impl UdpEgress {
             gso,
             counters,
             streams: Vec::new(),
+            dests: Vec::new(),
         })
     }
 
@@ -70,6 +73,16 @@ impl UdpEgress {
             self.counters.extend_streams(&mut self.streams);
         }
         self.streams.get(i).map(|s| &**s)
+    }
+
+    /// Destination `index` (every index a packet carries was handed out by the
+    /// registry, which never removes one).
+    fn dest(&mut self, index: u32) -> Option<&Dest> {
+        let i = index as usize;
+        if i >= self.dests.len() {
+            self.counters.extend_dests(&mut self.dests);
+        }
+        self.dests.get(i)
     }
 
     /// Counts `n` datagrams of stream `index`.
@@ -171,20 +184,18 @@ fn would_block(e: &io::Error) -> bool {
 impl Egress<Packet> for UdpEgress {
     fn send(&mut self, _now_ns: u64, out: &mut Outbox<'_, Packet>) {
         while let Some(front) = out.front() {
-            match front.packet.dest() {
-                Dest::One(dest) => {
+            let index = front.packet.dest();
+            let size = front.packet.len();
+            match self.dest(index) {
+                Some(Dest::One(dest)) => {
                     let dest = *dest;
-                    let size = front.packet.len();
-                    // The run of datagrams to the same upstream with the same size.
+                    // The run of datagrams to the same destination with the same size.
                     let mut n = 1;
                     if self.gso > 1 {
                         n = out
                             .iter()
                             .take(self.gso.min(GSO_MAX_BYTES / size.max(1)).max(1))
-                            .take_while(|d| {
-                                d.packet.len() == size
-                                    && matches!(d.packet.dest(), Dest::One(a) if *a == dest)
-                            })
+                            .take_while(|d| d.packet.len() == size && d.packet.dest() == index)
                             .count()
                             .max(1);
                     }
@@ -200,7 +211,7 @@ impl Egress<Packet> for UdpEgress {
                         Err(_) => self.take(out, n, Outcome::Failed),
                     }
                 }
-                Dest::All(dests) => {
+                Some(Dest::All(dests)) => {
                     let dests: Arc<[SocketAddr]> = dests.clone();
                     let mut failed = false;
                     for &dest in dests.iter() {
@@ -222,6 +233,8 @@ impl Egress<Packet> for UdpEgress {
                     };
                     self.take(out, 1, outcome);
                 }
+                // Not reached (see `dest`): counted as an egress error all the same.
+                None => self.take(out, 1, Outcome::Failed),
             }
         }
     }

@@ -15,7 +15,7 @@ use qos_dataplane::sched::StreamConfig;
 use quinn_udp::{UdpSockRef, UdpSocketState};
 
 use super::Packet;
-use super::classify::{Class, Classifier, Dest, FlowKey, Kind, inspect};
+use super::classify::{Class, Classifier, FlowKey, Kind, inspect};
 use super::counters::{GatewayCounters, GatewayDrop, N_DROPS, StreamCounters};
 use crate::clock::monotonic_ms;
 use crate::udp::{BatchRecv, segments};
@@ -28,7 +28,8 @@ const POLL_MS: i64 = 20;
 struct Flow {
     generation: u64,
     stream: usize,
-    dest: Dest,
+    /// Index of its destination ([`GatewayCounters::dest_index`]).
+    dest: u32,
     last_seen_ms: u64,
 }
 
@@ -79,7 +80,7 @@ struct Staged {
 struct LastFlow {
     key: FlowKey,
     slot: usize,
-    dest: Dest,
+    dest: u32,
 }
 
 /// Copies of receive buffers, recycled once no packet refers to them any more: the
@@ -282,18 +283,14 @@ impl Rx {
         let (slot, dest) = match &self.last {
             Some(l) if l.key == key => {
                 self.totals.flow_hits += 1;
-                (l.slot, l.dest.clone())
+                (l.slot, l.dest)
             }
             _ => match self.flows.get_mut(&key) {
                 Some(f) if f.generation == self.generation => {
                     self.totals.flow_hits += 1;
                     f.last_seen_ms = now_ms;
-                    let (slot, dest) = (f.stream, f.dest.clone());
-                    self.last = Some(LastFlow {
-                        key,
-                        slot,
-                        dest: dest.clone(),
-                    });
+                    let (slot, dest) = (f.stream, f.dest);
+                    self.last = Some(LastFlow { key, slot, dest });
                     (slot, dest)
                 }
                 _ => {
@@ -403,7 +400,7 @@ impl Rx {
         key: FlowKey,
         kind: &Kind,
         now_ms: u64,
-    ) -> Result<(usize, Dest), GatewayDrop> {
+    ) -> Result<(usize, u32), GatewayDrop> {
         let class: Class = self.classifier.load().classify(&key, kind)?;
         // The flow table changes: the cached last flow may no longer hold.
         self.last = None;
@@ -419,19 +416,20 @@ impl Rx {
             Some(&i) => i,
             None => self.open(&class, now_ms)?,
         };
+        let dest = self.counters.dest_index(&class.dest);
         let old = self.flows.insert(
             key,
             Flow {
                 generation: self.generation,
                 stream: slot,
-                dest: class.dest.clone(),
+                dest,
                 last_seen_ms: now_ms,
             },
         );
         if old.is_none() {
             self.counters.flows.fetch_add(1, Relaxed);
         }
-        Ok((slot, class.dest))
+        Ok((slot, dest))
     }
 
     fn open(&mut self, class: &Class, now_ms: u64) -> Result<usize, GatewayDrop> {
