@@ -540,3 +540,30 @@ impl Drop for Gateway {
 pub fn default_state_dir() -> PathBuf {
     std::env::temp_dir().join(format!("qosd-{}", std::process::id()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_packet_is_a_range_of_its_buffer_and_knows_its_neighbour() {
+        let buf = Arc::new((0u8..48).collect::<Vec<u8>>());
+        let a = Packet::new(buf.clone(), 0..16, 0, 0);
+        let b = Packet::new(buf.clone(), 16..32, 0, 0);
+        let c = Packet::new(buf.clone(), 40..48, 0, 0);
+        assert_eq!(a.data(), &buf[0..16]);
+        assert_eq!(b.len(), 16);
+        assert!(b.follows(&a));
+        assert!(!c.follows(&b));
+        assert_eq!(a.span_to(&b), Some(&buf[0..32]));
+        let other = Packet::new(Arc::new(buf.to_vec()), 16..32, 0, 0);
+        assert!(!other.follows(&a));
+        assert_eq!(a.span_to(&other), None);
+        // A range past the end is clamped, never a panic.
+        let d = Packet::new(buf.clone(), 40..100, 0, 0);
+        assert_eq!(d.data(), &buf[40..48]);
+        let e = Packet::new(buf, 60..100, 0, 0);
+        assert!(e.is_empty());
+        assert_eq!(std::mem::size_of::<Packet>(), 24);
+    }
+}

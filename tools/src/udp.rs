@@ -101,3 +101,17 @@ pub fn segments(len: usize, stride: usize) -> impl Iterator<Item = std::ops::Ran
         start..end
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::segments;
+
+    #[test]
+    fn segments_split_at_the_stride_with_a_short_last_one() {
+        assert_eq!(segments(10, 4).collect::<Vec<_>>(), vec![0..4, 4..8, 8..10]);
+        assert_eq!(segments(8, 4).collect::<Vec<_>>(), vec![0..4, 4..8]);
+        assert_eq!(segments(3, 4).collect::<Vec<_>>(), vec![0..3]);
+        assert_eq!(segments(0, 4).collect::<Vec<_>>(), vec![0..0]);
+        assert_eq!(segments(5, 0).count(), 5);
+    }
+}

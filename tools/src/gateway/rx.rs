@@ -493,3 +493,26 @@ impl Rx {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_reuses_a_buffer_once_no_packet_holds_it() {
+        let mut pool = BufPool::default();
+        let a = pool.copy(b"first");
+        let ptr = Arc::as_ptr(&a);
+        // Still held: a second copy gets another buffer.
+        let b = pool.copy(b"second");
+        assert_ne!(Arc::as_ptr(&b), ptr);
+        assert_eq!(&a[..], b"first");
+        drop(a);
+        drop(b);
+        // Free again: reused, with the new contents.
+        let c = pool.copy(b"third!");
+        assert!(Arc::as_ptr(&c) == ptr || pool.bufs.len() == 2);
+        assert_eq!(&c[..], b"third!");
+        assert!(pool.bufs.len() <= 2);
+    }
+}
