@@ -71,22 +71,47 @@ impl BatchRecv {
         }
     }
 
+    /// The first `n` buffers, each with its sender and its datagrams' stride (the
+    /// length of each but the last; GRO coalesces a run of one sender's datagrams).
+    pub fn buffers(&self, n: usize) -> impl Iterator<Item = (SocketAddr, &[u8], usize)> + '_ {
+        self.meta.iter().zip(&self.bufs).take(n).map(|(m, buf)| {
+            let len = m.len.min(buf.len());
+            let stride = if m.stride == 0 { len.max(1) } else { m.stride };
+            (m.addr, &buf[..len], stride)
+        })
+    }
+
     /// The datagrams of the first `n` buffers, in order, each with its sender (GRO
     /// buffers split at their stride; an empty datagram is one empty slice).
     pub fn datagrams(&self, n: usize) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
-        self.meta
-            .iter()
-            .zip(&self.bufs)
-            .take(n)
-            .flat_map(|(m, buf)| {
-                let len = m.len.min(buf.len());
-                let stride = if m.stride == 0 { len.max(1) } else { m.stride };
-                let count = if len == 0 { 1 } else { len.div_ceil(stride) };
-                (0..count).map(move |i| {
-                    let start = (i * stride).min(len);
-                    let end = (start + stride).min(len);
-                    (m.addr, &buf[start..end])
-                })
-            })
+        self.buffers(n).flat_map(|(addr, buf, stride)| {
+            segments(buf.len(), stride).map(move |r| (addr, &buf[r]))
+        })
+    }
+}
+
+/// The datagrams of a received buffer of `len` bytes with datagrams of `stride` bytes
+/// (the last may be shorter), as ranges; an empty buffer is one empty datagram.
+pub fn segments(len: usize, stride: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let stride = stride.max(1);
+    let count = if len == 0 { 1 } else { len.div_ceil(stride) };
+    (0..count).map(move |i| {
+        let start = (i * stride).min(len);
+        let end = (start + stride).min(len);
+        start..end
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::segments;
+
+    #[test]
+    fn segments_split_at_the_stride_with_a_short_last_one() {
+        assert_eq!(segments(10, 4).collect::<Vec<_>>(), vec![0..4, 4..8, 8..10]);
+        assert_eq!(segments(8, 4).collect::<Vec<_>>(), vec![0..4, 4..8]);
+        assert_eq!(segments(3, 4).collect::<Vec<_>>(), vec![0..3]);
+        assert_eq!(segments(0, 4).collect::<Vec<_>>(), vec![0..0]);
+        assert_eq!(segments(5, 0).count(), 5);
     }
 }

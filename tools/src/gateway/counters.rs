@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use qos_control::metrics::ExtraFamily;
+
+use super::classify::Dest;
 use serde::Serialize;
 
 /// Why the gateway dropped a datagram. Every datagram read from a socket is either
@@ -67,12 +69,13 @@ impl GatewayDrop {
         }
     }
 
-    fn index(self) -> usize {
+    /// Its position in [`GatewayDrop::ALL`].
+    pub fn index(self) -> usize {
         self as usize
     }
 }
 
-const N_DROPS: usize = GatewayDrop::ALL.len();
+pub(crate) const N_DROPS: usize = GatewayDrop::ALL.len();
 
 /// Dataplane discard reasons, as `DiscardReason::as_str` names them, kept per stream.
 pub const DATAPLANE_REASONS: [&str; 11] = [
@@ -103,6 +106,9 @@ pub fn dataplane_reason_index(name: &str) -> usize {
 pub struct StreamCounters {
     /// The stream key (`stream_id` label).
     pub key: u64,
+    /// Its index in [`GatewayCounters`] (what a [`Packet`](super::Packet) carries
+    /// instead of a reference: indices are never reused).
+    pub index: u32,
     /// Priority it was opened with.
     pub priority: u8,
     /// Rule that formed it.
@@ -121,9 +127,10 @@ pub struct StreamCounters {
 }
 
 impl StreamCounters {
-    fn new(key: u64, priority: u8, rule: String) -> Self {
+    fn new(key: u64, index: u32, priority: u8, rule: String) -> Self {
         Self {
             key,
+            index,
             priority,
             rule,
             received: AtomicU64::new(0),
@@ -136,7 +143,12 @@ impl StreamCounters {
 
     /// Counts a gateway drop of one of this stream's datagrams.
     pub fn gateway_drop(&self, why: GatewayDrop) {
-        self.gateway_dropped[why.index()].fetch_add(1, Relaxed);
+        self.gateway_drops(why, 1);
+    }
+
+    /// Counts `n` gateway drops of this stream's datagrams.
+    pub fn gateway_drops(&self, why: GatewayDrop, n: u64) {
+        self.gateway_dropped[why.index()].fetch_add(n, Relaxed);
     }
 
     /// A plain copy.
@@ -207,7 +219,16 @@ pub struct GatewayCounters {
     pub flows: AtomicU64,
     /// Configuration reloads applied and rejected.
     pub reloads: [AtomicU64; 2],
-    streams: Mutex<HashMap<u64, Arc<StreamCounters>>>,
+    streams: Mutex<Registry>,
+    dests: Mutex<Vec<Dest>>,
+}
+
+/// Every stream's counters: by key, and in creation order (the index a packet
+/// carries). Entries are never removed, so an index stays valid.
+#[derive(Debug, Default)]
+struct Registry {
+    by_key: HashMap<u64, u32>,
+    list: Vec<Arc<StreamCounters>>,
 }
 
 impl Default for GatewayCounters {
@@ -221,7 +242,8 @@ impl Default for GatewayCounters {
             flow_evictions: AtomicU64::new(0),
             flows: AtomicU64::new(0),
             reloads: [AtomicU64::new(0), AtomicU64::new(0)],
-            streams: Mutex::new(HashMap::new()),
+            streams: Mutex::new(Registry::default()),
+            dests: Mutex::new(Vec::new()),
         }
     }
 }
@@ -229,43 +251,95 @@ impl Default for GatewayCounters {
 impl GatewayCounters {
     /// Counts a drop of a datagram no stream owns.
     pub fn drop_unowned(&self, why: GatewayDrop) {
-        self.dropped[why.index()].fetch_add(1, Relaxed);
+        self.drops_unowned(why, 1);
+    }
+
+    /// Counts `n` drops of datagrams no stream owns.
+    pub fn drops_unowned(&self, why: GatewayDrop, n: u64) {
+        self.dropped[why.index()].fetch_add(n, Relaxed);
+    }
+
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The counters of stream `key`, created on first use (called on flow misses only).
     pub fn stream(&self, key: u64, priority: u8, rule: &str) -> Arc<StreamCounters> {
-        let mut map = self
-            .streams
+        let mut reg = self.registry();
+        if let Some(&i) = reg.by_key.get(&key)
+            && let Some(s) = reg.list.get(i as usize)
+        {
+            return s.clone();
+        }
+        // Saturates rather than wraps: 4 billion streams are not reached in practice
+        // (a stream is opened per flow miss, bounded by the flow table).
+        let index = u32::try_from(reg.list.len()).unwrap_or(u32::MAX);
+        let s = Arc::new(StreamCounters::new(key, index, priority, rule.to_string()));
+        reg.list.push(s.clone());
+        reg.by_key.insert(key, index);
+        s
+    }
+
+    /// Appends to `cache` the counters of the streams created since it was last
+    /// extended (`cache[i]` is the stream of index `i`).
+    pub fn extend_streams(&self, cache: &mut Vec<Arc<StreamCounters>>) {
+        let reg = self.registry();
+        if let Some(new) = reg.list.get(cache.len()..) {
+            cache.extend(new.iter().cloned());
+        }
+    }
+
+    /// The index of destination `dest` (what a [`Packet`](super::Packet) carries
+    /// instead of the address), added on first use (called on flow misses only).
+    /// Entries are never removed: a configuration has a handful of destinations,
+    /// and a reload adds only those it changes.
+    pub fn dest_index(&self, dest: &Dest) -> u32 {
+        let mut dests = self
+            .dests
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry(key)
-            .or_insert_with(|| Arc::new(StreamCounters::new(key, priority, rule.to_string())))
-            .clone()
+        let i = match dests.iter().position(|d| d == dest) {
+            Some(i) => i,
+            None => {
+                dests.push(dest.clone());
+                dests.len() - 1
+            }
+        };
+        u32::try_from(i).unwrap_or(u32::MAX)
+    }
+
+    /// Appends to `cache` the destinations added since it was last extended
+    /// (`cache[i]` is destination `i`).
+    pub fn extend_dests(&self, cache: &mut Vec<Dest>) {
+        let dests = self
+            .dests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(new) = dests.get(cache.len()..) {
+            cache.extend(new.iter().cloned());
+        }
     }
 
     /// Every stream's accounting, by stream id.
     pub fn streams(&self) -> Vec<StreamAccount> {
-        let map = self
-            .streams
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut v: Vec<_> = map.values().map(|s| s.snapshot()).collect();
+        let reg = self.registry();
+        let mut v: Vec<_> = reg.list.iter().map(|s| s.snapshot()).collect();
         v.sort_by_key(|a| a.stream_id);
         v
     }
 
     /// Drops by reason: those of no stream plus every stream's gateway drops.
     pub fn drops_by_reason(&self) -> Vec<(GatewayDrop, u64)> {
-        let map = self
-            .streams
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let reg = self.registry();
         GatewayDrop::ALL
             .iter()
             .map(|&r| {
                 let own = self.dropped[r.index()].load(Relaxed);
-                let streams: u64 = map
-                    .values()
+                let streams: u64 = reg
+                    .list
+                    .iter()
                     .map(|s| s.gateway_dropped[r.index()].load(Relaxed))
                     .sum();
                 (r, own + streams)
@@ -285,10 +359,9 @@ impl GatewayCounters {
             )
         };
         let forwarded: u64 = self
-            .streams
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .values()
+            .registry()
+            .list
+            .iter()
             .map(|s| s.forwarded.load(Relaxed))
             .sum();
         vec![

@@ -3,6 +3,11 @@
 //! upstream into one GSO send where the kernel has it. A full socket buffer leaves the
 //! rest in the outbox (offered again first on the next iteration); a failed send is a
 //! counted `egress_error` drop of the stream's datagrams.
+//!
+//! A run of datagrams that lie next to each other in one receive buffer (one sender's
+//! GRO buffer, in order) is sent from that buffer; other runs are copied into one
+//! buffer first. Per-stream counts are added once per run and stream, not per
+//! datagram, through this worker's own cache of the streams' counters.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -14,7 +19,7 @@ use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
 
 use super::Packet;
 use super::classify::Dest;
-use super::counters::{GatewayDrop, dataplane_reason_index};
+use super::counters::{GatewayCounters, GatewayDrop, StreamCounters, dataplane_reason_index};
 
 /// Largest GSO send, bytes (the kernel's limit for one UDP send is 64 KiB).
 const GSO_MAX_BYTES: usize = 60_000;
@@ -26,11 +31,24 @@ pub struct UdpEgress {
     state: UdpSocketState,
     buf: Vec<u8>,
     gso: usize,
+    counters: Arc<GatewayCounters>,
+    /// The streams' counters by index, extended when a packet names a new one.
+    streams: Vec<Arc<StreamCounters>>,
+    /// The destinations by index, likewise.
+    dests: Vec<Dest>,
+}
+
+/// What happened to a run of datagrams.
+#[derive(Clone, Copy)]
+enum Outcome {
+    Forwarded,
+    Failed,
 }
 
 impl UdpEgress {
-    /// An egress sending from `socket` (made non-blocking here).
-    pub fn new(socket: UdpSocket, gso: bool) -> io::Result<Self> {
+    /// An egress sending from `socket` (made non-blocking here), counting into
+    /// `counters`.
+    pub fn new(socket: UdpSocket, gso: bool, counters: Arc<GatewayCounters>) -> io::Result<Self> {
         let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
         let gso = if gso {
             state.max_gso_segments().max(1)
@@ -42,7 +60,67 @@ impl UdpEgress {
             state,
             buf: Vec::with_capacity(GSO_MAX_BYTES + 65_536),
             gso,
+            counters,
+            streams: Vec::new(),
+            dests: Vec::new(),
         })
+    }
+
+    /// The counters of stream `index`.
+    fn stream(&mut self, index: u32) -> Option<&StreamCounters> {
+        let i = index as usize;
+        if i >= self.streams.len() {
+            self.counters.extend_streams(&mut self.streams);
+        }
+        self.streams.get(i).map(|s| &**s)
+    }
+
+    /// Destination `index` (every index a packet carries was handed out by the
+    /// registry, which never removes one).
+    fn dest(&mut self, index: u32) -> Option<&Dest> {
+        let i = index as usize;
+        if i >= self.dests.len() {
+            self.counters.extend_dests(&mut self.dests);
+        }
+        self.dests.get(i)
+    }
+
+    /// Counts `n` datagrams of stream `index`.
+    fn count(&mut self, index: u32, n: u64, outcome: Outcome) {
+        if n == 0 {
+            return;
+        }
+        // Every index a packet carries was handed out by the registry, which never
+        // removes one: the look-up finds it.
+        if let Some(s) = self.stream(index) {
+            match outcome {
+                Outcome::Forwarded => {
+                    s.forwarded.fetch_add(n, Relaxed);
+                }
+                Outcome::Failed => s.gateway_drops(GatewayDrop::EgressError, n),
+            }
+        }
+    }
+
+    /// Takes the first `n` packets of `out` and counts them, once per run of one
+    /// stream.
+    fn take(&mut self, out: &mut Outbox<'_, Packet>, n: usize, outcome: Outcome) {
+        let mut run: Option<(u32, u64)> = None;
+        for _ in 0..n {
+            let Some(d) = out.pop() else { break };
+            let stream = d.packet.stream();
+            run = match run {
+                Some((s, k)) if s == stream => Some((s, k + 1)),
+                Some((s, k)) => {
+                    self.count(s, k, outcome);
+                    Some((stream, 1))
+                }
+                None => Some((stream, 1)),
+            };
+        }
+        if let Some((s, k)) = run {
+            self.count(s, k, outcome);
+        }
     }
 
     fn send_one(
@@ -62,6 +140,41 @@ impl UdpEgress {
             },
         )
     }
+
+    /// Sends the run of the first `n` packets (same upstream, same size `size`).
+    fn send_run(
+        &mut self,
+        out: &Outbox<'_, Packet>,
+        dest: SocketAddr,
+        n: usize,
+        size: usize,
+    ) -> io::Result<()> {
+        let mut packets = out.iter().take(n).map(|d| &d.packet);
+        let Some(first) = packets.next() else {
+            return Ok(());
+        };
+        if n == 1 {
+            return self.send_one(dest, first.data(), None);
+        }
+        // Adjacent in one receive buffer: send from there.
+        let mut prev = first;
+        let mut adjacent = true;
+        for p in packets {
+            if !p.follows(prev) {
+                adjacent = false;
+                break;
+            }
+            prev = p;
+        }
+        if adjacent && let Some(span) = first.span_to(prev) {
+            return self.send_one(dest, span, Some(size));
+        }
+        self.buf.clear();
+        for d in out.iter().take(n) {
+            self.buf.extend_from_slice(d.packet.data());
+        }
+        self.send_one(dest, &self.buf, Some(size))
+    }
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -71,61 +184,38 @@ fn would_block(e: &io::Error) -> bool {
 impl Egress<Packet> for UdpEgress {
     fn send(&mut self, _now_ns: u64, out: &mut Outbox<'_, Packet>) {
         while let Some(front) = out.front() {
-            match &front.packet.dest {
-                Dest::One(dest) => {
+            let index = front.packet.dest();
+            let size = front.packet.len();
+            match self.dest(index) {
+                Some(Dest::One(dest)) => {
                     let dest = *dest;
-                    let size = front.packet.data.len();
-                    // The run of datagrams to the same upstream with the same size.
+                    // The run of datagrams to the same destination with the same size.
                     let mut n = 1;
                     if self.gso > 1 {
                         n = out
                             .iter()
                             .take(self.gso.min(GSO_MAX_BYTES / size.max(1)).max(1))
-                            .take_while(|d| {
-                                d.packet.data.len() == size
-                                    && matches!(&d.packet.dest, Dest::One(a) if *a == dest)
-                            })
+                            .take_while(|d| d.packet.len() == size && d.packet.dest() == index)
                             .count()
                             .max(1);
                     }
-                    let result = if n == 1 {
-                        self.send_one(dest, &front.packet.data, None)
-                    } else {
-                        self.buf.clear();
-                        for d in out.iter().take(n) {
-                            self.buf.extend_from_slice(&d.packet.data);
-                        }
-                        let r = self.send_one(dest, &self.buf, Some(size));
-                        if r.as_ref().is_err_and(|e| e.raw_os_error() == Some(5)) {
-                            // EIO: the device cannot segment; stop trying GSO.
-                            self.gso = 1;
-                            continue;
-                        }
-                        r
-                    };
+                    let result = self.send_run(out, dest, n, size);
+                    if n > 1 && result.as_ref().is_err_and(|e| e.raw_os_error() == Some(5)) {
+                        // EIO: the device cannot segment; stop trying GSO.
+                        self.gso = 1;
+                        continue;
+                    }
                     match result {
                         Err(e) if would_block(&e) => return,
-                        Ok(()) => {
-                            for _ in 0..n {
-                                if let Some(d) = out.pop() {
-                                    d.packet.stream.forwarded.fetch_add(1, Relaxed);
-                                }
-                            }
-                        }
-                        Err(_) => {
-                            for _ in 0..n {
-                                if let Some(d) = out.pop() {
-                                    d.packet.stream.gateway_drop(GatewayDrop::EgressError);
-                                }
-                            }
-                        }
+                        Ok(()) => self.take(out, n, Outcome::Forwarded),
+                        Err(_) => self.take(out, n, Outcome::Failed),
                     }
                 }
-                Dest::All(dests) => {
+                Some(Dest::All(dests)) => {
                     let dests: Arc<[SocketAddr]> = dests.clone();
                     let mut failed = false;
                     for &dest in dests.iter() {
-                        match self.send_one(dest, &front.packet.data, None) {
+                        match self.send_one(dest, front.packet.data(), None) {
                             Err(e) if would_block(&e) => {
                                 // Copies already written are not written again: the
                                 // datagram counts as failed rather than duplicated.
@@ -136,20 +226,23 @@ impl Egress<Packet> for UdpEgress {
                             Ok(()) => {}
                         }
                     }
-                    if let Some(d) = out.pop() {
-                        if failed {
-                            d.packet.stream.gateway_drop(GatewayDrop::EgressError);
-                        } else {
-                            d.packet.stream.forwarded.fetch_add(1, Relaxed);
-                        }
-                    }
+                    let outcome = if failed {
+                        Outcome::Failed
+                    } else {
+                        Outcome::Forwarded
+                    };
+                    self.take(out, 1, outcome);
                 }
+                // Not reached (see `dest`): counted as an egress error all the same.
+                None => self.take(out, 1, Outcome::Failed),
             }
         }
     }
 
     fn discard(&mut self, d: Discarded<Packet>) {
-        d.packet.stream.dataplane_dropped[dataplane_reason_index(d.reason.as_str())]
-            .fetch_add(1, Relaxed);
+        let i = dataplane_reason_index(d.reason.as_str());
+        if let Some(s) = self.stream(d.packet.stream()) {
+            s.dataplane_dropped[i].fetch_add(1, Relaxed);
+        }
     }
 }

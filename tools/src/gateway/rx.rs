@@ -15,10 +15,10 @@ use qos_dataplane::sched::StreamConfig;
 use quinn_udp::{UdpSockRef, UdpSocketState};
 
 use super::Packet;
-use super::classify::{Class, Classifier, Dest, FlowKey, Kind, inspect};
-use super::counters::{GatewayCounters, GatewayDrop, StreamCounters};
+use super::classify::{Class, Classifier, FlowKey, Kind, inspect};
+use super::counters::{GatewayCounters, GatewayDrop, N_DROPS, StreamCounters};
 use crate::clock::monotonic_ms;
-use crate::udp::BatchRecv;
+use crate::udp::{BatchRecv, segments};
 
 /// How long a receive waits for readiness before checking the stop flag.
 const POLL_MS: i64 = 20;
@@ -28,7 +28,8 @@ const POLL_MS: i64 = 20;
 struct Flow {
     generation: u64,
     stream: usize,
-    dest: Dest,
+    /// Index of its destination ([`GatewayCounters::dest_index`]).
+    dest: u32,
     last_seen_ms: u64,
 }
 
@@ -40,6 +41,85 @@ struct Slot {
     handle: StreamHandle,
     counters: Arc<StreamCounters>,
     last_seen_ms: u64,
+    /// The batch whose tally `tally` is (a stale batch number: none yet).
+    tally_batch: u64,
+    tally: usize,
+}
+
+/// A stream's counts in the current batch, added to its counters at the batch's
+/// phase ends.
+#[derive(Debug)]
+struct Tally {
+    counters: Arc<StreamCounters>,
+    received: u64,
+    enqueued: u64,
+    dropped: [u64; N_DROPS],
+}
+
+/// The gateway-wide counts of the current batch.
+#[derive(Debug, Default)]
+struct Totals {
+    received: u64,
+    received_bytes: u64,
+    flow_hits: u64,
+    flow_misses: u64,
+    dropped: [u64; N_DROPS],
+}
+
+/// A datagram classified and waiting for its enqueue.
+#[derive(Debug)]
+struct Staged {
+    handle: StreamHandle,
+    tally: usize,
+    packet: Packet,
+}
+
+/// The last flow looked up in this batch: one sender's GRO buffer is one flow, so
+/// most datagrams of a batch skip the hash.
+#[derive(Debug)]
+struct LastFlow {
+    key: FlowKey,
+    slot: usize,
+    dest: u32,
+}
+
+/// Copies of receive buffers, recycled once no packet refers to them any more: the
+/// memory stays warm and is neither freed by the worker nor handed back to the OS
+/// and faulted in again (a fresh allocation per buffer cost more than the copy).
+#[derive(Debug, Default)]
+struct BufPool {
+    bufs: std::collections::VecDeque<Arc<Vec<u8>>>,
+}
+
+/// Most buffers the pool keeps (each at most 64 KiB); past that, copies are plain
+/// allocations, freed by the last packet using them.
+const POOL_MAX: usize = 256;
+/// Pooled buffers looked at per copy before allocating.
+const POOL_TRIES: usize = 4;
+
+impl BufPool {
+    /// A shared copy of `data`.
+    fn copy(&mut self, data: &[u8]) -> Arc<Vec<u8>> {
+        for _ in 0..POOL_TRIES.min(self.bufs.len()) {
+            if let Some(front) = self.bufs.front_mut()
+                && let Some(v) = Arc::get_mut(front)
+            {
+                v.clear();
+                v.extend_from_slice(data);
+                let shared = front.clone();
+                self.bufs.rotate_left(1);
+                return shared;
+            }
+            // Still in use (buffers are mostly released in the order they were
+            // filled): look at the next one.
+            self.bufs.rotate_left(1);
+        }
+        let shared = Arc::new(data.to_vec());
+        if self.bufs.len() < POOL_MAX {
+            self.bufs.push_back(shared.clone());
+        }
+        shared
+    }
 }
 
 /// Settings of a receive thread.
@@ -53,6 +133,10 @@ pub struct RxSettings {
     pub flow_idle_ms: u64,
 }
 
+/// The flow table's hasher: fast and randomly seeded (flow keys come from remote
+/// senders; a fixed hash would let them pick colliding keys).
+type FlowHasher = foldhash::fast::RandomState;
+
 /// The receive loop state.
 pub struct Rx {
     socket: UdpSocket,
@@ -62,11 +146,18 @@ pub struct Rx {
     classifier: Arc<ArcSwap<Classifier>>,
     counters: Arc<GatewayCounters>,
     settings: RxSettings,
-    flows: HashMap<FlowKey, Flow>,
+    flows: HashMap<FlowKey, Flow, FlowHasher>,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
     by_key: HashMap<(u64, u8), usize>,
     generation: u64,
+    /// Batch number (starts at 1; 0 is no batch).
+    batch: u64,
+    last: Option<LastFlow>,
+    tallies: Vec<Tally>,
+    totals: Totals,
+    staged: Vec<Staged>,
+    pool: BufPool,
 }
 
 impl std::fmt::Debug for Rx {
@@ -98,16 +189,28 @@ impl Rx {
             classifier,
             counters,
             settings,
-            flows: HashMap::new(),
+            flows: HashMap::with_hasher(FlowHasher::default()),
             slots: Vec::new(),
             free: Vec::new(),
             by_key: HashMap::new(),
             generation,
+            batch: 0,
+            last: None,
+            tallies: Vec::new(),
+            totals: Totals::default(),
+            staged: Vec::new(),
+            pool: BufPool::default(),
         })
     }
 
     /// Receives until `stop` is set; then drops the producer (the workers see this
     /// producer is done).
+    ///
+    /// A batch goes in two phases: every datagram is inspected, classified and
+    /// counted as received (the counts added once per batch and stream), then the
+    /// classified ones are enqueued (and those counts added). So a datagram is counted
+    /// received before a worker can forward it, as when each was counted on its own,
+    /// and every count is added before the next receive and before the thread ends.
     pub fn run(mut self, stop: &AtomicBool) {
         let mut batch = BatchRecv::new();
         while !stop.load(Relaxed) {
@@ -122,10 +225,19 @@ impl Rx {
             };
             let now_ms = monotonic_ms();
             self.refresh_classifier();
-            for (src, datagram) in batch.datagrams(n) {
-                self.handle(src, datagram, now_ms);
+            self.batch += 1;
+            self.last = None;
+            for (src, buf, stride) in batch.buffers(n) {
+                // The buffer's one copy, shared by its datagrams, made when the first
+                // of them is kept.
+                let mut shared: Option<Arc<Vec<u8>>> = None;
+                for range in segments(buf.len(), stride) {
+                    self.handle(src, buf, range, &mut shared, now_ms);
+                }
             }
+            self.enqueue_staged();
             self.producer.flush();
+            self.tallies.clear();
         }
     }
 
@@ -140,15 +252,23 @@ impl Rx {
         }
     }
 
-    fn handle(&mut self, src: std::net::SocketAddr, bytes: &[u8], now_ms: u64) {
-        self.counters.received.fetch_add(1, Relaxed);
-        self.counters
-            .received_bytes
-            .fetch_add(bytes.len() as u64, Relaxed);
+    /// Phase one for one datagram, `buf[range]`: inspect, classify, count as
+    /// received, stage.
+    fn handle(
+        &mut self,
+        src: std::net::SocketAddr,
+        buf: &[u8],
+        range: std::ops::Range<usize>,
+        shared: &mut Option<Arc<Vec<u8>>>,
+        now_ms: u64,
+    ) {
+        let bytes = buf.get(range.clone()).unwrap_or_default();
+        self.totals.received += 1;
+        self.totals.received_bytes += bytes.len() as u64;
         let kind = match inspect(bytes, self.settings.max_datagram) {
             Ok(k) => k,
             Err(why) => {
-                self.counters.drop_unowned(why);
+                self.totals.dropped[why.index()] += 1;
                 return;
             }
         };
@@ -160,47 +280,118 @@ impl Rx {
                 Kind::Plain => None,
             },
         };
-        let (slot, dest) = match self.flows.get_mut(&key) {
-            Some(f) if f.generation == self.generation => {
-                self.counters.flow_hits.fetch_add(1, Relaxed);
-                f.last_seen_ms = now_ms;
-                (f.stream, f.dest.clone())
+        let (slot, dest) = match &self.last {
+            Some(l) if l.key == key => {
+                self.totals.flow_hits += 1;
+                (l.slot, l.dest)
             }
-            _ => {
-                self.counters.flow_misses.fetch_add(1, Relaxed);
-                match self.new_flow(key, &kind, now_ms) {
-                    Ok(v) => v,
-                    Err(why) => {
-                        self.counters.drop_unowned(why);
-                        return;
+            _ => match self.flows.get_mut(&key) {
+                Some(f) if f.generation == self.generation => {
+                    self.totals.flow_hits += 1;
+                    f.last_seen_ms = now_ms;
+                    let (slot, dest) = (f.stream, f.dest);
+                    self.last = Some(LastFlow { key, slot, dest });
+                    (slot, dest)
+                }
+                _ => {
+                    self.totals.flow_misses += 1;
+                    match self.new_flow(key, &kind, now_ms) {
+                        Ok(v) => v,
+                        Err(why) => {
+                            self.totals.dropped[why.index()] += 1;
+                            return;
+                        }
                     }
                 }
-            }
+            },
         };
+        let batch = self.batch;
         let Some(s) = self.slots.get_mut(slot).and_then(Option::as_mut) else {
-            self.counters.drop_unowned(GatewayDrop::Unclassified);
+            self.totals.dropped[GatewayDrop::Unclassified.index()] += 1;
             return;
         };
         s.last_seen_ms = now_ms;
-        s.counters.received.fetch_add(1, Relaxed);
-        let packet = Packet {
-            data: bytes.into(),
-            dest,
-            stream: s.counters.clone(),
+        if s.tally_batch != batch {
+            s.tally_batch = batch;
+            s.tally = self.tallies.len();
+            self.tallies.push(Tally {
+                counters: s.counters.clone(),
+                received: 0,
+                enqueued: 0,
+                dropped: [0; N_DROPS],
+            });
+        }
+        let tally = s.tally;
+        let handle = s.handle;
+        let index = s.counters.index;
+        if let Some(t) = self.tallies.get_mut(tally) {
+            t.received += 1;
+        }
+        let shared = match shared {
+            Some(b) => b,
+            None => shared.insert(self.pool.copy(buf)),
         };
-        match self
-            .producer
-            .enqueue_quiet(s.handle, packet, bytes.len() as u32)
-        {
-            Ok(()) => {
-                s.counters.enqueued.fetch_add(1, Relaxed);
+        self.staged.push(Staged {
+            handle,
+            tally,
+            packet: Packet::new(shared.clone(), range, dest, index),
+        });
+    }
+
+    /// Adds the batch's counts so far to the shared counters.
+    fn flush_counts(&mut self) {
+        let t = std::mem::take(&mut self.totals);
+        let c = &self.counters;
+        let add = |a: &std::sync::atomic::AtomicU64, v: u64| {
+            if v > 0 {
+                a.fetch_add(v, Relaxed);
             }
-            Err(EnqueueError::Full(_)) => s.counters.gateway_drop(GatewayDrop::RingFull),
-            Err(EnqueueError::Closed(_)) => s.counters.gateway_drop(GatewayDrop::Closed),
-            Err(EnqueueError::StaleHandle(_)) => {
-                s.counters.gateway_drop(GatewayDrop::Unclassified);
+        };
+        add(&c.received, t.received);
+        add(&c.received_bytes, t.received_bytes);
+        add(&c.flow_hits, t.flow_hits);
+        add(&c.flow_misses, t.flow_misses);
+        for (why, n) in GatewayDrop::ALL.iter().zip(t.dropped) {
+            if n > 0 {
+                c.drops_unowned(*why, n);
             }
         }
+        for tally in &mut self.tallies {
+            let s = &tally.counters;
+            add(&s.received, std::mem::take(&mut tally.received));
+            add(&s.enqueued, std::mem::take(&mut tally.enqueued));
+            for (why, n) in GatewayDrop::ALL.iter().zip(&mut tally.dropped) {
+                let n = std::mem::take(n);
+                if n > 0 {
+                    s.gateway_drops(*why, n);
+                }
+            }
+        }
+    }
+
+    /// Phase two: counts what was received so far, then enqueues the staged
+    /// datagrams and counts the outcomes.
+    fn enqueue_staged(&mut self) {
+        self.flush_counts();
+        let mut staged = std::mem::take(&mut self.staged);
+        for st in staged.drain(..) {
+            let len = st.packet.len() as u32;
+            let outcome = match self.producer.enqueue_quiet(st.handle, st.packet, len) {
+                Ok(()) => None,
+                Err(EnqueueError::Full(_)) => Some(GatewayDrop::RingFull),
+                Err(EnqueueError::Closed(_)) => Some(GatewayDrop::Closed),
+                Err(EnqueueError::StaleHandle(_)) => Some(GatewayDrop::Unclassified),
+            };
+            if let Some(t) = self.tallies.get_mut(st.tally) {
+                match outcome {
+                    None => t.enqueued += 1,
+                    Some(why) => t.dropped[why.index()] += 1,
+                }
+            }
+        }
+        // The vector's allocation is kept for the next batch.
+        self.staged = staged;
+        self.flush_counts();
     }
 
     /// Classifies a new flow and finds (or opens) its stream.
@@ -209,9 +400,13 @@ impl Rx {
         key: FlowKey,
         kind: &Kind,
         now_ms: u64,
-    ) -> Result<(usize, Dest), GatewayDrop> {
+    ) -> Result<(usize, u32), GatewayDrop> {
         let class: Class = self.classifier.load().classify(&key, kind)?;
+        // The flow table changes: the cached last flow may no longer hold.
+        self.last = None;
         if self.flows.len() >= self.settings.flow_table {
+            // Eviction may close streams: what is staged goes first, in order.
+            self.enqueue_staged();
             self.evict(now_ms);
             if self.flows.len() >= self.settings.flow_table {
                 return Err(GatewayDrop::FlowTableFull);
@@ -221,19 +416,20 @@ impl Rx {
             Some(&i) => i,
             None => self.open(&class, now_ms)?,
         };
+        let dest = self.counters.dest_index(&class.dest);
         let old = self.flows.insert(
             key,
             Flow {
                 generation: self.generation,
                 stream: slot,
-                dest: class.dest.clone(),
+                dest,
                 last_seen_ms: now_ms,
             },
         );
         if old.is_none() {
             self.counters.flows.fetch_add(1, Relaxed);
         }
-        Ok((slot, class.dest))
+        Ok((slot, dest))
     }
 
     fn open(&mut self, class: &Class, now_ms: u64) -> Result<usize, GatewayDrop> {
@@ -254,6 +450,8 @@ impl Rx {
             handle,
             counters,
             last_seen_ms: now_ms,
+            tally_batch: 0,
+            tally: 0,
         };
         let i = match self.free.pop() {
             Some(i) => {
@@ -293,5 +491,28 @@ impl Rx {
                 self.free.push(i);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_reuses_a_buffer_once_no_packet_holds_it() {
+        let mut pool = BufPool::default();
+        let a = pool.copy(b"first");
+        let ptr = Arc::as_ptr(&a);
+        // Still held: a second copy gets another buffer.
+        let b = pool.copy(b"second");
+        assert_ne!(Arc::as_ptr(&b), ptr);
+        assert_eq!(&a[..], b"first");
+        drop(a);
+        drop(b);
+        // Free again: reused, with the new contents.
+        let c = pool.copy(b"third!");
+        assert!(Arc::as_ptr(&c) == ptr || pool.bufs.len() == 2);
+        assert_eq!(&c[..], b"third!");
+        assert!(pool.bufs.len() <= 2);
     }
 }
