@@ -91,15 +91,18 @@ struct BufPool {
     bufs: std::collections::VecDeque<Arc<Vec<u8>>>,
 }
 
-/// Most buffers the pool keeps (each at most 64 KiB); past that, copies are plain
-/// allocations, freed by the last packet using them.
-const POOL_MAX: usize = 256;
+/// Most buffers the pool keeps (each at most 64 KiB). When every one is held by
+/// queued packets, datagrams are copied one by one instead: a queued datagram keeps its
+/// whole receive buffer alive, so this bounds what sharing can add to the memory of
+/// the queues (32 MiB per receive thread), whatever the queues hold.
+const POOL_MAX: usize = 512;
 /// Pooled buffers looked at per copy before allocating.
 const POOL_TRIES: usize = 4;
 
 impl BufPool {
-    /// A shared copy of `data`.
-    fn copy(&mut self, data: &[u8]) -> Arc<Vec<u8>> {
+    /// A shared copy of `data`, or `None` when every pooled buffer is still held and
+    /// the pool is full.
+    fn copy(&mut self, data: &[u8]) -> Option<Arc<Vec<u8>>> {
         for _ in 0..POOL_TRIES.min(self.bufs.len()) {
             if let Some(front) = self.bufs.front_mut()
                 && let Some(v) = Arc::get_mut(front)
@@ -108,18 +111,30 @@ impl BufPool {
                 v.extend_from_slice(data);
                 let shared = front.clone();
                 self.bufs.rotate_left(1);
-                return shared;
+                return Some(shared);
             }
             // Still in use (buffers are mostly released in the order they were
             // filled): look at the next one.
             self.bufs.rotate_left(1);
         }
-        let shared = Arc::new(data.to_vec());
-        if self.bufs.len() < POOL_MAX {
-            self.bufs.push_back(shared.clone());
+        if self.bufs.len() >= POOL_MAX {
+            return None;
         }
-        shared
+        let shared = Arc::new(data.to_vec());
+        self.bufs.push_back(shared.clone());
+        Some(shared)
     }
+}
+
+/// How the datagrams of one receive buffer hold their bytes.
+#[derive(Debug)]
+enum Share {
+    /// Not decided yet (no datagram of the buffer kept so far).
+    Unset,
+    /// Ranges of one pooled copy of the buffer.
+    Pooled(Arc<Vec<u8>>),
+    /// A copy each (the pool is exhausted).
+    Own,
 }
 
 /// Settings of a receive thread.
@@ -230,7 +245,7 @@ impl Rx {
             for (src, buf, stride) in batch.buffers(n) {
                 // The buffer's one copy, shared by its datagrams, made when the first
                 // of them is kept.
-                let mut shared: Option<Arc<Vec<u8>>> = None;
+                let mut shared = Share::Unset;
                 for range in segments(buf.len(), stride) {
                     self.handle(src, buf, range, &mut shared, now_ms);
                 }
@@ -259,7 +274,7 @@ impl Rx {
         src: std::net::SocketAddr,
         buf: &[u8],
         range: std::ops::Range<usize>,
-        shared: &mut Option<Arc<Vec<u8>>>,
+        shared: &mut Share,
         now_ms: u64,
     ) {
         let bytes = buf.get(range.clone()).unwrap_or_default();
@@ -327,14 +342,17 @@ impl Rx {
         if let Some(t) = self.tallies.get_mut(tally) {
             t.received += 1;
         }
-        let shared = match shared {
-            Some(b) => b,
-            None => shared.insert(self.pool.copy(buf)),
+        if matches!(shared, Share::Unset) {
+            *shared = self.pool.copy(buf).map_or(Share::Own, Share::Pooled);
+        }
+        let packet = match shared {
+            Share::Pooled(b) => Packet::new(b.clone(), range, dest, index),
+            _ => Packet::new(Arc::new(bytes.to_vec()), 0..bytes.len(), dest, index),
         };
         self.staged.push(Staged {
             handle,
             tally,
-            packet: Packet::new(shared.clone(), range, dest, index),
+            packet,
         });
     }
 
@@ -501,18 +519,35 @@ mod tests {
     #[test]
     fn the_pool_reuses_a_buffer_once_no_packet_holds_it() {
         let mut pool = BufPool::default();
-        let a = pool.copy(b"first");
+        let a = pool.copy(b"first").expect("room");
         let ptr = Arc::as_ptr(&a);
         // Still held: a second copy gets another buffer.
-        let b = pool.copy(b"second");
+        let b = pool.copy(b"second").expect("room");
         assert_ne!(Arc::as_ptr(&b), ptr);
         assert_eq!(&a[..], b"first");
         drop(a);
         drop(b);
         // Free again: reused, with the new contents.
-        let c = pool.copy(b"third!");
+        let c = pool.copy(b"third!").expect("room");
         assert!(Arc::as_ptr(&c) == ptr || pool.bufs.len() == 2);
         assert_eq!(&c[..], b"third!");
         assert!(pool.bufs.len() <= 2);
+    }
+
+    /// The memory sharing can pin is bounded: with every pooled buffer held (by queued
+    /// packets), no new shared buffer is made; once one is released it is reused.
+    #[test]
+    fn a_full_pool_of_held_buffers_makes_no_more_shared_copies() {
+        let mut pool = BufPool::default();
+        let big = vec![7u8; 60_000];
+        let held: Vec<_> = (0..POOL_MAX)
+            .map(|_| pool.copy(&big).expect("room"))
+            .collect();
+        assert!(pool.copy(&big).is_none(), "pool full and every buffer held");
+        let pinned: usize = pool.bufs.iter().map(|b| b.capacity()).sum();
+        assert!(pinned <= POOL_MAX * 64 * 1024, "{pinned}");
+        drop(held);
+        assert!(pool.copy(b"again").is_some(), "a released buffer is reused");
+        assert_eq!(pool.bufs.len(), POOL_MAX);
     }
 }
