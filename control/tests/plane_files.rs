@@ -704,3 +704,63 @@ fn o4_a_drain_after_the_last_tick_is_in_the_final_hlog_interval() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// O2, review finding: metrics.db keeps a stream's windows by its full id. Stream A
+/// (priority 7) is named and tail-drops, then closes; stream B (priority 3) opens in
+/// the same slot (the freed slot is taken first) and is named in the same period.
+/// B's rows carry none of A's drops, and the rows of each priority still add up to the
+/// runtime's counters (keyed by slot, A's drops showed up under B at priority 3).
+#[test]
+fn o2_a_reused_slot_does_not_inherit_the_closed_streams_rows() {
+    let dir = temp_dir("reuse");
+    let db = dir.join("metrics.db");
+    let (plane, mut tx, sw) = start(
+        1,
+        PolicySpec {
+            max_queue_depth: 100,
+            disconnect: false,
+            aqm: false,
+            ..PolicySpec::default()
+        },
+        ControlConfig {
+            series_limit: 1,
+            metrics_db: Some(db.clone()),
+            metrics_db_period: Duration::from_secs(3),
+            ..ControlConfig::default()
+        },
+    );
+    sw.hold.store(true, Ordering::Relaxed);
+    let a = tx.open(1, StreamConfig::with_priority(7)).unwrap();
+    push(&mut tx, a, 300);
+    wait_until("A's drops in a report", 10, || {
+        named_counter(&plane.metrics_text(), "qos_packets_enqueued_total", 1) == Some(300)
+    });
+    tx.close(a).unwrap();
+    let b = tx.open(2, StreamConfig::with_priority(3)).unwrap();
+    push(&mut tx, b, 10);
+    wait_until("B named", 10, || {
+        named_counter(&plane.metrics_text(), "qos_packets_enqueued_total", 2) == Some(10)
+    });
+    sw.hold.store(false, Ordering::Relaxed);
+    drop(tx);
+    let (report, _) = plane.shutdown(StopMode::Drain).unwrap();
+    assert!(report.is_conserved());
+    assert!(dropped_at(&report, 7) >= 200, "A tail-dropped and was closed with a queue");
+    assert_eq!(dropped_at(&report, 3), 0, "B dropped nothing");
+    let rows = read_rows(&db).unwrap();
+    assert!(
+        rows.iter()
+            .filter(|r| r.stream_id == "2")
+            .all(|r| r.packets_dropped == 0 && r.priority == 3),
+        "{rows:?}"
+    );
+    for p in 0..8u8 {
+        let sum: u64 = rows
+            .iter()
+            .filter(|r| r.priority == p)
+            .map(|r| r.packets_dropped)
+            .sum();
+        assert_eq!(sum, dropped_at(&report, usize::from(p)), "p{p}: {rows:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
