@@ -745,7 +745,10 @@ fn o2_a_reused_slot_does_not_inherit_the_closed_streams_rows() {
     drop(tx);
     let (report, _) = plane.shutdown(StopMode::Drain).unwrap();
     assert!(report.is_conserved());
-    assert!(dropped_at(&report, 7) >= 200, "A tail-dropped and was closed with a queue");
+    assert!(
+        dropped_at(&report, 7) >= 200,
+        "A tail-dropped and was closed with a queue"
+    );
     assert_eq!(dropped_at(&report, 3), 0, "B dropped nothing");
     let rows = read_rows(&db).unwrap();
     assert!(
