@@ -24,7 +24,8 @@
 //! The relay runs `--threads` threads. `--mode relay|qosd` measures one of them only.
 //!
 //! Run: `cargo run --release -p qos-tools --example p9 -- [--rounds 5] [--secs 5]
-//! [--lat-secs 3] [--threads 1] [--senders 1] [--gso 1] [--offer PPS] [--mode both]`
+//! [--lat-secs 3] [--threads 1] [--senders 1] [--gso 1] [--offer PPS] [--mode both]
+//! [--idle park|spin]` (`--idle`: qosd's `gateway.idle`)
 #![allow(clippy::disallowed_methods)] // a benchmark: it reads the wall clock
 
 use std::net::{SocketAddr, UdpSocket};
@@ -396,8 +397,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         o.lat_secs
     );
     let burst = 1_000_000.max(threads * 9216);
+    let idle = arg("--idle").unwrap_or_else(|| "park".into());
     let config = format!(
-        "[gateway]\nlisten = [\"127.0.0.1:0\"]\nworkers = {threads}\npinning = \"off\"\n\
+        "[gateway]\nlisten = [\"127.0.0.1:0\"]\nworkers = {threads}\npinning = \"off\"\nidle = \"{idle}\"\n\
          [control]\nlisten = \"127.0.0.1:0\"\n\
          [policy]\nversion = 1\npreset = \"default\"\ndisconnect = false\naqm = false\n\
          max_queue_depth = 10000\n[policy.link]\nrate_mbps = 10000\nburst_bytes = {burst}\n\

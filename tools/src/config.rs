@@ -72,6 +72,20 @@ pub enum PinningConfig {
     Off,
 }
 
+/// What an idle dataplane worker does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdleConfig {
+    /// Spin briefly, yield, then sleep until the receive thread rings (the default:
+    /// an idle gateway costs nothing, and a packet after a pause pays one thread
+    /// wake-up, tens of us on a busy machine).
+    #[default]
+    Park,
+    /// Never sleep: the lowest added latency, at the price of one core per worker
+    /// kept busy all the time. For machines with a core to spare per worker.
+    Spin,
+}
+
 /// `[gateway]`: sockets, workers, limits.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -112,6 +126,9 @@ pub struct GatewaySection {
     /// leaves room for a worker being preempted on a busy machine.
     #[serde(default = "default_stall_ms")]
     pub stall_budget_ms: u64,
+    /// What an idle worker does: `park` or `spin`.
+    #[serde(default)]
+    pub idle: IdleConfig,
 }
 
 fn default_listen() -> Vec<SocketAddr> {
@@ -450,6 +467,7 @@ fn unreachable_default() -> GatewaySection {
         ring_capacity: default_ring(),
         drain_ms: default_drain_ms(),
         stall_budget_ms: default_stall_ms(),
+        idle: IdleConfig::default(),
     }
 }
 
@@ -636,6 +654,17 @@ mod tests {
         let doc = include_str!("../../docs/qosd.toml");
         let e = GatewayConfig::from_toml(doc).expect("docs/qosd.toml");
         assert_eq!(e.rules.len(), 4);
+        assert_eq!(
+            (d.gateway.idle, e.gateway.idle),
+            (IdleConfig::Park, IdleConfig::Park)
+        );
+        let spin = GatewayConfig::from_toml(&DEFAULT_TOML.replacen(
+            "workers = 2",
+            "workers = 2\nidle = \"spin\"",
+            1,
+        ))
+        .expect("idle = spin");
+        assert_eq!(spin.gateway.idle, IdleConfig::Spin);
     }
 
     #[test]
@@ -670,6 +699,7 @@ mod tests {
                 "workers = 2\nstall_budget_ms = 0",
                 "gateway.stall_budget_ms",
             ),
+            ("workers = 2", "workers = 2\nidle = \"sleep\"", "idle"),
         ] {
             let text = base.replacen(from, to, 1);
             assert_ne!(text, base, "{from}");

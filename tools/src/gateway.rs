@@ -25,11 +25,11 @@ use qos_control::logs::ControlEvent;
 use qos_control::metrics::ExtraMetrics;
 use qos_control::plane::{ControlConfig, ControlPlane};
 use qos_control::policy::sha256_hex;
-use qos_dataplane::runtime::{Dataplane, Pinning, RuntimeConfig, StopMode};
+use qos_dataplane::runtime::{Dataplane, IdleStrategy, Pinning, RuntimeConfig, StopMode};
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::{ConfigError, GatewayConfig, PinningConfig};
+use crate::config::{ConfigError, GatewayConfig, IdleConfig, PinningConfig};
 use classify::Classifier;
 pub use counters::{GatewayCounters, GatewayDrop, StreamAccount, StreamCounters};
 use egress::UdpEgress;
@@ -317,6 +317,10 @@ impl Gateway {
         let (dp, producers) = Dataplane::<Packet>::builder()
             .config(RuntimeConfig {
                 stall_budget: Duration::from_millis(g.stall_budget_ms),
+                idle: match g.idle {
+                    IdleConfig::Park => RuntimeConfig::default().idle,
+                    IdleConfig::Spin => IdleStrategy::Spin,
+                },
                 ..RuntimeConfig::default()
             })
             .workers(g.workers)
