@@ -211,7 +211,11 @@ fn o2_metrics_db_rows_read_back_with_the_engine_and_sqlite3() {
         total += n;
     }
     wait_until("phase 2 taken", 20, || live(&plane, |w| w.taken) == total);
-    // At least one batch while the queues are full (depths at 100).
+    // At least one batch while the queues are full (depths at 100), after a report
+    // has shown them full.
+    wait_until("a report showing 9001's full queue", 10, || {
+        sample(&plane.metrics_text(), "qos_queue_depth{stream_id=\"9001\"}") == Some(100.0)
+    });
     let written = |p: &ControlPlane<u64>| p.status().metrics_db.unwrap().batches_written;
     let edge = written(&plane);
     wait_until("a batch with full queues", 10, || written(&plane) > edge);
