@@ -25,14 +25,23 @@ fn start(
     max_packets: u32,
     config: ControlConfig,
 ) -> (ControlPlane<u64>, Producer<u64>, Switch) {
-    let sw = Switch::default();
-    let s = sw.clone();
     let policy = PolicySpec {
         disconnect: false,
         ..PolicySpec::default()
-    }
-    .build()
-    .unwrap();
+    };
+    start_with(workers, max_packets, policy, config)
+}
+
+/// [`start`] with a policy of the test's own.
+fn start_with(
+    workers: usize,
+    max_packets: u32,
+    policy: PolicySpec,
+    config: ControlConfig,
+) -> (ControlPlane<u64>, Producer<u64>, Switch) {
+    let sw = Switch::default();
+    let s = sw.clone();
+    let policy = policy.build().unwrap();
     let (dp, mut producers) = Dataplane::<u64>::builder()
         .workers(workers)
         .pinning(Pinning::Off)
@@ -238,8 +247,6 @@ fn o1_metrics_scrape_matches_the_runtime_counters() {
 /// `qos_bandwidth_served_mbps` is what each tier was served.
 #[test]
 fn o1_bandwidth_allocated_is_the_tier_allocation_after_redistribution() {
-    let sw = Switch::default();
-    let s = sw.clone();
     let policy = PolicySpec {
         disconnect: false,
         aqm: false,
@@ -249,29 +256,8 @@ fn o1_bandwidth_allocated_is_the_tier_allocation_after_redistribution() {
             burst_bytes: 20_000,
         }),
         ..PolicySpec::default()
-    }
-    .build()
-    .unwrap();
-    let (dp, mut producers) = Dataplane::<u64>::builder()
-        .workers(1)
-        .pinning(Pinning::Off)
-        .scheduler(SchedulerConfig {
-            max_packets: 65_536,
-            ..SchedulerConfig::default()
-        })
-        .policy(Arc::new(policy))
-        .build(move |_| Wire(s.clone()))
-        .unwrap();
-    let plane = ControlPlane::start(
-        dp,
-        ControlConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            tick: Duration::from_millis(50),
-            ..ControlConfig::default()
-        },
-    )
-    .unwrap();
-    let mut tx = producers.pop().unwrap();
+    };
+    let (plane, mut tx, _) = start_with(1, 65_536, policy, ControlConfig::default());
     let medium = tx.open(1, StreamConfig::with_priority(4)).unwrap();
     let low = tx.open(2, StreamConfig::with_priority(0)).unwrap();
     // 3,000 packets of 500 B each: 24 Mbit, about 3 s of backlog at 8 Mbit/s.

@@ -66,6 +66,17 @@ fn start(
     (plane, producers.pop().unwrap(), sw)
 }
 
+/// Queues of 100 that drop only at their tail, at enqueue: no CoDel drops when held
+/// queues drain, no disconnect.
+fn tail_drop_at_100() -> PolicySpec {
+    PolicySpec {
+        max_queue_depth: 100,
+        disconnect: false,
+        aqm: false,
+        ..PolicySpec::default()
+    }
+}
+
 /// As [`push`], 40 packets at a time, each chunk sent before the next: a stream's
 /// queue never grows past 40, so a small `max_queue_depth` drops nothing.
 fn push_paced(plane: &ControlPlane<u64>, tx: &mut Producer<u64>, h: StreamHandle, n: u64) {
@@ -161,13 +172,7 @@ fn o2_metrics_db_rows_read_back_with_the_engine_and_sqlite3() {
     let t0 = unix_ms_now();
     let (plane, mut tx, sw) = start(
         2,
-        PolicySpec {
-            max_queue_depth: 100,
-            disconnect: false,
-            // Tail drops only, at enqueue: no CoDel drops when the held queues drain.
-            aqm: false,
-            ..PolicySpec::default()
-        },
+        tail_drop_at_100(),
         ControlConfig {
             series_limit: 3,
             metrics_db: Some(db.clone()),
@@ -720,12 +725,7 @@ fn o2_a_reused_slot_does_not_inherit_the_closed_streams_rows() {
     let db = dir.join("metrics.db");
     let (plane, mut tx, sw) = start(
         1,
-        PolicySpec {
-            max_queue_depth: 100,
-            disconnect: false,
-            aqm: false,
-            ..PolicySpec::default()
-        },
+        tail_drop_at_100(),
         ControlConfig {
             series_limit: 1,
             metrics_db: Some(db.clone()),
