@@ -48,17 +48,6 @@ impl StreamEntry {
     pub fn rank(&self) -> (u64, u64) {
         (self.window.offered, self.score())
     }
-
-    /// Every drop of the stream over its life, by any reason, shed included.
-    pub fn dropped_total(&self) -> u64 {
-        let s = &self.stats;
-        s.dropped_queue_full
-            + s.dropped_aqm
-            + s.dropped_expired
-            + s.dropped_disconnected
-            + s.dropped_closed
-            + self.shed
-    }
 }
 
 /// What streams did over a report's window: deltas of their counters between two
@@ -94,12 +83,7 @@ impl WindowCounts {
         Self {
             offered: stats.enqueued.saturating_add(shed),
             dequeued: stats.dequeued,
-            dropped: stats.dropped_queue_full
-                + stats.dropped_aqm
-                + stats.dropped_expired
-                + stats.dropped_disconnected
-                + stats.dropped_closed
-                + shed,
+            dropped: stats.dropped() + shed,
         }
     }
 }

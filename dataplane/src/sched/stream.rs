@@ -449,16 +449,18 @@ impl StreamStats {
         }
     }
 
+    /// Packets dropped after acceptance, every reason together.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_queue_full
+            + self.dropped_aqm
+            + self.dropped_expired
+            + self.dropped_disconnected
+            + self.dropped_closed
+    }
+
     /// `true` when the S11 conservation identity holds for these counters.
     pub fn is_conserved(&self) -> bool {
-        self.enqueued
-            == self.dequeued
-                + self.dropped_queue_full
-                + self.dropped_aqm
-                + self.dropped_expired
-                + self.dropped_disconnected
-                + self.dropped_closed
-                + self.queued
+        self.enqueued == self.dequeued + self.dropped() + self.queued
     }
 }
 
