@@ -131,6 +131,27 @@ pub struct GatewaySection {
     pub idle: IdleConfig,
 }
 
+impl GatewaySection {
+    /// Every key and its value as text: what a reload compares (each takes effect
+    /// only at start).
+    pub(crate) fn keys(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("gateway.listen", format!("{:?}", self.listen)),
+            ("gateway.workers", self.workers.to_string()),
+            ("gateway.pinning", format!("{:?}", self.pinning)),
+            ("gateway.max_datagram", self.max_datagram.to_string()),
+            ("gateway.flow_table", self.flow_table.to_string()),
+            ("gateway.flow_idle_ms", self.flow_idle_ms.to_string()),
+            ("gateway.batch", self.batch.to_string()),
+            ("gateway.socket_buffer", self.socket_buffer.to_string()),
+            ("gateway.ring_capacity", self.ring_capacity.to_string()),
+            ("gateway.drain_ms", self.drain_ms.to_string()),
+            ("gateway.stall_budget_ms", self.stall_budget_ms.to_string()),
+            ("gateway.idle", format!("{:?}", self.idle)),
+        ]
+    }
+}
+
 fn default_listen() -> Vec<SocketAddr> {
     vec![SocketAddr::from(([127, 0, 0, 1], 7000))]
 }
@@ -193,6 +214,34 @@ pub struct ControlSection {
     /// Path of an ed25519 verifying key: policies posted to the API must be signed.
     #[serde(default)]
     pub verifying_key: Option<PathBuf>,
+}
+
+impl ControlSection {
+    /// Every key and its value as text, as [`GatewaySection::keys`]; the token shows
+    /// only as a digest (the text goes to logs and the audit).
+    pub(crate) fn keys(&self) -> Vec<(&'static str, String)> {
+        let token = self.bearer_token.as_ref().map_or_else(
+            || "none".to_string(),
+            |t| {
+                let h = qos_control::policy::sha256_hex(t.as_bytes());
+                format!("sha256:{}", &h[..12.min(h.len())])
+            },
+        );
+        vec![
+            ("control.listen", self.listen.to_string()),
+            ("control.allow_remote", self.allow_remote.to_string()),
+            ("control.bearer_token", token),
+            ("control.state_dir", format!("{:?}", self.state_dir)),
+            ("control.hlog_period_ms", self.hlog_period_ms.to_string()),
+            (
+                "control.metrics_db_period_ms",
+                self.metrics_db_period_ms.to_string(),
+            ),
+            ("control.metrics_db", self.metrics_db.to_string()),
+            ("control.series_limit", self.series_limit.to_string()),
+            ("control.verifying_key", format!("{:?}", self.verifying_key)),
+        ]
+    }
 }
 
 fn default_api() -> SocketAddr {

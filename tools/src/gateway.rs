@@ -434,33 +434,32 @@ impl Gateway {
             .running
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let restart = |key: &'static str, from: String, to: String| {
-            if from == to {
-                Ok(())
-            } else {
-                Err(GatewayError::NeedsRestart { key, from, to })
+        // Every `[gateway]` and `[control]` key is read once, at start: a changed one
+        // refuses the whole file rather than being reported applied and ignored.
+        let before = running
+            .gateway
+            .keys()
+            .into_iter()
+            .chain(running.control.keys());
+        let after = config
+            .gateway
+            .keys()
+            .into_iter()
+            .chain(config.control.keys());
+        for ((key, from), (_, to)) in before.zip(after) {
+            if from != to {
+                return Err(GatewayError::NeedsRestart { key, from, to });
             }
-        };
-        restart(
-            "gateway.listen",
-            format!("{:?}", running.gateway.listen),
-            format!("{:?}", config.gateway.listen),
-        )?;
-        restart(
-            "gateway.workers",
-            running.gateway.workers.to_string(),
-            config.gateway.workers.to_string(),
-        )?;
-        restart(
-            "control.listen",
-            running.control.listen.to_string(),
-            config.control.listen.to_string(),
-        )?;
-        restart(
-            "control.state_dir",
-            format!("{:?}", running.control.state_dir),
-            format!("{:?}", config.control.state_dir),
-        )?;
+        }
+        // The egress sockets were bound for the upstreams' address family at start.
+        let v6 = |c: &GatewayConfig| c.upstreams.iter().any(|u| u.addr.is_ipv6());
+        if v6(&config) && !v6(&running) {
+            return Err(GatewayError::NeedsRestart {
+                key: "upstream.addr",
+                from: "IPv4 upstreams only".into(),
+                to: "an IPv6 upstream".into(),
+            });
+        }
         let Some(plane) = &self.plane else {
             return Err(GatewayError::Thread(std::io::Error::other(
                 "gateway stopped",

@@ -549,3 +549,58 @@ fn s9_the_fuzz_corpus_replayed_over_udp_is_counted_and_qosd_keeps_forwarding() {
     let forwarded_at_sink: u64 = got.values().sum();
     assert_eq!(report.forwarded, forwarded_at_sink);
 }
+
+/// A reload that changes a key read only at start is refused and names the key
+/// (before, only four keys were checked: a rotated bearer token was reported applied
+/// and the old one kept working); the token itself never appears in the reason. An
+/// IPv6 upstream added to IPv4-only egress sockets is refused too. The same file
+/// again applies.
+#[test]
+fn reload_refuses_every_key_read_only_at_start_and_names_it() {
+    let dir = tempdir("reload-keys");
+    let path = dir.join("qosd.toml");
+    let up = Sink::bind();
+    let base = config_text(
+        &[up.addr],
+        100,
+        "max_datagram = 9000",
+        "[[rule]]\nname = \"all\"\nroute = { to = \"u0\" }\n",
+    )
+    .replace(
+        "[control]\n",
+        "[control]\nbearer_token = \"first-secret\"\n",
+    );
+    let gw = start(&base);
+    std::fs::write(&path, &base).expect("write");
+    assert!(gw.reload(&path).is_ok(), "the same file applies");
+    for (from, to, key) in [
+        (
+            "max_datagram = 9000",
+            "max_datagram = 1200",
+            "gateway.max_datagram",
+        ),
+        ("first-secret", "second-secret", "control.bearer_token"),
+        ("drain_ms = 3000", "drain_ms = 10", "gateway.drain_ms"),
+        (
+            "[control]\n",
+            "[control]\nseries_limit = 7\n",
+            "control.series_limit",
+        ),
+        (
+            "route = { to = \"u0\" }",
+            "route = { to = \"u1\" }\n[[upstream]]\nname = \"u1\"\naddr = \"[::1]:9\"",
+            "upstream.addr",
+        ),
+    ] {
+        let text = base.replacen(from, to, 1);
+        assert_ne!(text, base, "{from}");
+        std::fs::write(&path, &text).expect("write");
+        let e = gw.reload(&path).expect_err(key).to_string();
+        assert!(e.contains(key), "{key}: {e}");
+        assert!(!e.contains("secret"), "the token leaked: {e}");
+    }
+    std::fs::write(&path, &base).expect("write");
+    assert!(gw.reload(&path).is_ok(), "and the original applies again");
+    gw.stop().expect("stop");
+    let _ = std::fs::remove_dir_all(&dir);
+}
