@@ -604,3 +604,39 @@ fn reload_refuses_every_key_read_only_at_start_and_names_it() {
     gw.stop().expect("stop");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A full flow table: new flows beyond it are counted drops `flow_table_full` (no flow
+/// is idle long enough to evict), the flows it holds keep flowing, and the accounting
+/// stays conserved.
+#[test]
+fn s9_new_flows_beyond_a_full_flow_table_are_counted_drops() {
+    let sink = Sink::bind();
+    let gw = start(&config_text(
+        &[sink.addr],
+        500,
+        "workers = 1\nflow_table = 4\nflow_idle_ms = 600000",
+        "[[rule]]\nname = \"lg\"\nloadgen = true\nstream = \"header\"\nroute = { to = \"u0\" }\n",
+    ).replacen("workers = 2\n", "", 1));
+    let to = gw.listen_addrs()[0];
+    let senders: Vec<UdpSocket> = (0..8).map(|_| sender()).collect();
+    // One at a time, each seen before the next: the first four fill the table.
+    for (i, tx) in senders.iter().enumerate() {
+        send_paced(tx, to, 1, |_| datagram(i as u64, 4, 0, 100));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The four held flows still flow; the others are refused again.
+    for (i, tx) in senders.iter().enumerate() {
+        send_paced(tx, to, 5, |k| datagram(i as u64, 4, 1 + k, 100));
+    }
+    let got = sink.drain(Duration::from_millis(300), Duration::from_secs(10));
+    let report = gw.stop().expect("stop");
+    assert_eq!(
+        report.dropped.get("flow_table_full"),
+        Some(&24),
+        "{report:?}"
+    );
+    assert_eq!(got.values().sum::<u64>(), 24, "{got:?}");
+    assert!((0..4).all(|i| got.get(&i) == Some(&6)), "{got:?}");
+    assert_eq!(report.received, 48);
+    assert!(report.conserved, "{report:?}");
+}

@@ -26,7 +26,6 @@ const POLL_MS: i64 = 20;
 /// A flow's cached classification.
 #[derive(Debug)]
 struct Flow {
-    generation: u64,
     stream: usize,
     /// Index of its destination ([`GatewayCounters::dest_index`]).
     dest: u32,
@@ -166,6 +165,8 @@ pub struct Rx {
     free: Vec<usize>,
     by_key: HashMap<(u64, u8), usize>,
     generation: u64,
+    /// When the flow table was last swept for idle flows.
+    swept_at_ms: Option<u64>,
     /// Batch number (starts at 1; 0 is no batch).
     batch: u64,
     last: Option<LastFlow>,
@@ -209,6 +210,7 @@ impl Rx {
             free: Vec::new(),
             by_key: HashMap::new(),
             generation,
+            swept_at_ms: None,
             batch: 0,
             last: None,
             tallies: Vec::new(),
@@ -301,7 +303,7 @@ impl Rx {
                 (l.slot, l.dest)
             }
             _ => match self.flows.get_mut(&key) {
-                Some(f) if f.generation == self.generation => {
+                Some(f) => {
                     self.totals.flow_hits += 1;
                     f.last_seen_ms = now_ms;
                     let (slot, dest) = (f.stream, f.dest);
@@ -423,9 +425,15 @@ impl Rx {
         // The flow table changes: the cached last flow may no longer hold.
         self.last = None;
         if self.flows.len() >= self.settings.flow_table {
-            // Eviction may close streams: what is staged goes first, in order.
-            self.enqueue_staged();
-            self.evict(now_ms);
+            // At most one sweep a millisecond: another in the same millisecond finds
+            // nothing newly idle, and a flood of new flows must not cost a walk of the
+            // whole table each.
+            if self.swept_at_ms != Some(now_ms) {
+                self.swept_at_ms = Some(now_ms);
+                // Eviction may close streams: what is staged goes first, in order.
+                self.enqueue_staged();
+                self.evict(now_ms);
+            }
             if self.flows.len() >= self.settings.flow_table {
                 return Err(GatewayDrop::FlowTableFull);
             }
@@ -438,7 +446,6 @@ impl Rx {
         let old = self.flows.insert(
             key,
             Flow {
-                generation: self.generation,
                 stream: slot,
                 dest,
                 last_seen_ms: now_ms,
