@@ -35,7 +35,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use qos_tools::clock::unix_ns;
 use qos_tools::config::GatewayConfig;
 use qos_tools::gateway::Gateway;
 use qos_tools::header::Header;
@@ -43,6 +42,13 @@ use qos_tools::relay::Relay;
 use qos_tools::udp::BatchRecv;
 
 const SIZE: usize = 512;
+
+/// Wall clock, ns since the Unix epoch (what load-generator headers carry).
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
 const LAT_PPS: u64 = 10_000;
 const FORWARDERS: &[&str] = &["relay-", "qosd-rx", "qos-worker"];
 

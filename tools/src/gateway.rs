@@ -14,7 +14,7 @@ pub mod egress;
 pub mod rx;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -192,41 +192,10 @@ pub struct DrainReport {
     pub streams: Vec<StreamAccount>,
 }
 
-/// Binds `workers` sockets to `addr` with `SO_REUSEPORT` (port 0: the first socket
-/// picks a port, the others share it).
-fn bind_reuseport(
-    addr: SocketAddr,
-    n: usize,
-    buffer: usize,
-) -> Result<Vec<UdpSocket>, GatewayError> {
-    let mut out = Vec::with_capacity(n);
-    let mut addr = addr;
-    for _ in 0..n {
-        let err = |source| GatewayError::Socket { addr, source };
-        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))
-            .map_err(err)?;
-        s.set_reuse_port(true).map_err(err)?;
-        if addr.is_ipv6() {
-            s.set_only_v6(true).map_err(err)?;
-        }
-        // The kernel caps these at its rmem_max / wmem_max; a smaller buffer is fine.
-        let _ = s.set_recv_buffer_size(buffer);
-        s.bind(&addr.into()).map_err(err)?;
-        let sock: UdpSocket = s.into();
-        if addr.port() == 0 {
-            addr = sock.local_addr().map_err(err)?;
-        }
-        out.push(sock);
-    }
-    Ok(out)
-}
-
 fn egress_socket(upstreams: &[SocketAddr], buffer: usize) -> Result<UdpSocket, GatewayError> {
     let v6 = upstreams.iter().any(SocketAddr::is_ipv6);
     let addr: SocketAddr = if v6 {
-        "[::]:0"
-            .parse()
-            .map_err(|_| GatewayError::Thread(std::io::Error::other("addr")))?
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
     } else {
         SocketAddr::from(([0, 0, 0, 0], 0))
     };
@@ -286,7 +255,8 @@ impl Gateway {
         let mut sockets = Vec::new();
         let mut listen = Vec::new();
         for &addr in &g.listen {
-            let socks = bind_reuseport(addr, g.workers, g.socket_buffer)?;
+            let socks = crate::udp::bind_reuseport(addr, g.workers, g.socket_buffer)
+                .map_err(|source| GatewayError::Socket { addr, source })?;
             if let Some(first) = socks.first() {
                 listen.push(
                     first
@@ -537,11 +507,6 @@ impl Drop for Gateway {
             let _ = p.shutdown(StopMode::Discard);
         }
     }
-}
-
-/// Where the daemon keeps its files when the config names none (the demo).
-pub fn default_state_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("qosd-{}", std::process::id()))
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 //! by both the gateway's classifier and the load generator's sink.
 #![forbid(unsafe_code)]
 
-pub mod clock;
 pub mod config;
 pub mod ctl;
 pub mod daemon;

@@ -11,7 +11,6 @@ use std::thread::JoinHandle;
 use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
 
 use crate::udp::BatchRecv;
-use socket2::{Domain, Protocol, Socket, Type};
 
 /// A running relay.
 #[derive(Debug)]
@@ -33,18 +32,10 @@ impl Relay {
     ) -> std::io::Result<Relay> {
         let stop = Arc::new(AtomicBool::new(false));
         let forwarded = Arc::new(AtomicU64::new(0));
-        let mut addr = listen;
+        let sockets = crate::udp::bind_reuseport(listen, threads.max(1), 4 << 20)?;
+        let addr = sockets.first().map_or(Ok(listen), UdpSocket::local_addr)?;
         let mut handles = Vec::new();
-        for i in 0..threads.max(1) {
-            let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-            s.set_reuse_port(true)?;
-            let _ = s.set_recv_buffer_size(4 << 20);
-            let _ = s.set_send_buffer_size(4 << 20);
-            s.bind(&addr.into())?;
-            let sock: UdpSocket = s.into();
-            if addr.port() == 0 {
-                addr = sock.local_addr()?;
-            }
+        for (i, sock) in sockets.into_iter().enumerate() {
             let state = UdpSocketState::new(UdpSockRef::from(&sock))?;
             let (stop, fwd) = (stop.clone(), forwarded.clone());
             handles.push(

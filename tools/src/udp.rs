@@ -7,6 +7,32 @@ use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 
 use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Binds `n` sockets to `addr` with `SO_REUSEPORT` (port 0: the first socket picks a
+/// port, the others share it), asking for `buffer` bytes of receive and send buffer
+/// (the kernel caps them at its rmem_max / wmem_max; smaller is fine). An IPv6
+/// address binds IPv6 only.
+pub fn bind_reuseport(addr: SocketAddr, n: usize, buffer: usize) -> io::Result<Vec<UdpSocket>> {
+    let mut out = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n {
+        let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_reuse_port(true)?;
+        if addr.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        let _ = s.set_recv_buffer_size(buffer);
+        let _ = s.set_send_buffer_size(buffer);
+        s.bind(&addr.into())?;
+        let sock: UdpSocket = s.into();
+        if addr.port() == 0 {
+            addr = sock.local_addr()?;
+        }
+        out.push(sock);
+    }
+    Ok(out)
+}
 
 /// Largest receive buffer: with GRO the kernel coalesces up to 64 KiB.
 const SLOT: usize = 65_536;

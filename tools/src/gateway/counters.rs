@@ -141,11 +141,6 @@ impl StreamCounters {
         }
     }
 
-    /// Counts a gateway drop of one of this stream's datagrams.
-    pub fn gateway_drop(&self, why: GatewayDrop) {
-        self.gateway_drops(why, 1);
-    }
-
     /// Counts `n` gateway drops of this stream's datagrams.
     pub fn gateway_drops(&self, why: GatewayDrop, n: u64) {
         self.gateway_dropped[why.index()].fetch_add(n, Relaxed);
@@ -249,11 +244,6 @@ impl Default for GatewayCounters {
 }
 
 impl GatewayCounters {
-    /// Counts a drop of a datagram no stream owns.
-    pub fn drop_unowned(&self, why: GatewayDrop) {
-        self.drops_unowned(why, 1);
-    }
-
     /// Counts `n` drops of datagrams no stream owns.
     pub fn drops_unowned(&self, why: GatewayDrop, n: u64) {
         self.dropped[why.index()].fetch_add(n, Relaxed);

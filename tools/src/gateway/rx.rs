@@ -10,14 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use qos_dataplane::runtime::{ControlError, EnqueueError, Producer, StreamHandle};
+use qos_dataplane::runtime::{Clock, ControlError, EnqueueError, Producer, StreamHandle};
 use qos_dataplane::sched::StreamConfig;
 use quinn_udp::{UdpSockRef, UdpSocketState};
 
 use super::Packet;
 use super::classify::{Class, Classifier, FlowKey, Kind, inspect};
 use super::counters::{GatewayCounters, GatewayDrop, N_DROPS, StreamCounters};
-use crate::clock::monotonic_ms;
 use crate::udp::{BatchRecv, segments};
 
 /// How long a receive waits for readiness before checking the stop flag.
@@ -167,6 +166,8 @@ pub struct Rx {
     generation: u64,
     /// When the flow table was last swept for idle flows.
     swept_at_ms: Option<u64>,
+    /// Monotonic time for flow idleness.
+    clock: Clock,
     /// Batch number (starts at 1; 0 is no batch).
     batch: u64,
     last: Option<LastFlow>,
@@ -211,6 +212,7 @@ impl Rx {
             by_key: HashMap::new(),
             generation,
             swept_at_ms: None,
+            clock: Clock::start(),
             batch: 0,
             last: None,
             tallies: Vec::new(),
@@ -240,7 +242,7 @@ impl Rx {
                     continue;
                 }
             };
-            let now_ms = monotonic_ms();
+            let now_ms = self.clock.now_ns() / 1_000_000;
             self.refresh_classifier();
             self.batch += 1;
             self.last = None;
