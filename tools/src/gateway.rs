@@ -275,7 +275,7 @@ impl Gateway {
                 .local_addr()
                 .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
             egresses.push(Some(
-                UdpEgress::new(sock, true, counters.clone())
+                UdpEgress::new(sock, counters.clone())
                     .map_err(|source| GatewayError::Socket { addr, source })?,
             ));
         }

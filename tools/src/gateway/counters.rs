@@ -411,3 +411,31 @@ impl GatewayCounters {
         ]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qos_dataplane::runtime::DiscardReason;
+    use qos_dataplane::sched::{DropReason, RefuseReason};
+
+    /// The gateway's copy of the dataplane's reason names is complete: every reason
+    /// the dataplane can hand an egress has its own counter (none falls into `other`).
+    #[test]
+    fn s11_every_dataplane_discard_reason_has_its_own_counter() {
+        let reasons = DropReason::ALL
+            .iter()
+            .map(|&r| DiscardReason::Dropped(r))
+            .chain(RefuseReason::ALL.iter().map(|&r| DiscardReason::Refused(r)))
+            .chain([
+                DiscardReason::UnknownStream,
+                DiscardReason::Shutdown,
+                DiscardReason::Shed,
+            ]);
+        let other = DATAPLANE_REASONS.len() - 1;
+        for r in reasons {
+            let i = dataplane_reason_index(r.as_str());
+            assert_ne!(i, other, "{r:?} ({}) falls into other", r.as_str());
+            assert_eq!(DATAPLANE_REASONS[i], r.as_str());
+        }
+    }
+}

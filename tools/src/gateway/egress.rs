@@ -48,13 +48,9 @@ enum Outcome {
 impl UdpEgress {
     /// An egress sending from `socket` (made non-blocking here), counting into
     /// `counters`.
-    pub fn new(socket: UdpSocket, gso: bool, counters: Arc<GatewayCounters>) -> io::Result<Self> {
+    pub fn new(socket: UdpSocket, counters: Arc<GatewayCounters>) -> io::Result<Self> {
         let state = UdpSocketState::new(UdpSockRef::from(&socket))?;
-        let gso = if gso {
-            state.max_gso_segments().max(1)
-        } else {
-            1
-        };
+        let gso = state.max_gso_segments().max(1);
         Ok(Self {
             socket,
             state,
@@ -200,9 +196,11 @@ impl Egress<Packet> for UdpEgress {
                             .max(1);
                     }
                     let result = self.send_run(out, dest, n, size);
-                    if n > 1 && result.as_ref().is_err_and(|e| e.raw_os_error() == Some(5)) {
-                        // EIO: the device cannot segment; stop trying GSO.
-                        self.gso = 1;
+                    // A device that cannot segment fails the send (EIO or EINVAL), and
+                    // quinn-udp lowers its segment limit: follow it and send again.
+                    let limit = self.state.max_gso_segments().max(1);
+                    if n > 1 && result.is_err() && limit < self.gso {
+                        self.gso = limit;
                         continue;
                     }
                     match result {
