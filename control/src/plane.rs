@@ -1149,10 +1149,7 @@ impl<P: Send + 'static> State<P> {
                 }
             }
             self.top = merge_top(self.reports.iter().flatten(), self.config.series_limit);
-        }
-        let report = report.map(|r| r.workers.clone());
-        if let Some(workers) = report {
-            self.final_report = Some(self.integrity_from(&workers, true));
+            self.final_report = Some(self.integrity_from(&r.workers, true));
         }
         self.tick_hlog(wall, true);
         self.tick_store(end_ns, wall, true);

@@ -293,8 +293,8 @@ pub enum StreamBy {
     /// One stream per flow (source address and port, listen address); the default.
     #[default]
     Flow,
-    /// One stream per source and load-generator stream id (datagrams without the
-    /// header: as `flow`).
+    /// One stream per load-generator stream id (its `stream_id` key; senders using the
+    /// same id share it); datagrams without the header: as `flow`.
     Header,
     /// One stream for everything the rule matches (per receive socket).
     Rule,

@@ -103,22 +103,16 @@ pub enum DemoError {
 struct Tiers {
     names: Vec<String>,
     shares: Vec<f64>,
-    of: [usize; 8],
+    policy: qos_dataplane::sched::Policy,
 }
 
 impl Tiers {
     fn of(config: &GatewayConfig) -> Tiers {
         let tiers = config.policy.tiers();
-        let mut of = [0; 8];
-        for (i, t) in tiers.iter().enumerate() {
-            for &p in &t.priorities {
-                of[usize::from(p)] = i;
-            }
-        }
         Tiers {
             names: tiers.iter().map(|t| t.name.clone()).collect(),
             shares: tiers.iter().map(|t| f64::from(t.share_percent)).collect(),
-            of,
+            policy: config.policy.clone(),
         }
     }
 
@@ -149,7 +143,7 @@ impl Tiers {
     fn bytes(&self, snap: &SinkSnapshot) -> Vec<u64> {
         let mut b = vec![0; self.names.len()];
         for p in &snap.priorities {
-            b[self.of[usize::from(p.priority.min(7))]] += p.bytes;
+            b[self.policy.tier_of(p.priority)] += p.bytes;
         }
         b
     }

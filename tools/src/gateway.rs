@@ -314,24 +314,36 @@ impl Gateway {
             flow_idle_ms: g.flow_idle_ms,
         };
         let mut rx = Vec::new();
-        for (i, (sock, producer)) in sockets.into_iter().zip(producers).enumerate() {
-            let addr = sock
-                .local_addr()
-                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-            let r = Rx::new(
-                sock,
-                producer,
-                classifier.clone(),
-                counters.clone(),
-                settings.clone(),
-            )
-            .map_err(|source| GatewayError::Socket { addr, source })?;
-            let stop = stop.clone();
-            let t = std::thread::Builder::new()
-                .name(format!("qosd-rx-{i}"))
-                .spawn(move || r.run(&stop))
-                .map_err(GatewayError::Thread)?;
-            rx.push(t);
+        let spawned = (|| {
+            for (i, (sock, producer)) in sockets.into_iter().zip(producers).enumerate() {
+                let addr = sock
+                    .local_addr()
+                    .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+                let r = Rx::new(
+                    sock,
+                    producer,
+                    classifier.clone(),
+                    counters.clone(),
+                    settings.clone(),
+                )
+                .map_err(|source| GatewayError::Socket { addr, source })?;
+                let stop = stop.clone();
+                let t = std::thread::Builder::new()
+                    .name(format!("qosd-rx-{i}"))
+                    .spawn(move || r.run(&stop))
+                    .map_err(GatewayError::Thread)?;
+                rx.push(t);
+            }
+            Ok::<(), GatewayError>(())
+        })();
+        if let Err(e) = spawned {
+            // The receive threads already running stop with the gateway that failed
+            // to start (the dataplane and control plane stop when dropped).
+            stop.store(true, Relaxed);
+            for t in rx.drain(..) {
+                let _ = t.join();
+            }
+            return Err(e);
         }
         tracing::info!(
             target: qos_control::logs::EVENT_TARGET,

@@ -535,6 +535,7 @@ fn hdr_print_gives_the_known_percentiles() {
     let cols: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(cols[..3], ["p7.sojourn", "2", "1000"]);
     let ms: Vec<f64> = cols[3..].iter().map(|c| c.parse().unwrap()).collect();
+    assert_eq!(ms.len(), 5, "{out}");
     for (got, expected) in ms.iter().zip([500.0, 900.0, 990.0, 999.0, 1000.0]) {
         assert!((got - expected).abs() <= expected / 1000.0 + 0.001, "{out}");
     }

@@ -262,7 +262,8 @@ impl ApiClient {
             self.host_port,
             env!("CARGO_PKG_VERSION"),
         );
-        let token = self.token.as_deref().map(|t| ("Authorization", t));
+        let bearer = self.token.as_deref().map(|t| format!("Bearer {t}"));
+        let token = bearer.as_deref().map(|b| ("Authorization", b));
         for (name, value) in headers.iter().copied().chain(token) {
             if value.chars().any(|c| c.is_control()) {
                 return Err(HttpError::BadHeader {
@@ -270,11 +271,7 @@ impl ApiClient {
                     name: name.to_owned(),
                 });
             }
-            if name == "Authorization" {
-                head.push_str(&format!("Authorization: Bearer {value}\r\n"));
-            } else {
-                head.push_str(&format!("{name}: {value}\r\n"));
-            }
+            head.push_str(&format!("{name}: {value}\r\n"));
         }
         head.push_str("\r\n");
         Ok(head)

@@ -8,7 +8,7 @@ use std::fmt::{self, Write as _};
 use qos_dataplane::sched::Policy;
 use serde_json::Value;
 
-const NS_PER_MS: f64 = 1e6;
+use super::hdr::NS_PER_MS;
 
 /// Writes the summary of a validated policy: version, tiers, budgets, queueing, link.
 pub(crate) fn write_policy(
