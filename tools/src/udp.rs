@@ -1,7 +1,7 @@
-//! Batched UDP receive shared by qosd's receive threads and the plain relay: wait for
-//! the socket to be readable (bounded, so a stop flag is seen), take one `recvmmsg`
-//! batch through quinn-udp (with GRO, one buffer may hold several datagrams of one
-//! stride), and hand out the datagrams one by one.
+//! Batched UDP receive shared by qosd's receive threads and the plain relay: take one
+//! `recvmmsg` batch through quinn-udp (with GRO, one buffer may hold several datagrams
+//! of one stride), waiting for the socket to be readable only when it is empty
+//! (bounded, so a stop flag is seen), and hand out the datagrams one by one.
 
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
@@ -60,15 +60,22 @@ impl BatchRecv {
         }
     }
 
-    /// Waits up to `wait_ms` for `sock` to be readable and receives one batch; returns
-    /// how many buffers were filled (0 on timeout, would-block or interrupt), to read
-    /// with [`BatchRecv::datagrams`].
+    /// Receives one batch, waiting up to `wait_ms` for `sock` to be readable when
+    /// nothing is waiting; returns how many buffers were filled (0 on timeout,
+    /// would-block or interrupt), to read with [`BatchRecv::datagrams`]. Under load
+    /// this is one `recvmmsg` a batch: the readiness wait (`poll`) is paid only when
+    /// the socket is empty. `sock` must be non-blocking (quinn-udp's
+    /// `UdpSocketState::new` makes it so).
     pub fn recv(
         &mut self,
         sock: &UdpSocket,
         state: &UdpSocketState,
         wait_ms: i64,
     ) -> io::Result<usize> {
+        match self.try_recv(sock, state) {
+            Ok(0) => {}
+            done => return done,
+        }
         use rustix::event::{PollFd, PollFlags, Timespec, poll};
         let mut fds = [PollFd::new(sock, PollFlags::IN)];
         let timeout = Timespec {
@@ -78,11 +85,15 @@ impl BatchRecv {
         if !matches!(poll(&mut fds, Some(&timeout)), Ok(n) if n > 0) {
             return Ok(0);
         }
-        let mut slices: Vec<IoSliceMut<'_>> = self
-            .bufs
-            .iter_mut()
-            .map(|b| IoSliceMut::new(&mut b[..]))
-            .collect();
+        self.try_recv(sock, state)
+    }
+
+    /// One non-blocking `recvmmsg` batch; 0 when nothing is waiting.
+    fn try_recv(&mut self, sock: &UdpSocket, state: &UdpSocketState) -> io::Result<usize> {
+        let mut bufs = self.bufs.iter_mut();
+        let mut slices: [IoSliceMut<'_>; quinn_udp::BATCH_SIZE] = std::array::from_fn(|_| {
+            IoSliceMut::new(bufs.next().map_or(&mut [][..], |b| &mut b[..]))
+        });
         match state.recv(UdpSockRef::from(sock), &mut slices, &mut self.meta) {
             Ok(n) => Ok(n),
             Err(e)
