@@ -113,9 +113,10 @@ const STRIKE_SHIFT: u8 = 3;
 const STRIKE_MASK: u8 = 0b1111 << STRIKE_SHIFT;
 
 /// The state of one stream: queue, list links, DRR credit, CoDel state, counters.
-/// Exactly 64 bytes (P2); rate-cap buckets live in a side table so uncapped streams do
-/// not pay for them. Fields are private: transitions go through the named methods.
+/// Exactly 64 bytes and aligned to them, one cache line (P2); rate-cap buckets live in a
+/// side table so uncapped streams do not pay for them. Fields are private: transitions go through the named methods.
 #[derive(Clone, Copy, Debug)]
+#[repr(align(64))]
 pub(crate) struct Stream {
     /// Queued descriptors, oldest first.
     pub(crate) fifo: Fifo,
@@ -471,6 +472,11 @@ mod tests {
     #[test]
     fn p2_stream_slot_is_one_cache_line_and_descriptor_fits_32_bytes() {
         assert_eq!(std::mem::size_of::<Stream>(), 64);
+        // Aligned, so a slot never straddles two lines (a random slot would then cost
+        // two misses, and a prefetch brings in only one of them).
+        assert_eq!(std::mem::align_of::<Stream>(), 64);
+        let table: Vec<Stream> = Vec::with_capacity(1000);
+        assert_eq!(table.as_ptr() as usize % 64, 0);
         assert_eq!(crate::sched::Scheduler::<u64>::descriptor_bytes(), 32);
         assert_eq!(crate::sched::Scheduler::<u32>::descriptor_bytes(), 24);
     }
