@@ -137,7 +137,7 @@ impl<P> Scheduler<P> {
         }
         for (id, _, _) in burst.iter() {
             if let Some(st) = self.streams.get(id.index() as usize) {
-                prefetch(self.pool.addr(st.fifo.tail));
+                self.pool.prefetch(st.fifo.tail);
             }
         }
         let now = self.advance(now);
@@ -320,7 +320,7 @@ impl<P> Scheduler<P> {
     #[inline(always)]
     fn prefetch_after(&self, next: u32) {
         if let Some(n) = self.streams.get(next as usize) {
-            prefetch(self.pool.addr(n.fifo.head));
+            self.pool.prefetch(n.fifo.head);
             prefetch(self.streams.as_ptr().wrapping_add(n.next as usize));
         }
     }

@@ -102,10 +102,17 @@ impl<P> Pool<P> {
         packet
     }
 
-    /// Address of descriptor `idx` (for prefetching; any index is fine).
+    /// Prefetches descriptor `idx` (any index is fine): its first and its last byte,
+    /// since a descriptor need not start on a cache line (the table is aligned only to
+    /// the descriptor's own alignment) and may straddle two.
     #[inline(always)]
-    pub(crate) fn addr(&self, idx: u32) -> *const Desc<P> {
-        self.descs.as_ptr().wrapping_add(idx as usize)
+    pub(crate) fn prefetch(&self, idx: u32) {
+        let at = self.descs.as_ptr().wrapping_add(idx as usize);
+        super::prefetch::prefetch(at);
+        super::prefetch::prefetch(
+            at.cast::<u8>()
+                .wrapping_add(std::mem::size_of::<Desc<P>>() - 1),
+        );
     }
 
     #[inline(always)]
