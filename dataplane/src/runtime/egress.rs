@@ -97,6 +97,41 @@ pub enum DiscardReason {
 }
 
 impl DiscardReason {
+    /// Every distinct name [`DiscardReason::as_str`] gives, in a fixed order: a refusal
+    /// and a drop with the same name (`closed`, `disconnected`) share one entry, and a
+    /// refusal of an unknown stream shares `unknown_stream` with
+    /// [`DiscardReason::UnknownStream`]. For per-name counters in an array.
+    pub const NAMES: [&'static str; 10] = [
+        "queue_full",
+        "disconnected",
+        "closed",
+        "aqm",
+        "expired",
+        "unknown_stream",
+        "invalid_length",
+        "pool_exhausted",
+        "shutdown",
+        "shed",
+    ];
+
+    /// Position of [`DiscardReason::as_str`] in [`DiscardReason::NAMES`].
+    pub fn name_index(self) -> usize {
+        match self {
+            Self::Dropped(DropReason::QueueFull) => 0,
+            Self::Dropped(DropReason::Disconnected) | Self::Refused(RefuseReason::Disconnected) => {
+                1
+            }
+            Self::Dropped(DropReason::Closed) | Self::Refused(RefuseReason::Closed) => 2,
+            Self::Dropped(DropReason::Aqm) => 3,
+            Self::Dropped(DropReason::Expired) => 4,
+            Self::Refused(RefuseReason::UnknownStream) | Self::UnknownStream => 5,
+            Self::Refused(RefuseReason::InvalidLength) => 6,
+            Self::Refused(RefuseReason::PoolExhausted) => 7,
+            Self::Shutdown => 8,
+            Self::Shed => 9,
+        }
+    }
+
     /// Short name for metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -118,4 +153,34 @@ pub struct Discarded<P> {
     pub stream: Option<StreamId>,
     /// Why it was not sent.
     pub reason: DiscardReason,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// S11: per-name discard counters (the gateway keeps one per name) cover every
+    /// reason, each under its own name, and every name is reachable.
+    #[test]
+    fn s11_every_discard_reason_has_its_name_in_names() {
+        let reasons: Vec<DiscardReason> = DropReason::ALL
+            .iter()
+            .map(|&r| DiscardReason::Dropped(r))
+            .chain(RefuseReason::ALL.iter().map(|&r| DiscardReason::Refused(r)))
+            .chain([
+                DiscardReason::UnknownStream,
+                DiscardReason::Shutdown,
+                DiscardReason::Shed,
+            ])
+            .collect();
+        let mut reached = [false; DiscardReason::NAMES.len()];
+        for r in reasons {
+            assert_eq!(DiscardReason::NAMES[r.name_index()], r.as_str(), "{r:?}");
+            reached[r.name_index()] = true;
+        }
+        assert!(
+            reached.iter().all(|&x| x),
+            "every name has a reason: {reached:?}"
+        );
+    }
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use qos_control::metrics::ExtraFamily;
+use qos_dataplane::runtime::DiscardReason;
 
 use super::classify::Dest;
 use serde::Serialize;
@@ -77,29 +78,6 @@ impl GatewayDrop {
 
 pub(crate) const N_DROPS: usize = GatewayDrop::ALL.len();
 
-/// Dataplane discard reasons, as `DiscardReason::as_str` names them, kept per stream.
-pub const DATAPLANE_REASONS: [&str; 11] = [
-    "queue_full",
-    "disconnected",
-    "closed",
-    "aqm",
-    "expired",
-    "unknown_stream",
-    "invalid_length",
-    "pool_exhausted",
-    "shutdown",
-    "shed",
-    "other",
-];
-
-/// Index of a dataplane reason name (unknown names count as `other`).
-pub fn dataplane_reason_index(name: &str) -> usize {
-    DATAPLANE_REASONS
-        .iter()
-        .position(|r| *r == name)
-        .unwrap_or(DATAPLANE_REASONS.len() - 1)
-}
-
 /// One stream's counters (shared by the receive thread that opened it, the worker
 /// that sends its packets, and the readers).
 #[derive(Debug)]
@@ -122,8 +100,8 @@ pub struct StreamCounters {
     pub forwarded: AtomicU64,
     /// Dropped by the gateway, by [`GatewayDrop`].
     pub gateway_dropped: [AtomicU64; N_DROPS],
-    /// Dropped by the dataplane, by [`DATAPLANE_REASONS`].
-    pub dataplane_dropped: [AtomicU64; DATAPLANE_REASONS.len()],
+    /// Dropped by the dataplane, by [`DiscardReason::NAMES`].
+    pub dataplane_dropped: [AtomicU64; DiscardReason::NAMES.len()],
 }
 
 impl StreamCounters {
@@ -155,7 +133,7 @@ impl StreamCounters {
                 dropped.insert(r.as_str().to_string(), v);
             }
         }
-        for (i, r) in DATAPLANE_REASONS.iter().enumerate() {
+        for (i, r) in DiscardReason::NAMES.iter().enumerate() {
             let v = self.dataplane_dropped[i].load(Relaxed);
             if v > 0 {
                 *dropped.entry((*r).to_string()).or_insert(0) += v;
@@ -409,33 +387,5 @@ impl GatewayCounters {
                 ],
             },
         ]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use qos_dataplane::runtime::DiscardReason;
-    use qos_dataplane::sched::{DropReason, RefuseReason};
-
-    /// The gateway's copy of the dataplane's reason names is complete: every reason
-    /// the dataplane can hand an egress has its own counter (none falls into `other`).
-    #[test]
-    fn s11_every_dataplane_discard_reason_has_its_own_counter() {
-        let reasons = DropReason::ALL
-            .iter()
-            .map(|&r| DiscardReason::Dropped(r))
-            .chain(RefuseReason::ALL.iter().map(|&r| DiscardReason::Refused(r)))
-            .chain([
-                DiscardReason::UnknownStream,
-                DiscardReason::Shutdown,
-                DiscardReason::Shed,
-            ]);
-        let other = DATAPLANE_REASONS.len() - 1;
-        for r in reasons {
-            let i = dataplane_reason_index(r.as_str());
-            assert_ne!(i, other, "{r:?} ({}) falls into other", r.as_str());
-            assert_eq!(DATAPLANE_REASONS[i], r.as_str());
-        }
     }
 }

@@ -19,7 +19,7 @@ use quinn_udp::{Transmit, UdpSockRef, UdpSocketState};
 
 use super::Packet;
 use super::classify::Dest;
-use super::counters::{GatewayCounters, GatewayDrop, StreamCounters, dataplane_reason_index};
+use super::counters::{GatewayCounters, GatewayDrop, StreamCounters};
 
 /// Largest GSO send, bytes (the kernel's limit for one UDP send is 64 KiB).
 const GSO_MAX_BYTES: usize = 60_000;
@@ -238,7 +238,7 @@ impl Egress<Packet> for UdpEgress {
     }
 
     fn discard(&mut self, d: Discarded<Packet>) {
-        let i = dataplane_reason_index(d.reason.as_str());
+        let i = d.reason.name_index();
         if let Some(s) = self.stream(d.packet.stream()) {
             s.dataplane_dropped[i].fetch_add(1, Relaxed);
         }
