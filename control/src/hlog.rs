@@ -643,22 +643,31 @@ pub struct Row {
     pub max: u64,
 }
 
-/// Sums the intervals of each tag and reports their percentiles, one [`Row`] per tag in
-/// tag order (untagged first). With `filter`, only tags equal to it or starting with
-/// `filter` followed by `.` are kept: `p7` selects `p7.sojourn`, `w0` selects `w0.cost`.
-/// An empty histogram reports zeros.
+/// One tag's intervals added together.
+#[derive(Debug)]
+pub struct TagSum {
+    /// The tag (`None`: untagged intervals).
+    pub tag: Option<String>,
+    /// Intervals summed.
+    pub intervals: usize,
+    /// Their histograms added together.
+    pub hist: Histogram<u64>,
+}
+
+/// Sums the intervals of each tag that `keep` selects, one [`TagSum`] per tag in tag
+/// order (untagged first).
 ///
 /// # Errors
 /// [`HlogError::Merge`] when an interval cannot be added to its tag's sum (a histogram
 /// larger than the crate can represent).
-pub fn percentile_table(
+pub fn tag_sums(
     intervals: &[Interval],
-    filter: Option<&str>,
-) -> Result<Vec<Row>, HlogError> {
+    keep: impl Fn(Option<&str>) -> bool,
+) -> Result<Vec<TagSum>, HlogError> {
     let mut sums: BTreeMap<Option<&str>, (usize, Histogram<u64>)> = BTreeMap::new();
     for interval in intervals {
         let tag = interval.tag.as_deref();
-        if !tag_matches(tag, filter) {
+        if !keep(tag) {
             continue;
         }
         let (n, sum) = sums.entry(tag).or_insert_with(|| {
@@ -675,16 +684,44 @@ pub fn percentile_table(
     }
     Ok(sums
         .into_iter()
-        .map(|(tag, (intervals, h))| Row {
+        .map(|(tag, (intervals, hist))| TagSum {
             tag: tag.map(str::to_owned),
             intervals,
-            count: h.len(),
-            p50: h.value_at_quantile(0.5),
-            p90: h.value_at_quantile(0.9),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
-            max: h.max(),
+            hist,
         })
+        .collect())
+}
+
+/// Sums the intervals of each tag and reports their percentiles, one [`Row`] per tag in
+/// tag order (untagged first). With `filter`, only tags equal to it or starting with
+/// `filter` followed by `.` are kept: `p7` selects `p7.sojourn`, `w0` selects `w0.cost`.
+/// An empty histogram reports zeros.
+///
+/// # Errors
+/// [`HlogError::Merge`] when an interval cannot be added to its tag's sum (a histogram
+/// larger than the crate can represent).
+pub fn percentile_table(
+    intervals: &[Interval],
+    filter: Option<&str>,
+) -> Result<Vec<Row>, HlogError> {
+    Ok(tag_sums(intervals, |tag| tag_matches(tag, filter))?
+        .into_iter()
+        .map(
+            |TagSum {
+                 tag,
+                 intervals,
+                 hist: h,
+             }| Row {
+                tag,
+                intervals,
+                count: h.len(),
+                p50: h.value_at_quantile(0.5),
+                p90: h.value_at_quantile(0.9),
+                p99: h.value_at_quantile(0.99),
+                p999: h.value_at_quantile(0.999),
+                max: h.max(),
+            },
+        )
         .collect())
 }
 

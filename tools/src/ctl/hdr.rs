@@ -8,8 +8,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use hdrhistogram::Histogram;
-use qos_control::hlog::{HlogError, Interval, Row, percentile_table, read_hlog};
+pub use qos_control::hlog::TagSum;
+use qos_control::hlog::{HlogError, Interval, Row, percentile_table, read_hlog, tag_sums};
 
 use super::CtlError;
 
@@ -95,39 +95,13 @@ pub fn format_table(rows: &[Row]) -> String {
     out
 }
 
-/// One tag's intervals summed.
-#[derive(Debug)]
-pub struct TagSum {
-    /// The tag (`None`: untagged intervals).
-    pub tag: Option<String>,
-    /// All its intervals added together.
-    pub hist: Histogram<u64>,
-}
-
 /// Sums the intervals of each tag selected by `filters` (see [`rows`]), in tag order.
 ///
 /// # Errors
 /// [`HlogError::Merge`] when an interval cannot be added.
 pub fn sums(intervals: &[Interval], filters: &[String]) -> Result<Vec<TagSum>, HlogError> {
     let selected = rows(intervals, filters)?;
-    let mut out: Vec<TagSum> = Vec::with_capacity(selected.len());
-    for row in selected {
-        let mut sum: Option<Histogram<u64>> = None;
-        for i in intervals.iter().filter(|i| i.tag == row.tag) {
-            let s = sum.get_or_insert_with(|| {
-                let mut h = Histogram::new_from(&i.hist);
-                h.auto(true);
-                h
-            });
-            s.add(&i.hist).map_err(|e| HlogError::Merge {
-                line: i.line,
-                tag: row.tag.clone().unwrap_or_default(),
-                message: e.to_string(),
-            })?;
-        }
-        if let Some(hist) = sum {
-            out.push(TagSum { tag: row.tag, hist });
-        }
-    }
-    Ok(out)
+    tag_sums(intervals, |tag| {
+        selected.iter().any(|r| r.tag.as_deref() == tag)
+    })
 }
