@@ -54,6 +54,7 @@ mod prefetch;
 mod priority;
 mod shaper;
 mod share;
+mod sojourn;
 mod stats;
 mod stream;
 mod throttle;
@@ -170,7 +171,7 @@ pub struct Scheduler<P> {
     prio_stats: [PriorityStats; PRIORITIES],
     served: [ServiceStats; CLASSES],
     refused: [u64; RefuseReason::COUNT],
-    sojourn: [Histogram<u64>; PRIORITIES],
+    sojourn: sojourn::Sojourns,
     /// Whether dequeues record into `sojourn` (off only to measure its cost, P8).
     record_sojourn: bool,
     window: BudgetWindow,
@@ -228,7 +229,7 @@ impl<P> Scheduler<P> {
             prio_stats: [PriorityStats::default(); PRIORITIES],
             served: [ServiceStats::default(); CLASSES],
             refused: [0; RefuseReason::COUNT],
-            sojourn: std::array::from_fn(|_| new_sojourn_histogram()),
+            sojourn: sojourn::Sojourns::new(),
             record_sojourn: true,
             window: BudgetWindow::new(c.window_ns),
             events,
@@ -383,9 +384,12 @@ impl<P> Scheduler<P> {
         }
     }
 
-    /// The sojourn histogram of `priority` (ns, since the last swap).
-    pub fn sojourn_histogram(&self, priority: Priority) -> &Histogram<u64> {
-        &self.sojourn[priority.index()]
+    /// The sojourn histogram of `priority` (ns, since the last
+    /// [`Scheduler::swap_sojourn_histograms`]): a new histogram built on each call from
+    /// the scheduler's own counts (O(buckets recorded); see `sched/sojourn.rs`), equal
+    /// to what recording every sample into it would have given.
+    pub fn sojourn_histogram(&self, priority: Priority) -> Histogram<u64> {
+        self.sojourn.snapshot(priority.index())
     }
 
     /// Switches sojourn histogram recording (on by default). Off exists only so that
@@ -395,11 +399,11 @@ impl<P> Scheduler<P> {
         self.record_sojourn = on;
     }
 
-    /// Exchanges the eight sojourn histograms with `spare` (T4): the caller gets the
-    /// recorded ones and the scheduler goes on recording into the spares, which the
-    /// caller should have reset. No allocation, no copy.
+    /// Hands the eight sojourn histograms over (T4): adds what was recorded since the
+    /// last call into `spare` (which the caller should have reset) and starts recording
+    /// from empty. No allocation; O(buckets recorded).
     pub fn swap_sojourn_histograms(&mut self, spare: &mut [Histogram<u64>; PRIORITIES]) {
-        std::mem::swap(&mut self.sojourn, spare);
+        self.sojourn.drain_into(spare);
     }
 
     /// Bytes of scheduler state per stream slot, open or idle (P2 target: <= 64). A

@@ -191,7 +191,7 @@ fn s12_dequeue_batch_makes_the_same_decisions_as_dequeue() {
                 "seed {seed} {p}"
             );
             assert!(
-                *sa.sojourn_histogram(p) == *sb.sojourn_histogram(p),
+                sa.sojourn_histogram(p) == sb.sojourn_histogram(p),
                 "seed {seed} {p}: histograms differ"
             );
         }

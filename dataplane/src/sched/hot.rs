@@ -347,7 +347,7 @@ impl<P> Scheduler<P> {
         self.served[c].bytes += u64::from(len);
         let sojourn_ns = now.saturating_sub(stamp);
         if self.record_sojourn {
-            self.sojourn[p].saturating_record(sojourn_ns);
+            self.sojourn.record(p, sojourn_ns);
         }
         self.window.samples[p] += 1;
         if sojourn_ns > self.c.budgets[p] {
