@@ -385,7 +385,7 @@ impl<P> Scheduler<P> {
     }
 
     /// The sojourn histogram of `priority` (ns, since the last
-    /// [`Scheduler::swap_sojourn_histograms`]): a new histogram built on each call from
+    /// [`Scheduler::drain_sojourn_histograms`]): a new histogram built on each call from
     /// the scheduler's own counts (O(buckets recorded); see `sched/sojourn.rs`), equal
     /// to what recording every sample into it would have given.
     pub fn sojourn_histogram(&self, priority: Priority) -> Histogram<u64> {
@@ -400,10 +400,10 @@ impl<P> Scheduler<P> {
     }
 
     /// Hands the eight sojourn histograms over (T4): adds what was recorded since the
-    /// last call into `spare` (which the caller should have reset) and starts recording
-    /// from empty. No allocation; O(buckets recorded).
-    pub fn swap_sojourn_histograms(&mut self, spare: &mut [Histogram<u64>; PRIORITIES]) {
-        self.sojourn.drain_into(spare);
+    /// last call into `into` (reset it first to get only the new samples) and starts
+    /// recording from empty. No allocation; O(buckets recorded).
+    pub fn drain_sojourn_histograms(&mut self, into: &mut [Histogram<u64>; PRIORITIES]) {
+        self.sojourn.drain_into(into);
     }
 
     /// Bytes of scheduler state per stream slot, open or idle (P2 target: <= 64). A

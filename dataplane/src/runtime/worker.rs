@@ -708,7 +708,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     /// a filled set the reader has not collected.
     fn final_histograms(&mut self) -> Hists {
         let mut last = super::WorkerHistograms::empty();
-        self.sched.swap_sojourn_histograms(&mut last.sojourn);
+        self.sched.drain_sojourn_histograms(&mut last.sojourn);
         std::mem::swap(&mut self.iteration_ns, &mut last.iteration_ns);
         if let Some(pending) = self.outgoing.take() {
             last.add(&pending);
@@ -722,7 +722,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         if self.outgoing.is_none()
             && let Some(mut empty) = self.hist_in.take()
         {
-            self.sched.swap_sojourn_histograms(&mut empty.sojourn);
+            self.sched.drain_sojourn_histograms(&mut empty.sojourn);
             std::mem::swap(&mut self.iteration_ns, &mut empty.iteration_ns);
             self.outgoing = Some(empty);
         }

@@ -89,28 +89,26 @@ impl Sojourns {
         }
     }
 
-    /// The touched chunks of priority `p`: their ranges in `counts`.
-    fn chunks(&self, p: usize) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
-        self.dirty[p]
-            .iter()
-            .enumerate()
-            .flat_map(move |(w, &word)| {
-                let mut bits = word;
-                std::iter::from_fn(move || {
-                    if bits == 0 {
-                        return None;
-                    }
-                    let chunk = w * 64 + bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
-                    let start = chunk * CHUNK;
-                    Some(p * LEN + start..p * LEN + (start + CHUNK).min(LEN))
-                })
+    /// The touched chunks of priority `p` (from its bitmap words, taken by value so
+    /// the caller may write `counts` meanwhile): their ranges in `counts`.
+    fn chunks(p: usize, dirty: [u64; WORDS]) -> impl Iterator<Item = std::ops::Range<usize>> {
+        dirty.into_iter().enumerate().flat_map(move |(w, word)| {
+            let mut bits = word;
+            std::iter::from_fn(move || {
+                if bits == 0 {
+                    return None;
+                }
+                let chunk = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let start = chunk * CHUNK;
+                Some(p * LEN + start..p * LEN + (start + CHUNK).min(LEN))
             })
+        })
     }
 
     /// Adds priority `p`'s counts into `into`.
     fn add_to(&self, p: usize, into: &mut Histogram<u64>) {
-        for range in self.chunks(p) {
+        for range in Self::chunks(p, self.dirty[p]) {
             let first = range.start - p * LEN;
             for (k, &c) in self.counts[range].iter().enumerate() {
                 if c != 0 {
@@ -131,15 +129,8 @@ impl Sojourns {
     pub(crate) fn drain_into(&mut self, into: &mut [Histogram<u64>; PRIORITIES]) {
         for (p, h) in into.iter_mut().enumerate() {
             self.add_to(p, h);
-            for w in 0..WORDS {
-                let mut bits = std::mem::take(&mut self.dirty[p][w]);
-                while bits != 0 {
-                    let chunk = w * 64 + bits.trailing_zeros() as usize;
-                    bits &= bits - 1;
-                    let start = p * LEN + chunk * CHUNK;
-                    let end = p * LEN + (chunk * CHUNK + CHUNK).min(LEN);
-                    self.counts[start..end].fill(0);
-                }
+            for range in Self::chunks(p, std::mem::take(&mut self.dirty[p])) {
+                self.counts[range].fill(0);
             }
         }
     }

@@ -114,7 +114,8 @@ const STRIKE_MASK: u8 = 0b1111 << STRIKE_SHIFT;
 
 /// The state of one stream: queue, list links, DRR credit, CoDel state, counters.
 /// Exactly 64 bytes and aligned to them, one cache line (P2); rate-cap buckets live in a
-/// side table so uncapped streams do not pay for them. Fields are private: transitions go through the named methods.
+/// side table so uncapped streams do not pay for them. Fields are private: transitions
+/// go through the named methods.
 #[derive(Clone, Copy, Debug)]
 #[repr(align(64))]
 pub(crate) struct Stream {
