@@ -1026,14 +1026,18 @@ impl<P: Send + 'static> State<P> {
     /// What fails beside the dataplane (metrics.db, the audit log): reported by
     /// `/status` and `/healthz`, never a reason to shed traffic.
     pub(crate) fn warnings(&self) -> Vec<String> {
-        let mut warnings = Vec::new();
-        if let Some(s) = self.store.as_ref() {
+        let store_error = self.store.as_ref().and_then(|s| {
             let st = s.status();
-            if !st.healthy
-                && let Some(e) = &st.last_error
-            {
-                warnings.push(format!("metrics.db failing: {e}"));
-            }
+            if st.healthy { None } else { st.last_error }
+        });
+        self.warnings_with(store_error.as_deref())
+    }
+
+    /// [`State::warnings`] with the metrics.db error already read.
+    fn warnings_with(&self, store_error: Option<&str>) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if let Some(e) = store_error {
+            warnings.push(format!("metrics.db failing: {e}"));
         }
         if let Some(e) = &self.audit_error {
             warnings.push(format!("audit log failing: {e}"));
@@ -1077,7 +1081,7 @@ impl<P: Send + 'static> State<P> {
                 },
             }
         });
-        let warnings = self.warnings();
+        let warnings = self.warnings_with(store.as_ref().and_then(|v| v.last_error.as_deref()));
         Status {
             health: self.health.state(),
             policy_version: self.gate.running_version(),
@@ -1123,26 +1127,29 @@ impl<P: Send + 'static> State<P> {
         let Some(dp) = self.dataplane.take() else {
             return Err(ControlError::Thread("dataplane already stopped".into()));
         };
-        // The dataplane's clock goes with it: its time at the end is the time now
-        // plus what the shutdown (the drain) took.
-        let (before_ns, before_wall) = (dp.now_ns(), wall_now());
+        let before_ns = dp.now_ns();
         let result = dp.shutdown(mode);
         let wall = wall_now();
-        let end_ns = before_ns.saturating_add(ns(wall
-            .duration_since(before_wall)
-            .unwrap_or(Duration::ZERO)));
         let report = match &result {
             Ok(r) => Some(r),
             Err(RuntimeError::WorkerPanicked { report, .. }) => Some(&**report),
             #[allow(unreachable_patterns)]
             Err(_) => None,
         };
+        // The end of the last period on the dataplane's own clock: the workers' last
+        // heartbeat (their final counters are published at exit).
+        let end_ns = report
+            .and_then(|r| r.workers.iter().map(|w| w.heartbeat_ns).max())
+            .unwrap_or(before_ns)
+            .max(before_ns);
         // What the workers recorded after the last tick goes into the last `.hlog`
         // interval and metrics.db batch.
         if let Some(r) = report {
             self.absorb_histograms(&r.histograms);
             // The reports the workers handed back at exit: the last windows, and the
-            // named streams as they ended.
+            // streams still open at the end (after a discarding stop none are: every
+            // stream was closed, so the last batch books their final windows under
+            // `other`).
             for (w, late) in r.reports.iter().enumerate() {
                 for x in late {
                     self.absorb_report(w, x.clone());

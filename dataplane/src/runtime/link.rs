@@ -217,7 +217,9 @@ pub(crate) fn allocate(
         &mut tier_alloc[..tiers],
         &mut scratch.fixed,
     );
-    let slack = (link_bps - used.min(link_bps)) / workers.max(1);
+    // What no tier asked for.
+    let spare = link_bps - used.min(link_bps);
+    let slack = spare / workers.max(1);
     let mut weights = [0u64; MAX_TIERS];
     let mut rate = slack;
     let total_share = u128::from(shares.iter().sum::<u64>().max(1));
@@ -228,9 +230,8 @@ pub(crate) fn allocate(
         split,
         tier_alloc: alloc_out,
     } = scratch;
-    // What no tier asked for goes to every tier by its share; the rounding rest to the
-    // first, so the allocations add up to the link exactly.
-    let spare = link_bps - used.min(link_bps);
+    // The spare goes to every tier by its share; the rounding rest to the first, so
+    // the allocations add up to the link exactly.
     let mut handed = 0u64;
     *alloc_out = [0; MAX_TIERS];
     for t in 0..tiers {
