@@ -22,7 +22,7 @@ use qos_dataplane::sched::{PolicySpec, SchedulerConfig, StreamConfig};
 
 mod plane_common;
 mod store_common;
-use plane_common::{Switch, Wire, push, temp_dir, wait_until};
+use plane_common::{Switch, Wire, http, push, temp_dir, wait_until};
 use store_common::sqlite3_json;
 
 fn start(
@@ -115,23 +115,6 @@ fn dequeued_at(report: &ShutdownReport, p: usize) -> u64 {
         .iter()
         .map(|w| w.priorities[p].dequeued)
         .sum()
-}
-
-/// A plain HTTP/1.1 GET on loopback; (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let status = raw[9..12].parse().unwrap();
-    let body = raw.split_once("\r\n\r\n").unwrap().1.to_string();
-    (status, body)
 }
 
 /// The value of the unlabelled-or-labelled sample `line_prefix` in an exposition.
@@ -627,7 +610,7 @@ fn o2_a_failing_store_is_reported_and_the_dataplane_is_not_disturbed() {
         status.warnings
     );
     // /healthz names it too, and stays 200: a failing store sheds nothing.
-    let (code, body) = get(plane.addr(), "/healthz");
+    let (code, body) = http(plane.addr(), "GET", "/healthz", &[], b"");
     assert_eq!(code, 200, "{body}");
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["state"], "NORMAL", "{body}");

@@ -337,6 +337,8 @@ fn o2_report_windows_add_up_to_the_final_counters_as_the_named_set_changes() {
         .policy(policy)
         .build(|_| Sink(Arc::default()))
         .unwrap();
+    // Every worker's first window starts before `build` returns.
+    let built_ns = dp.now_ns();
     let mut tx = producers.pop().unwrap();
     // The reader's view: every report received, oldest first, per worker.
     let mut got: Vec<Vec<StreamReport>> = vec![Vec::new(), Vec::new()];
@@ -391,6 +393,7 @@ fn o2_report_windows_add_up_to_the_final_counters_as_the_named_set_changes() {
         );
     }
     drop(tx);
+    let stop_ns = dp.now_ns();
     let report = dp.shutdown(StopMode::Discard).unwrap();
     assert!(report.is_conserved());
     for (w, late) in report.reports.iter().enumerate() {
@@ -398,6 +401,15 @@ fn o2_report_windows_add_up_to_the_final_counters_as_the_named_set_changes() {
         got[w].extend(late.iter().cloned());
     }
     assert_windows_add_up(&got, &report);
+    // The windows tile each worker's time: from its start (before `built_ns`) to its
+    // exit walk (after `stop_ns`, within the few ms a discarding stop takes; 300 ms allowed).
+    for (w, reports) in got.iter().enumerate() {
+        let total: u64 = reports.iter().map(|r| r.window_ns).sum();
+        assert!(
+            total >= stop_ns - built_ns && total <= stop_ns + 300_000_000,
+            "worker {w}: windows sum to {total} ns, run {built_ns}..{stop_ns}"
+        );
+    }
     let named_sets: std::collections::BTreeSet<Vec<u64>> = got
         .iter()
         .flatten()
