@@ -135,19 +135,35 @@ impl GatewaySection {
     /// Every key and its value as text: what a reload compares (each takes effect
     /// only at start).
     pub(crate) fn keys(&self) -> Vec<(&'static str, String)> {
+        // Destructured without `..`: a new key that is not listed here fails to
+        // compile instead of being silently ignored by a reload.
+        let Self {
+            listen,
+            workers,
+            pinning,
+            max_datagram,
+            flow_table,
+            flow_idle_ms,
+            batch,
+            socket_buffer,
+            ring_capacity,
+            drain_ms,
+            stall_budget_ms,
+            idle,
+        } = self;
         vec![
-            ("gateway.listen", format!("{:?}", self.listen)),
-            ("gateway.workers", self.workers.to_string()),
-            ("gateway.pinning", format!("{:?}", self.pinning)),
-            ("gateway.max_datagram", self.max_datagram.to_string()),
-            ("gateway.flow_table", self.flow_table.to_string()),
-            ("gateway.flow_idle_ms", self.flow_idle_ms.to_string()),
-            ("gateway.batch", self.batch.to_string()),
-            ("gateway.socket_buffer", self.socket_buffer.to_string()),
-            ("gateway.ring_capacity", self.ring_capacity.to_string()),
-            ("gateway.drain_ms", self.drain_ms.to_string()),
-            ("gateway.stall_budget_ms", self.stall_budget_ms.to_string()),
-            ("gateway.idle", format!("{:?}", self.idle)),
+            ("gateway.listen", format!("{listen:?}")),
+            ("gateway.workers", workers.to_string()),
+            ("gateway.pinning", format!("{pinning:?}")),
+            ("gateway.max_datagram", max_datagram.to_string()),
+            ("gateway.flow_table", flow_table.to_string()),
+            ("gateway.flow_idle_ms", flow_idle_ms.to_string()),
+            ("gateway.batch", batch.to_string()),
+            ("gateway.socket_buffer", socket_buffer.to_string()),
+            ("gateway.ring_capacity", ring_capacity.to_string()),
+            ("gateway.drain_ms", drain_ms.to_string()),
+            ("gateway.stall_budget_ms", stall_budget_ms.to_string()),
+            ("gateway.idle", format!("{idle:?}")),
         ]
     }
 }
@@ -217,29 +233,34 @@ pub struct ControlSection {
 }
 
 impl ControlSection {
-    /// Every key and its value as text, as [`GatewaySection::keys`]; the token shows
-    /// only as a digest (the text goes to logs and the audit).
+    /// Every key and its value as text, as [`GatewaySection::keys`] (the token too:
+    /// the reload compares it and never shows it).
     pub(crate) fn keys(&self) -> Vec<(&'static str, String)> {
-        let token = self.bearer_token.as_ref().map_or_else(
-            || "none".to_string(),
-            |t| {
-                let h = qos_control::policy::sha256_hex(t.as_bytes());
-                format!("sha256:{}", &h[..12.min(h.len())])
-            },
-        );
+        // Destructured without `..`, as in `GatewaySection::keys`.
+        let Self {
+            listen,
+            allow_remote,
+            bearer_token,
+            state_dir,
+            hlog_period_ms,
+            metrics_db_period_ms,
+            metrics_db,
+            series_limit,
+            verifying_key,
+        } = self;
         vec![
-            ("control.listen", self.listen.to_string()),
-            ("control.allow_remote", self.allow_remote.to_string()),
-            ("control.bearer_token", token),
-            ("control.state_dir", format!("{:?}", self.state_dir)),
-            ("control.hlog_period_ms", self.hlog_period_ms.to_string()),
+            ("control.listen", listen.to_string()),
+            ("control.allow_remote", allow_remote.to_string()),
+            ("control.bearer_token", format!("{bearer_token:?}")),
+            ("control.state_dir", format!("{state_dir:?}")),
+            ("control.hlog_period_ms", hlog_period_ms.to_string()),
             (
                 "control.metrics_db_period_ms",
-                self.metrics_db_period_ms.to_string(),
+                metrics_db_period_ms.to_string(),
             ),
-            ("control.metrics_db", self.metrics_db.to_string()),
-            ("control.series_limit", self.series_limit.to_string()),
-            ("control.verifying_key", format!("{:?}", self.verifying_key)),
+            ("control.metrics_db", metrics_db.to_string()),
+            ("control.series_limit", series_limit.to_string()),
+            ("control.verifying_key", format!("{verifying_key:?}")),
         ]
     }
 }

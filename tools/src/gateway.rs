@@ -164,6 +164,9 @@ pub struct Gateway {
     running: Mutex<GatewayConfig>,
     listen: Vec<SocketAddr>,
     api: SocketAddr,
+    /// The egress sockets were bound for IPv6 (dual stack) at start: only then can a
+    /// reload add an IPv6 upstream.
+    egress_v6: bool,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -190,6 +193,11 @@ pub struct DrainReport {
     pub dataplane_conserved: bool,
     /// Per stream.
     pub streams: Vec<StreamAccount>,
+}
+
+/// Whether any upstream is IPv6 (the egress sockets are then bound dual stack).
+fn upstreams_v6(config: &GatewayConfig) -> bool {
+    config.upstreams.iter().any(|u| u.addr.is_ipv6())
 }
 
 fn egress_socket(upstreams: &[SocketAddr], buffer: usize) -> Result<UdpSocket, GatewayError> {
@@ -288,7 +296,7 @@ impl Gateway {
             .config(RuntimeConfig {
                 stall_budget: Duration::from_millis(g.stall_budget_ms),
                 idle: match g.idle {
-                    IdleConfig::Park => RuntimeConfig::default().idle,
+                    IdleConfig::Park => IdleStrategy::default(),
                     IdleConfig::Spin => IdleStrategy::Spin,
                 },
                 ..RuntimeConfig::default()
@@ -359,6 +367,7 @@ impl Gateway {
             rx,
             classifier,
             counters,
+            egress_v6: upstreams_v6(&config),
             running: Mutex::new(config),
             listen,
             api,
@@ -430,12 +439,16 @@ impl Gateway {
             .chain(config.control.keys());
         for ((key, from), (_, to)) in before.zip(after) {
             if from != to {
+                // A secret's values never reach the error (logs, API, audit).
+                let (from, to) = if key == "control.bearer_token" {
+                    ("(not shown)".to_string(), "(not shown)".to_string())
+                } else {
+                    (from, to)
+                };
                 return Err(GatewayError::NeedsRestart { key, from, to });
             }
         }
-        // The egress sockets were bound for the upstreams' address family at start.
-        let v6 = |c: &GatewayConfig| c.upstreams.iter().any(|u| u.addr.is_ipv6());
-        if v6(&config) && !v6(&running) {
+        if upstreams_v6(&config) && !self.egress_v6 {
             return Err(GatewayError::NeedsRestart {
                 key: "upstream.addr",
                 from: "IPv4 upstreams only".into(),
