@@ -241,8 +241,9 @@ impl GatewayCounters {
         {
             return s.clone();
         }
-        // Saturates rather than wraps: 4 billion streams are not reached in practice
-        // (a stream is opened per flow miss, bounded by the flow table).
+        // Saturates rather than wraps: 4 billion streams are not reached in practice.
+        // The registry keeps every stream key ever seen (a key seen again reuses its
+        // counters), so it grows with the distinct keys, not with the flow table.
         let index = u32::try_from(reg.list.len()).unwrap_or(u32::MAX);
         let s = Arc::new(StreamCounters::new(key, index, priority, rule.to_string()));
         reg.list.push(s.clone());
@@ -290,23 +291,27 @@ impl GatewayCounters {
         }
     }
 
+    /// Every stream's counters, cloned under the lock and read outside it: a worker
+    /// meeting a new stream (`extend_streams`) never waits behind a scrape's walk.
+    fn list(&self) -> Vec<Arc<StreamCounters>> {
+        self.registry().list.clone()
+    }
+
     /// Every stream's accounting, by stream id.
     pub fn streams(&self) -> Vec<StreamAccount> {
-        let reg = self.registry();
-        let mut v: Vec<_> = reg.list.iter().map(|s| s.snapshot()).collect();
+        let mut v: Vec<_> = self.list().iter().map(|s| s.snapshot()).collect();
         v.sort_by_key(|a| a.stream_id);
         v
     }
 
     /// Drops by reason: those of no stream plus every stream's gateway drops.
     pub fn drops_by_reason(&self) -> Vec<(GatewayDrop, u64)> {
-        let reg = self.registry();
+        let list = self.list();
         GatewayDrop::ALL
             .iter()
             .map(|&r| {
                 let own = self.dropped[r.index()].load(Relaxed);
-                let streams: u64 = reg
-                    .list
+                let streams: u64 = list
                     .iter()
                     .map(|s| s.gateway_dropped[r.index()].load(Relaxed))
                     .sum();
@@ -326,12 +331,7 @@ impl GatewayCounters {
                 v,
             )
         };
-        let forwarded: u64 = self
-            .registry()
-            .list
-            .iter()
-            .map(|s| s.forwarded.load(Relaxed))
-            .sum();
+        let forwarded: u64 = self.list().iter().map(|s| s.forwarded.load(Relaxed)).sum();
         vec![
             ExtraFamily {
                 name: "qosd_datagrams_received".into(),
