@@ -654,6 +654,23 @@ pub struct TagSum {
     pub hist: Histogram<u64>,
 }
 
+impl TagSum {
+    /// The tag's percentile row. An empty histogram reports zeros.
+    pub fn row(self) -> Row {
+        let h = &self.hist;
+        Row {
+            count: h.len(),
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            tag: self.tag,
+            intervals: self.intervals,
+        }
+    }
+}
+
 /// Sums the intervals of each tag that `keep` selects, one [`TagSum`] per tag in tag
 /// order (untagged first).
 ///
@@ -706,26 +723,13 @@ pub fn percentile_table(
 ) -> Result<Vec<Row>, HlogError> {
     Ok(tag_sums(intervals, |tag| tag_matches(tag, filter))?
         .into_iter()
-        .map(
-            |TagSum {
-                 tag,
-                 intervals,
-                 hist: h,
-             }| Row {
-                tag,
-                intervals,
-                count: h.len(),
-                p50: h.value_at_quantile(0.5),
-                p90: h.value_at_quantile(0.9),
-                p99: h.value_at_quantile(0.99),
-                p999: h.value_at_quantile(0.999),
-                max: h.max(),
-            },
-        )
+        .map(TagSum::row)
         .collect())
 }
 
-fn tag_matches(tag: Option<&str>, filter: Option<&str>) -> bool {
+/// Whether `tag` is selected by `filter`: no filter, the tag itself, or the tag's
+/// prefix before a `.` (see [`percentile_table`]).
+pub fn tag_matches(tag: Option<&str>, filter: Option<&str>) -> bool {
     match (filter, tag) {
         (None, _) => true,
         (Some(_), None) => false,

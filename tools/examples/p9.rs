@@ -43,11 +43,13 @@ use qos_tools::udp::BatchRecv;
 
 const SIZE: usize = 512;
 
+/// The load generator's clock, one for the sender and the sink threads alike.
+static CLOCK: std::sync::LazyLock<qos_tools::loadgen::clock::Clock> =
+    std::sync::LazyLock::new(qos_tools::loadgen::clock::Clock::start);
+
 /// Wall clock, ns since the Unix epoch (what load-generator headers carry).
 fn unix_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
+    CLOCK.wall_ns()
 }
 const LAT_PPS: u64 = 10_000;
 const FORWARDERS: &[&str] = &["relay-", "qosd-rx", "qos-worker"];

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 pub use qos_control::hlog::TagSum;
-use qos_control::hlog::{HlogError, Interval, Row, percentile_table, read_hlog, tag_sums};
+use qos_control::hlog::{HlogError, Interval, Row, read_hlog, tag_matches, tag_sums};
 
 use super::CtlError;
 
@@ -23,21 +23,15 @@ pub fn tag_label(tag: Option<&str>) -> &str {
 
 /// The rows of `intervals` whose tag matches one of `filters` (all when empty), in tag
 /// order, each tag once. A filter selects a tag equal to it or starting with it and a
-/// dot (`p7` selects `p7.sojourn`), as [`percentile_table`] does.
+/// dot (`p7` selects `p7.sojourn`), as `hlog::percentile_table` does.
 ///
 /// # Errors
 /// [`HlogError::Merge`] when a tag's intervals cannot be summed.
 pub fn rows(intervals: &[Interval], filters: &[String]) -> Result<Vec<Row>, HlogError> {
-    if filters.is_empty() {
-        return percentile_table(intervals, None);
-    }
-    let mut rows = Vec::new();
-    for f in filters {
-        rows.extend(percentile_table(intervals, Some(f))?);
-    }
-    rows.sort_by(|a, b| a.tag.cmp(&b.tag));
-    rows.dedup_by(|a, b| a.tag == b.tag);
-    Ok(rows)
+    Ok(sums(intervals, filters)?
+        .into_iter()
+        .map(TagSum::row)
+        .collect())
 }
 
 /// `hdr print FILE [--tag TAG]...`: reads the log and returns its rows (values in the
@@ -100,8 +94,7 @@ pub fn format_table(rows: &[Row]) -> String {
 /// # Errors
 /// [`HlogError::Merge`] when an interval cannot be added.
 pub fn sums(intervals: &[Interval], filters: &[String]) -> Result<Vec<TagSum>, HlogError> {
-    let selected = rows(intervals, filters)?;
     tag_sums(intervals, |tag| {
-        selected.iter().any(|r| r.tag.as_deref() == tag)
+        filters.is_empty() || filters.iter().any(|f| tag_matches(tag, Some(f)))
     })
 }
