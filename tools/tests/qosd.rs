@@ -642,3 +642,47 @@ fn s9_new_flows_beyond_a_full_flow_table_are_counted_drops() {
     assert_eq!(report.received, 48);
     assert!(report.conserved, "{report:?}");
 }
+
+/// A full flow table whose flows went idle: new flows evict them (counted in
+/// `qosd_flow_evictions`) and are forwarded, nothing is refused or lost as
+/// `unclassified`, and a flow evicted and then heard from again is classified afresh.
+#[test]
+fn s9_idle_flows_are_evicted_for_new_ones() {
+    let sink = Sink::bind();
+    let gw = start(&config_text(
+        &[sink.addr],
+        500,
+        "workers = 1\nflow_table = 4\nflow_idle_ms = 50",
+        "[[rule]]\nname = \"lg\"\nloadgen = true\nstream = \"header\"\nroute = { to = \"u0\" }\n",
+    ).replacen("workers = 2\n", "", 1));
+    let to = gw.listen_addrs()[0];
+    let senders: Vec<UdpSocket> = (0..8).map(|_| sender()).collect();
+    // Four flows fill the table, then fall idle past flow_idle_ms.
+    for (i, tx) in senders.iter().take(4).enumerate() {
+        send_paced(tx, to, 1, |_| datagram(i as u64, 4, 0, 100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // Four new flows: each finds the table full of idle flows and takes a place.
+    for (i, tx) in senders.iter().enumerate().skip(4) {
+        send_paced(tx, to, 5, |k| datagram(i as u64, 4, k, 100));
+    }
+    // One of the first flows again, after the new ones went idle in their turn.
+    std::thread::sleep(Duration::from_millis(300));
+    send_paced(&senders[0], to, 3, |k| datagram(0, 4, 1 + k, 100));
+    let got = sink.drain(Duration::from_millis(300), Duration::from_secs(10));
+    let (_, metrics) = http(gw.api_addr(), "GET", "/metrics", &[], b"");
+    let evictions = metric(&metrics, "qosd_flow_evictions_total{}");
+    let report = gw.stop().expect("stop");
+    assert_eq!(report.received, 4 + 20 + 3);
+    assert_eq!(report.forwarded, 27, "{report:?}");
+    assert!(report.dropped.is_empty(), "{report:?}");
+    assert!(report.conserved, "{report:?}");
+    assert_eq!(got.values().sum::<u64>(), 27, "{got:?}");
+    assert_eq!(got.get(&0), Some(&4), "{got:?}");
+    assert!((4..8).all(|i| got.get(&i) == Some(&5)), "{got:?}");
+    // At least the four first flows, then room for flow 0's return.
+    assert!(
+        evictions.is_some_and(|e| e >= 5.0),
+        "evictions {evictions:?}"
+    );
+}

@@ -54,8 +54,12 @@ size = 1000
 rate = "10mbps"
 "#;
 
-/// Bytes per tier of `policy` (three tiers).
+/// Bytes per tier of `policy` (three tiers). The mapping is the scheduler's own, so it
+/// is first held against the reference tiers written out here (High {6, 7}, Medium
+/// {2..=5}, Low {0, 1}): a wrong mapping cannot make both sides agree.
 fn tiers(s: &SinkSnapshot, policy: &qos_dataplane::sched::Policy) -> [u64; 3] {
+    let want = [2, 2, 1, 1, 1, 1, 0, 0];
+    assert_eq!((0..8).map(|p| policy.tier_of(p)).collect::<Vec<_>>(), want);
     let mut t = [0; 3];
     for p in &s.priorities {
         t[policy.tier_of(p.priority)] += p.bytes;
