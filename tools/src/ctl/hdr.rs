@@ -2,7 +2,7 @@
 //! per-tag sums `hdr plot` draws.
 //!
 //! Reading, tag filtering and the percentiles are `qos_control::hlog`'s
-//! ([`read_hlog`], [`percentile_table`]); this module only selects several filters at
+//! ([`read_hlog`], [`tag_sums`], [`TagSum::row`]); this module only selects several filters at
 //! once and formats. Values in our logs are nanoseconds (`docs/OPERATIONS.md`).
 
 use std::fmt::Write as _;
