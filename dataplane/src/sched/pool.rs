@@ -153,6 +153,10 @@ impl<P> Pool<P> {
         if fifo.head == NIL {
             fifo.tail = NIL;
         }
+        // The stream's next packet is often the next decision's (a DRR turn spans
+        // several packets): start its miss now.
+        self.prefetch(fifo.head);
+        let d = &mut self.descs[idx as usize];
         let packet = d
             .packet
             .take()
