@@ -47,6 +47,15 @@ fn main() {
             let _ = s.enqueue(0, id, u64::from(r), len_of(i as u32));
         }
     }
+    // Handles computed from the index, as in the criterion bench (no table look-up).
+    let generation = ids[0].to_raw() & !u64::from(u32::MAX);
+    for (i, &id) in ids.iter().enumerate() {
+        assert_eq!(
+            StreamId::from_raw(i as u64 | generation),
+            id,
+            "fresh handles"
+        );
+    }
     let (mut cursor, mut now, mut sum) = (0usize, 0u64, 0u64);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut served: Vec<StreamId> = Vec::with_capacity(32);
@@ -68,7 +77,8 @@ fn main() {
                 rng ^= rng << 25;
                 rng ^= rng >> 27;
                 let r = ((rng.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 32) * u64::from(n)) >> 32;
-                burst.push((ids[r as usize], u64::from(k), len_of(k + r as u32)));
+                let id = StreamId::from_raw(r | generation);
+                burst.push((id, u64::from(k), len_of(k + r as u32)));
             }
             s.enqueue_burst(now, &mut burst, &mut rejected);
             rejected.clear();
