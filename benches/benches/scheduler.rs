@@ -73,14 +73,7 @@ impl Ours {
                 let _ = sched.enqueue(0, id, u64::from(round), len_of(i as u32));
             }
         }
-        let generation = ids[0].to_raw() & !u64::from(u32::MAX);
-        for (i, &id) in ids.iter().enumerate() {
-            assert_eq!(
-                StreamId::from_raw(i as u64 | generation),
-                id,
-                "fresh handles"
-            );
-        }
+        let generation = qos_benches::fresh_generation_bits(&ids);
         Self {
             sched,
             n,

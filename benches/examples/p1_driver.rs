@@ -48,14 +48,7 @@ fn main() {
         }
     }
     // Handles computed from the index, as in the criterion bench (no table look-up).
-    let generation = ids[0].to_raw() & !u64::from(u32::MAX);
-    for (i, &id) in ids.iter().enumerate() {
-        assert_eq!(
-            StreamId::from_raw(i as u64 | generation),
-            id,
-            "fresh handles"
-        );
-    }
+    let generation = qos_benches::fresh_generation_bits(&ids);
     let (mut cursor, mut now, mut sum) = (0usize, 0u64, 0u64);
     let mut rng = 0x9e37_79b9_7f4a_7c15u64;
     let mut served: Vec<StreamId> = Vec::with_capacity(32);

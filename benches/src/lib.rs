@@ -152,3 +152,21 @@ impl qos_dataplane::runtime::Egress<u64> for CountingEgress {
         self.0.fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 }
+
+/// The generation bits shared by `ids`, the handles of freshly opened slots `0..n` in
+/// order, checked for every one: `StreamId::from_raw(index | bits)` then gives a
+/// stream's handle from its index, as the naive baseline is handed its index (a table
+/// of handles read at random would add a cache miss to one side only).
+pub fn fresh_generation_bits(ids: &[qos_dataplane::sched::StreamId]) -> u64 {
+    let bits = ids
+        .first()
+        .map_or(0, |id| id.to_raw() & !u64::from(u32::MAX));
+    for (i, &id) in ids.iter().enumerate() {
+        assert_eq!(
+            qos_dataplane::sched::StreamId::from_raw(i as u64 | bits),
+            id,
+            "the handles of fresh slots, in order"
+        );
+    }
+    bits
+}
