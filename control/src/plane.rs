@@ -36,7 +36,7 @@ use crate::integrity::{self, IntegrityReport, Interval, PolicyRecord};
 use crate::logs::{BackpressureSeverity, ControlEvent, emit, new_trace_id};
 use crate::metrics::{MetricsSnapshot, SojournBuckets, TierGauge, TopStream, merge_top};
 use crate::policy::{Admitted, PolicyGate, PolicyRejection};
-use crate::store::{QosMetricsRow, StoreError, StoreWorker, TursoStore};
+use crate::store::{QosMetricsRow, StoreError, StoreStatus, StoreWorker, TursoStore};
 
 /// Settings of the control plane. `Default` binds the API to 127.0.0.1:9100 and
 /// writes no files.
@@ -1026,11 +1026,8 @@ impl<P: Send + 'static> State<P> {
     /// What fails beside the dataplane (metrics.db, the audit log): reported by
     /// `/status` and `/healthz`, never a reason to shed traffic.
     pub(crate) fn warnings(&self) -> Vec<String> {
-        let store_error = self.store.as_ref().and_then(|s| {
-            let st = s.status();
-            if st.healthy { None } else { st.last_error }
-        });
-        self.warnings_with(store_error.as_deref())
+        let store = self.store.as_ref().map(|s| s.status());
+        self.warnings_with(store.as_ref().and_then(StoreStatus::failing))
     }
 
     /// [`State::warnings`] with the metrics.db error already read.
@@ -1074,11 +1071,7 @@ impl<P: Send + 'static> State<P> {
                 batches_written: st.batches_written,
                 batches_failed: st.batches_failed,
                 batches_dropped: st.batches_dropped,
-                last_error: if st.healthy {
-                    None
-                } else {
-                    st.last_error.clone()
-                },
+                last_error: st.failing().map(str::to_string),
             }
         });
         let warnings = self.warnings_with(store.as_ref().and_then(|v| v.last_error.as_deref()));

@@ -14,7 +14,7 @@ use hdrhistogram::Histogram;
 use qos_control::health::HealthConfig;
 use qos_control::hlog::{LEGEND, percentile_table, read_hlog};
 use qos_control::plane::{ControlConfig, ControlPlane};
-use qos_control::store::read_rows;
+use qos_control::store::{QosMetricsRow, read_rows};
 use qos_dataplane::runtime::{
     Dataplane, Pinning, Producer, RuntimeConfig, ShutdownReport, StopMode, StreamHandle,
 };
@@ -129,6 +129,15 @@ fn unix_ms_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
+}
+
+/// metrics.db rows grouped by batch (one timestamp per batch), in time order.
+fn by_batch(rows: &[QosMetricsRow]) -> BTreeMap<i64, Vec<&QosMetricsRow>> {
+    let mut batches: BTreeMap<i64, Vec<&QosMetricsRow>> = BTreeMap::new();
+    for r in rows {
+        batches.entry(r.timestamp_ms).or_default().push(r);
+    }
+    batches
 }
 
 /// The value of `metric{stream_id="key",...}` in a scrape.
@@ -247,10 +256,7 @@ fn o2_metrics_db_rows_read_back_with_the_engine_and_sqlite3() {
             .all(|w| w[0].timestamp_ms <= w[1].timestamp_ms),
         "rows in time order"
     );
-    let mut batches: BTreeMap<i64, Vec<&qos_control::store::QosMetricsRow>> = BTreeMap::new();
-    for r in &rows {
-        batches.entry(r.timestamp_ms).or_default().push(r);
-    }
+    let batches = by_batch(&rows);
     // At least the one with full queues and the final one.
     assert!(batches.len() >= 2, "{} batches", batches.len());
     for (ts, b) in &batches {
@@ -784,7 +790,7 @@ fn o2_metrics_db_bandwidth_is_the_rate_served() {
     let h = tx.open_on(0, 7001, StreamConfig::with_priority(4)).unwrap();
     // 3 s of traffic at the link rate, queued at once: backlogged for the whole run.
     push(&mut tx, h, 3_000);
-    wait_until("four batches written", 20, || {
+    wait_until("five batches written", 20, || {
         plane.status().metrics_db.unwrap().batches_written >= 5
     });
     drop(tx);
@@ -793,10 +799,7 @@ fn o2_metrics_db_bandwidth_is_the_rate_served() {
     assert!(dropped_at(&report, 4) > 0, "still backlogged at the stop");
 
     let rows = read_rows(&db).unwrap();
-    let mut batches: BTreeMap<i64, Vec<&qos_control::store::QosMetricsRow>> = BTreeMap::new();
-    for r in &rows {
-        batches.entry(r.timestamp_ms).or_default().push(r);
-    }
+    let batches = by_batch(&rows);
     let middle: Vec<f64> = batches
         .values()
         .skip(1)

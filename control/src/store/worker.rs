@@ -86,6 +86,18 @@ pub struct StoreStatus {
     pub healthy: bool,
 }
 
+impl StoreStatus {
+    /// The error the store is failing with now: [`StoreStatus::last_error`] while not
+    /// [`StoreStatus::healthy`], `None` once a write succeeded again.
+    pub fn failing(&self) -> Option<&str> {
+        if self.healthy {
+            None
+        } else {
+            self.last_error.as_deref()
+        }
+    }
+}
+
 /// State shared by the producer, the worker thread and status readers.
 #[derive(Debug)]
 struct Shared {
