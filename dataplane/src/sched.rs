@@ -231,7 +231,7 @@ impl<P> Scheduler<P> {
             refused: [0; RefuseReason::COUNT],
             sojourn: sojourn::Sojourns::new(),
             record_sojourn: true,
-            window: BudgetWindow::new(c.window_ns),
+            window: BudgetWindow::new(c.window_ns, &[PriorityStats::default(); PRIORITIES]),
             events,
             aging_next: 0,
             now: 0,

@@ -2,12 +2,13 @@
 //!
 //! A cursor walks the listed streams of the lowest tier, one stream per check. Checks
 //! are paced by time, not by packets: with `n` streams listed there, the next check is
-//! due `aging_timeout / (4n)` after the last one, and a decision makes at most one. So
-//! every listed stream of the tier is looked at within a quarter of the aging timeout
-//! of the last visit whenever the scheduler makes at least `4n / aging_timeout`
-//! decisions per second (and within `n` decisions otherwise), and the cost is at most
-//! one stream look-up per decision, usually far less: each look-up is a likely cache
-//! miss, so a check per packet would cost more than the rest of the decision. A stream whose oldest packet waited past
+//! due `aging_timeout / (4n)` after the last one, and a dequeue call (`dequeue`, or a
+//! whole `dequeue_batch`) makes at most one, before its first decision. So every listed
+//! stream of the tier is looked at within a quarter of the aging timeout of the last
+//! visit whenever the scheduler is called at least `4n / aging_timeout` times per
+//! second (and within `n` calls otherwise), and the cost is at most one stream look-up
+//! per call, usually far less: each look-up is a likely cache miss, so a check per
+//! packet would cost more than the rest of the decision. A stream whose oldest packet waited past
 //! the aging timeout is promoted: it moves to the aging lane, a service class beside the
 //! tiers whose share equals the lowest tier's (and doubles while every backlogged stream
 //! of that tier is promoted, so the lane then also has the tier's own share). Inside the

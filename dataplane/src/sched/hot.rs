@@ -229,19 +229,20 @@ impl<P> Scheduler<P> {
         BatchEnd::Full
     }
 
-    /// Work done once per call: the budget window and the cap timers.
+    /// Work done once per call: the budget window, the cap timers and the aging check.
     #[inline(always)]
     fn begin_batch(&mut self, now: u64) {
         if now >= self.window.end {
             self.roll_window(now);
         }
         self.release_parked(now);
+        // At most one aging check per call: a check moves the next one past `now`.
+        self.aging_tick(now);
     }
 
     /// One decision at `now` (see the module docs).
     #[inline]
     fn step(&mut self, now: u64) -> Step {
-        self.aging_tick(now);
         loop {
             let Some((c, s)) = self.wfq.pick(&mut self.streams) else {
                 return match self.next_release(now) {
@@ -349,9 +350,7 @@ impl<P> Scheduler<P> {
         if self.record_sojourn {
             self.sojourn.record(p, sojourn_ns);
         }
-        self.window.samples[p] += 1;
         if sojourn_ns > self.c.budgets[p] {
-            self.window.over[p] += 1;
             ps.budget_violations += 1;
         }
         Dequeued {
@@ -426,16 +425,18 @@ impl<P> Scheduler<P> {
     fn roll_window(&mut self, now: u64) {
         for p in Priority::ALL {
             let i = p.index();
-            if self.c.budgets[i] != u64::MAX && self.window.p95_over(i) {
+            let stats = &self.prio_stats[i];
+            if self.c.budgets[i] != u64::MAX && self.window.p95_over(i, stats) {
                 self.events.push(Event::BudgetViolation {
                     priority: p,
-                    samples: self.window.samples[i],
-                    over_budget: self.window.over[i],
+                    samples: self.window.samples(i, stats),
+                    over_budget: self.window.over(i, stats),
                     budget_ns: self.c.budgets[i],
                 });
             }
         }
-        self.window = super::BudgetWindow::new(now.saturating_add(self.c.window_ns));
+        self.window =
+            super::BudgetWindow::new(now.saturating_add(self.c.window_ns), &self.prio_stats);
     }
 }
 

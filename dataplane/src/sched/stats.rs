@@ -194,25 +194,39 @@ pub fn new_sojourn_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, SOJOURN_MAX_NS, 3).expect("static histogram bounds are valid")
 }
 
-/// Per-priority sample counts of the current budget window (S10).
+/// The current budget window (S10): where it ends, and each priority's sent and
+/// over-budget counts when it began. The window's own counts are the differences from
+/// the running totals (`PriorityStats::dequeued` and `budget_violations`, which are
+/// never reset), so a decision pays for no extra counter.
 #[derive(Debug)]
 pub(crate) struct BudgetWindow {
-    pub(crate) samples: [u64; PRIORITIES],
-    pub(crate) over: [u64; PRIORITIES],
+    dequeued_at_start: [u64; PRIORITIES],
+    over_at_start: [u64; PRIORITIES],
     pub(crate) end: u64,
 }
 
 impl BudgetWindow {
-    pub(crate) fn new(end: u64) -> Self {
+    /// A window ending at `end` that starts from the running totals `stats`.
+    pub(crate) fn new(end: u64, stats: &[PriorityStats; PRIORITIES]) -> Self {
         Self {
-            samples: [0; PRIORITIES],
-            over: [0; PRIORITIES],
+            dequeued_at_start: stats.map(|s| s.dequeued),
+            over_at_start: stats.map(|s| s.budget_violations),
             end,
         }
     }
 
+    /// Packets of priority `p` sent in this window (`stats` the running totals).
+    pub(crate) fn samples(&self, p: usize, stats: &PriorityStats) -> u64 {
+        stats.dequeued.wrapping_sub(self.dequeued_at_start[p])
+    }
+
+    /// Of those, the ones whose sojourn exceeded the budget.
+    pub(crate) fn over(&self, p: usize, stats: &PriorityStats) -> u64 {
+        stats.budget_violations.wrapping_sub(self.over_at_start[p])
+    }
+
     /// `p95 > budget` exactly when more than 5% of the window's samples exceeded it.
-    pub(crate) fn p95_over(&self, p: usize) -> bool {
-        self.over[p] * 20 > self.samples[p]
+    pub(crate) fn p95_over(&self, p: usize, stats: &PriorityStats) -> bool {
+        self.over(p, stats) * 20 > self.samples(p, stats)
     }
 }
