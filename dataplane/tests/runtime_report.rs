@@ -89,9 +89,9 @@ fn settle(dp: &Dataplane<u64>, total: u64) {
         let queued: u64 = s.iter().map(|w| w.shard.totals.queued + w.pending).sum();
         // `sent` is published every iteration, the scheduler's counters less often:
         // settled means the per-priority counters have caught up with it too.
-        let caught_up = s.iter().all(|w| {
-            w.priorities.iter().map(|p| p.dequeued).sum::<u64>() == w.sent + w.pending
-        });
+        let caught_up = s
+            .iter()
+            .all(|w| w.priorities.iter().map(|p| p.dequeued).sum::<u64>() == w.sent + w.pending);
         if done == total && queued == 0 && caught_up {
             return;
         }

@@ -93,7 +93,8 @@ pub(crate) struct Flags(u8);
 
 impl Flags {
     const STATE_MASK: u8 = 0b11;
-    /// Linked into a service list (possibly lingering there with an empty queue).
+    /// Linked into a service list (possibly at the head of the round with an empty
+    /// queue, until the next decision there).
     pub(crate) const LISTED: Flags = Flags(1 << 2);
     /// Waiting for cap tokens on the timing wheel (S6).
     pub(crate) const THROTTLED: Flags = Flags(1 << 3);
@@ -308,6 +309,23 @@ impl Stream {
     pub(crate) fn end_saturation(&mut self) {
         let turns = self.saturated_turns() >> 1;
         self.gen_turns = (self.gen_turns & GENERATION_MASK) | (turns << 24);
+    }
+
+    /// Marks an unlisted stream as lingering: it would stand in its class's round behind
+    /// the first `pushes` entries ever pushed there (see `wfq`). Kept in the list links,
+    /// which an unlisted stream does not use; linking it overwrites the mark.
+    #[inline(always)]
+    pub(crate) fn set_linger(&mut self, pushes: u64) {
+        debug_assert!(!self.has(Flags::LISTED), "a listed stream uses its links");
+        let mark = !pushes;
+        (self.prev, self.next) = (mark as u32, (mark >> 32) as u32);
+    }
+
+    /// The mark of [`Stream::set_linger`], or 0 (lingering nowhere) for a stream whose
+    /// links are unset (`NIL`, as a fresh slot's or an unlinked stream's are).
+    #[inline(always)]
+    pub(crate) fn linger(&self) -> u64 {
+        !(u64::from(self.prev) | (u64::from(self.next) << 32))
     }
 
     /// Tail drops (`queue_full`), derived from the other counters (S11); `terminal` is
