@@ -77,6 +77,10 @@ impl<P> Scheduler<P> {
         let listed = self.streams[s as usize].has(Flags::LISTED);
         if listed {
             self.wfq.unlink(&mut self.streams, s);
+        } else if !self.streams[s as usize].has(Flags::THROTTLED) {
+            // A lingering mark left in the lane does not count in the tier (a parked
+            // stream's links hold its place on the timing wheel instead).
+            self.streams[s as usize].clear_linger();
         }
         self.streams[s as usize].clear(Flags::PROMOTED);
         if listed && self.streams[s as usize].len > 0 {

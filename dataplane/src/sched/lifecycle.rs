@@ -104,6 +104,9 @@ impl<P> Scheduler<P> {
             self.wfq.unlink(&mut self.streams, s as u32);
         } else if st.has(Flags::THROTTLED) {
             self.unpark(s as u32);
+        } else {
+            // A lingering mark refers to the class it may be leaving.
+            self.streams[s].clear_linger();
         }
         self.streams[s].clear(Flags::PROMOTED);
     }

@@ -321,6 +321,16 @@ impl Stream {
         (self.prev, self.next) = (mark as u32, (mark >> 32) as u32);
     }
 
+    /// Forgets a lingering mark (the stream moved to another class, whose counts the
+    /// mark does not refer to).
+    pub(crate) fn clear_linger(&mut self) {
+        debug_assert!(
+            !self.has(Flags::LISTED) && !self.has(Flags::THROTTLED),
+            "a listed or parked stream uses its links"
+        );
+        (self.prev, self.next) = (super::pool::NIL, super::pool::NIL);
+    }
+
     /// The mark of [`Stream::set_linger`], or 0 (lingering nowhere) for a stream whose
     /// links are unset (`NIL`, as a fresh slot's or an unlinked stream's are).
     #[inline(always)]

@@ -29,9 +29,11 @@
 //! it (at 4K random streams that visit, a likely cache miss, happened for about 0.7
 //! packets in 1). The one exception is a stream that empties during its turn at the
 //! round's head with credit left: it stays there until the next decision of its class,
-//! when its record is still in cache, and leaves then. A stream unlinked from the middle
-//! of the round (parked, promoted, moved, closed) counts as removed, so a mark can run
+//! when its record is still in cache, and leaves then with no mark (as in fq_codel: its
+//! next packet makes it fresh). A stream unlinked from the middle of the round
+//! (promoted, demoted, moved, closed, disconnected) counts as removed, so a mark can run
 //! out a few removals early after control actions; the counts are `u64` and never wrap.
+//! A mark is forgotten when its stream changes class, and a tier remap spends them all.
 //!
 //! Tags are `u64` fixed point and wrap; they are compared by the sign of their wrapping
 //! difference, which is exact while the tags compared lie within 2^63 of each other.
@@ -178,14 +180,24 @@ impl Wfq {
     /// Moves every listed stream of a tier into the round of the tier it now belongs to.
     fn refile(&mut self, streams: &mut [Stream]) {
         let mut old = [List::EMPTY; 2 * MAX_TIERS];
+        // Every tier's entries leave, and every lingering mark from before is spent
+        // whatever class its stream is in now: the counts move up to the largest push
+        // count (the aging lane, not refiled, keeps its difference).
+        let top = self.classes.iter().map(|c| c.pushes).max().unwrap_or(0);
+        for (i, c) in self.classes.iter_mut().enumerate() {
+            if i < MAX_TIERS {
+                (c.pushes, c.pops) = (top, top);
+            } else {
+                let up = top - c.pushes;
+                (c.pushes, c.pops) = (top, c.pops + up);
+            }
+        }
         for t in 0..MAX_TIERS {
             let c = &mut self.classes[t];
             old[2 * t] = std::mem::replace(&mut c.fresh, List::EMPTY);
             old[2 * t + 1] = std::mem::replace(&mut c.round, List::EMPTY);
             c.queued = 0;
             c.listed = 0;
-            // Every entry left: a lingering mark from before is spent.
-            c.pops = c.pushes;
             self.active &= !(1 << t);
         }
         for list in old {
@@ -260,7 +272,8 @@ impl Wfq {
     }
 
     /// A packet was appended to stream `s`, which holds `len >= 1` packets now and is
-    /// not parked (throttled). Links it into its class's fresh list if it was unlisted.
+    /// not parked (throttled). Links it into its class if it was unlisted (see
+    /// [`Wfq::link_into`]).
     #[inline(always)]
     pub(crate) fn packet_added(&mut self, streams: &mut [Stream], s: u32) {
         let st = &streams[s as usize];
@@ -273,7 +286,8 @@ impl Wfq {
     }
 
     /// Links an unlisted stream (with whatever it holds) into its class's fresh list
-    /// with one quantum of credit: idle streams bank nothing beyond that.
+    /// with one quantum of credit (or, lingering, at the round's tail with the credit
+    /// it kept): idle streams bank nothing beyond that.
     pub(crate) fn link(&mut self, streams: &mut [Stream], s: u32) {
         let c = self.class_of(&streams[s as usize]);
         self.link_into(streams, s, c);
@@ -285,8 +299,12 @@ impl Wfq {
     #[inline(always)]
     fn link_into(&mut self, streams: &mut [Stream], s: u32, c: usize) {
         if self.classes[c].pops < streams[s as usize].linger() {
+            // As in `relink`: the credit it kept, but at most one quantum (its weight
+            // may have been lowered meanwhile).
+            let q = self.quantum_of(c, streams[s as usize].weight);
             let st = &mut streams[s as usize];
             debug_assert!(!st.has(Flags::LISTED), "stream linked twice");
+            st.deficit = st.deficit.min(q);
             st.set(Flags::LISTED);
             let len = u64::from(st.len);
             self.round_push(streams, c, s);
@@ -412,7 +430,7 @@ impl Wfq {
     }
 
     /// The backlogged class with the earliest start tag and the stream it serves next,
-    /// dropping lingering empty streams it meets at the head of the round.
+    /// dropping an empty stream it meets at the head of the round.
     #[inline]
     pub(crate) fn pick(&mut self, streams: &mut [Stream]) -> Option<(usize, u32)> {
         if self.active == 0 {
@@ -445,7 +463,7 @@ impl Wfq {
             debug_assert!(s != NIL, "a backlogged class has a listed stream");
             let st = &streams[s as usize];
             if st.len == 0 {
-                // Lingered through its turn with nothing to send: it leaves the round.
+                // Emptied during its turn with credit left: it leaves the round now.
                 prefetch(streams.as_ptr().wrapping_add(st.next as usize));
                 self.leave_round(streams, c, s);
                 continue;
