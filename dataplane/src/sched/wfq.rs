@@ -299,17 +299,9 @@ impl Wfq {
     #[inline(always)]
     fn link_into(&mut self, streams: &mut [Stream], s: u32, c: usize) {
         if self.classes[c].pops < streams[s as usize].linger() {
-            // As in `relink`: the credit it kept, but at most one quantum (its weight
-            // may have been lowered meanwhile).
-            let q = self.quantum_of(c, streams[s as usize].weight);
-            let st = &mut streams[s as usize];
-            debug_assert!(!st.has(Flags::LISTED), "stream linked twice");
-            st.deficit = st.deficit.min(q);
-            st.set(Flags::LISTED);
-            let len = u64::from(st.len);
-            self.round_push(streams, c, s);
-            self.classes[c].listed += 1;
-            self.add_queued(c, len);
+            // The credit it kept, but at most one quantum (its weight may have been
+            // lowered meanwhile).
+            self.relink_into(streams, s, c);
             return;
         }
         let q = self.quantum_of(c, streams[s as usize].weight);
@@ -329,6 +321,12 @@ impl Wfq {
     /// control action, which must not gain a fresh quantum ahead of the round.
     pub(crate) fn relink(&mut self, streams: &mut [Stream], s: u32) {
         let c = self.class_of(&streams[s as usize]);
+        self.relink_into(streams, s, c);
+    }
+
+    /// [`Wfq::relink`] into class `c`, the stream's class.
+    #[inline(always)]
+    fn relink_into(&mut self, streams: &mut [Stream], s: u32, c: usize) {
         let q = self.quantum_of(c, streams[s as usize].weight);
         let st = &mut streams[s as usize];
         debug_assert!(!st.has(Flags::LISTED), "stream linked twice");
