@@ -341,9 +341,15 @@ impl Wfq {
     /// Unlinks a listed stream from its class, taking its queued packets out of the
     /// class's count. Its credit is forgotten (it rejoins with one quantum).
     pub(crate) fn unlink(&mut self, streams: &mut [Stream], s: u32) {
+        let c = self.class_of(&streams[s as usize]);
+        self.unlink_from(streams, c, s);
+    }
+
+    /// [`Wfq::unlink`] from class `c`, the stream's class.
+    #[inline(always)]
+    fn unlink_from(&mut self, streams: &mut [Stream], c: usize, s: u32) {
         let st = &streams[s as usize];
         debug_assert!(st.has(Flags::LISTED), "unlink of an unlisted stream");
-        let c = self.class_of(st);
         let len = u64::from(st.len);
         if self.cursor == s {
             // The cursor is the stream checked last: step it back so the walk resumes
@@ -414,17 +420,8 @@ impl Wfq {
     #[inline(always)]
     fn retire_fresh(&mut self, streams: &mut [Stream], c: usize, s: u32) {
         debug_assert!(streams[s as usize].len == 0 && streams[s as usize].has(Flags::FRESH));
-        if self.cursor == s {
-            // As in `unlink`: the walk resumes with the stream that followed `s`.
-            self.cursor = streams[s as usize].prev;
-        }
-        let class = &mut self.classes[c];
-        class.listed -= 1;
-        class.fresh.unlink(streams, s);
-        let st = &mut streams[s as usize];
-        st.clear(Flags::LISTED);
-        st.clear(Flags::FRESH);
-        st.set_linger(class.pushes);
+        self.unlink_from(streams, c, s);
+        streams[s as usize].set_linger(self.classes[c].pushes);
     }
 
     /// The backlogged class with the earliest start tag and the stream it serves next,
