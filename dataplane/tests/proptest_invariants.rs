@@ -1,6 +1,8 @@
-//! Any sequence of open / enqueue / dequeue / update / close / reopen / advance-time
-//! keeps S11 exact (checked against the test's own bookkeeping), never panics, never
-//! loses, duplicates or reorders a packet, and never exceeds the S5 pacing bound.
+//! Any sequence of open / enqueue / dequeue / update / close / reopen / advance-time /
+//! policy change (tier remaps, a flat policy without aging) keeps S11 exact (checked
+//! against the test's own bookkeeping), never panics, never loses, duplicates or
+//! reorders a packet, and never exceeds the S5 pacing bound; and afterwards every
+//! packet still queued comes out (no stream is stranded off the service lists).
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
 use std::collections::{BTreeSet, HashMap};
@@ -8,8 +10,8 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use qos_dataplane::sched::{
-    LinkRate, Next, PolicySpec, Priority, RateCap, Rejection, Scheduler, SchedulerConfig,
-    StreamConfig, StreamId,
+    BatchEnd, Dequeued, LinkRate, Next, Policy, PolicySpec, Priority, RateCap, Rejection,
+    Scheduler, SchedulerConfig, StreamConfig, StreamId, TierSpec,
 };
 
 #[derive(Clone, Debug)]
@@ -30,6 +32,10 @@ enum Op {
     Dequeue {
         n: u8,
     },
+    /// One `dequeue_batch` of up to `n`.
+    DequeueBatch {
+        n: u8,
+    },
     Update {
         stream: usize,
         prio: u8,
@@ -44,6 +50,10 @@ enum Op {
     Advance {
         ns: u64,
     },
+    /// Installs policy `which % 4` of [`policy`].
+    SetPolicy {
+        which: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -52,11 +62,13 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(prio, weight, capped)| Op::Open { prio, weight, capped }),
         6 => (0usize..8, 0u32..1600).prop_map(|(stream, len)| Op::Enqueue { stream, len }),
         2 => (0usize..8, 1u8..20).prop_map(|(stream, n)| Op::Burst { stream, n }),
-        5 => (1u8..16).prop_map(|n| Op::Dequeue { n }),
+        4 => (1u8..16).prop_map(|n| Op::Dequeue { n }),
+        2 => (1u8..16).prop_map(|n| Op::DequeueBatch { n }),
         1 => (0usize..8, 0u8..8, any::<bool>()).prop_map(|(stream, prio, capped)| Op::Update { stream, prio, capped }),
         1 => (0usize..8).prop_map(|stream| Op::Close { stream }),
         1 => (0usize..8).prop_map(|stream| Op::Reopen { stream }),
         3 => (0u64..2_000_000).prop_map(|ns| Op::Advance { ns }),
+        1 => any::<u8>().prop_map(|which| Op::SetPolicy { which }),
     ]
 }
 
@@ -82,27 +94,54 @@ fn cap(on: bool) -> Option<RateCap> {
     })
 }
 
-fn run(ops: Vec<Op>, paced: bool) -> Result<(), TestCaseError> {
-    let policy = PolicySpec {
+/// The policies the operations switch between: the default tiers (0), `classes5` (1),
+/// one flat tier with aging off (2), and the default tiers in reverse order with a
+/// shorter aging timeout (3). Switching remaps priorities to tiers, which re-files
+/// every listed stream and spends every lingering mark.
+fn policy(which: u8, paced: bool) -> Arc<Policy> {
+    let base = match which % 4 {
+        1 => PolicySpec::classes5(),
+        2 => PolicySpec {
+            tiers: vec![TierSpec::new("All", &[0, 1, 2, 3, 4, 5, 6, 7], 100)],
+            ..PolicySpec::default()
+        },
+        3 => PolicySpec {
+            tiers: vec![
+                TierSpec::new("Low", &[0, 1], 15),
+                TierSpec::new("Medium", &[2, 3, 4, 5], 60),
+                TierSpec::new("High", &[6, 7], 25),
+            ],
+            ..PolicySpec::default()
+        },
+        _ => PolicySpec::default(),
+    };
+    let aging = match which % 4 {
+        2 => None,
+        3 => Some(1_000_000),
+        _ => Some(3_000_000),
+    };
+    let spec = PolicySpec {
         max_queue_depth: 6,
         critical_strikes: 2,
         max_packet_bytes: 1500,
         quantum_bytes: 1500,
-        aging_timeout_ns: Some(3_000_000),
+        aging_timeout_ns: aging,
         link: paced.then_some(LinkRate {
             rate_bps: RATE,
             burst_bytes: BURST,
         }),
-        ..PolicySpec::default()
-    }
-    .build()
-    .unwrap();
+        ..base
+    };
+    Arc::new(spec.build().unwrap())
+}
+
+fn run(ops: Vec<Op>, paced: bool) -> Result<(), TestCaseError> {
     let config = SchedulerConfig {
         max_streams: 6,
         max_packets: 24,
         event_capacity: 16,
     };
-    let mut s: Scheduler<u64> = Scheduler::new(config, Arc::new(policy)).unwrap();
+    let mut s: Scheduler<u64> = Scheduler::new(config, policy(0, paced)).unwrap();
     let mut ids: Vec<StreamId> = Vec::new();
     let mut b = Book::default();
     let (mut now, mut seq) = (0u64, 0u64);
@@ -136,23 +175,20 @@ fn run(ops: Vec<Op>, paced: bool) -> Result<(), TestCaseError> {
             }
             Op::Dequeue { n } => {
                 for _ in 0..n {
-                    match s.dequeue(now) {
-                        Next::Packet(d) => {
-                            prop_assert!(
-                                b.outstanding.remove(&d.packet),
-                                "unknown or duplicate packet"
-                            );
-                            let last = b.last_seq.insert(d.stream, d.packet);
-                            prop_assert!(last.is_none_or(|l| l < d.packet), "reordered");
-                            b.dequeued += 1;
-                            b.sends.push((now, d.len));
-                        }
-                        Next::Wait { until_ns } => {
-                            prop_assert!(until_ns > now);
-                            break;
-                        }
-                        Next::Idle => break,
+                    if take(&mut s, &mut b, now)?.is_some() {
+                        break;
                     }
+                }
+            }
+            Op::DequeueBatch { n } => {
+                let mut out = Vec::new();
+                let end = s.dequeue_batch(now, usize::from(n), &mut out);
+                prop_assert!(out.len() <= usize::from(n));
+                if let BatchEnd::Wait { until_ns } = end {
+                    prop_assert!(until_ns > now);
+                }
+                for d in out {
+                    book(&mut b, now, &d)?;
                 }
             }
             Op::Update {
@@ -186,21 +222,79 @@ fn run(ops: Vec<Op>, paced: bool) -> Result<(), TestCaseError> {
                 }
             }
             Op::Advance { ns } => now += ns,
+            Op::SetPolicy { which } => s.set_policy(now, policy(which, paced)),
         }
-        while let Some(r) = s.pop_reclaimed() {
-            prop_assert!(
-                b.outstanding.remove(&r.packet),
-                "reclaimed an unknown packet"
-            );
-            b.reclaimed += 1;
-        }
-        while s.pop_event().is_some() {}
-        check(&s, &b, &ids)?;
+        settle(&mut s, &mut b, &ids)?;
     }
+    // Liveness: with time moving on to whenever the scheduler asks, everything still
+    // queued leaves, sent or dropped with a reason. A stream left off the service
+    // lists with packets (a lost link, a lingering mark mistaken for a listing) would
+    // keep its packets here for ever.
+    for _ in 0..10_000 {
+        match take(&mut s, &mut b, now)? {
+            None => {}
+            Some(Some(until)) => now = until,
+            Some(None) => break,
+        }
+        settle(&mut s, &mut b, &ids)?;
+    }
+    prop_assert!(
+        b.outstanding.is_empty(),
+        "{} packets stranded: {:?}",
+        b.outstanding.len(),
+        s.shard_stats()
+    );
+    prop_assert_eq!(s.shard_stats().totals.queued, 0);
     if paced {
         check_pacing(&b.sends)?;
     }
     Ok(())
+}
+
+/// One `dequeue` at `now`, checked and booked: `None` after a packet, otherwise
+/// `Some` of when to ask again (`None`: idle).
+fn take(
+    s: &mut Scheduler<u64>,
+    b: &mut Book,
+    now: u64,
+) -> Result<Option<Option<u64>>, TestCaseError> {
+    match s.dequeue(now) {
+        Next::Packet(d) => {
+            book(b, now, &d)?;
+            Ok(None)
+        }
+        Next::Wait { until_ns } => {
+            prop_assert!(until_ns > now);
+            Ok(Some(Some(until_ns)))
+        }
+        Next::Idle => Ok(Some(None)),
+    }
+}
+
+/// Books a packet taken at `now`: one we queued, not taken before, in stream order.
+fn book(b: &mut Book, now: u64, d: &Dequeued<u64>) -> Result<(), TestCaseError> {
+    prop_assert!(
+        b.outstanding.remove(&d.packet),
+        "unknown or duplicate packet"
+    );
+    let last = b.last_seq.insert(d.stream, d.packet);
+    prop_assert!(last.is_none_or(|l| l < d.packet), "reordered");
+    b.dequeued += 1;
+    b.sends.push((now, d.len));
+    Ok(())
+}
+
+/// Books what the scheduler reclaimed, discards its events and checks S11.
+fn settle(s: &mut Scheduler<u64>, b: &mut Book, ids: &[StreamId]) -> Result<(), TestCaseError> {
+    while let Some(r) = s.pop_reclaimed() {
+        prop_assert!(
+            b.outstanding.remove(&r.packet),
+            "reclaimed an unknown packet"
+        );
+        b.reclaimed += 1;
+    }
+    while s.pop_event().is_some() {}
+    check(s, b, ids)
 }
 
 fn offer(s: &mut Scheduler<u64>, b: &mut Book, now: u64, id: StreamId, seq: &mut u64, len: u32) {
@@ -256,7 +350,7 @@ fn check_pacing(sends: &[(u64, u32)]) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
 
     #[test]
     fn s11_conservation_is_exact_after_any_operation_sequence(ops in prop::collection::vec(op(), 1..200)) {
