@@ -415,11 +415,12 @@ impl Wfq {
         class.pushes += 1;
     }
 
-    /// Stream `s`, the head of class `c`'s fresh list, emptied: it leaves the lists now
-    /// and lingers only as a mark (see the module docs).
+    /// Stream `s` of class `c` emptied at the head of its fresh list, or at the round's
+    /// head as its credit ran out: it leaves the lists now and lingers only as a mark
+    /// (see the module docs).
     #[inline(always)]
-    fn retire_fresh(&mut self, streams: &mut [Stream], c: usize, s: u32) {
-        debug_assert!(streams[s as usize].len == 0 && streams[s as usize].has(Flags::FRESH));
+    fn retire(&mut self, streams: &mut [Stream], c: usize, s: u32) {
+        debug_assert!(streams[s as usize].len == 0);
         self.unlink_from(streams, c, s);
         streams[s as usize].set_linger(self.classes[c].pushes);
     }
@@ -490,7 +491,7 @@ impl Wfq {
         if st.has(Flags::FRESH) {
             if empty {
                 // Out of the fresh list, lingering behind the round's tail.
-                self.retire_fresh(streams, c, s);
+                self.retire(streams, c, s);
             } else if spent {
                 // Out of the fresh list: to the round's tail.
                 st.clear(Flags::FRESH);
@@ -500,8 +501,7 @@ impl Wfq {
         } else if spent {
             if empty {
                 // Its turn is over: lingering behind the round's tail.
-                self.leave_round(streams, c, s);
-                streams[s as usize].set_linger(self.classes[c].pushes);
+                self.retire(streams, c, s);
             } else {
                 self.round_rotate(streams, c);
             }
@@ -514,7 +514,7 @@ impl Wfq {
         self.sub_queued(c, 1);
         let st = &mut streams[s as usize];
         if st.len == 0 && st.has(Flags::FRESH) {
-            self.retire_fresh(streams, c, s);
+            self.retire(streams, c, s);
         }
     }
 
