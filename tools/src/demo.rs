@@ -27,6 +27,7 @@ use crate::loadgen::sink::{Sink, SinkConfig, SinkSnapshot};
 pub const SCENARIO: &str = r#"
 duration_ms = 15000
 seed = 7
+pacing = "sleep"
 
 # High tier: a light P7 stream (the latency probe) and a greedy P6 one; idle 5-10 s.
 [[streams]]

@@ -48,7 +48,7 @@ pub mod sender;
 pub mod sink;
 
 pub use report::{LatencySummary, LossBasis, Report, StreamRow};
-pub use scenario::{Pattern, Plan, Scenario, ScenarioError, StreamPlan, StreamSpec};
+pub use scenario::{Pacing, Pattern, Plan, Scenario, ScenarioError, StreamPlan, StreamSpec};
 pub use sender::{SendReport, Sender, SenderHandle, StreamSent};
 pub use sink::{Sink, SinkConfig, SinkHandle, SinkReport, SinkSnapshot};
 

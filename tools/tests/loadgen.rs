@@ -10,8 +10,8 @@ use std::time::Duration;
 use qos_tools::header::{Header, LEN};
 use qos_tools::loadgen::cli::{StreamArgs, plan as cli_plan};
 use qos_tools::loadgen::{
-    self, LossBasis, Plan, Report, RunOptions, Scenario, Sender, Sink, SinkConfig, SinkHandle,
-    SinkSnapshot,
+    self, LossBasis, Pacing, Plan, Report, RunOptions, Scenario, Sender, Sink, SinkConfig,
+    SinkHandle, SinkSnapshot,
 };
 
 fn plan(toml: &str) -> Plan {
@@ -339,6 +339,7 @@ fn scenario_errors_name_the_field() {
         (format!("{base}prio = 1\n"), "prio"),
         (format!("{base}priority = \"high\"\n"), "priority"),
         ("streams = []\n".to_owned(), "duration_ms"),
+        (format!("pacing = \"spin\"\n{base}priority = 1\n"), "pacing"),
     ] {
         let err = Scenario::from_toml("t", &text).expect_err(key);
         assert!(err.to_string().contains(key), "{err}");
@@ -350,11 +351,78 @@ fn scenario_errors_name_the_field() {
         target: None,
         duration: None,
         seed: None,
+        pacing: None,
     };
     assert_eq!(
         cli_plan(&args).expect_err("no duration").field(),
         Some("--duration")
     );
+}
+
+/// `pacing = "sleep"` (or `--pacing sleep`): the sender always sleeps, and a sleep
+/// overshoots the 50 us gaps of a 20,000 pps stream, so it sends what fell due
+/// meanwhile back to back. The count still matches the rate, every datagram is stamped
+/// inside the run, and the sender leaves the CPU: a yielding sender stays runnable and
+/// uses the whole 500 ms (measured 499 ms; the sleeping one 177 ms, and less with
+/// other work on the cores).
+#[test]
+fn sleep_pacing_keeps_the_count_and_leaves_the_cpu() {
+    let text =
+        "duration_ms = 500\n[[streams]]\nid = 4\npriority = 3\nsize = 64\nrate = \"20000pps\"\n";
+    assert_eq!(plan(text).pacing, Pacing::Yield, "the default");
+    let sleepy = plan(&format!("pacing = \"sleep\"\n{text}"));
+    assert_eq!(sleepy.pacing, Pacing::Sleep);
+    let rx = UdpSocket::bind(loopback()).expect("bind");
+    let _ = socket2::SockRef::from(&rx).set_recv_buffer_size(8 << 20);
+    rx.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let sender = Sender::new(sleepy, rx.local_addr().expect("addr")).expect("socket");
+    let receiver = std::thread::spawn(move || {
+        let mut buf = [0u8; 128];
+        let mut stamps = Vec::new();
+        while let Ok(n) = rx.recv(&mut buf) {
+            stamps.push(Header::parse(&buf[..n]).expect("a header").send_ns);
+        }
+        stamps
+    });
+    // This thread's CPU time, ns (Linux: the first field of schedstat).
+    let cpu_ns = || -> u64 {
+        let text = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
+        text.split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .expect("a number")
+    };
+    let before = cpu_ns();
+    let sent = sender.run(&AtomicBool::new(false));
+    let cpu_ms = (cpu_ns() - before) / 1_000_000;
+    let stamps = receiver.join().expect("receiver");
+    let s = &sent.streams[0];
+    // Deadlines every 50 us from 0 to 499.95 ms: 10,000. A sender still asleep at the
+    // end of the run skips what was due in its last sleep (at most a few hundred us).
+    assert!(
+        (9_900..=10_000).contains(&(s.packets + s.error_count())),
+        "sent {} and {} refused",
+        s.packets,
+        s.error_count()
+    );
+    assert_eq!(stamps.len() as u64, s.packets, "loopback lost nothing");
+    let end = sent.start_ns + 500_000_000;
+    assert!(stamps.iter().all(|&t| (sent.start_ns..end).contains(&t)));
+    assert!(
+        cpu_ms < 300,
+        "the sleeping sender used {cpu_ms} ms of CPU in 500 ms"
+    );
+    // The command line's --pacing overrides the file.
+    let args = StreamArgs {
+        scenario: None,
+        streams: vec!["id=1,prio=1,size=100,rate=1pps".parse().expect("spec")],
+        target: None,
+        duration: Some(Duration::from_secs(1)),
+        seed: None,
+        pacing: Some(Pacing::Sleep),
+    };
+    assert_eq!(cli_plan(&args).expect("plan").pacing, Pacing::Sleep);
 }
 
 #[test]

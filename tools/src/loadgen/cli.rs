@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use super::report::{self, Report};
-use super::scenario::{Plan, Scenario, ScenarioError, StreamSpec, parse_duration};
+use super::scenario::{Pacing, Plan, Scenario, ScenarioError, StreamSpec, parse_duration};
 use super::sink::SinkConfig;
 use super::{LoadgenError, RunOptions};
 
@@ -54,6 +54,11 @@ pub struct StreamArgs {
     /// Seed of the Poisson gaps (overrides the file's `seed`).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// How the sender waits between datagrams (overrides the file's `pacing`): `yield`
+    /// keeps sends within a few µs of their time; `sleep` leaves the CPU to a gateway
+    /// sharing the machine, at the cost of small bursts.
+    #[arg(long, value_enum)]
+    pub pacing: Option<Pacing>,
 }
 
 /// Arguments of `send`.
@@ -195,6 +200,7 @@ pub fn plan(args: &StreamArgs) -> Result<Plan, ScenarioError> {
                 target: None,
                 duration_ms: 0,
                 seed: 0,
+                pacing: Pacing::default(),
                 streams: Vec::new(),
             }
         }
@@ -208,6 +214,9 @@ pub fn plan(args: &StreamArgs) -> Result<Plan, ScenarioError> {
     }
     if let Some(seed) = args.seed {
         scenario.seed = seed;
+    }
+    if let Some(pacing) = args.pacing {
+        scenario.pacing = pacing;
     }
     scenario.validate()
 }

@@ -32,6 +32,23 @@ pub const MAX_PPS: f64 = 10_000_000.0;
 /// Longest run: one day.
 pub const MAX_DURATION_MS: u64 = 86_400_000;
 
+/// How the sender waits for its next deadline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Pacing {
+    /// Sleep when the next deadline is more than 200 µs away, yield the CPU (and keep
+    /// running) when it is nearer: datagrams leave within a few µs of their time, and at
+    /// high rates the sender keeps one core busy.
+    #[default]
+    Yield,
+    /// Always sleep until the next deadline. A sleep overshoots by tens of µs (the
+    /// kernel's timer slack), so datagrams due meanwhile leave back to back as soon as it
+    /// wakes, each stamped when it is sent. Use it when the sender shares a few cores
+    /// with the system it measures: a yielding sender stays runnable and takes CPU
+    /// time from the gateway's threads.
+    Sleep,
+}
+
 /// A scenario as written in a TOML file (see `docs/loadgen-scenario.toml`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +62,9 @@ pub struct Scenario {
     /// Seed of the Poisson gaps (stream `id` is mixed in); same seed, same gaps.
     #[serde(default)]
     pub seed: u64,
+    /// How the sender waits between datagrams (`"yield"`, the default, or `"sleep"`).
+    #[serde(default)]
+    pub pacing: Pacing,
     /// The streams.
     #[serde(default)]
     pub streams: Vec<StreamSpec>,
@@ -265,6 +285,8 @@ pub struct Plan {
     pub duration: Duration,
     /// Seed of the Poisson gaps.
     pub seed: u64,
+    /// How the sender waits between datagrams.
+    pub pacing: Pacing,
     /// Every stream, copies expanded, ids unique.
     pub streams: Vec<StreamPlan>,
 }
@@ -342,6 +364,7 @@ impl Scenario {
             target: self.target,
             duration: Duration::from_millis(self.duration_ms),
             seed: self.seed,
+            pacing: self.pacing,
             streams,
         })
     }
@@ -641,6 +664,7 @@ mod tests {
             target: None,
             duration_ms: 1000,
             seed: 0,
+            pacing: Pacing::Yield,
             streams: vec![spec],
         };
         s.validate().expect("valid").streams.remove(0)
@@ -744,6 +768,7 @@ mod tests {
                 target: None,
                 duration_ms: 1000,
                 seed: 0,
+                pacing: Pacing::Yield,
                 streams: vec![spec],
             };
             let err = s.validate().expect_err(field);

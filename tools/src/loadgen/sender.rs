@@ -1,8 +1,9 @@
 //! The sender: one thread pacing every stream of a [`Plan`] by its next send time.
 //!
 //! The streams' next deadlines (ns from the start) sit in a min-heap. The loop takes the
-//! earliest: more than [`SLEEP_THRESHOLD_NS`] away, it sleeps (at most [`MAX_SLEEP`], so
-//! the stop flag is seen promptly); closer, it yields. Due, it reads the clock once: if
+//! earliest: with [`Pacing::Yield`] (the default), more than [`SLEEP_THRESHOLD_NS`] away
+//! it sleeps (at most [`MAX_SLEEP`], so the stop flag is seen promptly) and closer it
+//! yields; with [`Pacing::Sleep`] it always sleeps. Due, it reads the clock once: if
 //! the stream is active at that instant it sends one datagram (header with the stream's
 //! next sequence number and that instant as the send time, then zero payload) and
 //! schedules the next deadline (previous deadline plus the constant or exponential gap,
@@ -30,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::LoadgenError;
 use super::clock::Clock;
-use super::scenario::{Pattern, Plan, StreamPlan};
+use super::scenario::{Pacing, Pattern, Plan, StreamPlan};
 use crate::header::Header;
 
 /// A deadline further away than this is slept for; a nearer one is yielded for.
@@ -200,7 +201,7 @@ impl Sender {
                 break;
             }
             if deadline > now {
-                wait_until(deadline - now);
+                wait_until(deadline - now, self.plan.pacing);
                 continue;
             }
             heap.pop();
@@ -229,13 +230,14 @@ impl Sender {
     }
 }
 
-fn wait_until(gap_ns: u64) {
-    if gap_ns > SLEEP_THRESHOLD_NS {
+fn wait_until(gap_ns: u64, pacing: Pacing) {
+    match pacing {
+        Pacing::Yield if gap_ns <= SLEEP_THRESHOLD_NS => std::thread::yield_now(),
         // Wake a little early: sleeps overshoot by tens of microseconds.
-        let sleep = Duration::from_nanos(gap_ns - SLEEP_THRESHOLD_NS / 2);
-        std::thread::sleep(sleep.min(MAX_SLEEP));
-    } else {
-        std::thread::yield_now();
+        Pacing::Yield => {
+            std::thread::sleep(Duration::from_nanos(gap_ns - SLEEP_THRESHOLD_NS / 2).min(MAX_SLEEP))
+        }
+        Pacing::Sleep => std::thread::sleep(Duration::from_nanos(gap_ns).min(MAX_SLEEP)),
     }
 }
 
