@@ -18,7 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ed25519_dalek::VerifyingKey;
 use hdrhistogram::Histogram;
 use qos_dataplane::runtime::{
-    Dataplane, PublishError, RuntimeError, ShutdownReport, StopMode, StreamReport,
+    Dataplane, PublishError, RuntimeError, ShutdownReport, StopMode, StreamReport, WindowCounts,
     WorkerHistograms, WorkerStats,
 };
 use qos_dataplane::sched::policy::PRIORITIES;
@@ -244,8 +244,7 @@ pub(crate) struct State<P> {
 /// One stream's report windows summed over the walks in which its worker named it.
 #[derive(Clone, Copy, Debug, Default)]
 struct NamedPeriod {
-    dequeued: u64,
-    dropped: u64,
+    counts: WindowCounts,
     /// The summed window lengths, ns: the time the figures above cover.
     window_ns: u64,
 }
@@ -260,8 +259,7 @@ struct NamedPeriod {
 #[derive(Debug, Default)]
 struct DbPeriod {
     named: std::collections::HashMap<(usize, u64, usize), NamedPeriod>,
-    rest_dequeued: [u64; PRIORITIES],
-    rest_dropped: [u64; PRIORITIES],
+    rest: [WindowCounts; PRIORITIES],
 }
 
 impl DbPeriod {
@@ -269,13 +267,11 @@ impl DbPeriod {
         for e in &r.top {
             let p = usize::from(e.stats.priority.get());
             let n = self.named.entry((r.worker, e.id.to_raw(), p)).or_default();
-            n.dequeued += e.window.dequeued;
-            n.dropped += e.window.dropped;
+            n.counts.add(&e.window);
             n.window_ns += r.window_ns;
         }
-        for (p, x) in r.rest.iter().enumerate() {
-            self.rest_dequeued[p] += x.dequeued;
-            self.rest_dropped[p] += x.dropped;
+        for (sum, x) in self.rest.iter_mut().zip(&r.rest) {
+            sum.add(x);
         }
     }
 }
@@ -910,20 +906,19 @@ impl<P: Send + 'static> State<P> {
                 stream_id: t.entry.key.to_string(),
                 priority: s.priority.get(),
                 queue_depth: s.queued,
-                packets_dropped: n.dropped,
+                packets_dropped: n.counts.dropped,
                 // The rate over the time its worker named it (its windows).
                 bandwidth_allocated_mbps: if n.window_ns == 0 {
                     0.0
                 } else {
-                    n.dequeued as f64 * mean_bits[p] * 1e3 / n.window_ns as f64
+                    n.counts.dequeued as f64 * mean_bits[p] * 1e3 / n.window_ns as f64
                 },
                 latency_p95_ms: p95[p],
             });
         }
         // Streams named earlier in the period, or by a worker but not overall.
         for (&(_, _, p), n) in &period.named {
-            period.rest_dequeued[p] += n.dequeued;
-            period.rest_dropped[p] += n.dropped;
+            period.rest[p].add(&n.counts);
         }
         // Depth of the rest: as the latest walk of each worker saw it.
         let mut rest_queued = [0u64; PRIORITIES];
@@ -944,8 +939,8 @@ impl<P: Send + 'static> State<P> {
                 stream_id: "other".into(),
                 priority: p as u8,
                 queue_depth: rest_queued[p],
-                packets_dropped: period.rest_dropped[p],
-                bandwidth_allocated_mbps: period.rest_dequeued[p] as f64 * mean_bits[p]
+                packets_dropped: period.rest[p].dropped,
+                bandwidth_allocated_mbps: period.rest[p].dequeued as f64 * mean_bits[p]
                     / secs
                     / 1e6,
                 latency_p95_ms: p95[p],

@@ -66,7 +66,8 @@ pub struct WindowCounts {
 }
 
 impl WindowCounts {
-    fn add(&mut self, o: &Self) {
+    /// Adds `o`'s counts to these.
+    pub fn add(&mut self, o: &Self) {
         self.offered += o.offered;
         self.dequeued += o.dequeued;
         self.dropped += o.dropped;
