@@ -28,6 +28,17 @@ impl Deadline {
     }
 }
 
+/// The default policy without queue-delay control, for tests that need every packet
+/// sent: on a loaded machine a preempted worker lets queues age, and CoDel rightly
+/// trims them.
+fn without_aqm() -> Arc<Policy> {
+    let spec = PolicySpec {
+        aqm: false,
+        ..PolicySpec::default()
+    };
+    Arc::new(spec.build().unwrap())
+}
+
 /// Packet payload: producer, stream number and sequence packed in a u64.
 fn payload(producer: u64, stream: u64, seq: u64) -> u64 {
     (producer << 56) | (stream << 32) | seq
@@ -131,14 +142,7 @@ fn fifo_run(workers: usize, pinning: Pinning, per_call: usize) {
         // FIFO and S11 are the subject, not queue-delay control: on a loaded machine
         // the one-packet-a-call egress builds queues CoDel would rightly trim (seen:
         // 41 `aqm` drops with two busy loops on both cores).
-        .policy(Arc::new(
-            PolicySpec {
-                aqm: false,
-                ..PolicySpec::default()
-            }
-            .build()
-            .unwrap(),
-        ))
+        .policy(without_aqm())
         .build(move |worker| Recorder {
             worker,
             log: l.clone(),
@@ -425,14 +429,7 @@ fn t4_histograms_come_back_by_exchange_and_count_every_packet() {
     let (mut dp, mut producers) = Dataplane::<u64>::builder()
         .workers(2)
         .pinning(Pinning::Off)
-        .policy(Arc::new(
-            PolicySpec {
-                aqm: false,
-                ..PolicySpec::default()
-            }
-            .build()
-            .unwrap(),
-        ))
+        .policy(without_aqm())
         .build(Recorder::quiet)
         .unwrap();
     let mut tx = producers.pop().unwrap();
