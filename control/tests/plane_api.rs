@@ -18,7 +18,7 @@ use qos_dataplane::runtime::{Dataplane, Pinning, Producer, StopMode};
 use qos_dataplane::sched::{PolicySpec, SchedulerConfig, StreamConfig};
 
 mod plane_common;
-use plane_common::{Switch, Wire, http, push, temp_dir, wait_until};
+use plane_common::{Switch, Wire, http, poll_until, push, temp_dir, wait_until};
 
 fn start(
     workers: usize,
@@ -136,20 +136,18 @@ fn o1_metrics_scrape_matches_the_runtime_counters() {
     // one taken in NORMAL health: on a loaded machine a slow worker iteration can
     // raise a passing hazard (health itself is the o5 test's subject).
     let mut text = String::new();
-    let settled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_until("the named set to settle on the largest streams", 10, || {
-            plane.tick_now();
-            let (code, t) = http(plane.addr(), "GET", "/metrics", &[], b"");
-            assert_eq!(code, 200);
-            text = t;
-            text.contains("qos_health_state{state=\"NORMAL\"} 1")
-                && series(&text, "qos_packets_enqueued_total")
-                    .iter()
-                    .filter(|(l, _)| l["stream_id"] != "other")
-                    .all(|(l, _)| l["stream_id"].parse::<u64>().unwrap() >= 7035)
-        })
-    }));
-    if settled.is_err() {
+    let settled = poll_until(10, || {
+        plane.tick_now();
+        let (code, t) = http(plane.addr(), "GET", "/metrics", &[], b"");
+        assert_eq!(code, 200);
+        text = t;
+        text.contains("qos_health_state{state=\"NORMAL\"} 1")
+            && series(&text, "qos_packets_enqueued_total")
+                .iter()
+                .filter(|(l, _)| l["stream_id"] != "other")
+                .all(|(l, _)| l["stream_id"].parse::<u64>().unwrap() >= 7035)
+    });
+    if !settled {
         let named: Vec<_> = series(&text, "qos_packets_enqueued_total")
             .into_iter()
             .filter(|(l, _)| l["stream_id"] != "other")

@@ -79,12 +79,21 @@ pub fn push(tx: &mut Producer<u64>, h: StreamHandle, n: u64) {
 }
 
 /// Polls `f` every 20 ms until it holds; fails after `secs`.
-pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, secs: u64, f: impl FnMut() -> bool) {
+    assert!(poll_until(secs, f), "timed out waiting for {what}");
+}
+
+/// Polls `f` every 20 ms until it holds (`true`) or `secs` pass (`false`), for a
+/// caller that explains a timeout itself.
+pub fn poll_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let limit = Instant::now() + Duration::from_secs(secs);
     while !f() {
-        assert!(Instant::now() < limit, "timed out waiting for {what}");
+        if Instant::now() >= limit {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+    true
 }
 
 /// A plain HTTP/1.1 request; returns (status, body).
