@@ -95,8 +95,8 @@ fn series(text: &str, name: &str) -> Vec<(HashMap<String, String>, f64)> {
 #[test]
 fn o1_metrics_scrape_matches_the_runtime_counters() {
     // Every packet must be sent, so no queue-delay control: a worker preempted on a
-    // loaded machine lets queues of up to 49 packets age past CoDel's interval, and
-    // the AQM drops it then makes would leave "every packet sent" waiting forever.
+    // loaded machine may let queues of up to 49 packets age past CoDel's interval, and
+    // an AQM drop then would leave "every packet sent" waiting forever.
     let policy = PolicySpec {
         disconnect: false,
         aqm: false,
@@ -108,6 +108,14 @@ fn o1_metrics_scrape_matches_the_runtime_counters() {
         policy,
         ControlConfig {
             series_limit: 5,
+            // A passing hazard (a slow worker iteration on a loaded machine) must
+            // clear well inside the settle wait below: with the default 5 s hold, one
+            // more stall restarts it, and CI once saw DEGRADED for the whole 10 s with
+            // every queue empty.
+            health: HealthConfig {
+                recovery_hold_ns: 200_000_000,
+                ..HealthConfig::default()
+            },
             ..ControlConfig::default()
         },
     );
