@@ -1,7 +1,8 @@
 //! qosd end to end on loopback: classification with priority caps, hash-balanced and
 //! broadcast routing, malformed datagrams counted, SIGHUP with a good and a bad file,
 //! SIGTERM drain accounting per stream, the control API of a running qosd, and GSO
-//! batches through the GRO receive and GSO send paths. Real
+//! batches through the GRO receive and GSO send paths, datagrams copied alone once the
+//! receive buffer pool is held. Real
 //! UDP sockets, the real binary where signals matter; every load is bounded.
 #![allow(clippy::disallowed_methods)] // wall-clock waits and pacing in tests
 
@@ -813,4 +814,54 @@ fn gso_batches_in_and_gso_runs_out_keep_every_datagram_whole() {
     // Runs of equal size to one upstream leave as one GSO send; loopback hands a GSO
     // send to a GRO socket whole, so coalesced buffers at the sink show qosd's GSO path.
     assert!(coalesced > 0, "no GSO run reached the sink");
+}
+
+/// Once every pooled receive buffer of the receive thread is held by queued packets
+/// (512 of them), datagrams are copied one by one instead, and counted in
+/// `qosd_datagrams_copied_alone_total`. Those copies arrive whole too, and the
+/// accounting stays exact.
+#[test]
+fn datagrams_copied_alone_once_every_pooled_buffer_is_held_arrive_whole() {
+    let sink = UdpSocket::bind("127.0.0.1:0").expect("bind sink");
+    let _ = socket2::SockRef::from(&sink).set_recv_buffer_size(4 << 20);
+    let sink_state = quinn_udp::UdpSocketState::new((&sink).into()).expect("sink state");
+    // 2 Mbit/s and no queue-delay control: the 1,800 datagrams (540 KB, sent in about
+    // 80 ms) queue up and leave over about two seconds.
+    let text = config_text(
+        &[sink.local_addr().expect("addr")],
+        2,
+        "",
+        "[[rule]]\nname = \"lg\"\nloadgen = true\nstream = \"header\"\nroute = { to = \"u0\" }\n",
+    )
+    .replace("aqm = true", "aqm = false");
+    let gw = start(&text);
+    let n = 1_800u64;
+    let sent: Vec<Vec<u8>> = (0..n).map(|i| patterned(i, 300)).collect();
+    // Separate sends: one receive buffer each, so every queued datagram holds one.
+    send_paced(&sender(), gw.listen_addrs()[0], n, |i| {
+        sent[i as usize].clone()
+    });
+    let (mut got, _) = drain_gro(&sink, &sink_state, Duration::from_millis(600));
+    let (status, metrics) = http(gw.api_addr(), "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    let copied_alone: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("qosd_datagrams_copied_alone_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no copied-alone count in\n{metrics}"));
+    let report = gw.stop().expect("stop");
+    assert_eq!(report.received, n, "{report:?}");
+    assert_eq!(report.forwarded, n, "{report:?}");
+    assert!(report.dropped.is_empty() && report.conserved, "{report:?}");
+    // The link's 64 KB burst lets about 210 go at once and the rest queue: at least
+    // 1,800 - 512 - 210 - what 2 Mbit/s sends meanwhile (about 1,050) were copied alone;
+    // 300 leaves room for a sender slowed tenfold.
+    assert!(
+        (300..=n - 512).contains(&copied_alone),
+        "{copied_alone} datagrams copied alone"
+    );
+    got.sort_by_key(|d| qos_tools::header::Header::parse(d).expect("header").seq);
+    assert_eq!(got.len(), sent.len());
+    assert!(got == sent, "a datagram changed on its way");
 }

@@ -190,6 +190,9 @@ pub struct GatewayCounters {
     pub flow_evictions: AtomicU64,
     /// Flows currently cached, all receive threads.
     pub flows: AtomicU64,
+    /// Datagrams copied on their own because every pooled receive buffer of their
+    /// receive thread was still held by queued packets.
+    pub copied_alone: AtomicU64,
     /// Configuration reloads applied and rejected.
     pub reloads: [AtomicU64; 2],
     streams: Mutex<Registry>,
@@ -214,6 +217,7 @@ impl Default for GatewayCounters {
             flow_misses: AtomicU64::new(0),
             flow_evictions: AtomicU64::new(0),
             flows: AtomicU64::new(0),
+            copied_alone: AtomicU64::new(0),
             reloads: [AtomicU64::new(0), AtomicU64::new(0)],
             streams: Mutex::new(Registry::default()),
             dests: Mutex::new(Vec::new()),
@@ -376,6 +380,12 @@ impl GatewayCounters {
                 help: "Flows in the flow tables.".into(),
                 counter: false,
                 rows: vec![row(&[], self.flows.load(Relaxed))],
+            },
+            ExtraFamily {
+                name: "qosd_datagrams_copied_alone".into(),
+                help: "Datagrams copied on their own because every pooled receive buffer (512 per receive thread) was held by queued packets: the queues hold that many receive batches.".into(),
+                counter: true,
+                rows: vec![row(&[], self.copied_alone.load(Relaxed))],
             },
             ExtraFamily {
                 name: "qosd_config_reloads".into(),

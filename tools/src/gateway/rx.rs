@@ -61,6 +61,7 @@ struct Totals {
     received_bytes: u64,
     flow_hits: u64,
     flow_misses: u64,
+    copied_alone: u64,
     dropped: [u64; N_DROPS],
 }
 
@@ -351,7 +352,10 @@ impl Rx {
         }
         let packet = match shared {
             Share::Pooled(b) => Packet::new(b.clone(), range, dest, index),
-            _ => Packet::new(Arc::new(bytes.to_vec()), 0..bytes.len(), dest, index),
+            _ => {
+                self.totals.copied_alone += 1;
+                Packet::new(Arc::new(bytes.to_vec()), 0..bytes.len(), dest, index)
+            }
         };
         self.staged.push(Staged {
             handle,
@@ -373,6 +377,7 @@ impl Rx {
         add(&c.received_bytes, t.received_bytes);
         add(&c.flow_hits, t.flow_hits);
         add(&c.flow_misses, t.flow_misses);
+        add(&c.copied_alone, t.copied_alone);
         for (why, n) in GatewayDrop::ALL.iter().zip(t.dropped) {
             if n > 0 {
                 c.drops_unowned(*why, n);
