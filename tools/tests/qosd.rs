@@ -2,8 +2,8 @@
 //! broadcast routing, malformed datagrams counted, SIGHUP with a good and a bad file,
 //! SIGTERM drain accounting per stream, the control API of a running qosd, and GSO
 //! batches through the GRO receive and GSO send paths, datagrams copied alone once the
-//! receive buffer pool is held. Real
-//! UDP sockets, the real binary where signals matter; every load is bounded.
+//! receive buffer pool is held. Real UDP sockets, the real binary where signals
+//! matter; every load is bounded.
 #![allow(clippy::disallowed_methods)] // wall-clock waits and pacing in tests
 
 mod qosd_common;
