@@ -1135,9 +1135,8 @@ impl<P: Send + 'static> State<P> {
         if let Some(r) = report {
             self.absorb_histograms(&r.histograms);
             // The reports the workers handed back at exit: the last windows, and the
-            // streams still open at the end (after a discarding stop none are: every
-            // stream was closed, so the last batch books their final windows under
-            // `other`).
+            // busiest streams at the end (after a discarding stop, the streams it
+            // closed, with what it dropped of each).
             for (w, late) in r.reports.iter().enumerate() {
                 for x in late {
                     self.absorb_report(w, x.clone());

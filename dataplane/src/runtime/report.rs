@@ -100,6 +100,20 @@ pub(crate) struct Windows {
     closed: [WindowCounts; PRIORITIES],
     /// When the last walk completed (the worker's clock).
     last_ns: u64,
+    /// Streams a discarding stop closed, with their last windows: the walk that
+    /// completes next ranks them as if they were still open, so the exit report names
+    /// the busiest streams and what the stop dropped of each.
+    stopped: Vec<Stopped>,
+}
+
+/// A stream closed by a discarding stop (see [`Windows::closed_at_stop`]).
+#[derive(Debug)]
+struct Stopped {
+    slot: usize,
+    id: StreamId,
+    stats: StreamStats,
+    shed: u64,
+    window: WindowCounts,
 }
 
 impl Windows {
@@ -122,6 +136,26 @@ impl Windows {
     /// last walk passed it goes to its priority's rest.
     pub(crate) fn closed(&mut self, slot: usize, stats: &StreamStats, shed: u64) {
         self.settle(slot, stats, shed, WindowCounts::default());
+    }
+
+    /// The stream `id` in `slot` was closed by a discarding stop with these final
+    /// counters: unlike [`Windows::closed`], its window stays its own, for the exit
+    /// walk to rank.
+    pub(crate) fn closed_at_stop(
+        &mut self,
+        slot: usize,
+        id: StreamId,
+        stats: StreamStats,
+        shed: u64,
+    ) {
+        let window = self.take(slot, WindowCounts::life(&stats, shed));
+        self.stopped.push(Stopped {
+            slot,
+            id,
+            stats,
+            shed,
+            window,
+        });
     }
 
     /// The stream in `slot` is about to change priority; these are its counters under
@@ -253,32 +287,25 @@ impl StreamReport {
             self.open_streams += 1;
             let shed = shed.get(slot).copied().unwrap_or(0);
             let window = windows.take(slot, WindowCounts::life(&stats, shed));
-            // Every stream's window goes to the rest first; the named ones are taken
-            // out again when the walk completes.
-            let p = stats.priority.index();
-            self.rest[p].add(&window);
-            self.rest_queued[p] += stats.queued;
-            if self.limit == 0 {
-                continue;
-            }
-            let entry = StreamEntry {
+            self.consider(StreamEntry {
                 key: keys.get(slot).copied().unwrap_or(slot as u64),
                 id,
                 stats,
                 shed,
                 window,
-            };
-            // A min-heap of the best `limit`: the new entry replaces the weakest.
-            if self.heap.len() < self.limit {
-                self.heap.push(Reverse(Ranked(entry)));
-            } else if let Some(mut weakest) = self.heap.peek_mut()
-                && Ranked(entry) > weakest.0
-            {
-                *weakest = Reverse(Ranked(entry));
-            }
+            });
         }
         if self.cursor < sched.stream_slots() {
             return false;
+        }
+        for s in windows.stopped.drain(..) {
+            self.consider(StreamEntry {
+                key: keys.get(s.slot).copied().unwrap_or(s.slot as u64),
+                id: s.id,
+                stats: s.stats,
+                shed: s.shed,
+                window: s.window,
+            });
         }
         self.top.clear();
         while let Some(Reverse(Ranked(e))) = self.heap.pop() {
@@ -295,5 +322,25 @@ impl StreamReport {
         self.window_ns = now_ns.saturating_sub(windows.last_ns);
         windows.last_ns = now_ns;
         true
+    }
+
+    /// Books a stream's window in the rest, and keeps it among the candidates for
+    /// `top` if it ranks among the best `limit` so far (the named ones are taken out
+    /// of the rest again when the walk completes).
+    fn consider(&mut self, entry: StreamEntry) {
+        let p = entry.stats.priority.index();
+        self.rest[p].add(&entry.window);
+        self.rest_queued[p] += entry.stats.queued;
+        if self.limit == 0 {
+            return;
+        }
+        // A min-heap of the best `limit`: the new entry replaces the weakest.
+        if self.heap.len() < self.limit {
+            self.heap.push(Reverse(Ranked(entry)));
+        } else if let Some(mut weakest) = self.heap.peek_mut()
+            && Ranked(entry) > weakest.0
+        {
+            *weakest = Reverse(Ranked(entry));
+        }
     }
 }

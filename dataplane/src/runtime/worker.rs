@@ -993,7 +993,8 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     }
 
     /// Discards what is left: ring contents, queued packets (by closing every stream,
-    /// counted `closed` by the scheduler) and the pending outbox.
+    /// counted `closed` by the scheduler; the exit report still ranks and names those
+    /// streams) and the pending outbox.
     fn discard_everything(&mut self, now: u64) {
         for i in 0..self.inboxes.len() {
             while let Ok(msg) = self.inboxes[i].rx.pop() {
@@ -1016,7 +1017,11 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         }
         for table in std::mem::take(&mut self.tables) {
             for id in table.into_iter().flatten() {
-                let _ = self.close_stream(id);
+                if let Ok(stats) = self.sched.close(id) {
+                    let slot = id.index() as usize;
+                    let shed = self.shed.get(slot).copied().unwrap_or(0);
+                    self.windows.closed_at_stop(slot, id, stats, shed);
+                }
             }
         }
         self.reclaim();
