@@ -8,7 +8,8 @@
 //! every worker) keep their own `stream_id` label (the key the stream was opened
 //! with); everything else is summed under `stream_id="other"`, computed as the
 //! workers' totals minus the listed streams, so the sums over a metric stay exact
-//! (closed streams count under `other`). A stream entering the busiest set moves its
+//! (closed streams count under `other`, but for the exit report of a discarding stop,
+//! which names the streams it closed). A stream entering the busiest set moves its
 //! count out of `other`, so `other` is not monotone; every named series is. The
 //! per-stream families move when a report completes (every `report_every`), not at
 //! every scrape: named streams and the rest always come from the same instant.

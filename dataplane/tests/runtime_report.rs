@@ -636,3 +636,90 @@ fn o2_the_exit_report_of_a_discarding_stop_names_the_streams_it_closed() {
     got[0].extend(fin.reports[0].iter().cloned());
     assert_windows_add_up(&got, &fin);
 }
+
+/// A discarding stop while a walk over more than one step is under way (review
+/// finding: the walk under way took the closed streams, naming some of them twice, and
+/// the exit report named none). The walk under way ends on the streams as they were;
+/// the exit report names the streams the stop closed, each once.
+#[test]
+fn o2_a_discarding_stop_during_a_long_walk_names_each_closed_stream_once() {
+    let hold = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let h2 = hold.clone();
+    let (mut dp, mut producers) = Dataplane::<u64>::builder()
+        .workers(1)
+        .pinning(Pinning::Off)
+        .ring_capacity(32_768)
+        .scheduler(qos_dataplane::sched::SchedulerConfig {
+            max_streams: 70_000,
+            max_packets: 8_192,
+            ..qos_dataplane::sched::SchedulerConfig::default()
+        })
+        .policy(quiet_policy())
+        .build(move |_| Gate(h2.clone()))
+        .unwrap();
+    let mut tx = producers.pop().unwrap();
+    let limit = Deadline::after(20);
+    let handles: Vec<_> = (0..65_000u64)
+        .map(|i| {
+            loop {
+                match tx.open(i, StreamConfig::with_priority((i % 8) as u8)) {
+                    Ok(h) => break h,
+                    Err(qos_dataplane::runtime::ControlError::Full) => {
+                        assert!(!limit.passed(), "ring full for 20 s");
+                        std::thread::yield_now();
+                    }
+                    Err(e) => panic!("{e:?}"),
+                }
+            }
+        })
+        .collect();
+    let mut got = vec![reports(&mut dp, 5)];
+    // One packet on each of the first 500 streams; the held egress keeps them queued.
+    for (k, &h) in handles.iter().take(500).enumerate() {
+        push(&mut tx, h, k as u64);
+    }
+    let limit = Deadline::after(10);
+    while dp.stats()[0].taken < 500 {
+        assert!(!limit.passed());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // A walk starts (64 steps), and the stop comes at once.
+    for r in dp.stream_reports(5, Duration::ZERO).into_iter().flatten() {
+        got[0].push(*r);
+    }
+    drop(tx);
+    let fin = dp.shutdown(StopMode::Discard).unwrap();
+    assert!(fin.is_conserved());
+    got[0].extend(fin.reports[0].iter().cloned());
+    for r in &got[0] {
+        let mut keys: Vec<u64> = r.top.iter().map(|e| e.key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        assert_eq!(keys.len(), r.top.len(), "a stream named twice: {:?}", r.top);
+    }
+    let exit = fin.reports[0].last().expect("the exit report");
+    assert_eq!(
+        exit.top.len(),
+        5,
+        "the exit report names the closed streams"
+    );
+    assert!(
+        exit.top.iter().all(|e| e.key < 500 && e.stats.queued == 0),
+        "{:?}",
+        exit.top
+    );
+    // Every drop is the stop's: no AQM, no queue reached its limit.
+    let closed: u64 = fin.workers[0]
+        .priorities
+        .iter()
+        .map(|p| p.dropped_total())
+        .sum();
+    assert!(closed > 400, "the stop dropped what was queued: {closed}");
+    let in_exit: u64 = exit.top.iter().map(|e| e.window.dropped).sum::<u64>()
+        + exit.rest.iter().map(|w| w.dropped).sum::<u64>();
+    assert_eq!(
+        in_exit, closed,
+        "the exit window holds every drop of the stop"
+    );
+    assert_windows_add_up(&got, &fin);
+}

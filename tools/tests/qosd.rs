@@ -854,9 +854,9 @@ fn datagrams_copied_alone_once_every_pooled_buffer_is_held_arrive_whole() {
     assert_eq!(report.received, n, "{report:?}");
     assert_eq!(report.forwarded, n, "{report:?}");
     assert!(report.dropped.is_empty() && report.conserved, "{report:?}");
-    // The link's 64 KB burst lets about 210 go at once and the rest queue: at least
-    // 1,800 - 512 - 210 - what 2 Mbit/s sends meanwhile (about 1,050) were copied alone;
-    // 300 leaves room for a sender slowed tenfold.
+    // The link's 64 KB burst lets about 210 go at once and the rest queue, so about
+    // 1,800 - 512 - 210 - what 2 Mbit/s sends meanwhile, about 1,050 in all, are copied
+    // alone; 300 leaves room for a sender slowed tenfold.
     assert!(
         (300..=n - 512).contains(&copied_alone),
         "{copied_alone} datagrams copied alone"

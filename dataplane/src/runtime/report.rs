@@ -100,20 +100,6 @@ pub(crate) struct Windows {
     closed: [WindowCounts; PRIORITIES],
     /// When the last walk completed (the worker's clock).
     last_ns: u64,
-    /// Streams a discarding stop closed, with their last windows: the walk that
-    /// completes next ranks them as if they were still open, so the exit report names
-    /// the busiest streams and what the stop dropped of each.
-    stopped: Vec<Stopped>,
-}
-
-/// A stream closed by a discarding stop (see [`Windows::closed_at_stop`]).
-#[derive(Debug)]
-struct Stopped {
-    slot: usize,
-    id: StreamId,
-    stats: StreamStats,
-    shed: u64,
-    window: WindowCounts,
 }
 
 impl Windows {
@@ -136,26 +122,6 @@ impl Windows {
     /// last walk passed it goes to its priority's rest.
     pub(crate) fn closed(&mut self, slot: usize, stats: &StreamStats, shed: u64) {
         self.settle(slot, stats, shed, WindowCounts::default());
-    }
-
-    /// The stream `id` in `slot` was closed by a discarding stop with these final
-    /// counters: unlike [`Windows::closed`], its window stays its own, for the exit
-    /// walk to rank.
-    pub(crate) fn closed_at_stop(
-        &mut self,
-        slot: usize,
-        id: StreamId,
-        stats: StreamStats,
-        shed: u64,
-    ) {
-        let window = self.take(slot, WindowCounts::life(&stats, shed));
-        self.stopped.push(Stopped {
-            slot,
-            id,
-            stats,
-            shed,
-            window,
-        });
     }
 
     /// The stream in `slot` is about to change priority; these are its counters under
@@ -298,15 +264,36 @@ impl StreamReport {
         if self.cursor < sched.stream_slots() {
             return false;
         }
-        for s in windows.stopped.drain(..) {
-            self.consider(StreamEntry {
-                key: keys.get(s.slot).copied().unwrap_or(s.slot as u64),
-                id: s.id,
-                stats: s.stats,
-                shed: s.shed,
-                window: s.window,
-            });
-        }
+        self.complete(windows, now_ns);
+        true
+    }
+
+    /// Ranks stream `id`, just closed by a discarding stop with these final counters,
+    /// as the walk would rank an open one: the exit report of such a stop is built from
+    /// the streams it closes, so it names the busiest of them with what the stop
+    /// dropped of each. [`StreamReport::complete`] finishes it.
+    pub(crate) fn closed_at_stop(
+        &mut self,
+        windows: &mut Windows,
+        key: u64,
+        id: StreamId,
+        stats: StreamStats,
+        shed: u64,
+    ) {
+        let window = windows.take(id.index() as usize, WindowCounts::life(&stats, shed));
+        self.consider(StreamEntry {
+            key,
+            id,
+            stats,
+            shed,
+            window,
+        });
+    }
+
+    /// Ends the report: the best entries become `top` (taken out of the rest), the
+    /// windows of streams closed meanwhile join the rest, and `windows` starts the
+    /// next window at `now_ns`.
+    pub(crate) fn complete(&mut self, windows: &mut Windows, now_ns: u64) {
         self.top.clear();
         while let Some(Reverse(Ranked(e))) = self.heap.pop() {
             let p = e.stats.priority.index();
@@ -321,7 +308,6 @@ impl StreamReport {
         }
         self.window_ns = now_ns.saturating_sub(windows.last_ns);
         windows.last_ns = now_ns;
-        true
     }
 
     /// Books a stream's window in the rest, and keeps it among the candidates for

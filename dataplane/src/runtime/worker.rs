@@ -106,6 +106,8 @@ struct Worker<P, E> {
     report: Option<(Box<StreamReport>, bool)>,
     /// The size of the last report asked for (`None`: never asked).
     report_limit: Option<usize>,
+    /// The exit report of a discarding stop, built from the streams it closed.
+    exit_report: Option<Box<StreamReport>>,
     /// What the previous report walk saw per slot (report windows).
     windows: Windows,
     /// Per stream slot: the key it was opened with.
@@ -238,6 +240,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             report_out: p.report_out,
             report: None,
             report_limit: None,
+            exit_report: None,
             windows: Windows::new(p.shared.clock.now_ns()),
             keys: Vec::new(),
             shed: Vec::new(),
@@ -664,30 +667,44 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     }
 
     /// At exit: the reports the reader has not received, oldest first, then a final
-    /// one walked whole now (only if the reader ever asked for reports). A walk under
+    /// one (only if the reader ever asked for reports): walked whole now, or after a
+    /// discarding stop the one it built from the streams it closed. A walk under
     /// way is finished first and handed back as it is: the slots it had passed may
     /// have moved since, which only a fresh walk sees.
     fn final_reports(&mut self) -> Vec<StreamReport> {
         let mut out = Vec::new();
+        self.finish_pending_walk();
+        if let Some((r, _)) = self.report.take() {
+            out.push(*r);
+        }
+        if let Some(mut r) = self.exit_report.take() {
+            // Built by a discarding stop; stamped with the counters as they end.
+            self.refresh_stats();
+            r.stats.clone_from(&self.stats);
+            out.push(*r);
+        } else if let Some(limit) = self.report_limit {
+            let mut r = StreamReport::empty(self.index, limit);
+            self.walk_whole(&mut r, self.shared.clock.now_ns());
+            out.push(*r);
+        }
+        out
+    }
+
+    /// At exit: completes the walk under way, or the one asked for and not started
+    /// (which sets the report size), on the streams as they are now.
+    fn finish_pending_walk(&mut self) {
         let pending = self.report.take().or_else(|| {
             self.report_in.take().map(|r| {
                 self.report_limit = Some(r.limit());
                 (r, false)
             })
         });
-        let now = self.shared.clock.now_ns();
         if let Some((mut r, done)) = pending {
             if !done {
-                self.walk_whole(&mut r, now);
+                self.walk_whole(&mut r, self.shared.clock.now_ns());
             }
-            out.push(*r);
+            self.report = Some((r, true));
         }
-        if let Some(limit) = self.report_limit {
-            let mut r = StreamReport::empty(self.index, limit);
-            self.walk_whole(&mut r, now);
-            out.push(*r);
-        }
-        out
     }
 
     /// Walks `r` to its end at once (exit only) and stamps the counters.
@@ -1015,14 +1032,29 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         for inbox in &mut self.shm {
             inbox.done = true;
         }
+        // A walk under way ends on the streams as they were; the exit report is then
+        // built from the streams the stop closes (bounded by the report size).
+        self.finish_pending_walk();
+        let mut exit = self
+            .report_limit
+            .map(|limit| StreamReport::empty(self.index, limit));
         for table in std::mem::take(&mut self.tables) {
             for id in table.into_iter().flatten() {
+                let Some(r) = exit.as_mut() else {
+                    let _ = self.close_stream(id);
+                    continue;
+                };
                 if let Ok(stats) = self.sched.close(id) {
                     let slot = id.index() as usize;
+                    let key = self.keys.get(slot).copied().unwrap_or(slot as u64);
                     let shed = self.shed.get(slot).copied().unwrap_or(0);
-                    self.windows.closed_at_stop(slot, id, stats, shed);
+                    r.closed_at_stop(&mut self.windows, key, id, stats, shed);
                 }
             }
+        }
+        if let Some(mut r) = exit {
+            r.complete(&mut self.windows, now);
+            self.exit_report = Some(r);
         }
         self.reclaim();
         while let Some(d) = self.outbox.pop_front() {
