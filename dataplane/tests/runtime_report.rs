@@ -517,11 +517,17 @@ fn o2_windows_follow_a_priority_change() {
     assert_windows_add_up(&got, &fin);
 }
 
-/// Exit in drain mode while a walk over more than one step (1,024 slots) is under way:
-/// the slots it had passed moved again before the exit, and only a fresh walk sees
-/// that (review finding: 11-32 of 500 dequeued were in the windows).
-#[test]
-fn o2_windows_add_up_when_the_exit_interrupts_a_long_walk() {
+/// One worker with 65,000 streams (a walk takes 64 worker iterations) behind a held
+/// egress, a first complete report (every slot has a baseline), one packet on each of
+/// the first 500 streams (slots the next walk passes first), all taken; then a report
+/// is asked for, so a walk is under way. Returns the dataplane, its producer, the
+/// egress's hold flag and the reports received so far.
+fn long_walk_under_way() -> (
+    Dataplane<u64>,
+    Producer<u64>,
+    Arc<std::sync::atomic::AtomicBool>,
+    Vec<Vec<qos_dataplane::runtime::StreamReport>>,
+) {
     let hold = Arc::new(std::sync::atomic::AtomicBool::new(true));
     let h2 = hold.clone();
     let (mut dp, mut producers) = Dataplane::<u64>::builder()
@@ -565,11 +571,21 @@ fn o2_windows_add_up_when_the_exit_interrupts_a_long_walk() {
         assert!(!limit.passed());
         std::thread::sleep(Duration::from_millis(2));
     }
-    // Ask for a report (the walk starts at slot 0) and release the egress at once:
-    // the walk has passed the first slots before they drain.
+    // Ask for a report: the walk starts at slot 0.
     for r in dp.stream_reports(5, Duration::ZERO).into_iter().flatten() {
         got[0].push(*r);
     }
+    (dp, tx, hold, got)
+}
+
+/// Exit in drain mode while a walk over more than one step (1,024 slots) is under way:
+/// the slots it had passed moved again before the exit, and only a fresh walk sees
+/// that (review finding: 11-32 of 500 dequeued were in the windows).
+#[test]
+fn o2_windows_add_up_when_the_exit_interrupts_a_long_walk() {
+    let (dp, tx, hold, mut got) = long_walk_under_way();
+    // Release the egress at once: the walk has passed the first slots before they
+    // drain.
     hold.store(false, std::sync::atomic::Ordering::Relaxed);
     drop(tx);
     let fin = dp.shutdown(StopMode::Drain).unwrap();
@@ -643,50 +659,8 @@ fn o2_the_exit_report_of_a_discarding_stop_names_the_streams_it_closed() {
 /// the exit report names the streams the stop closed, each once.
 #[test]
 fn o2_a_discarding_stop_during_a_long_walk_names_each_closed_stream_once() {
-    let hold = Arc::new(std::sync::atomic::AtomicBool::new(true));
-    let h2 = hold.clone();
-    let (mut dp, mut producers) = Dataplane::<u64>::builder()
-        .workers(1)
-        .pinning(Pinning::Off)
-        .ring_capacity(32_768)
-        .scheduler(qos_dataplane::sched::SchedulerConfig {
-            max_streams: 70_000,
-            max_packets: 8_192,
-            ..qos_dataplane::sched::SchedulerConfig::default()
-        })
-        .policy(quiet_policy())
-        .build(move |_| Gate(h2.clone()))
-        .unwrap();
-    let mut tx = producers.pop().unwrap();
-    let limit = Deadline::after(20);
-    let handles: Vec<_> = (0..65_000u64)
-        .map(|i| {
-            loop {
-                match tx.open(i, StreamConfig::with_priority((i % 8) as u8)) {
-                    Ok(h) => break h,
-                    Err(qos_dataplane::runtime::ControlError::Full) => {
-                        assert!(!limit.passed(), "ring full for 20 s");
-                        std::thread::yield_now();
-                    }
-                    Err(e) => panic!("{e:?}"),
-                }
-            }
-        })
-        .collect();
-    let mut got = vec![reports(&mut dp, 5)];
-    // One packet on each of the first 500 streams; the held egress keeps them queued.
-    for (k, &h) in handles.iter().take(500).enumerate() {
-        push(&mut tx, h, k as u64);
-    }
-    let limit = Deadline::after(10);
-    while dp.stats()[0].taken < 500 {
-        assert!(!limit.passed());
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    // A walk starts (64 steps), and the stop comes at once.
-    for r in dp.stream_reports(5, Duration::ZERO).into_iter().flatten() {
-        got[0].push(*r);
-    }
+    // The stop comes while the walk is under way.
+    let (dp, tx, _hold, mut got) = long_walk_under_way();
     drop(tx);
     let fin = dp.shutdown(StopMode::Discard).unwrap();
     assert!(fin.is_conserved());
