@@ -844,12 +844,9 @@ fn datagrams_copied_alone_once_every_pooled_buffer_is_held_arrive_whole() {
     let (mut got, _) = drain_gro(&sink, &sink_state, Duration::from_millis(600));
     let (status, metrics) = http(gw.api_addr(), "GET", "/metrics", &[], b"");
     assert_eq!(status, 200);
-    let copied_alone: u64 = metrics
-        .lines()
-        .find(|l| l.starts_with("qosd_datagrams_copied_alone_total"))
-        .and_then(|l| l.split_whitespace().last())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no copied-alone count in\n{metrics}"));
+    let copied_alone = metric(&metrics, "qosd_datagrams_copied_alone_total{}")
+        .unwrap_or_else(|| panic!("no copied-alone count in\n{metrics}"))
+        as u64;
     let report = gw.stop().expect("stop");
     assert_eq!(report.received, n, "{report:?}");
     assert_eq!(report.forwarded, n, "{report:?}");

@@ -383,7 +383,7 @@ impl GatewayCounters {
             },
             ExtraFamily {
                 name: "qosd_datagrams_copied_alone".into(),
-                help: "Datagrams copied on their own because every pooled receive buffer (512 per receive thread) was held by queued packets: the queues hold that many receive batches.".into(),
+                help: "Datagrams copied on their own because every pooled receive buffer (512 per receive thread) was held by queued packets.".into(),
                 counter: true,
                 rows: vec![row(&[], self.copied_alone.load(Relaxed))],
             },
