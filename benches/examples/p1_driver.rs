@@ -1,12 +1,20 @@
 //! A plain driver of the P1 workload, for profilers: `perf record` and
 //! `valgrind --tool=callgrind` give per-line costs without criterion's machinery.
 //!
-//! `cargo run --release -p qos-benches --example p1_driver -- STREAMS BATCHES [MODE] [PREFILL]`
+//! `cargo run --release -p qos-benches --example p1_driver -- STREAMS BATCHES [MODE] [PREFILL] [WARMUP]`
 //!
 //! MODE `churn` (default): each batch enqueues 32 packets to uniformly random streams,
 //! then takes 32 with `dequeue_batch` (the criterion `p1` workload). MODE `backlogged`:
 //! each batch first refills the streams served by the previous batch, so every stream
 //! stays backlogged.
+//!
+//! WARMUP (default 0) batches run before the clock starts. The churn workload takes a
+//! while to settle from its uniform prefill: streams are spread evenly over the eight
+//! priorities, so High, Medium and Low receive 2/8, 4/8 and 2/8 of the arrivals while
+//! the default policy shares the link 25/60/15. Medium and then High drain, and the
+//! queued packets gather in Low. At 1M streams that takes about 600,000 batches (see
+//! docs/BENCHMARKS.md); criterion's warm-up covers it, a short run without WARMUP
+//! measures the transient.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,6 +37,7 @@ fn main() {
     let batches: u32 = arg(2, 100_000);
     let backlogged = arg(3, String::from("churn")) == "backlogged";
     let prefill: u32 = arg(4, 2);
+    let warmup: u32 = arg(5, 0);
     let config = SchedulerConfig {
         max_streams: n,
         max_packets: n * (prefill + 2) + 128,
@@ -56,8 +65,14 @@ fn main() {
     let mut burst = Vec::with_capacity(32);
     let mut rejected = Vec::with_capacity(32);
     #[allow(clippy::disallowed_methods)] // a benchmark driver measures wall time
-    let start = Instant::now();
-    for _ in 0..batches {
+    let mut start = Instant::now();
+    for b in 0..warmup + batches {
+        if b == warmup {
+            #[allow(clippy::disallowed_methods)]
+            {
+                start = Instant::now();
+            }
+        }
         now += 1_000;
         if backlogged {
             for (k, id) in served.drain(..).enumerate() {
