@@ -4,7 +4,11 @@
 
 mod sim;
 
-use qos_dataplane::sched::{Policy, Priority, StreamConfig};
+use std::sync::Arc;
+
+use qos_dataplane::sched::{
+    Next, Policy, PolicySpec, Priority, Scheduler, SchedulerConfig, StreamConfig,
+};
 use sim::{MS, SEC, Sim, jain};
 
 const GBPS: u64 = 1_000_000_000;
@@ -125,6 +129,74 @@ fn s3_weight_override_replaces_two_to_the_priority() {
         (ratio / 3.0 - 1.0).abs() <= 0.02,
         "48:16 weights gave {ratio}"
     );
+}
+
+/// Backlogged P7 streams of `classes5` (Critical is {P7} alone: base weight 2^7) with
+/// the given weight overrides and `quantum_bytes`, 1000-byte packets, each stream
+/// refilled as it is served: each stream's share of the bytes sent in `decisions`.
+fn p7_override_shares(quantum_bytes: u32, weights: &[u16], decisions: u32) -> Vec<f64> {
+    let spec = PolicySpec {
+        quantum_bytes,
+        ..PolicySpec::classes5()
+    };
+    let policy = Arc::new(spec.build().unwrap());
+    let mut s: Scheduler<u32> = Scheduler::new(SchedulerConfig::default(), policy).unwrap();
+    let ids: Vec<_> = weights
+        .iter()
+        .map(|&w| {
+            s.open(StreamConfig {
+                priority: Priority::ALL[7],
+                weight: Some(w),
+                cap: None,
+            })
+            .unwrap()
+        })
+        .collect();
+    for &id in &ids {
+        for _ in 0..10 {
+            s.enqueue(0, id, 0, 1000).unwrap();
+        }
+    }
+    let mut bytes = vec![0u64; ids.len()];
+    for _ in 0..decisions {
+        let Next::Packet(d) = s.dequeue(0) else {
+            panic!("every stream is backlogged")
+        };
+        let i = ids.iter().position(|&x| x == d.stream).unwrap();
+        bytes[i] += u64::from(d.len);
+        s.enqueue(0, d.stream, 0, 1000).unwrap();
+    }
+    let total: u64 = bytes.iter().sum();
+    bytes.iter().map(|&b| b as f64 / total as f64).collect()
+}
+
+/// S3 with weight overrides far below the tier's base weight: a stream's quantum is
+/// `Q * w / 2^7` here, 11.83 bytes for weight 1 with the default `Q`. Rounded down to
+/// whole bytes every turn, weight 1 got 32.35% beside weight 2 (-2.9%) and 23.9% beside
+/// weight 3 (-4.3%), and with `Q` = 64 both quanta of weights 1 and 3 were 1 byte
+/// (50/50 for 25/75). Each turn's quantum is now rounded up or down so that it is
+/// exact on average.
+#[test]
+fn s3_weight_overrides_below_the_tier_base_get_their_exact_share() {
+    for (q, weights) in [
+        (1514, vec![1u16, 2]),
+        (1514, vec![1, 3]),
+        (64, vec![1, 3]),
+        (1514, vec![3, 5, 7]),
+        (1514, vec![1, 2, 3, 4, 5, 6, 7, 129]),
+        (100, vec![1, 1, 2, 5, 200]),
+    ] {
+        let shares = p7_override_shares(q, &weights, 200_000);
+        let wsum: f64 = weights.iter().map(|&w| f64::from(w)).sum();
+        for (i, &got) in shares.iter().enumerate() {
+            let want = f64::from(weights[i]) / wsum;
+            assert!(
+                (got / want - 1.0).abs() <= 0.02,
+                "Q {q}, weights {weights:?}: weight {} got {got:.5} of the link, want {want:.5}",
+                weights[i]
+            );
+        }
+    }
 }
 
 #[test]
