@@ -59,6 +59,11 @@ const MAX_STREAM_QUANTUM: u64 = 1 << 30;
 const REFRESH_BIT: u32 = 61;
 /// Step of each class's dither sequence (2^32 / golden ratio): see [`Wfq::top_up`].
 const DITHER_STEP: u32 = 0x9E37_79B9;
+/// Rotations of streams still in debt after their top-up, in one decision of one
+/// class, after which that class's quanta double (see [`Class::boost`]).
+const ROTATIONS_BEFORE_BOOST: u32 = 8;
+/// Most doublings of a class's quanta (`Q * w` stays far inside `u64`).
+const MAX_BOOST: u32 = 24;
 
 #[derive(Clone, Copy, Debug)]
 struct Class {
@@ -83,6 +88,16 @@ struct Class {
     /// Weyl sequence that rounds each new turn's quantum up or down (see
     /// [`Wfq::top_up`]).
     dither: u32,
+    /// Doublings of every quantum of the class while it stays backlogged. DRR is O(1)
+    /// per decision only while a stream's quantum covers its packets; when quanta are
+    /// smaller (jumbo packets, weight overrides far below the tier's base) every stream
+    /// of the round can be in debt at once, and finding one with credit took up to
+    /// (streams x packet / quantum) rotations in one call. A decision that rotates
+    /// `ROTATIONS_BEFORE_BOOST` indebted streams doubles the class's quanta instead:
+    /// the ratios between streams, hence the shares, do not change, and a decision makes
+    /// at most `ROTATIONS_BEFORE_BOOST * MAX_BOOST` rotations. Back to 0 when the class
+    /// runs out of packets (or the policy changes).
+    boost: u32,
 }
 
 impl Class {
@@ -96,6 +111,7 @@ impl Class {
         pops: 0,
         listed: 0,
         dither: 0,
+        boost: 0,
     };
 }
 
@@ -152,6 +168,9 @@ impl Wfq {
         let remapped = tier_of != self.tier_of;
         self.tier_of = tier_of;
         self.low = usize::from(tier_of[0]);
+        for class in &mut self.classes {
+            class.boost = 0;
+        }
         for (t, class) in self.classes.iter_mut().take(MAX_TIERS).enumerate() {
             class.inv = inverse(u64::from(shares.get(t).copied().unwrap_or(1)));
             // Base weight: that of the tier's lowest priority.
@@ -247,7 +266,8 @@ impl Wfq {
     /// AQM compares a backlog with.
     #[inline(always)]
     pub(crate) fn quantum_of(&self, c: usize, w: u16) -> i32 {
-        let q = (u64::from(self.quantum) * u64::from(w)) >> self.classes[c].shift;
+        let class = &self.classes[c];
+        let q = ((u64::from(self.quantum) * u64::from(w)) << class.boost) >> class.shift;
         q.clamp(1, MAX_STREAM_QUANTUM) as i32
     }
 
@@ -268,7 +288,8 @@ impl Wfq {
         class.dither = class.dither.wrapping_add(DITHER_STEP);
         // The dither's top `shift` bits: a fraction of one byte in units of 2^-shift.
         let fraction = (u64::from(class.dither) << class.shift) >> 32;
-        let q = (u64::from(self.quantum) * u64::from(w) + fraction) >> class.shift;
+        let exact = (u64::from(self.quantum) * u64::from(w)) << class.boost;
+        let q = (exact + fraction) >> class.shift;
         q.min(MAX_STREAM_QUANTUM) as i32
     }
 
@@ -297,6 +318,7 @@ impl Wfq {
         class.queued -= n;
         if class.queued == 0 {
             self.active &= !(1 << c);
+            class.boost = 0;
         }
     }
 
@@ -483,6 +505,7 @@ impl Wfq {
         if fresh != NIL {
             return fresh;
         }
+        let mut rotations = 0;
         loop {
             let s = self.classes[c].round.head;
             debug_assert!(s != NIL, "a backlogged class has a listed stream");
@@ -496,12 +519,33 @@ impl Wfq {
             if st.deficit > 0 {
                 return s;
             }
-            // Credit spent (or a quantum below the packet size): next turn.
+            // A new turn: the round reached a stream whose credit is spent. Add its
+            // quantum, exactly once per visit (as DRR does when the round reaches a
+            // stream), and serve it now if that covers its debt; otherwise (a quantum
+            // below the packet it owes for) it sits this round out.
             let (deficit, w) = (st.deficit, st.weight);
             let q = self.top_up(c, w);
-            streams[s as usize].deficit = deficit.saturating_add(q);
+            let deficit = deficit.saturating_add(q);
+            streams[s as usize].deficit = deficit;
+            if deficit > 0 {
+                return s;
+            }
             self.round_rotate(streams, c);
+            rotations += 1;
+            if rotations == ROTATIONS_BEFORE_BOOST {
+                rotations = 0;
+                self.boost(c);
+            }
         }
+    }
+
+    /// Doubles every quantum of class `c` (see [`Class::boost`]). Out of line: it
+    /// happens only while quanta are below the packets queued.
+    #[cold]
+    #[inline(never)]
+    fn boost(&mut self, c: usize) {
+        let class = &mut self.classes[c];
+        class.boost = (class.boost + 1).min(MAX_BOOST);
     }
 
     /// Accounts a packet of `len` bytes just taken from stream `s` of class `c`.
@@ -515,9 +559,8 @@ impl Wfq {
         if spent && !empty {
             st.saturated_turn();
         }
-        if spent {
-            st.deficit = st.deficit.saturating_add(self.top_up(c, st.weight));
-        }
+        // A spent stream keeps its debt: its next visit at the round's head adds the
+        // quantum (see `head_of`).
         if st.has(Flags::FRESH) {
             if empty {
                 // Out of the fresh list, lingering behind the round's tail.
@@ -654,6 +697,47 @@ mod tests {
         assert_eq!(w.quantum_of(1, 32), 12_000, "P5 = 8x P2");
         assert_eq!(w.quantum_of(0, 128), 3000, "P7 = 2x P6");
         assert_eq!(w.quantum_of(1, 1), 375, "an override below the base");
+    }
+
+    /// S13: 4096 streams of weight 1 in High (base weight 2^6: a 23-byte quantum) all
+    /// sending 9000-byte packets. Once served, every stream is thousands of bytes in
+    /// debt, and finding one with credit took one rotation per stream per 23 bytes: up to
+    /// ~1.6 million rotations in one decision. With the class's quanta doubling after
+    /// a few indebted rotations, no decision makes more than a constant number, and the
+    /// equal streams are still served in turn.
+    #[test]
+    fn s13_a_decision_rotates_a_bounded_number_of_indebted_streams() {
+        let n = 4096;
+        let mut streams: Vec<Stream> = (0..n)
+            .map(|_| Stream::opened(1, 7, 1, true, super::super::stream::NIL16))
+            .collect();
+        let mut w = default_wfq(&mut streams);
+        assert_eq!(w.quantum_of(0, 1), 23, "1500 * 1 / 2^6, rounded down");
+        for s in 0..n as u32 {
+            streams[s as usize].len = 8;
+            w.link(&mut streams, s);
+        }
+        let (mut worst, mut served) = (0, vec![0u32; n]);
+        for _ in 0..4 * n {
+            let before = w.classes[0].pops;
+            let (c, s) = w.pick(&mut streams).expect("backlogged");
+            worst = worst.max(w.classes[0].pops - before);
+            served[s as usize] += 1;
+            streams[s as usize].len -= 1;
+            w.served(&mut streams, c, s, 9000);
+            streams[s as usize].len += 1;
+            w.packet_added(&mut streams, s);
+        }
+        let bound = u64::from(ROTATIONS_BEFORE_BOOST * MAX_BOOST);
+        assert!(
+            worst <= bound,
+            "{worst} rotations in one decision (bound {bound})"
+        );
+        let (lo, hi) = (served.iter().min(), served.iter().max());
+        assert!(
+            lo >= Some(&3) && hi <= Some(&5),
+            "equal streams served {lo:?}..{hi:?} times in 4 rounds"
+        );
     }
 
     #[test]
