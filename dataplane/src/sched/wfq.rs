@@ -282,15 +282,17 @@ impl Wfq {
     /// beside a weight-2 one (4.3% beside weight 3), and turned both quanta of
     /// weights 1 and 3 with a 64-byte `Q` into 1 byte (50/50 for 25/75). A turn may get
     /// 0 bytes when the exact quantum is below one (the stream just waits its turn).
+    /// Without `new_turn` it is 0 and the dither does not move: no branch either way.
     #[inline(always)]
-    fn top_up(&mut self, c: usize, w: u16) -> i32 {
+    fn top_up(&mut self, c: usize, w: u16, new_turn: bool) -> i32 {
+        let mask = u32::from(new_turn).wrapping_neg();
         let class = &mut self.classes[c];
-        class.dither = class.dither.wrapping_add(DITHER_STEP);
+        class.dither = class.dither.wrapping_add(DITHER_STEP & mask);
         // The dither's top `shift` bits: a fraction of one byte in units of 2^-shift.
         let fraction = (u64::from(class.dither) << class.shift) >> 32;
         let exact = (u64::from(self.quantum) * u64::from(w)) << class.boost;
         let q = (exact + fraction) >> class.shift;
-        q.min(MAX_STREAM_QUANTUM) as i32
+        q.min(MAX_STREAM_QUANTUM) as i32 & mask as i32
     }
 
     #[inline(always)]
@@ -516,15 +518,14 @@ impl Wfq {
                 self.leave_round(streams, c, s);
                 continue;
             }
-            if st.deficit > 0 {
-                return s;
-            }
-            // A new turn: the round reached a stream whose credit is spent. Add its
-            // quantum, exactly once per visit (as DRR does when the round reaches a
-            // stream), and serve it now if that covers its debt; otherwise (a quantum
-            // below the packet it owes for) it sits this round out.
+            // With credit left the stream's turn goes on. Spent, the round has reached
+            // it for a new turn: add its quantum, exactly once per visit (as DRR does
+            // when the round reaches a stream), and serve it now if that covers its
+            // debt; otherwise (a quantum below the packet it owes for) it sits this
+            // round out. Which of the two a decision meets is as random as the
+            // traffic, so both take the same branch-free path.
             let (deficit, w) = (st.deficit, st.weight);
-            let q = self.top_up(c, w);
+            let q = self.top_up(c, w, deficit <= 0);
             let deficit = deficit.saturating_add(q);
             streams[s as usize].deficit = deficit;
             if deficit > 0 {
