@@ -199,6 +199,69 @@ fn s3_weight_overrides_below_the_tier_base_get_their_exact_share() {
     }
 }
 
+/// S4/S13: a class whose quanta were doubled for a stream with packets far above its
+/// quantum (weight 1 in High: 23.7 bytes a turn for 9000-byte packets) hands out plain
+/// quanta again a few rounds after that stream is gone. The doubling once stayed until
+/// the class ran out of packets: three greedy default-weight P7 streams that came after
+/// took 129-130 packets a turn instead of 2 (their 3028-byte quantum), which also
+/// switched AQM off for them and broke P7's budget.
+#[test]
+fn s13_quanta_doubled_for_jumbo_packets_come_back_once_the_stream_is_gone() {
+    let policy = Arc::new(Policy::default());
+    let mut s: Scheduler<u32> = Scheduler::new(SchedulerConfig::default(), policy).unwrap();
+    let light = s
+        .open(StreamConfig {
+            priority: Priority::ALL[7],
+            weight: Some(1),
+            cap: None,
+        })
+        .unwrap();
+    for _ in 0..200 {
+        s.enqueue(0, light, 0, 9000).unwrap();
+    }
+    let greedy: Vec<_> = (0..3)
+        .map(|_| s.open(StreamConfig::with_priority(7)).unwrap())
+        .collect();
+    let mut now = 0;
+    for _ in 0..100 {
+        now += 1000;
+        assert!(matches!(s.dequeue(now), Next::Packet(_)));
+    }
+    for &g in &greedy {
+        for _ in 0..500 {
+            s.enqueue(now, g, 0, 1500).unwrap();
+        }
+    }
+    s.close(light).unwrap();
+    while s.pop_reclaimed().is_some() {}
+    // Turns: maximal runs of one stream, over the last 2000 of 3000 decisions.
+    let (mut turns, mut last, mut run) = (Vec::new(), None, 0u32);
+    for i in 0..3000 {
+        now += 1000;
+        let Next::Packet(d) = s.dequeue(now) else {
+            panic!("the greedy streams are backlogged")
+        };
+        s.enqueue(now, d.stream, 0, 1500).unwrap();
+        if i < 1000 {
+            continue;
+        }
+        if Some(d.stream) == last {
+            run += 1;
+        } else {
+            if run > 0 {
+                turns.push(run);
+            }
+            (run, last) = (1, Some(d.stream));
+        }
+    }
+    let longest = turns.iter().max().copied().unwrap_or(run);
+    assert!(turns.len() > 600, "{} turns", turns.len());
+    assert!(
+        longest <= 3,
+        "a greedy P7 turn took {longest} packets of 1500 bytes for a 3028-byte quantum"
+    );
+}
+
 #[test]
 fn s4_equal_streams_are_byte_fair_and_each_served_once_per_round() {
     let mut sim = Sim::default_policy(GBPS);

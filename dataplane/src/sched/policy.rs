@@ -111,8 +111,9 @@ pub struct PolicySpec {
     /// Largest packet accepted, in bytes (1..=65535); larger ones are refused.
     pub max_packet_bytes: u32,
     /// DRR quantum per stream turn at the weight of its tier's lowest priority, in bytes
-    /// (64..=2^20). Smaller rounds mean lower latency for backlogged streams; a packet
-    /// larger than a stream's quantum costs one extra DRR visit per quantum it exceeds.
+    /// (64..=2^20). Smaller rounds mean lower latency for backlogged streams; a stream
+    /// whose packets are larger than its quantum sits out the rounds its debt needs
+    /// (while many do at once, their class doubles its quanta for a while).
     pub quantum_bytes: u32,
 }
 

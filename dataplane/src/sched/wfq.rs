@@ -9,16 +9,19 @@
 //!    their share (S2) and bank none.
 //! 2. **Streams inside a class** are served by weighted deficit round robin with a
 //!    fresh list in front, as fq_codel does: each stream's quantum is proportional to
-//!    its own weight (`Q * w >> shift`, where `2^shift` is the default weight of the
-//!    tier's lowest priority), so every stream carries its own credit and only it is
-//!    charged for what it sends (S3). A stream that becomes backlogged from idle joins
+//!    its own weight (`Q * w / 2^shift`, where `2^shift` is the default weight of the
+//!    tier's lowest priority; see [`Wfq::top_up`] for its rounding and doubling), so
+//!    every stream carries its own credit and only it is charged for what it sends
+//!    (S3). A stream that becomes backlogged from idle joins
 //!    the fresh list with one quantum and is served before the round; once that credit
 //!    is spent it moves to the tail of the round. A stream that empties *lingers*
 //!    behind the round (as in fq_codel): until the round has served every stream that
 //!    was in it when it emptied, a packet for it puts it at the round's tail with the
 //!    credit it had, not back in the fresh list. So going idle and coming back cannot
 //!    earn more than one extra quantum per round, while a sparse stream is served at
-//!    once (S4: each backlogged stream is served at least once per round).
+//!    once (S4: each backlogged stream whose quantum covers its packet is served at
+//!    least once per round; one with a smaller quantum sits out the rounds its debt
+//!    needs).
 //!
 //! Lingering is kept as a mark, not a list entry. Each class counts the entries ever
 //! pushed to its round's tail and ever removed from it (`pushes`, `pops`). A stream
@@ -67,7 +70,7 @@ const MAX_BOOST: u32 = 24;
 
 #[derive(Clone, Copy, Debug)]
 struct Class {
-    /// Quantum of weight `w` is `(Q * w) >> shift`.
+    /// Quantum of weight `w` is `Q * w / 2^shift` (see [`Wfq::top_up`]).
     shift: u32,
     /// Fixed-point inverse of the class's share.
     inv: u64,
@@ -93,11 +96,17 @@ struct Class {
     /// smaller (jumbo packets, weight overrides far below the tier's base) every stream
     /// of the round can be in debt at once, and finding one with credit took up to
     /// (streams x packet / quantum) rotations in one call. A decision that rotates
-    /// `ROTATIONS_BEFORE_BOOST` indebted streams doubles the class's quanta instead:
-    /// the ratios between streams, hence the shares, do not change, and a decision makes
-    /// at most `ROTATIONS_BEFORE_BOOST * MAX_BOOST` rotations. Back to 0 when the class
-    /// runs out of packets (or the policy changes).
+    /// `ROTATIONS_BEFORE_BOOST` indebted streams doubles the quanta the class's visits
+    /// hand out instead: the ratios between streams, hence the shares, do not change,
+    /// and a decision makes at most `ROTATIONS_BEFORE_BOOST * MAX_BOOST` rotations. It
+    /// comes down by one after each whole round without a decision that rotated half
+    /// that many (see [`Wfq::settle_boost`]), and to 0 when the class runs out of
+    /// packets (or the policy changes). A fresh stream's credit and AQM's comparison
+    /// use the quantum without it.
     boost: u32,
+    /// `pops` when the boost last rose, or a decision last rotated
+    /// `ROTATIONS_BEFORE_BOOST / 2` indebted streams or more.
+    pressed_at: u64,
 }
 
 impl Class {
@@ -112,6 +121,7 @@ impl Class {
         listed: 0,
         dither: 0,
         boost: 0,
+        pressed_at: 0,
     };
 }
 
@@ -266,8 +276,7 @@ impl Wfq {
     /// AQM compares a backlog with.
     #[inline(always)]
     pub(crate) fn quantum_of(&self, c: usize, w: u16) -> i32 {
-        let class = &self.classes[c];
-        let q = ((u64::from(self.quantum) * u64::from(w)) << class.boost) >> class.shift;
+        let q = (u64::from(self.quantum) * u64::from(w)) >> self.classes[c].shift;
         q.clamp(1, MAX_STREAM_QUANTUM) as i32
     }
 
@@ -282,7 +291,8 @@ impl Wfq {
     /// beside a weight-2 one (4.3% beside weight 3), and turned both quanta of
     /// weights 1 and 3 with a 64-byte `Q` into 1 byte (50/50 for 25/75). A turn may get
     /// 0 bytes when the exact quantum is below one (the stream just waits its turn).
-    /// Without `new_turn` it is 0 and the dither does not move: no branch either way.
+    /// While the class is boosted, the quantum is doubled `boost` times. Without
+    /// `new_turn` it is 0 and the dither does not move: no branch either way.
     #[inline(always)]
     fn top_up(&mut self, c: usize, w: u16, new_turn: bool) -> i32 {
         let mask = u32::from(new_turn).wrapping_neg();
@@ -529,6 +539,9 @@ impl Wfq {
             let deficit = deficit.saturating_add(q);
             streams[s as usize].deficit = deficit;
             if deficit > 0 {
+                if rotations | self.classes[c].boost != 0 {
+                    self.settle_boost(c, rotations);
+                }
                 return s;
             }
             self.round_rotate(streams, c);
@@ -540,6 +553,25 @@ impl Wfq {
         }
     }
 
+    /// After a decision of class `c` that rotated `rotations` indebted streams since
+    /// its last boost, or while the class is boosted: notes the pressure, or takes one
+    /// doubling back once a whole round (as many removals from the round's head as it
+    /// holds streams) has gone by without any. So a boost outlives its cause by a few
+    /// rounds only: streams with bigger packets than quanta that have left, or one that
+    /// now shares the round with streams in credit (it then costs one rotation per
+    /// visit, as DRR does).
+    #[cold]
+    #[inline(never)]
+    fn settle_boost(&mut self, c: usize, rotations: u32) {
+        let class = &mut self.classes[c];
+        if rotations >= ROTATIONS_BEFORE_BOOST / 2 {
+            class.pressed_at = class.pops;
+        } else if class.boost != 0 && class.pops - class.pressed_at > class.pushes - class.pops {
+            class.boost -= 1;
+            class.pressed_at = class.pops;
+        }
+    }
+
     /// Doubles every quantum of class `c` (see [`Class::boost`]). Out of line: it
     /// happens only while quanta are below the packets queued.
     #[cold]
@@ -547,6 +579,7 @@ impl Wfq {
     fn boost(&mut self, c: usize) {
         let class = &mut self.classes[c];
         class.boost = (class.boost + 1).min(MAX_BOOST);
+        class.pressed_at = class.pops;
     }
 
     /// Accounts a packet of `len` bytes just taken from stream `s` of class `c`.
