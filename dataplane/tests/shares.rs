@@ -100,14 +100,21 @@ fn s3_inside_a_tier_byte_shares_follow_two_to_the_priority() {
     sim.run_for(SEC);
     let bytes = sim.source_bytes(100 * MS, SEC);
     let total: u64 = bytes.iter().sum();
+    let shares: Vec<f64> = bytes.iter().map(|&b| b as f64 / total as f64).collect();
     let weights: Vec<f64> = prios.iter().map(|&p| f64::from(1u32 << p)).collect();
+    assert_shares_follow_weights(&shares, &weights, |i| format!("stream {i} (P{})", prios[i]));
+}
+
+/// S3: each of `shares` (fractions of the bytes sent) within 2% relative of its weight
+/// over the sum of `weights`; `name(i)` says which stream failed.
+fn assert_shares_follow_weights(shares: &[f64], weights: &[f64], name: impl Fn(usize) -> String) {
     let wsum: f64 = weights.iter().sum();
-    for (i, &b) in bytes.iter().enumerate() {
-        let (got, want) = (b as f64 / total as f64, weights[i] / wsum);
+    for (i, &got) in shares.iter().enumerate() {
+        let want = weights[i] / wsum;
         assert!(
             (got / want - 1.0).abs() <= 0.02,
-            "stream {i} (P{}): {got:.4} vs {want:.4}",
-            prios[i]
+            "{}: {got:.5} of the bytes, want {want:.5}",
+            name(i)
         );
     }
 }
@@ -187,15 +194,10 @@ fn s3_weight_overrides_below_the_tier_base_get_their_exact_share() {
         (100, vec![1, 1, 2, 5, 200]),
     ] {
         let shares = p7_override_shares(q, &weights, 200_000);
-        let wsum: f64 = weights.iter().map(|&w| f64::from(w)).sum();
-        for (i, &got) in shares.iter().enumerate() {
-            let want = f64::from(weights[i]) / wsum;
-            assert!(
-                (got / want - 1.0).abs() <= 0.02,
-                "Q {q}, weights {weights:?}: weight {} got {got:.5} of the link, want {want:.5}",
-                weights[i]
-            );
-        }
+        let w: Vec<f64> = weights.iter().map(|&w| f64::from(w)).collect();
+        assert_shares_follow_weights(&shares, &w, |i| {
+            format!("Q {q}, weights {weights:?}: weight {}", weights[i])
+        });
     }
 }
 

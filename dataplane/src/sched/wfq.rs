@@ -12,9 +12,9 @@
 //!    its own weight (`Q * w / 2^shift`, where `2^shift` is the default weight of the
 //!    tier's lowest priority; see [`Wfq::top_up`] for its rounding and doubling), so
 //!    every stream carries its own credit and only it is charged for what it sends
-//!    (S3). A stream that becomes backlogged from idle joins
-//!    the fresh list with one quantum and is served before the round; once that credit
-//!    is spent it moves to the tail of the round. A stream that empties *lingers*
+//!    (S3). A stream that becomes backlogged from idle joins the fresh list with one
+//!    quantum and is served before the round; once that credit is spent it moves to
+//!    the tail of the round. A stream that empties *lingers*
 //!    behind the round (as in fq_codel): until the round has served every stream that
 //!    was in it when it emptied, a packet for it puts it at the round's tail with the
 //!    credit it had, not back in the fresh list. So going idle and coming back cannot
@@ -91,7 +91,7 @@ struct Class {
     /// Weyl sequence that rounds each new turn's quantum up or down (see
     /// [`Wfq::top_up`]).
     dither: u32,
-    /// Doublings of every quantum of the class while it stays backlogged. DRR is O(1)
+    /// Doublings of the quanta the class's visits hand out, for now. DRR is O(1)
     /// per decision only while a stream's quantum covers its packets; when quanta are
     /// smaller (jumbo packets, weight overrides far below the tier's base) every stream
     /// of the round can be in debt at once, and finding one with credit took up to
