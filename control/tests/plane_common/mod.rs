@@ -2,7 +2,7 @@
 //! directories, pushing with backpressure retries, bounded waits.
 #![allow(dead_code, clippy::disallowed_methods, clippy::unwrap_used)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -41,8 +41,32 @@ impl Egress<u64> for Wire {
     }
 }
 
-/// A fresh, empty directory under the system temp dir, unique to this process and call.
-pub fn temp_dir(name: &str) -> PathBuf {
+/// A fresh, empty directory under the system temp dir, unique to this process and call;
+/// removed with its contents when dropped (also when the test fails), so repeated runs
+/// do not pile up databases in the temp dir.
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// See [`TempDir`].
+pub fn temp_dir(name: &str) -> TempDir {
     static N: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -55,7 +79,7 @@ pub fn temp_dir(name: &str) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    dir
+    TempDir(dir)
 }
 
 /// Pushes packets `0..n` of 500 bytes on `h`, retrying while the ring is full (at
