@@ -9,7 +9,11 @@ mod sim;
 
 use std::collections::HashMap;
 
-use qos_dataplane::sched::{AqmSpec, DropReason, Policy, Priority, StreamId};
+use std::sync::Arc;
+
+use qos_dataplane::sched::{
+    AqmSpec, DropReason, Next, Policy, Priority, Scheduler, SchedulerConfig, StreamConfig, StreamId,
+};
 use sim::{MS, SEC, Sim, policy_with};
 
 const LINK: u64 = 100_000_000;
@@ -409,4 +413,53 @@ fn s14_a_tier_aqm_override_with_a_short_interval_holds_sojourn_to_it() {
             "P{p}: control, the 50 ms budget lets {p99_default} ns stand"
         );
     }
+}
+
+/// One P3 stream kept at a 50 ms standing queue (budget 100 ms: target 20 ms, interval
+/// 100 ms) for `dur` from `from`: a 1000-byte packet in every millisecond, one taken
+/// every millisecond once 50 ms have passed. Returns the `aqm` drops it saw and the
+/// time it ended.
+fn standing_queue(s: &mut Scheduler<u32>, id: StreamId, from: u64, dur: u64) -> (u64, u64) {
+    let before = s.stream_stats(id).unwrap().dropped_aqm;
+    let mut now = from;
+    while now < from + dur {
+        s.enqueue(now, id, 0, 1_000).unwrap();
+        if now >= from + 50 * MS {
+            assert!(matches!(s.dequeue(now), Next::Packet(_)));
+        }
+        now += MS;
+    }
+    (s.stream_stats(id).unwrap().dropped_aqm - before, now)
+}
+
+#[test]
+fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_within_one_turn() {
+    // CoDel's times are 32-bit (1.024 us units, compared by wrapping difference within
+    // about 36.6 min). A flood leaves the stream in the dropping state; its queue then
+    // stays backlogged but within one DRR turn (where AQM does not act) for 45 minutes;
+    // then a standing queue builds again. The state left by the flood must not be read
+    // as a `drop_next` still in the future.
+    let mut s: Scheduler<u32> =
+        Scheduler::new(SchedulerConfig::default(), Arc::new(Policy::default())).unwrap();
+    let id = s.open(StreamConfig::with_priority(3)).unwrap();
+    let (first, mut now) = standing_queue(&mut s, id, 0, 2 * SEC);
+    assert!(first > 0, "control: a 50 ms standing queue sees aqm drops");
+    // Drain to one packet at once, 30 ms on, so every head is still above target (the
+    // flood's state stays behind), then 45 minutes of one packet in, one packet out
+    // each second: never empty, never above a turn.
+    now += 30 * MS;
+    while s.stream_stats(id).unwrap().queued > 1 {
+        let _ = s.dequeue(now);
+    }
+    for _ in 0..45 * 60 {
+        now += SEC;
+        s.enqueue(now, id, 0, 1_000).unwrap();
+        assert!(matches!(s.dequeue(now), Next::Packet(_)));
+        assert_eq!(s.stream_stats(id).unwrap().queued, 1, "never empty");
+    }
+    let (again, _) = standing_queue(&mut s, id, now, 2 * SEC);
+    assert!(
+        again * 2 >= first,
+        "{again} aqm drops after 45 minutes against {first} at first"
+    );
 }

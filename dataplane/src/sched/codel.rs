@@ -184,7 +184,7 @@ impl Codel {
 
     /// Sojourn below target (or nothing else queued): `first_above_time = 0`, leave dropping.
     /// `count` is kept so a re-entry soon after can resume near the previous drop rate.
-    fn below_target(&mut self) {
+    pub(crate) fn below_target(&mut self) {
         self.time = 0;
         self.count = self.drop_count();
     }

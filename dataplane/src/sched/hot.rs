@@ -263,23 +263,30 @@ impl<P> Scheduler<P> {
                 self.drop_head(c, s, DropReason::Expired);
                 continue;
             }
-            if let Some(p) = &self.c.codel[usize::from(prio)]
-                && self.aqm_applies(c, st, len)
-            {
-                let mut codel = Codel::from_parts(st.codel_time, st.codel_count);
-                // Hard limit: a packet older than the interval is dropped whatever the
-                // control law says, and speeds the control law up.
-                let hard = age > p.interval_ns && st.len > 1;
-                if hard {
-                    codel.escalate();
-                }
-                let drop = hard || codel.should_drop(now, age, st.len - 1, p);
-                let (time, count) = codel.parts();
-                let st = &mut self.streams[s as usize];
-                (st.codel_time, st.codel_count) = (time, count);
-                if drop {
-                    self.drop_head(c, s, DropReason::Aqm);
-                    continue;
+            if let Some(p) = &self.c.codel[usize::from(prio)] {
+                if !self.aqm_applies(c, st, len) {
+                    // Within one turn or within its share: below target for CoDel (the
+                    // RFC's "under one MTU queued"), so no time survives a long backlog
+                    // that AQM did not watch (the stored times wrap after ~36 min).
+                    if st.codel_time != 0 {
+                        leave_codel_episode(&mut self.streams[s as usize]);
+                    }
+                } else {
+                    let mut codel = Codel::from_parts(st.codel_time, st.codel_count);
+                    // Hard limit: a packet older than the interval is dropped whatever the
+                    // control law says, and speeds the control law up.
+                    let hard = age > p.interval_ns && st.len > 1;
+                    if hard {
+                        codel.escalate();
+                    }
+                    let drop = hard || codel.should_drop(now, age, st.len - 1, p);
+                    let (time, count) = codel.parts();
+                    let st = &mut self.streams[s as usize];
+                    (st.codel_time, st.codel_count) = (time, count);
+                    if drop {
+                        self.drop_head(c, s, DropReason::Aqm);
+                        continue;
+                    }
                 }
             }
             let st = &self.streams[s as usize];
@@ -445,5 +452,14 @@ impl<P> Scheduler<P> {
 pub(super) fn reset_codel(st: &mut super::stream::Stream) {
     let mut codel = Codel::from_parts(st.codel_time, st.codel_count);
     codel.reset();
+    (st.codel_time, st.codel_count) = codel.parts();
+}
+
+/// CoDel sees a head below target (see `Codel::below_target`): leave the dropping state
+/// and forget the time, keep the count for a re-entry soon after.
+#[inline(never)]
+fn leave_codel_episode(st: &mut super::stream::Stream) {
+    let mut codel = Codel::from_parts(st.codel_time, st.codel_count);
+    codel.below_target();
     (st.codel_time, st.codel_count) = codel.parts();
 }
