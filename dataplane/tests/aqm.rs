@@ -417,8 +417,8 @@ fn s14_a_tier_aqm_override_with_a_short_interval_holds_sojourn_to_it() {
 
 /// One P3 stream kept at a 50 ms standing queue (budget 100 ms: target 20 ms, interval
 /// 100 ms) for `dur` from `from`: a 1000-byte packet in every millisecond, one taken
-/// every millisecond once 50 ms have passed. Returns the `aqm` drops it saw and the
-/// time it ended.
+/// every millisecond once 50 ms have passed, so CoDel pulls it down to about the
+/// target (20 packets). Returns the `aqm` drops it saw and the time it ended.
 fn standing_queue(s: &mut Scheduler<u32>, id: StreamId, from: u64, dur: u64) -> (u64, u64) {
     let before = s.stream_stats(id).unwrap().dropped_aqm;
     let mut now = from;
@@ -432,34 +432,70 @@ fn standing_queue(s: &mut Scheduler<u32>, id: StreamId, from: u64, dur: u64) -> 
     (s.stream_stats(id).unwrap().dropped_aqm - before, now)
 }
 
-#[test]
-fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_within_one_turn() {
-    // CoDel's times are 32-bit (1.024 us units, compared by wrapping difference within
-    // about 36.6 min). A flood leaves the stream in the dropping state; its queue then
-    // stays backlogged but within one DRR turn (where AQM does not act) for 45 minutes;
-    // then a standing queue builds again. The state left by the flood must not be read
-    // as a `drop_next` still in the future.
+/// A flood leaves a P3 stream in CoDel's dropping state; its queue then stays
+/// backlogged for 45 minutes, either within one DRR turn (where AQM does not act) or,
+/// if `aqm_off`, five packets deep (50 ms) with AQM switched off meanwhile; then a
+/// standing queue builds again. Returns the `aqm` drops of the first and of the second
+/// standing queue, and the packets left queued after the second.
+fn codel_drops_before_and_after_45_minutes(aqm_off: bool) -> (u64, u64, u64) {
     let mut s: Scheduler<u32> =
         Scheduler::new(SchedulerConfig::default(), Arc::new(Policy::default())).unwrap();
     let id = s.open(StreamConfig::with_priority(3)).unwrap();
     let (first, mut now) = standing_queue(&mut s, id, 0, 2 * SEC);
     assert!(first > 0, "control: a 50 ms standing queue sees aqm drops");
-    // Drain to one packet at once, 30 ms on, so every head is still above target (the
-    // flood's state stays behind), then 45 minutes of one packet in, one packet out
-    // each second: never empty, never above a turn.
+    // 30 ms on, every queued packet is above target: CoDel starts its interval (or
+    // goes on dropping), and that state stays behind.
     now += 30 * MS;
-    while s.stream_stats(id).unwrap().queued > 1 {
+    while s.stream_stats(id).unwrap().queued > 10 {
         let _ = s.dequeue(now);
     }
-    for _ in 0..45 * 60 {
-        now += SEC;
+    let (keep, step) = if aqm_off {
+        let off = policy_with(|b| {
+            b.aqm = false;
+            b.version = 2;
+        });
+        s.set_policy(now, Arc::new(off));
+        (5, 10 * MS)
+    } else {
+        (1, SEC)
+    };
+    while s.stream_stats(id).unwrap().queued > keep {
+        let _ = s.dequeue(now);
+    }
+    // One packet in, one packet out each `step`: never empty.
+    for _ in 0..45 * 60 * SEC / step {
+        now += step;
         s.enqueue(now, id, 0, 1_000).unwrap();
         assert!(matches!(s.dequeue(now), Next::Packet(_)));
-        assert_eq!(s.stream_stats(id).unwrap().queued, 1, "never empty");
+        assert_eq!(s.stream_stats(id).unwrap().queued, keep);
+    }
+    if aqm_off {
+        s.set_policy(now, Arc::new(policy_with(|b| b.version = 3)));
     }
     let (again, _) = standing_queue(&mut s, id, now, 2 * SEC);
+    (first, again, s.stream_stats(id).unwrap().queued)
+}
+
+#[test]
+fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_within_one_turn() {
+    // CoDel's times are 32-bit (1.024 us units, compared by wrapping difference within
+    // about 36.6 min): the state left by the flood must not be read as a `drop_next`
+    // still in the future (0 drops against 31, and 55 packets left standing, before the
+    // fix).
+    let (first, again, left) = codel_drops_before_and_after_45_minutes(false);
     assert!(
         again * 2 >= first,
         "{again} aqm drops after 45 minutes against {first} at first"
     );
+    assert!(left <= 25, "{left} packets left standing (target: 20)");
+}
+
+#[test]
+fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_with_aqm_off() {
+    let (first, again, left) = codel_drops_before_and_after_45_minutes(true);
+    assert!(
+        again * 2 >= first,
+        "{again} aqm drops after 45 minutes of AQM off against {first} at first"
+    );
+    assert!(left <= 25, "{left} packets left standing (target: 20)");
 }

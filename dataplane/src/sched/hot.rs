@@ -263,15 +263,8 @@ impl<P> Scheduler<P> {
                 self.drop_head(c, s, DropReason::Expired);
                 continue;
             }
-            if let Some(p) = &self.c.codel[usize::from(prio)] {
-                if !self.aqm_applies(c, st, len) {
-                    // Within one turn or within its share: below target for CoDel (the
-                    // RFC's "under one MTU queued"), so no time survives a long backlog
-                    // that AQM did not watch (the stored times wrap after ~36 min).
-                    if st.codel_time != 0 {
-                        leave_codel_episode(&mut self.streams[s as usize]);
-                    }
-                } else {
+            match &self.c.codel[usize::from(prio)] {
+                Some(p) if self.aqm_applies(c, st, len) => {
                     let mut codel = Codel::from_parts(st.codel_time, st.codel_count);
                     // Hard limit: a packet older than the interval is dropped whatever the
                     // control law says, and speeds the control law up.
@@ -288,6 +281,12 @@ impl<P> Scheduler<P> {
                         continue;
                     }
                 }
+                // AQM off for this priority, or the stream within one turn or within its
+                // share: below target for CoDel (the RFC's "under one MTU queued"), so no
+                // time survives a backlog that AQM did not watch (stored times wrap after
+                // ~36 min) and a policy switching AQM on finds no stale episode.
+                _ if st.codel_time != 0 => leave_codel_episode(&mut self.streams[s as usize]),
+                _ => {}
             }
             let st = &self.streams[s as usize];
             if st.cap != super::stream::NIL16
