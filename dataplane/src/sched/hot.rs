@@ -265,6 +265,11 @@ impl<P> Scheduler<P> {
             }
             match &self.c.codel[usize::from(prio)] {
                 Some(p) if self.aqm_applies(c, st, len) => {
+                    if !st.over_share() {
+                        // A flood's onset: above its share until its queue empties.
+                        self.streams[s as usize].mark_over_share();
+                    }
+                    let st = &self.streams[s as usize];
                     let mut codel = Codel::from_parts(st.codel_time, st.codel_count);
                     // Hard limit: a packet older than the interval is dropped whatever the
                     // control law says, and speeds the control law up.

@@ -152,8 +152,13 @@ pub(crate) struct Stream {
 
 /// Generations are 24-bit: a slot is retired once its generation reaches this.
 pub(crate) const GENERATION_MASK: u32 = (1 << 24) - 1;
-/// Consecutive saturated turns after which a stream counts as above its share for AQM.
-pub(crate) const OVER_SHARE_TURNS: u32 = 16;
+/// Saturated turns (see [`Stream::saturated_turns`]) after which a stream counts as
+/// above its share for AQM. 64, not fewer: a Poisson stream at 90% of a share of two
+/// packets a turn lives through long busy periods (an M/D/1 queue at that load waits
+/// 4.5 service times on average), and 16 turns took 5-7% of its packets; more than 64
+/// leaves a stream at twice its share unwatched after one halving (see
+/// `docs/DECISIONS.md`, S14).
+pub(crate) const OVER_SHARE_TURNS: u32 = 64;
 
 /// The null cap index.
 pub(crate) const NIL16: u16 = u16::MAX;
@@ -300,6 +305,15 @@ impl Stream {
     #[inline(always)]
     pub(crate) fn over_share(&self) -> bool {
         self.saturated_turns() >= OVER_SHARE_TURNS
+    }
+
+    /// A flood's onset (more than `FLOOD_QUANTA` turns queued): counts as above its
+    /// share from now on, until its queue empties, so AQM goes on watching it below
+    /// that backlog (one emptying halves the count below the threshold again).
+    #[inline(always)]
+    pub(crate) fn mark_over_share(&mut self) {
+        let turns = self.saturated_turns().max(OVER_SHARE_TURNS);
+        self.gen_turns = (self.gen_turns & GENERATION_MASK) | (turns << 24);
     }
 
     /// Its queue emptied: halve the count of saturated turns (a stream that keeps
