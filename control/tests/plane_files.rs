@@ -399,7 +399,6 @@ fn o2_metrics_db_rows_read_back_with_the_engine_and_sqlite3() {
         text.ends_with(&format!(".{:03}Z", ms % 1000)),
         "{text} vs {ms}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// O4: the `.hlog` written by the running control plane: a standard header, every
@@ -556,7 +555,6 @@ fn o4_hlog_counts_equal_the_packets_dequeued_per_priority() {
     assert_eq!(merged.value_at_quantile(0.5), row.p50);
     assert_eq!(merged.max(), row.max);
     assert!(row.p50 <= row.p99 && row.p99 <= row.max);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// O2: a store that cannot write (its parent is a regular file, which root cannot get
@@ -655,7 +653,6 @@ fn o2_a_failing_store_is_reported_and_the_dataplane_is_not_disturbed() {
         b"a regular file",
         "the blocking file is untouched"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Issue-8 bug: what the workers scheduled after the control plane's last tick (a
@@ -707,7 +704,6 @@ fn o4_a_drain_after_the_last_tick_is_in_the_final_hlog_interval() {
         counted, sent,
         "every drained packet's sojourn is in the .hlog"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// O2, review finding: metrics.db keeps a stream's windows by its full id. Stream A
@@ -765,7 +761,6 @@ fn o2_a_reused_slot_does_not_inherit_the_closed_streams_rows() {
             .sum();
         assert_eq!(sum, dropped_at(&report, usize::from(p)), "p{p}: {rows:?}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// O2: a row's `bandwidth_allocated_mbps` is the rate the stream was served at. One

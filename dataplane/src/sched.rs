@@ -178,6 +178,9 @@ pub struct Scheduler<P> {
     events: EventQueue,
     /// When the aging guard next looks at a stream (`u64::MAX`: aging off).
     aging_next: u64,
+    /// `now` of the last `dequeue` or `dequeue_batch` call (CoDel states are reset
+    /// after a longer gap than `codel::STALE_AFTER_NS`).
+    last_call: u64,
     now: u64,
 }
 
@@ -234,6 +237,7 @@ impl<P> Scheduler<P> {
             window: BudgetWindow::new(c.window_ns, &[PriorityStats::default(); PRIORITIES]),
             events,
             aging_next: 0,
+            last_call: 0,
             now: 0,
             policy: policy.clone(),
         };

@@ -420,16 +420,44 @@ fn s14_a_tier_aqm_override_with_a_short_interval_holds_sojourn_to_it() {
 /// every millisecond once 50 ms have passed, so CoDel pulls it down to about the
 /// target (20 packets). Returns the `aqm` drops it saw and the time it ended.
 fn standing_queue(s: &mut Scheduler<u32>, id: StreamId, from: u64, dur: u64) -> (u64, u64) {
+    standing_queue_of(s, id, from, dur, &[1_000])
+}
+
+/// [`standing_queue`] with packet lengths taken from `lens` in turn.
+fn standing_queue_of(
+    s: &mut Scheduler<u32>,
+    id: StreamId,
+    from: u64,
+    dur: u64,
+    lens: &[u32],
+) -> (u64, u64) {
     let before = s.stream_stats(id).unwrap().dropped_aqm;
     let mut now = from;
+    let mut k = 0;
     while now < from + dur {
-        s.enqueue(now, id, 0, 1_000).unwrap();
+        s.enqueue(now, id, 0, lens[k % lens.len()]).unwrap();
+        k += 1;
         if now >= from + 50 * MS {
             assert!(matches!(s.dequeue(now), Next::Packet(_)));
         }
         now += MS;
     }
     (s.stream_stats(id).unwrap().dropped_aqm - before, now)
+}
+
+#[test]
+fn s14_small_head_packets_do_not_end_the_episode_of_a_mixed_size_standing_queue() {
+    // 64-byte and 1000-byte packets in turn: AQM does not act on a 64-byte head with
+    // fewer than 48 packets queued (its backlog estimate, packets x head length, is
+    // under one turn), but that must not end CoDel's episode, or the interval never
+    // runs out and only the hard limit (the budget) holds the queue.
+    let mut s: Scheduler<u32> =
+        Scheduler::new(SchedulerConfig::default(), Arc::new(Policy::default())).unwrap();
+    let id = s.open(StreamConfig::with_priority(3)).unwrap();
+    let (drops, _) = standing_queue_of(&mut s, id, 0, 2 * SEC, &[64, 1_000]);
+    let left = s.stream_stats(id).unwrap().queued;
+    assert!(drops > 0, "a 50 ms standing queue sees aqm drops");
+    assert!(left <= 25, "{left} packets left standing (target: 20)");
 }
 
 /// A flood leaves a P3 stream in CoDel's dropping state; its queue then stays
@@ -484,7 +512,7 @@ fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_within_one_tu
     // fix).
     let (first, again, left) = codel_drops_before_and_after_45_minutes(false);
     assert!(
-        again * 2 >= first,
+        again * 2 >= first && again <= 2 * first,
         "{again} aqm drops after 45 minutes against {first} at first"
     );
     assert!(left <= 25, "{left} packets left standing (target: 20)");
@@ -494,7 +522,7 @@ fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_within_one_tu
 fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_with_aqm_off() {
     let (first, again, left) = codel_drops_before_and_after_45_minutes(true);
     assert!(
-        again * 2 >= first,
+        again * 2 >= first && again <= 2 * first,
         "{again} aqm drops after 45 minutes of AQM off against {first} at first"
     );
     assert!(left <= 25, "{left} packets left standing (target: 20)");
@@ -543,10 +571,11 @@ fn s14_poisson_stream_at_90_percent_of_a_two_packet_share_loses_under_3_percent_
 }
 
 #[test]
-fn s14_constant_rate_stream_at_95_to_100_percent_of_a_two_packet_share_sees_no_aqm_drop() {
+fn s14_constant_rate_stream_at_95_to_99_percent_of_a_two_packet_share_sees_no_aqm_drop() {
     // At 99% a packet could wait 14.8 ms, past the interval, while the stream's turns
-    // ended saturated often enough to count it above its share: 0.44% were dropped.
-    for frac in [0.95, 0.97, 0.99, 1.0] {
+    // ended saturated often enough to count it above its share: 0.24% were dropped.
+    // (Exactly at its share the queue is critically loaded; not asserted.)
+    for frac in [0.95, 0.97, 0.99] {
         let loss = probe_aqm_loss(frac, None);
         assert!(
             loss == 0.0,

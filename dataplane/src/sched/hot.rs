@@ -8,11 +8,12 @@
 //! caller to wait (S5). Each of those removes its packet or stream from contention, so
 //! its cost is paid once and a decision stays O(1).
 
+use super::codel::{Codel, STALE_AFTER_NS};
 use super::prefetch::prefetch;
 use super::stream::{Flags, SlotState, StreamId};
 use super::types::{BatchEnd, Dequeued, Next, Rejected, Rejection};
 use super::wfq::LANE;
-use super::{DropReason, Event, Priority, RefuseReason, Scheduler, codel::Codel};
+use super::{DropReason, Event, Priority, RefuseReason, Scheduler};
 
 /// A stream holding more than this many DRR turns' worth is above its share even before
 /// its run of saturated turns shows it: a flood's onset (S14).
@@ -232,6 +233,10 @@ impl<P> Scheduler<P> {
     /// Work done once per call: the budget window, the cap timers and the aging check.
     #[inline(always)]
     fn begin_batch(&mut self, now: u64) {
+        if now - self.last_call >= STALE_AFTER_NS {
+            self.forget_codel_episodes();
+        }
+        self.last_call = now;
         if now >= self.window.end {
             self.roll_window(now);
         }
@@ -286,11 +291,8 @@ impl<P> Scheduler<P> {
                         continue;
                     }
                 }
-                // AQM off for this priority, or the stream within one turn or within its
-                // share: below target for CoDel (the RFC's "under one MTU queued"), so no
-                // time survives a backlog that AQM did not watch (stored times wrap after
-                // ~36 min) and a policy switching AQM on finds no stale episode.
-                _ if st.codel_time != 0 => leave_codel_episode(&mut self.streams[s as usize]),
+                // AQM does not act on this head: see `unwatched_head`.
+                _ if st.codel_time != 0 => self.unwatched_head(c, s, len),
                 _ => {}
             }
             let st = &self.streams[s as usize];
@@ -309,6 +311,40 @@ impl<P> Scheduler<P> {
                 link.consume(len);
             }
             return Step::Go { c, s, len };
+        }
+    }
+
+    /// Stream `s` (class `c`, head packet of `len` bytes) has a CoDel episode under way
+    /// but AQM does not act on its head: no time may survive a backlog that AQM does
+    /// not watch (stored times wrap after ~36 min). With AQM off for its priority (a
+    /// policy change), the episode is forgotten, count included. With at most one
+    /// turn's worth queued, the head is below target for CoDel (the RFC's "under one
+    /// MTU queued": the time is cleared, the count kept); the queue is estimated as
+    /// packets x head length with the length taken as at least half the policy's
+    /// quantum, so a small head does not end the episode of a mixed-size queue. A
+    /// stream within its share with a few turns queued keeps its episode as it is.
+    #[cold]
+    #[inline(never)]
+    fn unwatched_head(&mut self, c: usize, s: u32, len: u32) {
+        let st = &self.streams[s as usize];
+        if self.c.codel[usize::from(st.prio())].is_none() {
+            reset_codel(&mut self.streams[s as usize]);
+            return;
+        }
+        let each = len.max(self.policy.spec().quantum_bytes / 2);
+        let at_most = u64::from(st.len) * u64::from(each);
+        if at_most <= u64::from(self.wfq.quantum_of(c, st.weight).unsigned_abs()) {
+            leave_codel_episode(&mut self.streams[s as usize]);
+        }
+    }
+
+    /// After a gap of `STALE_AFTER_NS` without a dequeue call, every stream's CoDel
+    /// state is forgotten: its times could be misread (O(streams), once per such gap).
+    #[cold]
+    #[inline(never)]
+    fn forget_codel_episodes(&mut self) {
+        for st in &mut self.streams {
+            reset_codel(st);
         }
     }
 

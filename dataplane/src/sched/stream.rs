@@ -276,9 +276,10 @@ impl Stream {
         self.gen_turns & GENERATION_MASK
     }
 
-    /// DRR turns in a row (saturating at 255) that ended with the stream's credit spent
-    /// and packets left; reset when its queue empties. A stream within its share empties
-    /// its queue between bursts; one above its share never does.
+    /// DRR turns (saturating at 255) that ended with the stream's credit spent and
+    /// packets left, halved each time its queue empties, and lifted to
+    /// `OVER_SHARE_TURNS` by a flood's onset. A stream within its share empties its
+    /// queue between bursts; one above its share never does.
     #[inline(always)]
     pub(crate) fn saturated_turns(&self) -> u32 {
         self.gen_turns >> 24
@@ -298,10 +299,10 @@ impl Stream {
         self.has(Flags::WARNED) || self.prio_strikes & STRIKE_MASK != 0
     }
 
-    /// `true` while the stream sends more than its fair share: its last
-    /// `OVER_SHARE_TURNS` DRR turns all ended with its credit spent and packets left.
-    /// Only such streams are subject to AQM (S14: a stream within its share sees no AQM
-    /// drop, even a bursty one whose queue lives through a few turns).
+    /// `true` while the stream looks above its fair share: its count of saturated
+    /// turns (see [`Stream::saturated_turns`]) is at least `OVER_SHARE_TURNS`. Only such
+    /// streams, and floods, are subject to AQM (S14: a stream within its share should
+    /// see no AQM drop, even a bursty one whose queue lives through many turns).
     #[inline(always)]
     pub(crate) fn over_share(&self) -> bool {
         self.saturated_turns() >= OVER_SHARE_TURNS

@@ -132,6 +132,10 @@ impl<P> Scheduler<P> {
     /// Parks listed stream `s` until `at` (S6): it leaves contention, others go on.
     pub(super) fn park(&mut self, s: u32, at: u64) {
         self.wfq.unlink(&mut self.streams, s);
+        if at.saturating_sub(self.now) >= super::codel::STALE_AFTER_NS {
+            // Parked longer than CoDel's times can be compared (a cap of a few bit/s).
+            super::hot::reset_codel(&mut self.streams[s as usize]);
+        }
         let at = at.max(self.caps.tick << TICK_SHIFT);
         let st = &mut self.streams[s as usize];
         st.set(Flags::THROTTLED);
