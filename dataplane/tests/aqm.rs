@@ -460,12 +460,24 @@ fn s14_small_head_packets_do_not_end_the_episode_of_a_mixed_size_standing_queue(
     assert!(left <= 25, "{left} packets left standing (target: 20)");
 }
 
-/// A flood leaves a P3 stream in CoDel's dropping state; its queue then stays
-/// backlogged for 45 minutes, either within one DRR turn (where AQM does not act) or,
-/// if `aqm_off`, five packets deep (50 ms) with AQM switched off meanwhile; then a
-/// standing queue builds again. Returns the `aqm` drops of the first and of the second
-/// standing queue, and the packets left queued after the second.
-fn codel_drops_before_and_after_45_minutes(aqm_off: bool) -> (u64, u64, u64) {
+/// What a P3 stream's backlog goes through for 45 minutes after a flood.
+#[derive(Clone, Copy, PartialEq)]
+enum Meanwhile {
+    /// One packet in, one out each second: within one DRR turn, where AQM does not act.
+    WithinOneTurn,
+    /// Five packets deep (50 ms), one in and one out every 10 ms, AQM off by policy.
+    AqmOff,
+    /// Ten packets left queued and no call at all.
+    NoCalls,
+}
+
+/// A flood leaves a P3 stream with a CoDel episode under way (every queued packet above
+/// target); `meanwhile` happens for 45 minutes; then a standing queue builds again.
+/// CoDel's times are 32-bit (1.024 us units, compared by wrapping difference within
+/// about 36.6 min), so the state left by the flood must not be read as a time still in
+/// the future: the second standing queue must see as many `aqm` drops as the first
+/// (within 2x) and be pulled down to the target as the first was.
+fn assert_codel_recovers_after_45_minutes(meanwhile: Meanwhile) {
     let mut s: Scheduler<u32> =
         Scheduler::new(SchedulerConfig::default(), Arc::new(Policy::default())).unwrap();
     let id = s.open(StreamConfig::with_priority(3)).unwrap();
@@ -477,40 +489,37 @@ fn codel_drops_before_and_after_45_minutes(aqm_off: bool) -> (u64, u64, u64) {
     while s.stream_stats(id).unwrap().queued > 10 {
         let _ = s.dequeue(now);
     }
-    let (keep, step) = if aqm_off {
-        let off = policy_with(|b| {
-            b.aqm = false;
-            b.version = 2;
-        });
-        s.set_policy(now, Arc::new(off));
-        (5, 10 * MS)
-    } else {
-        (1, SEC)
+    let (keep, step) = match meanwhile {
+        Meanwhile::WithinOneTurn => (1, SEC),
+        Meanwhile::AqmOff => {
+            let off = policy_with(|b| {
+                b.aqm = false;
+                b.version = 2;
+            });
+            s.set_policy(now, Arc::new(off));
+            (5, 10 * MS)
+        }
+        Meanwhile::NoCalls => (10, 45 * 60 * SEC),
     };
     while s.stream_stats(id).unwrap().queued > keep {
         let _ = s.dequeue(now);
     }
-    // One packet in, one packet out each `step`: never empty.
-    for _ in 0..45 * 60 * SEC / step {
-        now += step;
-        s.enqueue(now, id, 0, 1_000).unwrap();
-        assert!(matches!(s.dequeue(now), Next::Packet(_)));
-        assert_eq!(s.stream_stats(id).unwrap().queued, keep);
+    if meanwhile == Meanwhile::NoCalls {
+        now += 45 * 60 * SEC;
+    } else {
+        // One packet in, one packet out each `step`: never empty.
+        for _ in 0..45 * 60 * SEC / step {
+            now += step;
+            s.enqueue(now, id, 0, 1_000).unwrap();
+            assert!(matches!(s.dequeue(now), Next::Packet(_)));
+            assert_eq!(s.stream_stats(id).unwrap().queued, keep);
+        }
     }
-    if aqm_off {
+    if meanwhile == Meanwhile::AqmOff {
         s.set_policy(now, Arc::new(policy_with(|b| b.version = 3)));
     }
     let (again, _) = standing_queue(&mut s, id, now, 2 * SEC);
-    (first, again, s.stream_stats(id).unwrap().queued)
-}
-
-#[test]
-fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_within_one_turn() {
-    // CoDel's times are 32-bit (1.024 us units, compared by wrapping difference within
-    // about 36.6 min): the state left by the flood must not be read as a `drop_next`
-    // still in the future (0 drops against 31, and 55 packets left standing, before the
-    // fix).
-    let (first, again, left) = codel_drops_before_and_after_45_minutes(false);
+    let left = s.stream_stats(id).unwrap().queued;
     assert!(
         again * 2 >= first && again <= 2 * first,
         "{again} aqm drops after 45 minutes against {first} at first"
@@ -519,13 +528,19 @@ fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_within_one_tu
 }
 
 #[test]
+fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_within_one_turn() {
+    // Before the fix: 0 drops against 31, and 55 packets left standing.
+    assert_codel_recovers_after_45_minutes(Meanwhile::WithinOneTurn);
+}
+
+#[test]
 fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_with_aqm_off() {
-    let (first, again, left) = codel_drops_before_and_after_45_minutes(true);
-    assert!(
-        again * 2 >= first && again <= 2 * first,
-        "{again} aqm drops after 45 minutes of AQM off against {first} at first"
-    );
-    assert!(left <= 25, "{left} packets left standing (target: 20)");
+    assert_codel_recovers_after_45_minutes(Meanwhile::AqmOff);
+}
+
+#[test]
+fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_without_a_call() {
+    assert_codel_recovers_after_45_minutes(Meanwhile::NoCalls);
 }
 
 /// The share a P7 probe gets beside ten greedy P7 streams, with greedy P3 and P0 (every

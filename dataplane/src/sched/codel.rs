@@ -47,10 +47,11 @@ const HALF_UNIT_NS: u64 = 1 << (UNIT_SHIFT - 1);
 /// window of the wrapping signed comparison.
 const MAX_INTERVAL_NS: u64 = 1 << 40;
 
-/// A CoDel state not looked at for this long (ns, about 18.3 min: half the window of
-/// the wrapping compare) may be stale; callers reset it (see `Scheduler::begin_batch`
-/// and `Scheduler::park`).
-pub(crate) const STALE_AFTER_NS: u64 = 1 << 40;
+/// A CoDel state not looked at for this long (ns, about 18.3 min) may be misread:
+/// its time lies at most one interval ahead of the last look, so after this gap it can
+/// be up to 2^41 ns (2^31 units, the window of the wrapping compare) from `now`.
+/// Callers reset it (see `Scheduler::begin_batch` and `Scheduler::park`).
+pub(crate) const STALE_AFTER_NS: u64 = (1 << (31 + UNIT_SHIFT)) - MAX_INTERVAL_NS;
 
 /// Fixed-point scale of the control law: `isqrt(count << 2 * SQRT_SHIFT)` is
 /// `sqrt(count) * 2^SQRT_SHIFT`.

@@ -274,25 +274,27 @@ impl<P> Scheduler<P> {
                         // A flood's onset: above its share until its queue empties.
                         self.streams[s as usize].mark_over_share();
                     }
-                    let st = &self.streams[s as usize];
-                    let mut codel = Codel::from_parts(st.codel_time, st.codel_count);
-                    // Hard limit: a packet older than the interval is dropped whatever the
-                    // control law says, and speeds the control law up.
-                    let hard = age > p.interval_ns && st.len > 1;
-                    if hard {
-                        codel.escalate();
-                    }
-                    let drop = hard || codel.should_drop(now, age, st.len - 1, p);
-                    let (time, count) = codel.parts();
                     let st = &mut self.streams[s as usize];
-                    (st.codel_time, st.codel_count) = (time, count);
+                    let after = st.len - 1;
+                    let drop = update_codel(st, |codel| {
+                        // Hard limit: a packet older than the interval is dropped whatever
+                        // the control law says, and speeds the control law up.
+                        let hard = age > p.interval_ns && after > 0;
+                        if hard {
+                            codel.escalate();
+                        }
+                        hard || codel.should_drop(now, age, after, p)
+                    });
                     if drop {
                         self.drop_head(c, s, DropReason::Aqm);
                         continue;
                     }
                 }
-                // AQM does not act on this head: see `unwatched_head`.
-                _ if st.codel_time != 0 => self.unwatched_head(c, s, len),
+                // AQM does not act on this head, and an episode is under way: AQM off
+                // for this priority (a policy change) forgets it, count included; see
+                // `unwatched_head` for the other case.
+                None if st.codel_time != 0 => reset_codel(&mut self.streams[s as usize]),
+                Some(_) if st.codel_time != 0 => self.unwatched_head(c, s, len),
                 _ => {}
             }
             let st = &self.streams[s as usize];
@@ -314,27 +316,22 @@ impl<P> Scheduler<P> {
         }
     }
 
-    /// Stream `s` (class `c`, head packet of `len` bytes) has a CoDel episode under way
-    /// but AQM does not act on its head: no time may survive a backlog that AQM does
-    /// not watch (stored times wrap after ~36 min). With AQM off for its priority (a
-    /// policy change), the episode is forgotten, count included. With at most one
-    /// turn's worth queued, the head is below target for CoDel (the RFC's "under one
-    /// MTU queued": the time is cleared, the count kept); the queue is estimated as
+    /// Stream `s` (class `c`, head packet of `len` bytes), of a priority with AQM, has
+    /// a CoDel episode under way but AQM does not act on its head: no time may survive
+    /// a backlog that AQM does not watch (stored times wrap after ~36 min). With at most
+    /// one turn's worth queued, the head is below target for CoDel (the RFC's "under
+    /// one MTU queued": the time is cleared, the count kept); the queue is estimated as
     /// packets x head length with the length taken as at least half the policy's
     /// quantum, so a small head does not end the episode of a mixed-size queue. A
     /// stream within its share with a few turns queued keeps its episode as it is.
     #[cold]
     #[inline(never)]
     fn unwatched_head(&mut self, c: usize, s: u32, len: u32) {
-        let st = &self.streams[s as usize];
-        if self.c.codel[usize::from(st.prio())].is_none() {
-            reset_codel(&mut self.streams[s as usize]);
-            return;
-        }
+        let st = &mut self.streams[s as usize];
         let each = len.max(self.policy.spec().quantum_bytes / 2);
         let at_most = u64::from(st.len) * u64::from(each);
         if at_most <= u64::from(self.wfq.quantum_of(c, st.weight).unsigned_abs()) {
-            leave_codel_episode(&mut self.streams[s as usize]);
+            update_codel(st, Codel::below_target);
         }
     }
 
@@ -487,19 +484,18 @@ impl<P> Scheduler<P> {
     }
 }
 
-/// Forgets a stream's CoDel state (its queue emptied, or was dropped).
-#[inline]
-pub(super) fn reset_codel(st: &mut super::stream::Stream) {
+/// Runs `f` on stream `st`'s CoDel state (kept in two slot fields) and stores it back.
+#[inline(always)]
+fn update_codel<R>(st: &mut super::stream::Stream, f: impl FnOnce(&mut Codel) -> R) -> R {
     let mut codel = Codel::from_parts(st.codel_time, st.codel_count);
-    codel.reset();
+    let r = f(&mut codel);
     (st.codel_time, st.codel_count) = codel.parts();
+    r
 }
 
-/// CoDel sees a head below target (see `Codel::below_target`): leave the dropping state
-/// and forget the time, keep the count for a re-entry soon after.
-#[inline(never)]
-fn leave_codel_episode(st: &mut super::stream::Stream) {
-    let mut codel = Codel::from_parts(st.codel_time, st.codel_count);
-    codel.below_target();
-    (st.codel_time, st.codel_count) = codel.parts();
+/// Forgets a stream's CoDel state (its queue emptied or was dropped, AQM went off for
+/// it, or it went unexamined for `STALE_AFTER_NS`).
+#[inline]
+pub(super) fn reset_codel(st: &mut super::stream::Stream) {
+    update_codel(st, Codel::reset);
 }
