@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use qos_dataplane::sched::{
-    AqmSpec, DropReason, Next, Policy, Priority, Scheduler, SchedulerConfig, StreamConfig, StreamId,
+    AqmSpec, DropReason, Next, Policy, Priority, RateCap, Scheduler, SchedulerConfig, StreamConfig,
+    StreamId,
 };
 use sim::{MS, SEC, Sim, policy_with};
 
@@ -469,6 +470,10 @@ enum Meanwhile {
     AqmOff,
     /// Ten packets left queued and no call at all.
     NoCalls,
+    /// Twenty packets queued and a cap of 1 bit/s put on the stream: its bucket's burst
+    /// goes, then it is parked for hours with the rest queued, the caller asking every
+    /// second; the cap is lifted at the end.
+    Parked,
 }
 
 /// A flood leaves a P3 stream with a CoDel episode under way (every queued packet above
@@ -500,12 +505,39 @@ fn assert_codel_recovers_after_45_minutes(meanwhile: Meanwhile) {
             (5, 10 * MS)
         }
         Meanwhile::NoCalls => (10, 45 * 60 * SEC),
+        Meanwhile::Parked => (10, SEC),
     };
     while s.stream_stats(id).unwrap().queued > keep {
         let _ = s.dequeue(now);
     }
     if meanwhile == Meanwhile::NoCalls {
         now += 45 * 60 * SEC;
+    } else if meanwhile == Meanwhile::Parked {
+        let cap = RateCap {
+            rate_bps: 1,
+            burst_bytes: None,
+        };
+        let capped = StreamConfig {
+            cap: Some(cap),
+            ..StreamConfig::with_priority(3)
+        };
+        // Its bucket holds 9216 bytes: ten more packets, so ten are left to park.
+        for _ in 0..10 {
+            s.enqueue(now, id, 0, 1_000).unwrap();
+        }
+        s.update(id, capped).unwrap();
+        // The burst goes (or AQM drops) until the stream waits for tokens, hours away.
+        while let Next::Packet(_) = s.dequeue(now) {}
+        for _ in 0..45 * 60 {
+            now += SEC;
+            let _ = s.dequeue(now);
+        }
+        let parked = s.stream_stats(id).unwrap().queued;
+        assert!(
+            parked > 5,
+            "{parked} packets parked: more than one turn's worth"
+        );
+        s.update(id, StreamConfig::with_priority(3)).unwrap();
     } else {
         // One packet in, one packet out each `step`: never empty.
         for _ in 0..45 * 60 * SEC / step {
@@ -541,6 +573,11 @@ fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_with_aqm_off(
 #[test]
 fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_without_a_call() {
     assert_codel_recovers_after_45_minutes(Meanwhile::NoCalls);
+}
+
+#[test]
+fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_parked_by_a_cap() {
+    assert_codel_recovers_after_45_minutes(Meanwhile::Parked);
 }
 
 /// The share a P7 probe gets beside ten greedy P7 streams, with greedy P3 and P0 (every
