@@ -4,7 +4,7 @@
 mod sim;
 
 use qos_dataplane::sched::{
-    Event, Next, Priority, Scheduler, SchedulerConfig, StreamConfig, StreamId,
+    DropReason, Event, Next, Priority, RateCap, Scheduler, SchedulerConfig, StreamConfig, StreamId,
 };
 use sim::{MS, Offer, SEC, Sim, policy_with};
 use std::sync::Arc;
@@ -164,4 +164,70 @@ fn s4_a_stream_that_empties_in_the_aging_lane_returns_to_its_tier_as_a_sparse_st
         young_before, 0,
         "a returning sparse stream is served at its tier's next turn, not behind its round"
     );
+}
+
+#[test]
+fn s9_a_lowest_tier_packet_held_by_its_stream_cap_is_dropped_when_it_expires() {
+    // A P0 stream capped at 100 bytes a second (bucket 1500 bytes, full at the start),
+    // five 1000-byte packets queued at 0: the first goes at once, the second waits 5 s
+    // for tokens (within the 11 s bound: sent), the third would wait until 15 s. They
+    // must not sit in the queue past the bound waiting for tokens: each is dropped as
+    // `expired` once it is older than the timeout + 1 s, when the caller asks again as
+    // told. Before the fix the three expired at 15 s.
+    let mut s: Scheduler<u32> = Scheduler::new(
+        SchedulerConfig::default(),
+        Arc::new(policy_with(|b| {
+            b.aging_timeout_ns = Some(10 * SEC);
+            b.max_packet_bytes = 1_500;
+        })),
+    )
+    .unwrap();
+    let cap = RateCap {
+        rate_bps: 800,
+        burst_bytes: Some(1_500),
+    };
+    let id = s
+        .open(StreamConfig {
+            cap: Some(cap),
+            ..StreamConfig::with_priority(0)
+        })
+        .unwrap();
+    for i in 0..5 {
+        s.enqueue(0, id, i, 1_000).unwrap();
+    }
+    let bound = 11 * SEC;
+    let mut now = 0;
+    let mut sent = Vec::new();
+    while now <= 60 * SEC {
+        match s.dequeue(now) {
+            Next::Packet(d) => {
+                assert!(d.sojourn_ns <= bound, "sent after {} ns", d.sojourn_ns);
+                sent.push((d.packet, now));
+            }
+            Next::Wait { until_ns } => {
+                assert!(until_ns > now, "a wait must move time on");
+                now = until_ns;
+            }
+            Next::Idle => break,
+        }
+    }
+    assert_eq!(
+        sent.len(),
+        2,
+        "the burst's packet and the one the tokens allow by 11 s"
+    );
+    let st = s.stream_stats(id).unwrap();
+    assert_eq!((st.queued, st.dropped_expired), (0, 3), "{st:?}");
+    // Dropped when they expired (the wheel releases at most one 65.5 us tick late), not
+    // at 15 s when tokens would have come.
+    assert!(
+        now > bound && now <= bound + MS,
+        "the last expiry was handled at {now} ns"
+    );
+    let reclaimed: Vec<_> = std::iter::from_fn(|| s.pop_reclaimed())
+        .map(|r| (r.packet, r.reason))
+        .collect();
+    let expired = DropReason::Expired;
+    assert_eq!(reclaimed, [(2, expired), (3, expired), (4, expired)]);
+    assert_eq!(sent.iter().map(|p| p.0).collect::<Vec<_>>(), [0, 1]);
 }

@@ -129,9 +129,18 @@ impl<P> Scheduler<P> {
         })
     }
 
-    /// Parks listed stream `s` until `at` (S6): it leaves contention, others go on.
+    /// Parks listed stream `s` until `at` (S6): it leaves contention, others go on. A
+    /// stream of the lowest tier wakes by the time its head packet expires (S9), so a
+    /// packet its cap holds is dropped at the bound, not when tokens come.
     pub(super) fn park(&mut self, s: u32, at: u64) {
         self.wfq.unlink(&mut self.streams, s);
+        let st = &self.streams[s as usize];
+        let at = if self.wfq.tier_of(st.prio()) == self.wfq.low_tier() {
+            let stamp = self.pool.get(st.fifo.head).stamp;
+            at.min(stamp.saturating_add(self.c.expire_ns).saturating_add(1))
+        } else {
+            at
+        };
         if at.saturating_sub(self.now) >= super::codel::STALE_AFTER_NS {
             // Parked longer than CoDel's times can be compared (a cap of a few bit/s).
             super::hot::reset_codel(&mut self.streams[s as usize]);
