@@ -85,3 +85,59 @@ fn s9_every_old_low_stream_is_promoted_before_it_expires() {
         bad.len()
     );
 }
+
+/// Ten P0 streams offering 11 packets a tick (10 ms) between them beside a saturated
+/// P4 stream, with 40 packets served a tick: the Low tier gets 8 of them (15 / 75), so
+/// their queues age until the aging lane adds its share (13.3 a tick with it). Runs
+/// `secs` seconds; returns the `expired` drops and the drops after which their stream
+/// was left in its tier (unpromoted, with packets queued, all of them older than the
+/// timeout: packets arrive every tick).
+fn overloaded_low(secs: u64) -> (u64, u64) {
+    const TICK: u64 = 10_000_000;
+    let mut s: Scheduler<u32> = Scheduler::new(
+        SchedulerConfig::default(),
+        Arc::new(PolicySpec::default().build().unwrap()),
+    )
+    .unwrap();
+    let low: Vec<_> = (0..10)
+        .map(|_| s.open(StreamConfig::with_priority(0)).unwrap())
+        .collect();
+    let medium = s.open(StreamConfig::with_priority(4)).unwrap();
+    let (mut expired, mut left_in_tier) = (0, 0);
+    for tick in 0..secs * 100 {
+        let now = tick * TICK;
+        for (k, &id) in low.iter().enumerate() {
+            let extra = u64::from((tick + k as u64).is_multiple_of(10));
+            for _ in 0..1 + extra {
+                s.enqueue(now, id, k as u32, 1_000).unwrap();
+            }
+        }
+        while s.stream_stats(medium).unwrap().queued < 50 {
+            s.enqueue(now, medium, u32::MAX, 1_000).unwrap();
+        }
+        for _ in 0..40 {
+            assert!(matches!(s.dequeue(now), Next::Packet(_)), "backlogged");
+            while let Some(x) = s.pop_reclaimed() {
+                assert_eq!(x.reason, DropReason::Expired);
+                expired += 1;
+                let st = s.stream_stats(x.stream).unwrap();
+                left_in_tier += u64::from(!st.promoted && st.queued > 0);
+            }
+        }
+    }
+    (expired, left_in_tier)
+}
+
+#[test]
+fn s9_an_aged_low_stream_the_cursor_reaches_late_is_promoted_at_its_first_expiry() {
+    // The cursor checks each Low stream every 2.5 s (a quarter of the 10 s timeout), so
+    // a head can cross the timeout and, 1 s later, the bound before its check: its old
+    // packets expired one after another in the tier. Before the fix, in 60 s: 1431
+    // expired, 1422 of them leaving their stream in its tier.
+    let (expired, left) = overloaded_low(60);
+    assert_eq!(
+        left, 0,
+        "{left} of {expired} expiries left their stream in its tier"
+    );
+    assert!(expired <= 50, "{expired} packets expired (16 with the fix)");
+}

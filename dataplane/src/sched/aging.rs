@@ -21,7 +21,9 @@
 //!
 //! Promotion cannot help a tier whose own offered load exceeds what it can get, so the
 //! bound is enforced at the head: a lowest-tier packet older than the timeout plus one
-//! second is dropped with reason `expired` instead of being sent (see `hot`).
+//! second is dropped with reason `expired` instead of being sent (see `hot`). Such a
+//! drop also checks its stream: the cursor's next visit may come after the grace, so a
+//! stream whose next head has waited past the timeout is promoted there and then.
 
 use super::pool::NIL;
 use super::stream::{Flags, StreamId};
@@ -60,7 +62,7 @@ impl<P> Scheduler<P> {
     }
 
     /// Moves listed stream `s` into the aging lane.
-    fn promote(&mut self, s: u32) {
+    pub(super) fn promote(&mut self, s: u32) {
         self.wfq.unlink(&mut self.streams, s);
         let st = &mut self.streams[s as usize];
         st.set(Flags::PROMOTED);

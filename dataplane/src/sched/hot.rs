@@ -265,7 +265,7 @@ impl<P> Scheduler<P> {
                 continue;
             }
             if age > self.c.expire_ns && self.wfq.tier_of(prio) == self.wfq.low_tier() {
-                self.drop_head(c, s, DropReason::Expired);
+                self.expire_head(c, s, now);
                 continue;
             }
             match &self.c.codel[usize::from(prio)] {
@@ -425,6 +425,23 @@ impl<P> Scheduler<P> {
         ps.dropped[reason.index()] += 1;
         self.wfq.dropped(&mut self.streams, c, s);
         self.after_take(s);
+    }
+
+    /// Drops the head of lowest-tier stream `s` (class `c`), older than the aging bound
+    /// (S9), and promotes the stream if its next head has waited past the timeout too:
+    /// the aging cursor's check may come after the grace, and the first expiry is proof
+    /// enough that the stream needs the lane.
+    #[cold]
+    #[inline(never)]
+    fn expire_head(&mut self, c: usize, s: u32, now: u64) {
+        self.drop_head(c, s, DropReason::Expired);
+        let st = &self.streams[s as usize];
+        if st.len > 0 && st.has(Flags::LISTED) && !st.has(Flags::PROMOTED) {
+            let oldest = self.pool.get(st.fifo.head).stamp;
+            if now.saturating_sub(oldest) >= self.c.aging_ns {
+                self.promote(s);
+            }
+        }
     }
 
     /// After a packet left stream `s` (sent or dropped): ends the backpressure episode
