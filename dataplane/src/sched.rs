@@ -248,8 +248,9 @@ impl<P> Scheduler<P> {
     /// Adopts `policy` at time `now` (ns, the caller's clock); it governs the very next
     /// decision. Time before `now` is credited to the link bucket at the old rate, after
     /// it at the new one (S5). Backlogged streams keep their queues (a lowered depth only
-    /// refuses further growth). No allocation; O(classes), or O(streams) when the
-    /// mapping of priorities to tiers changes or aging is switched off.
+    /// refuses further growth). No allocation; O(classes + parked streams), or
+    /// O(streams) when the mapping of priorities to tiers changes or aging is switched
+    /// off.
     pub fn set_policy(&mut self, now: u64, policy: Arc<Policy>) {
         let now = self.advance(now);
         let mut tier_of = [0u8; PRIORITIES];
@@ -282,6 +283,7 @@ impl<P> Scheduler<P> {
             }
             (Some(l), None) => Some(TokenBucket::new(l.rate_bps, l.burst_bytes, now)),
         };
+        self.rewake_parked();
         self.policy = policy;
     }
 

@@ -166,24 +166,24 @@ fn s4_a_stream_that_empties_in_the_aging_lane_returns_to_its_tier_as_a_sparse_st
     );
 }
 
-#[test]
-fn s9_a_lowest_tier_packet_held_by_its_stream_cap_is_dropped_when_it_expires() {
-    // A P0 stream capped at 100 bytes a second (bucket 1500 bytes, full at the start),
-    // five 1000-byte packets queued at 0: the first goes at once, the second waits 5 s
-    // for tokens (within the 11 s bound: sent), the third would wait until 15 s. They
-    // must not sit in the queue past the bound waiting for tokens: each is dropped as
-    // `expired` once it is older than the timeout + 1 s, when the caller asks again as
-    // told. Before the fix the three expired at 15 s.
-    let mut s: Scheduler<u32> = Scheduler::new(
-        SchedulerConfig::default(),
+/// A P0 stream capped at 40 bytes a second (bucket 1500 bytes, full at the start) with
+/// five 1000-byte packets queued at 0, the caller asking again when told to, for a
+/// minute. The first packet goes at once; the second waits for tokens until 12.5 s,
+/// past the bound of 11 s (10 s timeout + 1 s). With `aging_on_at`, aging starts off
+/// and a policy turning it on comes at that time, while the stream is parked. Returns
+/// the packets sent, those reclaimed (with reasons) and the time of the last call.
+fn capped_low_stream(aging_on_at: Option<u64>) -> (Vec<u32>, Vec<(u32, DropReason)>, u64) {
+    let policy = |aging: bool, version: u64| {
         Arc::new(policy_with(|b| {
-            b.aging_timeout_ns = Some(10 * SEC);
+            b.aging_timeout_ns = aging.then_some(10 * SEC);
             b.max_packet_bytes = 1_500;
-        })),
-    )
-    .unwrap();
+            b.version = version;
+        }))
+    };
+    let mut s: Scheduler<u32> =
+        Scheduler::new(SchedulerConfig::default(), policy(aging_on_at.is_none(), 1)).unwrap();
     let cap = RateCap {
-        rate_bps: 800,
+        rate_bps: 320,
         burst_bytes: Some(1_500),
     };
     let id = s
@@ -195,39 +195,57 @@ fn s9_a_lowest_tier_packet_held_by_its_stream_cap_is_dropped_when_it_expires() {
     for i in 0..5 {
         s.enqueue(0, id, i, 1_000).unwrap();
     }
-    let bound = 11 * SEC;
-    let mut now = 0;
+    let (mut now, mut switch) = (0, aging_on_at);
     let mut sent = Vec::new();
     while now <= 60 * SEC {
         match s.dequeue(now) {
             Next::Packet(d) => {
-                assert!(d.sojourn_ns <= bound, "sent after {} ns", d.sojourn_ns);
-                sent.push((d.packet, now));
+                assert!(d.sojourn_ns <= 11 * SEC, "sent after {} ns", d.sojourn_ns);
+                sent.push(d.packet);
             }
             Next::Wait { until_ns } => {
                 assert!(until_ns > now, "a wait must move time on");
                 now = until_ns;
+                if let Some(at) = switch.take_if(|at| *at < until_ns) {
+                    s.set_policy(at, policy(true, 2));
+                    now = at;
+                }
             }
             Next::Idle => break,
         }
     }
-    assert_eq!(
-        sent.len(),
-        2,
-        "the burst's packet and the one the tokens allow by 11 s"
-    );
     let st = s.stream_stats(id).unwrap();
-    assert_eq!((st.queued, st.dropped_expired), (0, 3), "{st:?}");
-    // Dropped when they expired (the wheel releases at most one 65.5 us tick late), not
-    // at 15 s when tokens would have come.
-    assert!(
-        now > bound && now <= bound + MS,
-        "the last expiry was handled at {now} ns"
-    );
-    let reclaimed: Vec<_> = std::iter::from_fn(|| s.pop_reclaimed())
+    assert!(st.is_conserved() && st.queued == 0, "{st:?}");
+    let reclaimed = std::iter::from_fn(|| s.pop_reclaimed())
         .map(|r| (r.packet, r.reason))
         .collect();
+    (sent, reclaimed, now)
+}
+
+/// The four held packets are dropped as `expired` when they pass the bound (the wheel
+/// releases at most one 65.5 us tick late), not at 12.5 s when tokens would come.
+fn assert_expired_at_the_bound(run: (Vec<u32>, Vec<(u32, DropReason)>, u64)) {
+    let (sent, reclaimed, last) = run;
+    assert_eq!(sent, [0]);
     let expired = DropReason::Expired;
-    assert_eq!(reclaimed, [(2, expired), (3, expired), (4, expired)]);
-    assert_eq!(sent.iter().map(|p| p.0).collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(
+        reclaimed,
+        [(1, expired), (2, expired), (3, expired), (4, expired)]
+    );
+    assert!(
+        last > 11 * SEC && last <= 11 * SEC + MS,
+        "the expiry was handled at {last} ns"
+    );
+}
+
+#[test]
+fn s9_a_lowest_tier_packet_held_by_its_stream_cap_is_dropped_when_it_expires() {
+    // Before the fix the packets expired when the tokens came (then 15 s for a 100 B/s cap).
+    assert_expired_at_the_bound(capped_low_stream(None));
+}
+
+#[test]
+fn s9_a_policy_turning_aging_on_rewakes_a_lowest_tier_stream_its_cap_parked() {
+    // Parked at 0 until 12.5 s under a policy without aging; aging comes on at 1 s.
+    assert_expired_at_the_bound(capped_low_stream(Some(SEC)));
 }

@@ -139,5 +139,5 @@ fn s9_an_aged_low_stream_the_cursor_reaches_late_is_promoted_at_its_first_expiry
         left, 0,
         "{left} of {expired} expiries left their stream in its tier"
     );
-    assert!(expired <= 50, "{expired} packets expired (16 with the fix)");
+    assert!(expired <= 50, "{expired} packets expired");
 }

@@ -521,7 +521,8 @@ fn assert_codel_recovers_after_45_minutes(meanwhile: Meanwhile) {
             cap: Some(cap),
             ..StreamConfig::with_priority(3)
         };
-        // Its bucket holds 9216 bytes: ten more packets, so ten are left to park.
+        // Its bucket holds 9216 bytes: of twenty packets nine go, and the rest (fewer
+        // any AQM drops) are left to park.
         for _ in 0..10 {
             s.enqueue(now, id, 0, 1_000).unwrap();
         }

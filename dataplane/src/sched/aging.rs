@@ -48,9 +48,14 @@ impl<P> Scheduler<P> {
         let n = u64::from(self.wfq.low_listed()).max(1);
         self.aging_next = now.saturating_add((self.c.aging_ns / (4 * n)).max(1));
         let s = self.wfq.cursor_step(&self.streams);
-        if s == NIL {
-            return;
+        if s != NIL {
+            self.promote_if_aged(s, now);
         }
+    }
+
+    /// Promotes listed stream `s` of the lowest tier if its oldest packet has waited
+    /// the aging timeout at `now` (and it is not promoted already).
+    pub(super) fn promote_if_aged(&mut self, s: u32, now: u64) {
         let st = &self.streams[s as usize];
         if st.len == 0 || st.has(Flags::PROMOTED) {
             return;
@@ -62,7 +67,7 @@ impl<P> Scheduler<P> {
     }
 
     /// Moves listed stream `s` into the aging lane.
-    pub(super) fn promote(&mut self, s: u32) {
+    fn promote(&mut self, s: u32) {
         self.wfq.unlink(&mut self.streams, s);
         let st = &mut self.streams[s as usize];
         st.set(Flags::PROMOTED);

@@ -3,7 +3,8 @@
 //!
 //! A decision picks the class and stream (`wfq`), then looks at that stream's head
 //! packet once: a promoted stream whose head is young again leaves the aging lane; a
-//! lowest-tier head past the aging bound is dropped as `expired` (S9); CoDel may drop
+//! lowest-tier head past the aging bound is dropped as `expired`, and its stream
+//! promoted if its next head is past the timeout (S9); CoDel may drop
 //! it (S14); a capped stream without tokens is parked (S6); the link bucket may ask the
 //! caller to wait (S5). Each of those removes its packet or stream from contention, so
 //! its cost is paid once and a decision stays O(1).
@@ -264,7 +265,7 @@ impl<P> Scheduler<P> {
                 self.demote(s);
                 continue;
             }
-            if age > self.c.expire_ns && self.wfq.tier_of(prio) == self.wfq.low_tier() {
+            if age > self.c.expire_ns && self.wfq.is_low(prio) {
                 self.expire_head(c, s, now);
                 continue;
             }
@@ -428,20 +429,17 @@ impl<P> Scheduler<P> {
     }
 
     /// Drops the head of lowest-tier stream `s` (class `c`), older than the aging bound
-    /// (S9), and promotes the stream if its next head has waited past the timeout too:
-    /// the aging cursor's check may come after the grace, and the first expiry is proof
-    /// enough that the stream needs the lane.
+    /// (S9), and checks the stream as the aging cursor would: its check may come after
+    /// the grace, and an expiry is proof enough that the stream may need the lane.
     #[cold]
     #[inline(never)]
     fn expire_head(&mut self, c: usize, s: u32, now: u64) {
         self.drop_head(c, s, DropReason::Expired);
-        let st = &self.streams[s as usize];
-        if st.len > 0 && st.has(Flags::LISTED) && !st.has(Flags::PROMOTED) {
-            let oldest = self.pool.get(st.fifo.head).stamp;
-            if now.saturating_sub(oldest) >= self.c.aging_ns {
-                self.promote(s);
-            }
-        }
+        debug_assert!(
+            self.streams[s as usize].len == 0 || self.streams[s as usize].has(Flags::LISTED),
+            "a stream with packets left stays listed after a drop"
+        );
+        self.promote_if_aged(s, now);
     }
 
     /// After a packet left stream `s` (sent or dropped): ends the backpressure episode

@@ -3,7 +3,8 @@
 //!
 //! A parked stream leaves its service list, so it never blocks others, and is linked
 //! (through the same `prev`/`next` it uses in a service list) into the wheel slot of
-//! the tick its tokens suffice. The wheel has 1024 slots of 65.5 us each; a
+//! the tick its tokens suffice (a stream of the lowest tier: or its head packet reaches
+//! the aging bound, if sooner). The wheel has 1024 slots of 65.5 us each; a
 //! wait beyond one revolution lands in the slot of its tick modulo the wheel and is
 //! kept there until the revolution that reaches it. Parking, unparking and releasing
 //! are O(1); advancing the clock costs one slot visit per elapsed tick, at most one
@@ -129,28 +130,61 @@ impl<P> Scheduler<P> {
         })
     }
 
-    /// Parks listed stream `s` until `at` (S6): it leaves contention, others go on. A
-    /// stream of the lowest tier wakes by the time its head packet expires (S9), so a
-    /// packet its cap holds is dropped at the bound, not when tokens come.
+    /// Parks listed stream `s` until its tokens suffice at `at` (S6): it leaves
+    /// contention, others go on.
     pub(super) fn park(&mut self, s: u32, at: u64) {
         self.wfq.unlink(&mut self.streams, s);
-        let st = &self.streams[s as usize];
-        let at = if self.wfq.tier_of(st.prio()) == self.wfq.low_tier() {
-            let stamp = self.pool.get(st.fifo.head).stamp;
-            at.min(stamp.saturating_add(self.c.expire_ns).saturating_add(1))
-        } else {
-            at
-        };
+        let at = self.wake_by(s, at);
         if at.saturating_sub(self.now) >= super::codel::STALE_AFTER_NS {
             // Parked longer than CoDel's times can be compared (a cap of a few bit/s).
             super::hot::reset_codel(&mut self.streams[s as usize]);
         }
+        self.put_on_wheel(s, at);
+    }
+
+    /// When stream `s` (with packets), whose tokens suffice at `at`, must wake: a stream
+    /// of the lowest tier by the time its head packet passes the aging bound (S9), so a
+    /// packet its cap holds is dropped at the bound, not when tokens come.
+    fn wake_by(&self, s: u32, at: u64) -> u64 {
+        let st = &self.streams[s as usize];
+        if !self.wfq.is_low(st.prio()) {
+            return at;
+        }
+        let stamp = self.pool.get(st.fifo.head).stamp;
+        at.min(stamp.saturating_add(self.c.expire_ns).saturating_add(1))
+    }
+
+    /// Links unlisted stream `s` into the wheel slot of `at`.
+    fn put_on_wheel(&mut self, s: u32, at: u64) {
         let at = at.max(self.caps.tick << TICK_SHIFT);
         let st = &mut self.streams[s as usize];
         st.set(Flags::THROTTLED);
         self.caps.slots[usize::from(st.cap)].until = at;
         self.caps.wheel[Caps::slot_of(at)].push_back(&mut self.streams, s);
         self.caps.parked += 1;
+    }
+
+    /// After a policy change: a parked stream now of the lowest tier, or under a shorter
+    /// aging bound, must wake by its head's new bound (S9). O(wheel slots + parked).
+    pub(super) fn rewake_parked(&mut self) {
+        if self.caps.parked == 0 {
+            return;
+        }
+        for slot in 0..SLOTS {
+            let mut s = self.caps.wheel[slot].head;
+            while s != NIL {
+                let next = self.streams[s as usize].next;
+                let until = self.caps.slots[usize::from(self.streams[s as usize].cap)].until;
+                let at = self.wake_by(s, until);
+                if at < until {
+                    // Moved to an earlier time: a later slot of this walk may meet it
+                    // again, and leaves it where it is.
+                    self.unpark(s);
+                    self.put_on_wheel(s, at);
+                }
+                s = next;
+            }
+        }
     }
 
     /// Takes parked stream `s` off the wheel (it stays unlisted).

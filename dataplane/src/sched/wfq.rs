@@ -266,9 +266,9 @@ impl Wfq {
         usize::from(self.tier_of[usize::from(prio & 7)])
     }
 
-    /// The tier aging applies to.
-    pub(crate) fn low_tier(&self) -> usize {
-        self.low
+    /// Whether priority `prio` is in the tier aging applies to (the lowest).
+    pub(crate) fn is_low(&self, prio: u8) -> bool {
+        self.tier_of(prio) == self.low
     }
 
     /// DRR quantum of a stream of weight `w` in class `c`, in bytes, rounded down
