@@ -476,6 +476,21 @@ enum Meanwhile {
     Parked,
 }
 
+/// Drains stream `id` to `keep` packets at `now`, then for 45 minutes puts one packet
+/// in and takes one out every `step`: never empty. Returns the time at the end.
+fn one_in_one_out(s: &mut Scheduler<u32>, id: StreamId, mut now: u64, keep: u64, step: u64) -> u64 {
+    while s.stream_stats(id).unwrap().queued > keep {
+        let _ = s.dequeue(now);
+    }
+    for _ in 0..45 * 60 * SEC / step {
+        now += step;
+        s.enqueue(now, id, 0, 1_000).unwrap();
+        assert!(matches!(s.dequeue(now), Next::Packet(_)));
+        assert_eq!(s.stream_stats(id).unwrap().queued, keep);
+    }
+    now
+}
+
 /// A flood leaves a P3 stream with a CoDel episode under way (every queued packet above
 /// target); `meanwhile` happens for 45 minutes; then a standing queue builds again.
 /// CoDel's times are 32-bit (1.024 us units, compared by wrapping difference within
@@ -494,58 +509,44 @@ fn assert_codel_recovers_after_45_minutes(meanwhile: Meanwhile) {
     while s.stream_stats(id).unwrap().queued > 10 {
         let _ = s.dequeue(now);
     }
-    let (keep, step) = match meanwhile {
-        Meanwhile::WithinOneTurn => (1, SEC),
+    match meanwhile {
+        Meanwhile::WithinOneTurn => now = one_in_one_out(&mut s, id, now, 1, SEC),
         Meanwhile::AqmOff => {
             let off = policy_with(|b| {
                 b.aqm = false;
                 b.version = 2;
             });
             s.set_policy(now, Arc::new(off));
-            (5, 10 * MS)
+            now = one_in_one_out(&mut s, id, now, 5, 10 * MS);
         }
-        Meanwhile::NoCalls => (10, 45 * 60 * SEC),
-        Meanwhile::Parked => (10, SEC),
-    };
-    while s.stream_stats(id).unwrap().queued > keep {
-        let _ = s.dequeue(now);
-    }
-    if meanwhile == Meanwhile::NoCalls {
-        now += 45 * 60 * SEC;
-    } else if meanwhile == Meanwhile::Parked {
-        let cap = RateCap {
-            rate_bps: 1,
-            burst_bytes: None,
-        };
-        let capped = StreamConfig {
-            cap: Some(cap),
-            ..StreamConfig::with_priority(3)
-        };
-        // Its bucket holds 9216 bytes: of twenty packets nine go, and the rest (fewer
-        // any AQM drops) are left to park.
-        for _ in 0..10 {
-            s.enqueue(now, id, 0, 1_000).unwrap();
-        }
-        s.update(id, capped).unwrap();
-        // The burst goes (or AQM drops) until the stream waits for tokens, hours away.
-        while let Next::Packet(_) = s.dequeue(now) {}
-        for _ in 0..45 * 60 {
-            now += SEC;
-            let _ = s.dequeue(now);
-        }
-        let parked = s.stream_stats(id).unwrap().queued;
-        assert!(
-            parked > 5,
-            "{parked} packets parked: more than one turn's worth"
-        );
-        s.update(id, StreamConfig::with_priority(3)).unwrap();
-    } else {
-        // One packet in, one packet out each `step`: never empty.
-        for _ in 0..45 * 60 * SEC / step {
-            now += step;
-            s.enqueue(now, id, 0, 1_000).unwrap();
-            assert!(matches!(s.dequeue(now), Next::Packet(_)));
-            assert_eq!(s.stream_stats(id).unwrap().queued, keep);
+        Meanwhile::NoCalls => now += 45 * 60 * SEC,
+        Meanwhile::Parked => {
+            let cap = RateCap {
+                rate_bps: 1,
+                burst_bytes: None,
+            };
+            let capped = StreamConfig {
+                cap: Some(cap),
+                ..StreamConfig::with_priority(3)
+            };
+            // Its bucket holds 9216 bytes: of twenty packets nine go, and the rest (fewer
+            // any AQM drops) are left to park.
+            for _ in 0..10 {
+                s.enqueue(now, id, 0, 1_000).unwrap();
+            }
+            s.update(id, capped).unwrap();
+            // The burst goes (or AQM drops) until the stream waits for tokens, hours away.
+            while let Next::Packet(_) = s.dequeue(now) {}
+            for _ in 0..45 * 60 {
+                now += SEC;
+                let _ = s.dequeue(now);
+            }
+            let parked = s.stream_stats(id).unwrap().queued;
+            assert!(
+                parked > 5,
+                "{parked} packets parked: more than one turn's worth"
+            );
+            s.update(id, StreamConfig::with_priority(3)).unwrap();
         }
     }
     if meanwhile == Meanwhile::AqmOff {

@@ -313,8 +313,7 @@ impl Stream {
     /// that backlog (one emptying halves the count below the threshold again).
     #[inline(always)]
     pub(crate) fn mark_over_share(&mut self) {
-        let turns = self.saturated_turns().max(OVER_SHARE_TURNS);
-        self.gen_turns = (self.gen_turns & GENERATION_MASK) | (turns << 24);
+        self.set_saturated_turns(self.saturated_turns().max(OVER_SHARE_TURNS));
     }
 
     /// Its queue emptied: halve the count of saturated turns (a stream that keeps
@@ -322,7 +321,13 @@ impl Stream {
     /// drained now and then stays above it).
     #[inline(always)]
     pub(crate) fn end_saturation(&mut self) {
-        let turns = self.saturated_turns() >> 1;
+        self.set_saturated_turns(self.saturated_turns() >> 1);
+    }
+
+    /// Stores the count of saturated turns (<= 255) beside the generation.
+    #[inline(always)]
+    fn set_saturated_turns(&mut self, turns: u32) {
+        debug_assert!(turns <= 255, "saturated turns are 8 bits");
         self.gen_turns = (self.gen_turns & GENERATION_MASK) | (turns << 24);
     }
 
