@@ -5,7 +5,9 @@
 //! streams (lengths 64..1500; random, so the hardware prefetcher cannot hide the
 //! misses real traffic pays) and dequeues 32, with the batch API (`dequeue_batch`) or
 //! the per-packet API (`dequeue`). Counters and histograms are on. Criterion's
-//! throughput is per packet (enqueue + dequeue).
+//! throughput is per packet (enqueue + dequeue). Beside ours: the naive baseline (P3),
+//! `tiered_drr_floor` (the least per-packet work of the same contract, a yardstick for
+//! P1/P2) and, at 4K, one plain FIFO.
 //! Run: `cargo bench -p qos-benches --bench scheduler`.
 
 use std::collections::VecDeque;
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use qos_benches::NaiveScheduler;
+use qos_benches::{DrrFloor, NaiveScheduler};
 use qos_dataplane::sched::{
     Dequeued, Next, Policy, Rejected, Scheduler, SchedulerConfig, StreamConfig, StreamId,
 };
@@ -186,6 +188,55 @@ impl Naive {
     }
 }
 
+/// The least work of the same contract ([`DrrFloor`]), on the same workload.
+struct Floor {
+    sched: DrrFloor<u64>,
+    n: u32,
+    rng: Rng,
+    now: u64,
+}
+
+impl Floor {
+    fn new(n: u32) -> Self {
+        let mut sched = DrrFloor::new(n * (PREFILL + 2) + 4 * BATCH);
+        let ids: Vec<u64> = (0..n).map(|s| sched.open((s % 8) as u8)).collect();
+        for round in 0..PREFILL {
+            for (i, &id) in ids.iter().enumerate() {
+                let _ = sched.enqueue(0, id, u64::from(round), len_of(i as u32));
+            }
+        }
+        Self {
+            sched,
+            n,
+            rng: Rng(0x9e37_79b9_7f4a_7c15),
+            now: 0,
+        }
+    }
+
+    #[inline]
+    fn batch(&mut self) -> u64 {
+        self.now += 1_000;
+        let mut sum = 0;
+        for k in 0..BATCH {
+            let s = self.rng.below(self.n);
+            let id = u64::from(s) | 1 << 32;
+            if self
+                .sched
+                .enqueue(self.now, id, u64::from(k), len_of(k + s))
+                .is_err()
+            {
+                sum += 1;
+            }
+        }
+        for _ in 0..BATCH {
+            if let Some((_, p, len, _)) = self.sched.dequeue(self.now) {
+                sum += p + u64::from(len);
+            }
+        }
+        sum
+    }
+}
+
 /// The floor: one FIFO, no scheduling at all.
 fn fifo_batch(q: &mut VecDeque<(u64, u32)>) -> u64 {
     let mut sum = 0;
@@ -218,6 +269,8 @@ fn p1(c: &mut Criterion) {
     g.bench_function("naive_heap_vecdeque", |b| {
         b.iter(|| black_box(naive.batch()))
     });
+    let mut floor = Floor::new(4096);
+    g.bench_function("tiered_drr_floor", |b| b.iter(|| black_box(floor.batch())));
     let mut fifo = VecDeque::with_capacity(64);
     g.bench_function("fifo_floor", |b| {
         b.iter(|| black_box(fifo_batch(&mut fifo)))
@@ -242,6 +295,11 @@ fn p2_p3(c: &mut Criterion) {
         let mut naive = Naive::new(n);
         g.bench_with_input(BenchmarkId::new("naive_heap_vecdeque", n), &n, |b, _| {
             b.iter(|| black_box(naive.batch()))
+        });
+        drop(naive);
+        let mut floor = Floor::new(n);
+        g.bench_with_input(BenchmarkId::new("tiered_drr_floor", n), &n, |b, _| {
+            b.iter(|| black_box(floor.batch()))
         });
     }
     g.finish();

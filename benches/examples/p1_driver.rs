@@ -1,7 +1,7 @@
 //! A plain driver of the P1 workload, for profilers: `perf record` and
 //! `valgrind --tool=callgrind` give per-line costs without criterion's machinery.
 //!
-//! `cargo run --release -p qos-benches --example p1_driver -- STREAMS BATCHES [MODE] [PREFILL] [WARMUP]`
+//! `cargo run --release -p qos-benches --example p1_driver -- STREAMS BATCHES [MODE] [PREFILL] [WARMUP] [FEATURES]`
 //!
 //! MODE `churn` (default): each batch enqueues 32 packets to uniformly random streams,
 //! then takes 32 with `dequeue_batch` (the criterion `p1` workload). MODE `backlogged`:
@@ -15,11 +15,17 @@
 //! queued packets gather in Low. At 1M streams that takes about 600,000 batches (see
 //! docs/BENCHMARKS.md); criterion's warm-up covers it, a short run without WARMUP
 //! measures the transient.
+//!
+//! FEATURES `all` (default) runs the reference policy with every per-packet feature on,
+//! as the targets require. `bare` switches off what a policy can: AQM, aging, latency
+//! budgets and sojourn histograms (the tiers stay: one tier changes where the backlog
+//! gathers, hence the workload). It measures what those features cost beside the
+//! queueing itself (docs/BENCHMARKS.md).
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use qos_dataplane::sched::{Policy, Scheduler, SchedulerConfig, StreamConfig, StreamId};
+use qos_dataplane::sched::{PolicySpec, Scheduler, SchedulerConfig, StreamConfig, StreamId};
 
 fn len_of(i: u32) -> u32 {
     64 + (i.wrapping_mul(2_654_435_761) >> 7) % 1437
@@ -43,13 +49,21 @@ fn main() {
     let backlogged = arg(3, String::from("churn")) == "backlogged";
     let prefill: u32 = arg(4, 2);
     let warmup: u32 = arg(5, 0);
+    let bare = arg(6, String::from("all")) == "bare";
     let config = SchedulerConfig {
         max_streams: n,
         max_packets: n * (prefill + 2) + 128,
         event_capacity: 1024,
     };
-    let mut s: Scheduler<u64> =
-        Scheduler::new(config, Arc::new(Policy::default())).expect("valid config");
+    let mut spec = PolicySpec::default();
+    if bare {
+        spec.aqm = false;
+        spec.aging_timeout_ns = None;
+        spec.latency_budget_ns = [None; 8];
+    }
+    let policy = spec.build().expect("valid policy");
+    let mut s: Scheduler<u64> = Scheduler::new(config, Arc::new(policy)).expect("valid config");
+    s.set_sojourn_recording(!bare);
     let ids: Vec<StreamId> = (0..n)
         .map(|i| {
             s.open(StreamConfig::with_priority((i % 8) as u8))

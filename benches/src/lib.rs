@@ -6,6 +6,12 @@
 //! inside a tier, but with a binary heap of per-stream tags per tier, a `VecDeque` per
 //! stream and a division per packet. It has no backpressure, caps, pacing or counters:
 //! "same semantics as far as it goes".
+//!
+//! [`DrrFloor`] is the other yardstick: the least per-packet work of the same
+//! contract (see its module).
+
+mod floor;
+pub use floor::{DrrFloor, FloorCounters};
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
