@@ -85,10 +85,10 @@ use events::EventQueue;
 use policy::{MAX_TIERS, PRIORITIES};
 use pool::{Fifo, NIL, Pool};
 use shaper::TokenBucket;
-use stats::BudgetWindow;
+use stats::{BudgetWindow, ServiceBook};
 use stream::{Flags, Stream};
 use throttle::Caps;
-use wfq::{CLASSES, LANE, Wfq};
+use wfq::Wfq;
 
 /// How much longer than the aging timeout a lowest-tier packet may wait (S9).
 const AGING_GRACE_NS: u64 = 1_000_000_000;
@@ -169,7 +169,7 @@ pub struct Scheduler<P> {
     link: Option<TokenBucket>,
     caps: Caps,
     prio_stats: [PriorityStats; PRIORITIES],
-    served: [ServiceStats; CLASSES],
+    service: ServiceBook,
     refused: [u64; RefuseReason::COUNT],
     sojourn: sojourn::Sojourns,
     /// Whether dequeues record into `sojourn` (off only to measure its cost, P8).
@@ -230,7 +230,7 @@ impl<P> Scheduler<P> {
             link: None,
             caps: Caps::new(),
             prio_stats: [PriorityStats::default(); PRIORITIES],
-            served: [ServiceStats::default(); CLASSES],
+            service: ServiceBook::default(),
             refused: [0; RefuseReason::COUNT],
             sojourn: sojourn::Sojourns::new(),
             record_sojourn: true,
@@ -265,6 +265,8 @@ impl<P> Scheduler<P> {
         self.aging_next = now;
         // A shorter window applies from now; a longer one from the next window.
         self.window.end = self.window.end.min(now.saturating_add(self.c.window_ns));
+        // Each tier's service so far, under the mapping that earned it.
+        self.service.fold(|p| self.wfq.tier_of(p), &self.prio_stats);
         let mut shares = [0u8; MAX_TIERS];
         for (share, tier) in shares.iter_mut().zip(policy.tiers()) {
             *share = tier.share_percent;
@@ -362,14 +364,16 @@ impl<P> Scheduler<P> {
         }
         Some(TierStats {
             totals,
-            served: self.served[tier],
+            served: self
+                .service
+                .tier(tier, |p| self.wfq.tier_of(p), &self.prio_stats),
         })
     }
 
     /// What the aging lane served (S9): lowest-tier streams while promoted, on top of
     /// their own tier's service.
     pub fn aging_lane_stats(&self) -> ServiceStats {
-        self.served[LANE]
+        self.service.lane()
     }
 
     /// Counters of the whole shard.

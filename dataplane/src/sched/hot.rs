@@ -389,8 +389,14 @@ impl<P> Scheduler<P> {
         ps.dequeued += 1;
         ps.dequeued_bytes += u64::from(len);
         ps.queued -= 1;
-        self.served[c].packets += 1;
-        self.served[c].bytes += u64::from(len);
+        // A tier's own service is derived from its priorities' counters (ServiceBook).
+        debug_assert!(
+            c == LANE || c == self.wfq.tier_of(prio),
+            "served by its tier"
+        );
+        if c == LANE {
+            self.service.lane_served(p, len);
+        }
         let sojourn_ns = now.saturating_sub(stamp);
         if self.record_sojourn {
             self.sojourn.record(p, sojourn_ns);
