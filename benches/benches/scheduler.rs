@@ -6,8 +6,8 @@
 //! misses real traffic pays) and dequeues 32, with the batch API (`dequeue_batch`) or
 //! the per-packet API (`dequeue`). Counters and histograms are on. Criterion's
 //! throughput is per packet (enqueue + dequeue). Beside ours: the naive baseline (P3),
-//! `tiered_drr_floor` (the least per-packet work of the same contract, a yardstick for
-//! P1/P2) and, at 4K, one plain FIFO.
+//! `tiered_drr_floor` (a plain implementation of the least per-packet work of the same
+//! contract, a yardstick for P1/P2) and, at 4K, one plain FIFO.
 //! Run: `cargo bench -p qos-benches --bench scheduler`.
 
 use std::collections::VecDeque;
@@ -237,7 +237,7 @@ impl Floor {
     }
 }
 
-/// The floor: one FIFO, no scheduling at all.
+/// `fifo_floor`: one FIFO, no scheduling at all.
 fn fifo_batch(q: &mut VecDeque<(u64, u32)>) -> u64 {
     let mut sum = 0;
     for k in 0..BATCH {

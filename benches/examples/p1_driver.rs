@@ -17,10 +17,11 @@
 //! measures the transient.
 //!
 //! FEATURES `all` (default) runs the reference policy with every per-packet feature on,
-//! as the targets require. `bare` switches off what a policy can: AQM, aging, latency
-//! budgets and sojourn histograms (the tiers stay: one tier changes where the backlog
-//! gathers, hence the workload). It measures what those features cost beside the
-//! queueing itself (docs/BENCHMARKS.md).
+//! as the targets require. `bare` switches off AQM, aging and latency budgets through
+//! the policy (the per-packet budget compare still runs, against no budget) and sojourn
+//! histograms through `set_sojourn_recording`; the tiers stay (one tier changes where
+//! the backlog gathers, hence the workload). It measures what those features cost
+//! beside the queueing itself (docs/BENCHMARKS.md).
 
 use std::sync::Arc;
 use std::time::Instant;

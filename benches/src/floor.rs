@@ -1,15 +1,19 @@
-//! [`DrrFloor`]: the least a scheduler of the same contract must do per packet, as a
-//! floor to measure the core against (docs/BENCHMARKS.md, "How far the floor is").
+//! [`DrrFloor`]: a plain implementation of the least per-packet work of the same
+//! contract, as a yardstick for the core (docs/BENCHMARKS.md, "Scheduler core against
+//! its floor").
 //!
-//! Three tiers sharing the link 25/60/15 by start-time fair queueing, weighted deficit
-//! round robin with a new-stream list inside each tier (quantum `Q * 2^(p - base)`),
-//! per-stream FIFOs threaded through a preallocated descriptor table, and the
-//! accounting the speed targets require: the handle's generation checked, per-priority
-//! counters, a sojourn count per packet in an HDR-shaped table, the latency budget
-//! compared. Nothing else: no pacing, caps, backpressure signals, aging, AQM, no
-//! lingering of emptied streams (a stream that empties and refills comes back fresh),
-//! no guard for quanta below the packets, no wrap handling of the tier tags, no events.
-//! It is a yardstick, not a scheduler to use.
+//! Three tiers sharing the link 25/60/15 by start-time fair queueing (a precomputed
+//! inverse of the share, no division per packet), weighted deficit round robin with a
+//! new-stream list inside each tier (quantum `Q * 2^(p - base)`), per-stream FIFOs
+//! threaded through a preallocated descriptor table, the handle's generation checked,
+//! and the accounting the speed targets require: per-priority counters, a sojourn
+//! count per packet in an HDR-shaped table, the latency budget compared. Nothing else:
+//! no pacing, caps, queue-depth limit or backpressure signals, aging, AQM, per-stream
+//! or per-tier counters, events, stream updates or closes; no lingering of emptied
+//! streams (a stream that empties and refills comes back fresh, which S4 forbids); no
+//! guard for quanta below the packets; no wrap handling of the tier tags; no
+//! prefetching. It decides one packet per call, as the core does. It is a yardstick,
+//! not a scheduler to use, and not a proof that nothing faster exists.
 
 const NIL: u32 = u32::MAX;
 /// The reference policy's tier of each priority (0 High, 1 Medium, 2 Low).
@@ -18,6 +22,12 @@ const TIER_OF: [usize; 8] = [2, 2, 1, 1, 1, 1, 0, 0];
 const BASE: [u8; 3] = [6, 2, 0];
 /// Tier shares in percent.
 const SHARE: [u64; 3] = [25, 60, 15];
+/// `2^32 / share`: a tier's tag advances by `len * INV` (no division per packet).
+const INV: [u64; 3] = [
+    (1 << 32) / SHARE[0],
+    (1 << 32) / SHARE[1],
+    (1 << 32) / SHARE[2],
+];
 /// Latency budgets of the reference policy, ns (`u64::MAX`: best effort).
 const BUDGET: [u64; 8] = [
     u64::MAX,
@@ -273,7 +283,11 @@ impl<P> DrrFloor<P> {
             if st.head == NIL {
                 st.tail = NIL;
             }
-            let (packet, stamp, len) = (desc.packet.take()?, desc.stamp, desc.len);
+            let packet = desc
+                .packet
+                .take()
+                .expect("a queued descriptor holds its packet");
+            let (stamp, len) = (desc.stamp, desc.len);
             desc.next = self.free;
             self.free = d;
             st.len -= 1;
@@ -291,7 +305,7 @@ impl<P> DrrFloor<P> {
             }
             let tier = &mut self.tiers[t];
             self.vtime = tier.tag;
-            tier.tag += (u64::from(len) << 20) / SHARE[t];
+            tier.tag += u64::from(len) * INV[t];
             tier.queued -= 1;
             if tier.queued == 0 {
                 self.busy &= !(1 << t);
@@ -322,6 +336,24 @@ impl<P> DrrFloor<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The floor's tables are the reference policy's.
+    #[test]
+    fn floor_constants_are_the_reference_policy() {
+        let policy = qos_dataplane::sched::Policy::default();
+        let spec = policy.spec();
+        for p in 0..8u8 {
+            let t = policy.tier_of(p);
+            assert_eq!(TIER_OF[usize::from(p)], t, "P{p}");
+            assert_eq!(BASE[t], *spec.tiers[t].priorities.iter().min().unwrap());
+            assert_eq!(SHARE[t], u64::from(spec.tiers[t].share_percent));
+            assert_eq!(
+                BUDGET[usize::from(p)],
+                spec.latency_budget_ns[usize::from(p)].unwrap_or(u64::MAX)
+            );
+        }
+        assert_eq!(QUANTUM as u32, spec.quantum_bytes);
+    }
 
     /// The floor keeps the contract it stands for: tier shares 25/60/15, weight
     /// `2^priority` inside a tier, and every accepted packet counted and sent once.

