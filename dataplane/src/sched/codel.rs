@@ -143,10 +143,30 @@ impl Codel {
         if sojourn_ns < p.target_ns || backlog_after == 0 {
             self.below_target();
             false
-        } else if self.dropping() {
-            self.drop_if_due(stamp(now), p)
         } else {
-            self.above_target(now, p)
+            self.forget_if_stale(now, p);
+            if self.dropping() {
+                self.drop_if_due(stamp(now), p)
+            } else {
+                self.above_target(now, p)
+            }
+        }
+    }
+
+    /// A stored time is never more than one interval ahead of `now`: `first_above_time`
+    /// is set to `now + interval`, and `drop_next` to the last drop (due, so not after
+    /// `now`) plus at most an interval. One that reads further ahead was left unexamined
+    /// past the compare window (a stream backlogged through a DRR round longer than ~36
+    /// min; a policy change that shortened the interval): it is forgotten as below
+    /// target does (count kept), so it cannot hold CoDel back for up to half an hour.
+    /// One that reads ahead by less holds it back one interval at most, as a new episode
+    /// would; one that reads as past acts now, as a late call does.
+    #[inline]
+    fn forget_if_stale(&mut self, now: u64, p: &CodelParams) {
+        // One unit of slack for the rounding of `stamp` (and its 0 -> 1).
+        let latest = stamp(now.wrapping_add(p.interval())).wrapping_add(1);
+        if self.time != 0 && !reached(latest, self.time) {
+            self.below_target();
         }
     }
 
@@ -431,6 +451,37 @@ mod tests {
         assert!(!c.should_drop(back, ABOVE, 10, &P));
         assert!(!c.should_drop(back + P.interval_ns - 2_048, ABOVE, 10, &P));
         assert!(c.should_drop(back + P.interval_ns, ABOVE, 10, &P));
+    }
+
+    /// A stream left unexamined past the compare window while backlogged (its DRR round
+    /// took longer than ~36 min, then visits come often again) finds its stored time
+    /// reading up to ~33 min ahead. Such a time cannot be real (a stored time is never
+    /// more than one interval ahead of `now`): it is forgotten, so CoDel acts again
+    /// within one interval, in either state, instead of after half an hour.
+    #[test]
+    fn a_time_left_past_the_compare_window_holds_codel_back_one_interval_at_most() {
+        for dropping in [false, true] {
+            let mut c = Codel::IDLE;
+            let mut now = 1_000_000_000;
+            if dropping {
+                let entered = enter(&mut c, now);
+                now = drop_until(&mut c, entered, 3);
+            } else {
+                assert!(!c.should_drop(now, ABOVE, 10, &P));
+                assert!(c.time != 0, "first_above_time is set");
+            }
+            // 40 minutes later: 2^31 units are ~36.7 min, so the time reads ahead.
+            let back = now + 40 * 60 * 1_000_000_000;
+            let first = (0..1_000u64)
+                .map(|k| back + k * 100_000)
+                .find(|&t| serve(&mut c, t, ABOVE, 1_000, &P) > 0)
+                .expect("CoDel drops again within 100 ms");
+            assert!(
+                first - back <= P.interval_ns + 100_000,
+                "dropping {dropping}: first drop {} ns after the gap",
+                first - back
+            );
+        }
     }
 
     #[test]
