@@ -328,3 +328,86 @@ fn s4_a_stream_topped_up_each_time_it_empties_gets_only_its_round_share() {
         );
     }
 }
+
+/// S13 with the cause still there: a weight-1 P7 stream of 9000-byte packets (a 23-byte
+/// quantum) alone in High for 100 decisions raises its class's boost; three greedy
+/// default-weight P7 streams then join and the light stream stays backlogged. Beside
+/// streams in credit the light one costs one rotation a visit, so nothing presses the
+/// boost up again: it decays, the greedy streams' turns come back to their quantum
+/// (two 1500-byte packets for 3028 bytes) and stay there, and the light stream gets its
+/// weighted share of High, 1/385, within 0.02% of the link (S3), not more.
+#[test]
+fn s13_a_boost_decays_while_the_jumbo_stream_that_raised_it_stays() {
+    let policy = Arc::new(Policy::default());
+    let mut s: Scheduler<u32> = Scheduler::new(SchedulerConfig::default(), policy).unwrap();
+    let light = s
+        .open(StreamConfig {
+            priority: Priority::ALL[7],
+            weight: Some(1),
+            cap: None,
+        })
+        .unwrap();
+    for _ in 0..200 {
+        s.enqueue(0, light, 0, 9000).unwrap();
+    }
+    let greedy: Vec<_> = (0..3)
+        .map(|_| s.open(StreamConfig::with_priority(7)).unwrap())
+        .collect();
+    let mut now = 0;
+    for _ in 0..100 {
+        now += 1000;
+        let Next::Packet(d) = s.dequeue(now) else {
+            panic!("the light stream is backlogged")
+        };
+        s.enqueue(now, d.stream, 0, 9000).unwrap();
+    }
+    for &g in &greedy {
+        for _ in 0..500 {
+            s.enqueue(now, g, 0, 1500).unwrap();
+        }
+    }
+    // Turns of the greedy streams, and bytes per stream, after a transient of 20,000
+    // decisions; every packet sent is replaced, so all four stay backlogged.
+    let (mut longest, mut last, mut run, mut turns) = (0u32, None, 0u32, 0u32);
+    let (mut light_bytes, mut total) = (0u64, 0u64);
+    let mut transient_longest = 0u32;
+    for i in 0..220_000u32 {
+        now += 1000;
+        let Next::Packet(d) = s.dequeue(now) else {
+            panic!("all four streams are backlogged")
+        };
+        s.enqueue(now, d.stream, 0, d.len).unwrap();
+        if Some(d.stream) == last {
+            run += 1;
+        } else {
+            if last.is_some_and(|l| l != light) {
+                if i < 20_000 {
+                    transient_longest = transient_longest.max(run);
+                } else {
+                    longest = longest.max(run);
+                    turns += 1;
+                }
+            }
+            (run, last) = (1, Some(d.stream));
+        }
+        if i >= 20_000 {
+            total += u64::from(d.len);
+            if d.stream == light {
+                light_bytes += u64::from(d.len);
+            }
+        }
+    }
+    println!("longest greedy turn: {transient_longest} packets in the transient, {longest} after");
+    assert!(turns > 60_000, "{turns} greedy turns");
+    assert!(
+        longest <= 3,
+        "a greedy P7 turn took {longest} packets of 1500 bytes for a 3028-byte quantum"
+    );
+    let share = light_bytes as f64 / total as f64;
+    assert!(
+        (share - 1.0 / 385.0).abs() < 0.0002,
+        "the light stream got {:.4}% of the link, its weight gives {:.4}%",
+        share * 100.0,
+        100.0 / 385.0
+    );
+}
