@@ -7,7 +7,7 @@ mod sim;
 use std::sync::Arc;
 
 use qos_dataplane::sched::{
-    Next, Policy, PolicySpec, Priority, Scheduler, SchedulerConfig, StreamConfig,
+    Next, Policy, PolicySpec, Priority, Scheduler, SchedulerConfig, StreamConfig, StreamId,
 };
 use sim::{MS, SEC, Sim, jain};
 
@@ -201,14 +201,11 @@ fn s3_weight_overrides_below_the_tier_base_get_their_exact_share() {
     }
 }
 
-/// S4/S13: a class whose quanta were doubled for a stream with packets far above its
-/// quantum (weight 1 in High: 23.7 bytes a turn for 9000-byte packets) hands out plain
-/// quanta again a few rounds after that stream is gone. The doubling once stayed until
-/// the class ran out of packets: three greedy default-weight P7 streams that came after
-/// took 129-130 packets a turn instead of 2 (their 3028-byte quantum), which also
-/// switched AQM off for them and broke P7's budget.
-#[test]
-fn s13_quanta_doubled_for_jumbo_packets_come_back_once_the_stream_is_gone() {
+/// High with a weight-1 P7 stream of 9000-byte packets (a 23-byte quantum), backlogged
+/// and alone for 100 decisions (its class boosts its quanta), then three greedy
+/// default-weight P7 streams with 500 packets of 1500 bytes each. Returns the
+/// scheduler, the light stream and the time.
+fn boosted_by_a_jumbo_stream() -> (Scheduler<u32>, StreamId, u64) {
     let policy = Arc::new(Policy::default());
     let mut s: Scheduler<u32> = Scheduler::new(SchedulerConfig::default(), policy).unwrap();
     let light = s
@@ -221,19 +218,32 @@ fn s13_quanta_doubled_for_jumbo_packets_come_back_once_the_stream_is_gone() {
     for _ in 0..200 {
         s.enqueue(0, light, 0, 9000).unwrap();
     }
-    let greedy: Vec<_> = (0..3)
-        .map(|_| s.open(StreamConfig::with_priority(7)).unwrap())
-        .collect();
     let mut now = 0;
     for _ in 0..100 {
         now += 1000;
-        assert!(matches!(s.dequeue(now), Next::Packet(_)));
+        let Next::Packet(d) = s.dequeue(now) else {
+            panic!("the light stream is backlogged")
+        };
+        s.enqueue(now, d.stream, 0, 9000).unwrap();
     }
-    for &g in &greedy {
+    for _ in 0..3 {
+        let g = s.open(StreamConfig::with_priority(7)).unwrap();
         for _ in 0..500 {
             s.enqueue(now, g, 0, 1500).unwrap();
         }
     }
+    (s, light, now)
+}
+
+/// S4/S13: a class whose quanta were doubled for a stream with packets far above its
+/// quantum (weight 1 in High: 23.7 bytes a turn for 9000-byte packets) hands out plain
+/// quanta again a few rounds after that stream is gone. The doubling once stayed until
+/// the class ran out of packets: three greedy default-weight P7 streams that came after
+/// took 129-130 packets a turn instead of 2 (their 3028-byte quantum), which also
+/// switched AQM off for them and broke P7's budget.
+#[test]
+fn s13_quanta_doubled_for_jumbo_packets_come_back_once_the_stream_is_gone() {
+    let (mut s, light, mut now) = boosted_by_a_jumbo_stream();
     s.close(light).unwrap();
     while s.pop_reclaimed().is_some() {}
     // Turns: maximal runs of one stream, over the last 2000 of 3000 decisions.
@@ -338,34 +348,7 @@ fn s4_a_stream_topped_up_each_time_it_empties_gets_only_its_round_share() {
 /// weighted share of High, 1/385, within 0.02% of the link (S3), not more.
 #[test]
 fn s13_a_boost_decays_while_the_jumbo_stream_that_raised_it_stays() {
-    let policy = Arc::new(Policy::default());
-    let mut s: Scheduler<u32> = Scheduler::new(SchedulerConfig::default(), policy).unwrap();
-    let light = s
-        .open(StreamConfig {
-            priority: Priority::ALL[7],
-            weight: Some(1),
-            cap: None,
-        })
-        .unwrap();
-    for _ in 0..200 {
-        s.enqueue(0, light, 0, 9000).unwrap();
-    }
-    let greedy: Vec<_> = (0..3)
-        .map(|_| s.open(StreamConfig::with_priority(7)).unwrap())
-        .collect();
-    let mut now = 0;
-    for _ in 0..100 {
-        now += 1000;
-        let Next::Packet(d) = s.dequeue(now) else {
-            panic!("the light stream is backlogged")
-        };
-        s.enqueue(now, d.stream, 0, 9000).unwrap();
-    }
-    for &g in &greedy {
-        for _ in 0..500 {
-            s.enqueue(now, g, 0, 1500).unwrap();
-        }
-    }
+    let (mut s, light, mut now) = boosted_by_a_jumbo_stream();
     // Turns of the greedy streams, and bytes per stream, after a transient of 20,000
     // decisions; every packet sent is replaced, so all four stay backlogged.
     let (mut longest, mut last, mut run, mut turns) = (0u32, None, 0u32, 0u32);
