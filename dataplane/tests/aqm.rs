@@ -461,7 +461,7 @@ fn s14_small_head_packets_do_not_end_the_episode_of_a_mixed_size_standing_queue(
     assert!(left <= 25, "{left} packets left standing (target: 20)");
 }
 
-/// What a P3 stream's backlog goes through for 45 minutes after a flood.
+/// What a P3 stream's backlog goes through for a long while after a flood.
 #[derive(Clone, Copy, PartialEq)]
 enum Meanwhile {
     /// One packet in, one out each second: within one DRR turn, where AQM does not act.
@@ -476,13 +476,18 @@ enum Meanwhile {
     Parked,
 }
 
-/// Drains stream `id` to `keep` packets at `now`, then for 45 minutes puts one packet
-/// in and takes one out every `step`: never empty. Returns the time at the end.
-fn one_in_one_out(s: &mut Scheduler<u32>, id: StreamId, mut now: u64, keep: u64, step: u64) -> u64 {
+/// Drains stream `id` to `keep` packets at `now`, then for `minutes` puts one packet in
+/// and takes one out every `step`: never empty. Returns the time at the end.
+fn one_in_one_out(
+    s: &mut Scheduler<u32>,
+    id: StreamId,
+    mut now: u64,
+    (keep, step, minutes): (u64, u64, u64),
+) -> u64 {
     while s.stream_stats(id).unwrap().queued > keep {
         let _ = s.dequeue(now);
     }
-    for _ in 0..45 * 60 * SEC / step {
+    for _ in 0..minutes * 60 * SEC / step {
         now += step;
         s.enqueue(now, id, 0, 1_000).unwrap();
         assert!(matches!(s.dequeue(now), Next::Packet(_)));
@@ -492,12 +497,20 @@ fn one_in_one_out(s: &mut Scheduler<u32>, id: StreamId, mut now: u64, keep: u64,
 }
 
 /// A flood leaves a P3 stream with a CoDel episode under way (every queued packet above
-/// target); `meanwhile` happens for 45 minutes; then a standing queue builds again.
-/// CoDel's times are 32-bit (1.024 us units, compared by wrapping difference within
-/// about 36.6 min), so the state left by the flood must not be read as a time still in
-/// the future: the second standing queue must see as many `aqm` drops as the first
-/// (within 2x) and be pulled down to the target as the first was.
-fn assert_codel_recovers_after_45_minutes(meanwhile: Meanwhile) {
+/// target); `meanwhile` happens for 45 minutes, then (in a second run) for 80; then a
+/// standing queue builds again. CoDel's times are 32-bit (1.024 us units, wrapping every
+/// 73.3 min, compared by wrapping difference within about 36.6 min), so the state left
+/// by the flood must not be read as a time still in the future (45 minutes on: CoDel
+/// silent) nor as a time long past (80 minutes on: a drop at every call until the
+/// stale schedule catches up): the second standing queue must see as many `aqm` drops
+/// as the first (within 2x) and be pulled down to the target as the first was.
+fn assert_codel_recovers_after_45_and_80_minutes(meanwhile: Meanwhile) {
+    for minutes in [45, 80] {
+        assert_codel_recovers_after(meanwhile, minutes);
+    }
+}
+
+fn assert_codel_recovers_after(meanwhile: Meanwhile, minutes: u64) {
     let mut s: Scheduler<u32> =
         Scheduler::new(SchedulerConfig::default(), Arc::new(Policy::default())).unwrap();
     let id = s.open(StreamConfig::with_priority(3)).unwrap();
@@ -510,16 +523,16 @@ fn assert_codel_recovers_after_45_minutes(meanwhile: Meanwhile) {
         let _ = s.dequeue(now);
     }
     match meanwhile {
-        Meanwhile::WithinOneTurn => now = one_in_one_out(&mut s, id, now, 1, SEC),
+        Meanwhile::WithinOneTurn => now = one_in_one_out(&mut s, id, now, (1, SEC, minutes)),
         Meanwhile::AqmOff => {
             let off = policy_with(|b| {
                 b.aqm = false;
                 b.version = 2;
             });
             s.set_policy(now, Arc::new(off));
-            now = one_in_one_out(&mut s, id, now, 5, 10 * MS);
+            now = one_in_one_out(&mut s, id, now, (5, 10 * MS, minutes));
         }
-        Meanwhile::NoCalls => now += 45 * 60 * SEC,
+        Meanwhile::NoCalls => now += minutes * 60 * SEC,
         Meanwhile::Parked => {
             let cap = RateCap {
                 rate_bps: 1,
@@ -537,7 +550,7 @@ fn assert_codel_recovers_after_45_minutes(meanwhile: Meanwhile) {
             s.update(id, capped).unwrap();
             // The burst goes (or AQM drops) until the stream waits for tokens, hours away.
             while let Next::Packet(_) = s.dequeue(now) {}
-            for _ in 0..45 * 60 {
+            for _ in 0..minutes * 60 {
                 now += SEC;
                 let _ = s.dequeue(now);
             }
@@ -556,30 +569,33 @@ fn assert_codel_recovers_after_45_minutes(meanwhile: Meanwhile) {
     let left = s.stream_stats(id).unwrap().queued;
     assert!(
         again * 2 >= first && again <= 2 * first,
-        "{again} aqm drops after 45 minutes against {first} at first"
+        "{again} aqm drops after {minutes} minutes against {first} at first"
     );
-    assert!(left <= 25, "{left} packets left standing (target: 20)");
+    assert!(
+        left <= 25,
+        "{left} packets left standing after {minutes} minutes (target: 20)"
+    );
 }
 
 #[test]
-fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_within_one_turn() {
+fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_or_80_minutes_within_one_turn() {
     // Before the fix: 0 drops against 31, and 55 packets left standing.
-    assert_codel_recovers_after_45_minutes(Meanwhile::WithinOneTurn);
+    assert_codel_recovers_after_45_and_80_minutes(Meanwhile::WithinOneTurn);
 }
 
 #[test]
-fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_with_aqm_off() {
-    assert_codel_recovers_after_45_minutes(Meanwhile::AqmOff);
+fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_or_80_minutes_with_aqm_off() {
+    assert_codel_recovers_after_45_and_80_minutes(Meanwhile::AqmOff);
 }
 
 #[test]
-fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_without_a_call() {
-    assert_codel_recovers_after_45_minutes(Meanwhile::NoCalls);
+fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_or_80_minutes_without_a_call() {
+    assert_codel_recovers_after_45_and_80_minutes(Meanwhile::NoCalls);
 }
 
 #[test]
-fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_minutes_parked_by_a_cap() {
-    assert_codel_recovers_after_45_minutes(Meanwhile::Parked);
+fn s14_codel_state_left_by_a_flood_is_not_misread_after_45_or_80_minutes_parked_by_a_cap() {
+    assert_codel_recovers_after_45_and_80_minutes(Meanwhile::Parked);
 }
 
 /// The share a P7 probe gets beside ten greedy P7 streams, with greedy P3 and P0 (every
