@@ -625,21 +625,25 @@ fn probe_aqm_loss(frac: f64, seed: Option<u64>) -> f64 {
 }
 
 #[test]
-fn s14_poisson_stream_at_90_percent_of_a_two_packet_share_loses_under_3_percent_to_aqm() {
+fn s14_poisson_stream_at_90_percent_of_a_two_packet_share_loses_about_2_percent_to_aqm_never_5() {
     // An M/D/1 queue at 90% load waits about 4.5 service times on average (24 ms here),
     // so this stream's queue lives through many turns while it is within its share. A
     // count of 16 saturated turns took it for a stream above its share: 5.3-6.9% of its
-    // packets were dropped (the max-min oracle tolerates 3% for Poisson arrivals).
-    // These three seeds lose 1.7-2.1%; over 100 other seeds the loss was 0.4-4.6%
-    // (median 1.8%, 6 of them above 3%): see docs/DECISIONS.md, S14.
-    for seed in 0..3 {
-        let loss = probe_aqm_loss(0.9, Some(7_000 + seed));
-        assert!(
-            loss <= 0.03,
-            "seed {seed}: {:.2}% dropped by AQM",
-            loss * 100.0
-        );
-    }
+    // packets were dropped (the max-min oracle tolerates 3% for Poisson arrivals). With
+    // 64 the loss depends on the seed: over seeds 9000-9099 it was 0.4-4.6% (median
+    // 1.8%, 90th percentile 2.8%, 6 of 100 above 3%); see docs/DECISIONS.md, S14. So
+    // 20 seeds, held to that distribution rather than to one seed's luck.
+    let mut losses: Vec<f64> = (0..20)
+        .map(|seed| probe_aqm_loss(0.9, Some(7_000 + seed)))
+        .collect();
+    losses.sort_by(f64::total_cmp);
+    let (median, worst) = ((losses[9] + losses[10]) / 2.0, losses[19]);
+    assert!(
+        median <= 0.025 && worst <= 0.05,
+        "median {:.2}%, worst {:.2}% dropped by AQM: {losses:.4?}",
+        median * 100.0,
+        worst * 100.0
+    );
 }
 
 #[test]

@@ -502,10 +502,10 @@ fn s3_a_wider_sweep_of_random_mixes_without_aqm_matches_oracle() {
 }
 
 #[test]
-fn s3_s14_constant_rate_streams_below_their_share_lose_nothing_to_aqm_in_a_wider_sweep() {
+fn s3_s14_constant_rate_streams_below_their_share_lose_no_packet_in_a_wider_sweep() {
     // With AQM on (the default), constant-rate streams at 50-97% of their share next
-    // to greedy ones: nothing of theirs is dropped, so the oracle holds as without
-    // AQM. (Poisson streams close to their share can lose a few percent to AQM: see
+    // to greedy ones: nothing of theirs is dropped inside the scheduler (by AQM or
+    // any other reason), so the oracle holds as without AQM. (Poisson streams close to their share can lose a few percent to AQM: see
     // docs/DECISIONS.md, S14.)
     let cases: Vec<Case> = sweep(1000..1120)
         .filter(|c| c.arrivals == Arrivals::Cbr)
