@@ -12,6 +12,8 @@
 //! (S13) and its rounds grow by 2^boost; `tests/shares.rs` covers that case.
 #![allow(clippy::unwrap_used)] // tests: a failed unwrap is a failed test
 
+mod sim;
+
 use std::sync::Arc;
 
 use proptest::prelude::*;
@@ -19,6 +21,7 @@ use qos_dataplane::sched::{
     Next, Policy, PolicySpec, Priority, Scheduler, SchedulerConfig, StreamConfig, StreamId,
     TierSpec,
 };
+use sim::Rng;
 
 /// Packets each stream holds throughout: it is topped up after every packet it sends.
 const DEPTH: u32 = 3;
@@ -62,17 +65,6 @@ fn policy(layout: u8) -> Policy {
     }
 }
 
-/// xorshift64*, for per-packet lengths.
-struct Rng(u64);
-impl Rng {
-    fn len(&mut self) -> u32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        64 + ((self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) % 1_451) as u32
-    }
-}
-
 fn run(layout: u8, tier_pick: usize, specs: &[StreamSpec], seed: u64) -> Result<(), TestCaseError> {
     let policy = policy(layout);
     let tier = &policy.tiers()[tier_pick % policy.tiers().len()];
@@ -85,8 +77,8 @@ fn run(layout: u8, tier_pick: usize, specs: &[StreamSpec], seed: u64) -> Result<
         event_capacity: 64,
     };
     let mut s: Scheduler<u32> = Scheduler::new(config, Arc::new(policy.clone())).unwrap();
-    let mut rng = Rng(seed | 1);
-    let mut next_len = |spec: &StreamSpec| spec.len.unwrap_or_else(|| rng.len());
+    let mut rng = Rng::new(seed);
+    let mut next_len = |spec: &StreamSpec| spec.len.unwrap_or_else(|| rng.range(64, 1_514) as u32);
     let mut ids: Vec<StreamId> = Vec::new();
     let mut q = Vec::new();
     for spec in specs {
