@@ -520,3 +520,59 @@ fn update_codel<R>(st: &mut super::stream::Stream, f: impl FnOnce(&mut Codel) ->
 pub(super) fn reset_codel(st: &mut super::stream::Stream) {
     update_codel(st, Codel::reset);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::{Next, Policy, Scheduler, SchedulerConfig, StreamConfig};
+
+    const MS: u64 = 1_000_000;
+
+    /// S14, the worst case DECISIONS.md states for a stale CoDel state that no context
+    /// reset caught: a dropping state whose `drop_next` reads as 10 minutes past (a
+    /// time left ~83 minutes unexamined). It drops, within one decision, every head
+    /// older than the target (2 ms for P7) and stops at the first younger head, which
+    /// it sends; a fresh state drops nothing here (the sojourns are under the 10 ms
+    /// interval, so neither CoDel nor the hard limit would act yet).
+    #[test]
+    fn s14_a_stale_dropping_state_read_as_past_drops_at_most_the_part_of_the_queue_above_target() {
+        for stale in [false, true] {
+            let config = SchedulerConfig {
+                max_streams: 4,
+                max_packets: 64,
+                event_capacity: 64,
+            };
+            let mut s: Scheduler<u32> =
+                Scheduler::new(config, Arc::new(Policy::default())).unwrap();
+            let id = s.open(StreamConfig::with_priority(7)).unwrap();
+            let now = 1_000 * MS;
+            // 20 packets 5 ms old (above the 2 ms target, under the 10 ms interval),
+            // then 20 packets 1 ms old: 40 x 1,500 bytes, a flood's worth of P7 turns.
+            for k in 0..40 {
+                let at = if k < 20 { now - 5 * MS } else { now - MS };
+                s.enqueue(at, id, k, 1_500).unwrap();
+            }
+            if stale {
+                let st = &mut s.streams[id.index() as usize];
+                // Dropping (bit 15), count 1, `drop_next` 10 minutes before `now`, in
+                // CoDel's 1.024-us units.
+                st.codel_time = ((now >> 10) as u32).wrapping_sub(((600_000 * MS) >> 10) as u32);
+                st.codel_count = 0x8000 | 1;
+            }
+            let Next::Packet(d) = s.dequeue(now) else {
+                panic!("a packet is due");
+            };
+            let dropped = s.stream_stats(id).unwrap().dropped_aqm;
+            if stale {
+                assert_eq!(dropped, 20, "every head older than the target, and no more");
+                assert_eq!(d.packet, 20, "the first head under the target is sent");
+                let st = &s.streams[id.index() as usize];
+                assert_eq!(st.codel_time, 0, "the dropping state ended");
+                assert_eq!(st.codel_count & 0x8000, 0, "the dropping state ended");
+            } else {
+                assert_eq!((dropped, d.packet), (0, 0), "a fresh state drops nothing");
+            }
+        }
+    }
+}
