@@ -529,50 +529,59 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
+    /// A P7 stream holding 20 packets 5 ms old (above the 2 ms target, under the 10 ms
+    /// interval, so neither CoDel nor the hard limit would act on a fresh state) and 20
+    /// packets 1 ms old, 1,500 bytes each (a flood's worth of P7 turns), on a shard
+    /// whose first dequeue call comes at `now`. With `stale`, the stream's CoDel state
+    /// is a dropping state whose `drop_next` reads as 10 minutes past (a time left ~83
+    /// minutes unexamined). Returns the AQM drops of that first decision, the packet it
+    /// sent (packets are numbered in order) and whether the stream is left in CoDel's
+    /// dropping state.
+    fn first_decision(now: u64, stale: bool) -> (u64, u32, bool) {
+        let config = SchedulerConfig {
+            max_streams: 4,
+            max_packets: 64,
+            event_capacity: 64,
+        };
+        let mut s: Scheduler<u32> = Scheduler::new(config, Arc::new(Policy::default())).unwrap();
+        let id = s.open(StreamConfig::with_priority(7)).unwrap();
+        for k in 0..40 {
+            let at = if k < 20 { now - 5 * MS } else { now - MS };
+            s.enqueue(at, id, k, 1_500).unwrap();
+        }
+        if stale {
+            let st = &mut s.streams[id.index() as usize];
+            // Dropping (bit 15), count 1, `drop_next` 10 minutes before `now`, in
+            // CoDel's 1.024-us units.
+            st.codel_time = ((now >> 10) as u32).wrapping_sub(((600_000 * MS) >> 10) as u32);
+            st.codel_count = 0x8000 | 1;
+        }
+        let Next::Packet(d) = s.dequeue(now) else {
+            panic!("a packet is due");
+        };
+        let dropping = s.streams[id.index() as usize].codel_count & 0x8000 != 0;
+        (s.stream_stats(id).unwrap().dropped_aqm, d.packet, dropping)
+    }
+
     /// S14, the worst case DECISIONS.md states for a stale CoDel state that no context
-    /// reset caught: a dropping state whose `drop_next` reads as 10 minutes past (a
-    /// time left ~83 minutes unexamined). It drops, within one decision, every head
-    /// older than the target (2 ms for P7) and stops at the first younger head, which
-    /// it sends; a fresh state drops nothing here (the sojourns are under the 10 ms
-    /// interval, so neither CoDel nor the hard limit would act yet).
+    /// reset caught: it drops, within one decision, every head older than the target
+    /// and stops at the first younger head, which it sends; a fresh state drops nothing.
     #[test]
     fn s14_a_stale_dropping_state_read_as_past_drops_at_most_the_part_of_the_queue_above_target() {
-        for stale in [false, true] {
-            let config = SchedulerConfig {
-                max_streams: 4,
-                max_packets: 64,
-                event_capacity: 64,
-            };
-            let mut s: Scheduler<u32> =
-                Scheduler::new(config, Arc::new(Policy::default())).unwrap();
-            let id = s.open(StreamConfig::with_priority(7)).unwrap();
-            let now = 1_000 * MS;
-            // 20 packets 5 ms old (above the 2 ms target, under the 10 ms interval),
-            // then 20 packets 1 ms old: 40 x 1,500 bytes, a flood's worth of P7 turns.
-            for k in 0..40 {
-                let at = if k < 20 { now - 5 * MS } else { now - MS };
-                s.enqueue(at, id, k, 1_500).unwrap();
-            }
-            if stale {
-                let st = &mut s.streams[id.index() as usize];
-                // Dropping (bit 15), count 1, `drop_next` 10 minutes before `now`, in
-                // CoDel's 1.024-us units.
-                st.codel_time = ((now >> 10) as u32).wrapping_sub(((600_000 * MS) >> 10) as u32);
-                st.codel_count = 0x8000 | 1;
-            }
-            let Next::Packet(d) = s.dequeue(now) else {
-                panic!("a packet is due");
-            };
-            let dropped = s.stream_stats(id).unwrap().dropped_aqm;
-            if stale {
-                assert_eq!(dropped, 20, "every head older than the target, and no more");
-                assert_eq!(d.packet, 20, "the first head under the target is sent");
-                let st = &s.streams[id.index() as usize];
-                assert_eq!(st.codel_time, 0, "the dropping state ended");
-                assert_eq!(st.codel_count & 0x8000, 0, "the dropping state ended");
-            } else {
-                assert_eq!((dropped, d.packet), (0, 0), "a fresh state drops nothing");
-            }
-        }
+        let now = 1_000 * MS;
+        let (dropped, sent, dropping) = first_decision(now, true);
+        assert_eq!(dropped, 20, "every head older than the target, and no more");
+        assert_eq!(sent, 20, "the first head under the target is sent");
+        assert!(!dropping, "the dropping state ended");
+        assert_eq!(first_decision(now, false), (0, 0, false), "a fresh state");
+    }
+
+    /// S14, one of the context resets: a shard that made no dequeue call for
+    /// `STALE_AFTER_NS` (~18.3 min) forgets every stream's CoDel state first, so the
+    /// same stale state drops nothing.
+    #[test]
+    fn s14_a_stale_dropping_state_is_forgotten_after_18_minutes_without_a_dequeue_call() {
+        let now = super::STALE_AFTER_NS + 10 * MS;
+        assert_eq!(first_decision(now, true), (0, 0, false));
     }
 }
