@@ -525,19 +525,19 @@ pub(super) fn reset_codel(st: &mut super::stream::Stream) {
 mod tests {
     use std::sync::Arc;
 
-    use super::super::{Next, Policy, Scheduler, SchedulerConfig, StreamConfig};
+    use super::super::{
+        Next, Policy, PolicySpec, Scheduler, SchedulerConfig, StreamConfig, StreamId,
+    };
 
     const MS: u64 = 1_000_000;
 
     /// A P7 stream holding 20 packets 5 ms old (above the 2 ms target, under the 10 ms
     /// interval, so neither CoDel nor the hard limit would act on a fresh state) and 20
-    /// packets 1 ms old, 1,500 bytes each (a flood's worth of P7 turns), on a shard
-    /// whose first dequeue call comes at `now`. With `stale`, the stream's CoDel state
-    /// is a dropping state whose `drop_next` reads as 10 minutes past (a time left ~83
-    /// minutes unexamined). Returns the AQM drops of that first decision, the packet it
-    /// sent (packets are numbered in order) and whether the stream is left in CoDel's
-    /// dropping state.
-    fn first_decision(now: u64, stale: bool) -> (u64, u32, bool) {
+    /// packets 1 ms old, 1,500 bytes each (a flood's worth of P7 turns), numbered in
+    /// order, on a shard that has not been asked for a packet yet. With `stale`, the
+    /// stream's CoDel state is a dropping state whose `drop_next` reads as 10 minutes
+    /// before `now` (a time left ~83 minutes unexamined).
+    fn setup(now: u64, stale: bool) -> (Scheduler<u32>, StreamId) {
         let config = SchedulerConfig {
             max_streams: 4,
             max_packets: 64,
@@ -556,11 +556,22 @@ mod tests {
             st.codel_time = ((now >> 10) as u32).wrapping_sub(((600_000 * MS) >> 10) as u32);
             st.codel_count = 0x8000 | 1;
         }
+        (s, id)
+    }
+
+    /// One decision at `now`: the stream's AQM drops so far, the packet sent, and
+    /// whether the stream is left in CoDel's dropping state.
+    fn decide(s: &mut Scheduler<u32>, id: StreamId, now: u64) -> (u64, u32, bool) {
         let Next::Packet(d) = s.dequeue(now) else {
             panic!("a packet is due");
         };
         let dropping = s.streams[id.index() as usize].codel_count & 0x8000 != 0;
         (s.stream_stats(id).unwrap().dropped_aqm, d.packet, dropping)
+    }
+
+    fn first_decision(now: u64, stale: bool) -> (u64, u32, bool) {
+        let (mut s, id) = setup(now, stale);
+        decide(&mut s, id, now)
     }
 
     /// S14, the worst case DECISIONS.md states for a stale CoDel state that no context
@@ -583,5 +594,22 @@ mod tests {
     fn s14_a_stale_dropping_state_is_forgotten_after_18_minutes_without_a_dequeue_call() {
         let now = super::STALE_AFTER_NS + 10 * MS;
         assert_eq!(first_decision(now, true), (0, 0, false));
+    }
+
+    /// S14, another context reset: a decision while the policy has AQM off forgets the
+    /// stream's episode, so when AQM comes back the stale state drops nothing (without
+    /// the reset the stream is still in the dropping state after that decision).
+    #[test]
+    fn s14_a_stale_dropping_state_is_forgotten_by_a_decision_with_aqm_off() {
+        let now = 1_000 * MS;
+        let (mut s, id) = setup(now, true);
+        let off = PolicySpec {
+            aqm: false,
+            ..PolicySpec::default()
+        };
+        s.set_policy(now, Arc::new(off.build().unwrap()));
+        assert_eq!(decide(&mut s, id, now), (0, 0, false));
+        s.set_policy(now, Arc::new(Policy::default()));
+        assert_eq!(decide(&mut s, id, now), (0, 1, false));
     }
 }
