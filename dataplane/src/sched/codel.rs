@@ -197,6 +197,16 @@ impl Codel {
         Self { time, count }
     }
 
+    /// A dropping state (count 1) whose `drop_next` is `at_ns`: for tests that plant a
+    /// stale state in a stream slot.
+    #[cfg(test)]
+    pub(crate) fn dropping_from(at_ns: u64) -> Self {
+        Self {
+            time: stamp(at_ns),
+            count: DROPPING | 1,
+        }
+    }
+
     /// The two fields to store back into the stream slot.
     #[inline(always)]
     pub(crate) fn parts(self) -> (u32, u16) {

@@ -528,6 +528,7 @@ mod tests {
     use super::super::{
         Next, Policy, PolicySpec, Scheduler, SchedulerConfig, StreamConfig, StreamId,
     };
+    use super::Codel;
 
     const MS: u64 = 1_000_000;
 
@@ -550,11 +551,11 @@ mod tests {
             s.enqueue(at, id, k, 1_500).unwrap();
         }
         if stale {
+            // `drop_next` 10 minutes before `now` (wrapping: stored times are modulo
+            // 2^42 ns anyway).
+            let codel = Codel::dropping_from(now.wrapping_sub(600_000 * MS));
             let st = &mut s.streams[id.index() as usize];
-            // Dropping (bit 15), count 1, `drop_next` 10 minutes before `now`, in
-            // CoDel's 1.024-us units.
-            st.codel_time = ((now >> 10) as u32).wrapping_sub(((600_000 * MS) >> 10) as u32);
-            st.codel_count = 0x8000 | 1;
+            (st.codel_time, st.codel_count) = codel.parts();
         }
         (s, id)
     }
@@ -565,7 +566,8 @@ mod tests {
         let Next::Packet(d) = s.dequeue(now) else {
             panic!("a packet is due");
         };
-        let dropping = s.streams[id.index() as usize].codel_count & 0x8000 != 0;
+        let st = &s.streams[id.index() as usize];
+        let dropping = Codel::from_parts(st.codel_time, st.codel_count).dropping();
         (s.stream_stats(id).unwrap().dropped_aqm, d.packet, dropping)
     }
 
