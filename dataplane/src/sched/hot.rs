@@ -526,29 +526,33 @@ mod tests {
     use std::sync::Arc;
 
     use super::super::{
-        Next, Policy, PolicySpec, Scheduler, SchedulerConfig, StreamConfig, StreamId,
+        Next, Policy, PolicySpec, RateCap, Scheduler, SchedulerConfig, StreamConfig, StreamId,
     };
     use super::Codel;
 
     const MS: u64 = 1_000_000;
 
-    /// A P7 stream holding 20 packets 5 ms old (above the 2 ms target, under the 10 ms
-    /// interval, so neither CoDel nor the hard limit would act on a fresh state) and 20
-    /// packets 1 ms old, 1,500 bytes each (a flood's worth of P7 turns), numbered in
-    /// order, on a shard that has not been asked for a packet yet. With `stale`, the
-    /// stream's CoDel state is a dropping state whose `drop_next` reads as 10 minutes
-    /// before `now` (a time left ~83 minutes unexamined).
-    fn setup(now: u64, stale: bool) -> (Scheduler<u32>, StreamId) {
-        let config = SchedulerConfig {
+    /// A scheduler on `policy` with one stream opened by `config`, holding
+    /// one packet per `(age, len)` of `queue` (numbered in order) at `now`, before any
+    /// dequeue call. With `stale`, the stream's CoDel state is a dropping state whose
+    /// `drop_next` reads as 10 minutes before `now` (a time left ~83 minutes
+    /// unexamined).
+    fn planted(
+        now: u64,
+        stale: bool,
+        policy: Policy,
+        config: StreamConfig,
+        queue: &[(u64, u32)],
+    ) -> (Scheduler<u32>, StreamId) {
+        let config_s = SchedulerConfig {
             max_streams: 4,
             max_packets: 64,
             event_capacity: 64,
         };
-        let mut s: Scheduler<u32> = Scheduler::new(config, Arc::new(Policy::default())).unwrap();
-        let id = s.open(StreamConfig::with_priority(7)).unwrap();
-        for k in 0..40 {
-            let at = if k < 20 { now - 5 * MS } else { now - MS };
-            s.enqueue(at, id, k, 1_500).unwrap();
+        let mut s: Scheduler<u32> = Scheduler::new(config_s, Arc::new(policy)).unwrap();
+        let id = s.open(config).unwrap();
+        for (k, &(age, len)) in queue.iter().enumerate() {
+            s.enqueue(now - age, id, k as u32, len).unwrap();
         }
         if stale {
             // `drop_next` 10 minutes before `now` (wrapping: stored times are modulo
@@ -560,14 +564,30 @@ mod tests {
         (s, id)
     }
 
+    /// A P7 stream holding 20 packets 5 ms old (above the 2 ms target, under the 10 ms
+    /// interval, so neither CoDel nor the hard limit would act on a fresh state) and 20
+    /// packets 1 ms old, 1,500 bytes each (a flood's worth of P7 turns).
+    fn setup(now: u64, stale: bool) -> (Scheduler<u32>, StreamId) {
+        let mut queue = vec![(5 * MS, 1_500); 20];
+        queue.extend([(MS, 1_500); 20]);
+        let config = StreamConfig::with_priority(7);
+        planted(now, stale, Policy::default(), config, &queue)
+    }
+
+    /// Whether stream `id` is in CoDel's dropping state, and its stored time.
+    fn codel_of(s: &Scheduler<u32>, id: StreamId) -> (bool, u32) {
+        let st = &s.streams[id.index() as usize];
+        let codel = Codel::from_parts(st.codel_time, st.codel_count);
+        (codel.dropping(), st.codel_time)
+    }
+
     /// One decision at `now`: the stream's AQM drops so far, the packet sent, and
     /// whether the stream is left in CoDel's dropping state.
     fn decide(s: &mut Scheduler<u32>, id: StreamId, now: u64) -> (u64, u32, bool) {
         let Next::Packet(d) = s.dequeue(now) else {
             panic!("a packet is due");
         };
-        let st = &s.streams[id.index() as usize];
-        let dropping = Codel::from_parts(st.codel_time, st.codel_count).dropping();
+        let dropping = codel_of(s, id).0;
         (s.stream_stats(id).unwrap().dropped_aqm, d.packet, dropping)
     }
 
@@ -613,5 +633,70 @@ mod tests {
         assert_eq!(decide(&mut s, id, now), (0, 0, false));
         s.set_policy(now, Arc::new(Policy::default()));
         assert_eq!(decide(&mut s, id, now), (0, 1, false));
+    }
+
+    /// The CoDel state of a P7 stream left in the wheel by its cap of `rate_bps`, after
+    /// a first decision (the bucket's one-packet burst) and a second that parks it. It
+    /// starts in a stale dropping state and holds four 1,500-byte packets 5 ms old:
+    /// three turns queued and within its share, so AQM does not watch its head and the
+    /// first decision keeps the episode as it is.
+    fn parked_codel(rate_bps: u64) -> (bool, u32) {
+        let now = 1_000 * MS;
+        let cap = RateCap {
+            rate_bps,
+            burst_bytes: Some(1_500),
+        };
+        let config = StreamConfig {
+            cap: Some(cap),
+            ..StreamConfig::with_priority(7)
+        };
+        // Packets of at most 1,500 bytes, so the bucket may hold just one.
+        let policy = PolicySpec {
+            max_packet_bytes: 1_500,
+            ..PolicySpec::default()
+        };
+        let policy = policy.build().unwrap();
+        let (mut s, id) = planted(now, true, policy, config, &[(5 * MS, 1_500); 4]);
+        assert_eq!(decide(&mut s, id, now), (0, 0, true), "the bucket's burst");
+        // The wait it reports is the wheel's next step, not the stream's wake time.
+        assert!(
+            matches!(s.dequeue(now), Next::Wait { .. }),
+            "the cap holds it"
+        );
+        assert_eq!(s.stream_stats(id).unwrap().dropped_aqm, 0);
+        codel_of(&s, id)
+    }
+
+    /// S14, the park reset: a stream parked by its cap for longer than CoDel's times
+    /// can be compared (`STALE_AFTER_NS`, ~18.3 min; a 1,500-byte head at 8 bit/s waits
+    /// 25 min) forgets its CoDel state when parked; a shorter park (1.5 s at 8 kbit/s)
+    /// keeps it.
+    #[test]
+    fn s14_a_stream_parked_by_its_cap_past_the_compare_window_forgets_its_codel_state() {
+        assert_eq!(parked_codel(8), (false, 0), "forgotten when parked");
+        let (dropping, time) = parked_codel(8_000);
+        assert!(dropping && time != 0, "kept: {time}");
+    }
+
+    /// S14, the unwatched-head reset: a stream with at most one DRR turn queued (two
+    /// 600-byte packets against a quantum of at least 1,514 bytes) is below target for
+    /// CoDel, so a decision on it clears the stored time of a stale dropping state.
+    /// A flood that follows then waits out a full interval before its first AQM drop;
+    /// with the stale state kept, it would lose every head above target at once.
+    #[test]
+    fn s14_a_stale_dropping_state_under_one_turn_is_cleared_before_a_flood_can_meet_it() {
+        let now = 1_000 * MS;
+        let config = StreamConfig::with_priority(7);
+        let queue = [(5 * MS, 600), (5 * MS, 600)];
+        let (mut s, id) = planted(now, true, Policy::default(), config, &queue);
+        assert_eq!(decide(&mut s, id, now), (0, 0, false));
+        assert_eq!(codel_of(&s, id), (false, 0), "the stored time is cleared");
+        // A flood arrives; 5 ms later its heads are above the 2 ms target.
+        for k in 2..42 {
+            s.enqueue(now, id, k, 1_500).unwrap();
+        }
+        let later = now + 5 * MS;
+        assert_eq!(decide(&mut s, id, later), (0, 1, false), "no drop yet");
+        assert_eq!(decide(&mut s, id, later), (0, 2, false), "no drop yet");
     }
 }
