@@ -124,6 +124,12 @@ fn script(seed: u64, steps: usize) -> Vec<Op> {
 /// Replays `ops` on a fresh scheduler; returns every output in order and the final
 /// shard counters.
 fn replay(ops: &[Op]) -> (Vec<Out>, ShardStats) {
+    replay_from(ops, 0)
+}
+
+/// [`replay`] with every time `offset` ns later (a clock that starts elsewhere); the
+/// waits it returns are taken back by `offset`.
+fn replay_from(ops: &[Op], offset: u64) -> (Vec<Out>, ShardStats) {
     let config = SchedulerConfig {
         max_streams: 1024,
         max_packets: 1 << 14,
@@ -157,13 +163,16 @@ fn replay(ops: &[Op]) -> (Vec<Out>, ShardStats) {
             Op::Enqueue { at, stream, len } => {
                 if let Some(id) = handles[stream] {
                     seq += 1;
-                    out.push(Out::Enqueued(sched.enqueue(at, id, seq, len)));
+                    out.push(Out::Enqueued(sched.enqueue(at + offset, id, seq, len)));
                 }
             }
             Op::Dequeue { at, max } => {
                 for _ in 0..max {
-                    let next = sched.dequeue(at);
+                    let mut next = sched.dequeue(at + offset);
                     let done = !matches!(next, Next::Packet(_));
+                    if let Next::Wait { until_ns } = &mut next {
+                        *until_ns -= offset;
+                    }
                     out.push(Out::Decision(next));
                     if done {
                         break;
@@ -257,4 +266,44 @@ fn s12_the_record_is_sensitive_to_a_single_changed_input() {
     let first = a.iter().zip(&b).position(|(x, y)| x != y);
     eprintln!("changing the length of op {k} changes output {first:?}");
     assert!(first.is_some(), "no output depends on a packet's length");
+}
+
+/// S12 with the clock started elsewhere: an embedder's nanosecond clock may start at
+/// boot, at the epoch or anywhere else, so the same script shifted by a constant must
+/// give the same record (waits taken back by the shift). The shifts: just under
+/// CoDel's 2^42 ns stamp wrap and off its 1,024 ns unit, 2^32, a wall clock's value,
+/// past 2^63, and the end of time (the script's last time 1 s before u64::MAX; at the
+/// very last nanosecond a wait saturates, as it must). It fails if the budget window
+/// is aligned to multiples of its length on the absolute clock.
+#[test]
+fn s12_decisions_do_not_depend_on_where_the_clock_starts() {
+    let ops = script(0x5_12, 400_000);
+    let span = ops
+        .iter()
+        .map(|o| match *o {
+            Op::Enqueue { at, .. } | Op::Dequeue { at, .. } => at,
+            _ => 0,
+        })
+        .max()
+        .unwrap();
+    let (a, shard_a) = replay(&ops);
+    let offsets = [
+        (1 << 42) - 777,
+        12_345,
+        1 << 32,
+        1_700_000_000_000_000_123,
+        (1 << 63) + 12_345,
+        u64::MAX - span - 1_000_000_000,
+    ];
+    for offset in offsets {
+        let (b, shard_b) = replay_from(&ops, offset);
+        if let Some(i) = a.iter().zip(&b).position(|(x, y)| x != y) {
+            panic!(
+                "shifted by {offset} ns, output {i} differs:\n  from 0: {:?}\n  shifted: {:?}",
+                a[i], b[i]
+            );
+        }
+        assert_eq!(a.len(), b.len(), "shifted by {offset} ns");
+        assert_eq!(shard_a, shard_b, "shifted by {offset} ns");
+    }
 }
