@@ -52,6 +52,10 @@ struct Case {
     seed: u64,
     /// Packets to aim for in the measurement window (sets its length).
     packet_budget: f64,
+    /// With `Some(k)`, the absolute part of the tolerance is `k` of the stream's own
+    /// packets over the window instead of a fraction of the link (for mixes of
+    /// thousands of streams, where the link fraction exceeds a stream's whole share).
+    packet_tol: Option<f64>,
 }
 
 /// One stream's measured throughput against the oracle.
@@ -222,7 +226,11 @@ fn run_case(case: &Case) -> Outcome {
             accepted: stats.enqueued,
         };
         out.dropped.push(row.dropped);
-        let allowed = (rel_tol * row.want_bps).max(abs_tol * LINK as f64);
+        let abs = match case.packet_tol {
+            Some(k) => k * f64::from(spec.len) * 8.0 / secs,
+            None => abs_tol * LINK as f64,
+        };
+        let allowed = (rel_tol * row.want_bps).max(abs);
         let ratio = (row.got_bps - row.want_bps).abs() / allowed;
         if ratio > out.worst_ratio {
             out.worst_ratio = ratio;
@@ -299,6 +307,7 @@ fn case_a(arrivals: Arrivals) -> Case {
         arrivals,
         seed: 0xa,
         packet_budget: 60_000.0,
+        packet_tol: None,
     }
 }
 
@@ -315,6 +324,7 @@ fn case_b(arrivals: Arrivals) -> Case {
         arrivals,
         seed: 0xb,
         packet_budget: 60_000.0,
+        packet_tol: None,
     }
 }
 
@@ -334,6 +344,7 @@ fn case_c(arrivals: Arrivals) -> Case {
         arrivals,
         seed: 0xc,
         packet_budget: 80_000.0,
+        packet_tol: None,
     }
 }
 
@@ -441,6 +452,7 @@ fn random_case(seed: u64, classes5: bool, arrivals: Arrivals) -> Case {
         arrivals,
         seed,
         packet_budget: 100_000.0,
+        packet_tol: None,
     }
 }
 
@@ -521,6 +533,59 @@ fn s3_s14_constant_rate_streams_below_their_share_lose_no_packet_in_a_wider_swee
                     case.name, spec.prio, spec.demand, outcome.dropped[i]
                 ));
             }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The random mix of `seed` grown to 500-3,000 streams: its streams repeated in turn,
+/// the added ones greedy one time in eight and otherwise at a fresh 50-97% of their
+/// share, CBR arrivals, a 24 s window. A stream's share is then a few hundredths of a
+/// percent of the link, below the usual absolute tolerance, so the tolerance's
+/// absolute part is two of the stream's own packets over the window instead.
+fn thousands(seed: u64, classes5: bool) -> Case {
+    let mut case = random_case(seed, classes5, Arrivals::Cbr);
+    let mut rng = Rng::new(seed ^ 0xdead);
+    let n = rng.range(500, 3000) as usize;
+    let base = case.streams.clone();
+    case.streams = (0..n)
+        .map(|i| {
+            let mut s = base[i % base.len()];
+            if i >= base.len() {
+                s.demand = if rng.below(8) == 0 {
+                    Demand::Greedy
+                } else {
+                    Demand::Fraction(rng.range(50, 97) as f64 / 100.0)
+                };
+            }
+            s
+        })
+        .collect();
+    case.packet_budget = 1_500_000.0;
+    case.packet_tol = Some(2.0);
+    case.name = format!("{} x{n}", case.name);
+    case
+}
+
+#[test]
+fn s3_s14_thousands_of_mixed_demand_streams_match_oracle_within_two_packets() {
+    // Outside CI, seeds 1-20 with both presets (40 mixes of 589-2,891 streams): worst
+    // 0.36 of this tolerance, no packet of a below-share stream dropped. It fails with
+    // quanta computed from weights capped at 32 (P6 streams 2-13% off).
+    let cases = [thousands(3, false), thousands(3, true), thousands(7, false)];
+    let mut failures = Vec::new();
+    for case in &cases {
+        let outcome = run_case(case);
+        failures.extend(outcome.failures.iter().cloned());
+        let lost: u64 = (case.streams.iter().zip(&outcome.dropped))
+            .filter(|(s, _)| s.demand != Demand::Greedy)
+            .map(|(_, &d)| d)
+            .sum();
+        if lost > 0 {
+            failures.push(format!(
+                "{}: below-share streams lost {lost} packets",
+                case.name
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
