@@ -18,7 +18,7 @@ mod sim;
 use std::collections::HashMap;
 
 use qos_dataplane::sched::{Policy, PolicySpec, StreamConfig, StreamId};
-use sim::{MS, Offer, Rng, SEC, Sim, oracle};
+use sim::{MS, Offer, Rng, SEC, Sim, oracle, weighted_oracle};
 
 const LINK: u64 = 100_000_000;
 
@@ -39,8 +39,25 @@ enum Arrivals {
 #[derive(Clone, Copy, Debug)]
 struct Spec {
     prio: u8,
+    /// Weight override (`None`: `2^prio`).
+    weight: Option<u16>,
     len: u32,
     demand: Demand,
+}
+
+impl Spec {
+    fn config(&self) -> StreamConfig {
+        StreamConfig {
+            weight: self.weight,
+            ..StreamConfig::with_priority(self.prio)
+        }
+    }
+
+    /// `(priority, weight, offered)` for the oracle.
+    fn claim(&self, offered_bps: f64) -> (u8, f64, f64) {
+        let weight = self.weight.map_or(1u32 << self.prio, u32::from);
+        (self.prio, f64::from(weight), offered_bps)
+    }
 }
 
 struct Case {
@@ -109,11 +126,16 @@ struct Outcome {
 
 /// What the oracle gives each stream when all of them are greedy.
 fn fair_shares(policy: &Policy, streams: &[Spec]) -> Vec<f64> {
-    let greedy: Vec<(u8, f64)> = streams
-        .iter()
-        .map(|s| (s.prio, 2.0 * LINK as f64))
-        .collect();
-    oracle(policy, LINK as f64, &greedy)
+    let greedy: Vec<_> = streams.iter().map(|s| s.claim(2.0 * LINK as f64)).collect();
+    weighted_oracle(policy, LINK as f64, &greedy)
+}
+
+/// Gives source `at`'s stream the weight override of `spec`, if any.
+fn set_weight(sim: &mut Sim, at: usize, spec: &Spec) {
+    if spec.weight.is_some() {
+        let stream = sim.sources[at].stream;
+        sim.sched.update(stream, spec.config()).unwrap();
+    }
 }
 
 fn run_case(case: &Case) -> Outcome {
@@ -130,11 +152,7 @@ fn run_case(case: &Case) -> Outcome {
     for (spec, &fair) in case.streams.iter().zip(&share) {
         match spec.demand {
             Demand::Greedy => {
-                sim.add(
-                    StreamConfig::with_priority(spec.prio),
-                    spec.len,
-                    Offer::Saturate { queued: 2 },
-                );
+                sim.add(spec.config(), spec.len, Offer::Saturate { queued: 2 });
                 nominal.push(2.0 * LINK as f64);
             }
             Demand::Fraction(f) => {
@@ -144,10 +162,12 @@ fn run_case(case: &Case) -> Outcome {
                         let interval =
                             (f64::from(spec.len) * 8.0 * SEC as f64 / rate).round() as u64;
                         let phase = rng.below(interval);
-                        sim.rate_every(spec.prio, spec.len, interval, phase);
+                        let at = sim.rate_every(spec.prio, spec.len, interval, phase);
+                        set_weight(&mut sim, at, spec);
                     }
                     Arrivals::Poisson => {
-                        sim.poisson(spec.prio, spec.len, rate, rng.next_u64());
+                        let at = sim.poisson(spec.prio, spec.len, rate, rng.next_u64());
+                        set_weight(&mut sim, at, spec);
                     }
                 }
                 nominal.push(rate);
@@ -155,14 +175,14 @@ fn run_case(case: &Case) -> Outcome {
         }
     }
     // Window length: about `packet_budget` packets at the expected rates.
-    let expect = oracle(
+    let expect = weighted_oracle(
         &case.policy,
         LINK as f64,
         &case
             .streams
             .iter()
             .zip(&nominal)
-            .map(|(s, &d)| (s.prio, d))
+            .map(|(s, &d)| s.claim(d))
             .collect::<Vec<_>>(),
     );
     let packets_per_s: f64 = expect
@@ -199,16 +219,16 @@ fn run_case(case: &Case) -> Outcome {
     for s in &sim.sent {
         got[index[&s.stream]] += weight(s.at) * f64::from(s.len);
     }
-    let demand: Vec<(u8, f64)> = case
+    let demand: Vec<_> = case
         .streams
         .iter()
         .zip(&offered)
         .map(|(s, &b)| match s.demand {
-            Demand::Greedy => (s.prio, 2.0 * LINK as f64),
-            Demand::Fraction(_) => (s.prio, b * 8.0 / secs),
+            Demand::Greedy => s.claim(2.0 * LINK as f64),
+            Demand::Fraction(_) => s.claim(b * 8.0 / secs),
         })
         .collect();
-    let want = oracle(&case.policy, LINK as f64, &demand);
+    let want = weighted_oracle(&case.policy, LINK as f64, &demand);
     let mut out = Outcome {
         failures: Vec::new(),
         worst_ratio: 0.0,
@@ -280,6 +300,7 @@ fn assert_cases(cases: &[Case]) {
 fn sparse(prio: u8, len: u32, fraction: f64) -> Spec {
     Spec {
         prio,
+        weight: None,
         len,
         demand: Demand::Fraction(fraction),
     }
@@ -288,6 +309,7 @@ fn sparse(prio: u8, len: u32, fraction: f64) -> Spec {
 fn greedy(prio: u8, len: u32) -> Spec {
     Spec {
         prio,
+        weight: None,
         len,
         demand: Demand::Greedy,
     }
@@ -432,7 +454,12 @@ fn random_case(seed: u64, classes5: bool, arrivals: Arrivals) -> Case {
         } else {
             Demand::Fraction(rng.range(50, 97) as f64 / 100.0)
         };
-        streams.push(Spec { prio, len, demand });
+        streams.push(Spec {
+            prio,
+            weight: None,
+            len,
+            demand,
+        });
     }
     if rng.below(3) == 0 {
         let busy: Vec<usize> = streams.iter().map(|s| policy.tier_of(s.prio)).collect();
@@ -589,4 +616,35 @@ fn s3_s14_thousands_of_mixed_demand_streams_match_oracle_within_two_packets() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// `case` with half its streams (drawn by `seed`) given a weight override between their
+/// tier's base weight (that of its lowest priority) and four times its top one: every
+/// quantum still covers a packet (the regime of the DRR lag bound).
+fn with_overrides(mut case: Case, seed: u64) -> Case {
+    let mut rng = Rng::new(seed ^ 0xbeef);
+    for s in &mut case.streams {
+        if rng.below(2) == 0 {
+            let tier = &case.policy.tiers()[case.policy.tier_of(s.prio)];
+            let base = 1u64 << tier.priorities.iter().min().unwrap();
+            let top = 1u64 << tier.priorities.iter().max().unwrap();
+            s.weight = Some(rng.range(base, 4 * top) as u16);
+        }
+    }
+    case.name.push_str(" overrides");
+    case
+}
+
+#[test]
+fn s3_random_mixes_with_weight_overrides_match_the_weighted_oracle() {
+    // Outside CI, seeds 1-149 (447 mixes): worst 0.31 of the tolerance. Overrides far
+    // below the tier's base weight, whose quanta are below the packets, are not in
+    // this sweep: see docs/DECISIONS.md, "A boost must not outlive its cause".
+    let cases: Vec<Case> = sweep(2000..2060)
+        .map(|c| {
+            let seed = c.seed;
+            with_overrides(without_aqm(c), seed)
+        })
+        .collect();
+    assert_cases(&cases);
 }

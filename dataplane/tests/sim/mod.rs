@@ -574,13 +574,23 @@ pub fn waterfill(capacity: f64, claims: &[(f64, f64)]) -> Vec<f64> {
 /// stream does not want goes to the others in proportion to their weights. Computed
 /// here, independently of the scheduler.
 pub fn oracle(policy: &Policy, link: f64, streams: &[(u8, f64)]) -> Vec<f64> {
+    let weighted: Vec<(u8, f64, f64)> = streams
+        .iter()
+        .map(|&(p, d)| (p, f64::from(1u32 << p), d))
+        .collect();
+    weighted_oracle(policy, link, &weighted)
+}
+
+/// [`oracle`] for streams `(priority, weight, offered_bps)`: the priority picks the
+/// tier, the weight (`2^priority` or an override) the share inside it.
+pub fn weighted_oracle(policy: &Policy, link: f64, streams: &[(u8, f64, f64)]) -> Vec<f64> {
     let tiers = policy.tiers();
     let demand: Vec<f64> = (0..tiers.len())
         .map(|t| {
             streams
                 .iter()
                 .filter(|s| policy.tier_of(s.0) == t)
-                .map(|s| s.1)
+                .map(|s| s.2)
                 .sum()
         })
         .collect();
@@ -597,7 +607,7 @@ pub fn oracle(policy: &Policy, link: f64, streams: &[(u8, f64)]) -> Vec<f64> {
             .collect();
         let claims: Vec<(f64, f64)> = members
             .iter()
-            .map(|&i| (f64::from(1u32 << streams[i].0), streams[i].1))
+            .map(|&i| (streams[i].1, streams[i].2))
             .collect();
         for (k, a) in waterfill(cap, &claims).into_iter().enumerate() {
             out[members[k]] = a;
