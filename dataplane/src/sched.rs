@@ -234,7 +234,9 @@ impl<P> Scheduler<P> {
             refused: [0; RefuseReason::COUNT],
             sojourn: sojourn::Sojourns::new(),
             record_sojourn: true,
-            window: BudgetWindow::new(c.window_ns, &[PriorityStats::default(); PRIORITIES]),
+            // Ended: the first dequeue call opens the first window, wherever the
+            // caller's clock starts (S12).
+            window: BudgetWindow::new(0, &[PriorityStats::default(); PRIORITIES]),
             events,
             aging_next: 0,
             last_call: 0,

@@ -637,9 +637,10 @@ mod tests {
 
     /// The CoDel state of a P7 stream left in the wheel by its cap of `rate_bps`, after
     /// a first decision (the bucket's one-packet burst) and a second that parks it. It
-    /// starts in a stale dropping state and holds four 1,500-byte packets 5 ms old:
-    /// three turns queued and within its share, so AQM does not watch its head and the
-    /// first decision keeps the episode as it is.
+    /// starts in a stale dropping state and holds four 1,500-byte packets 5 ms old: about
+    /// two of P7's 3,028-byte turns, within its share and under the flood mark of 8
+    /// turns, so AQM does not watch its head and the first decision keeps the episode
+    /// as it is.
     fn parked_codel(rate_bps: u64) -> (bool, u32) {
         let now = 1_000 * MS;
         let cap = RateCap {
@@ -667,22 +668,22 @@ mod tests {
         codel_of(&s, id)
     }
 
-    /// S14, the park reset: a stream parked by its cap for longer than CoDel's times
-    /// can be compared (`STALE_AFTER_NS`, ~18.3 min; a 1,500-byte head at 8 bit/s waits
-    /// 25 min) forgets its CoDel state when parked; a shorter park (1.5 s at 8 kbit/s)
-    /// keeps it.
+    /// S14, the park reset: a stream parked by its cap for `STALE_AFTER_NS` (2^40 ns,
+    /// ~18.3 min) or longer forgets its CoDel state when parked; a shorter park keeps
+    /// it. A 1,500-byte head waits 20 min at 10 bit/s and 18.2 min at 11 bit/s.
     #[test]
-    fn s14_a_stream_parked_by_its_cap_past_the_compare_window_forgets_its_codel_state() {
-        assert_eq!(parked_codel(8), (false, 0), "forgotten when parked");
-        let (dropping, time) = parked_codel(8_000);
+    fn s14_a_stream_parked_by_its_cap_past_the_stale_bound_forgets_its_codel_state() {
+        assert_eq!(parked_codel(10), (false, 0), "forgotten when parked");
+        let (dropping, time) = parked_codel(11);
         assert!(dropping && time != 0, "kept: {time}");
     }
 
     /// S14, the unwatched-head reset: a stream with at most one DRR turn queued (two
-    /// 600-byte packets against a quantum of at least 1,514 bytes) is below target for
-    /// CoDel, so a decision on it clears the stored time of a stale dropping state.
-    /// A flood that follows then waits out a full interval before its first AQM drop;
-    /// with the stale state kept, it would lose every head above target at once.
+    /// 600-byte packets, estimated at 2 x 757 bytes against P7's 3,028-byte quantum) is
+    /// below target for CoDel, so a decision on it clears the stored time of a stale
+    /// dropping state. A flood that follows then starts a fresh interval timer and
+    /// loses nothing in its first decisions; with the stale state kept, its first
+    /// decision drops 39 of the 41 packets queued.
     #[test]
     fn s14_a_stale_dropping_state_under_one_turn_is_cleared_before_a_flood_can_meet_it() {
         let now = 1_000 * MS;
@@ -698,5 +699,7 @@ mod tests {
         let later = now + 5 * MS;
         assert_eq!(decide(&mut s, id, later), (0, 1, false), "no drop yet");
         assert_eq!(decide(&mut s, id, later), (0, 2, false), "no drop yet");
+        let (dropping, time) = codel_of(&s, id);
+        assert!(!dropping && time != 0, "a fresh interval timer runs");
     }
 }
