@@ -652,26 +652,25 @@ fn s3_random_mixes_with_weight_overrides_match_the_weighted_oracle() {
     assert_cases(&cases);
 }
 
-/// `n` greedy streams of priority `prio` with weights `weights` and packet lengths
-/// `lens`, alone on the link under `policy` with AQM off.
-fn greedy_weighted(name: String, policy: Policy, prio: u8, streams: &[(u16, u32)]) -> Case {
+/// `streams` alone on the link under `policy` with AQM off, CBR arrivals.
+fn alone_without_aqm(name: String, policy: Policy, streams: Vec<Spec>) -> Case {
     without_aqm(Case {
         name,
         policy,
-        streams: streams
-            .iter()
-            .map(|&(w, len)| Spec {
-                prio,
-                weight: Some(w),
-                len,
-                demand: Demand::Greedy,
-            })
-            .collect(),
+        streams,
         arrivals: Arrivals::Cbr,
         seed: 1,
         packet_budget: 200_000.0,
         packet_tol: None,
     })
+}
+
+/// A greedy stream of priority `prio` with weight override `weight`.
+fn greedy_weighted(prio: u8, weight: u16, len: u32) -> Spec {
+    Spec {
+        weight: Some(weight),
+        ..greedy(prio, len)
+    }
 }
 
 /// S3/S13: in `classes5`'s System tier (P6 alone, base weight 64: 23.7 bytes of quantum
@@ -683,11 +682,14 @@ fn greedy_weighted(name: String, policy: Policy, prio: u8, streams: &[(u16, u32)
 /// stream got 32.53% of the link for 33.33% (-2.4%), at 14 s and 24 s windows alike.
 #[test]
 fn s3_s13_a_boost_that_rises_and_falls_does_not_bias_three_streams_far_below_their_quanta() {
-    assert_cases(&[greedy_weighted(
+    assert_cases(&[alone_without_aqm(
         "classes5 System 3/5/1".to_owned(),
         Policy::classes5(),
-        6,
-        &[(3, 1317), (5, 536), (1, 1288)],
+        vec![
+            greedy_weighted(6, 3, 1317),
+            greedy_weighted(6, 5, 536),
+            greedy_weighted(6, 1, 1288),
+        ],
     )]);
 }
 
@@ -700,31 +702,29 @@ fn boosted_mix(seed: u64) -> Case {
     let mut rng = Rng::new(seed ^ 0xb005);
     let n = rng.range(2, 6) as usize;
     if seed.is_multiple_of(2) {
-        let streams: Vec<_> = (0..n)
-            .map(|_| (rng.range(1, 8) as u16, rng.range(200, 1514) as u32))
-            .collect();
-        greedy_weighted(
-            format!("seed {seed} classes5 System weights 1-8"),
-            Policy::classes5(),
-            6,
-            &streams,
-        )
-    } else {
-        let mut case = greedy_weighted(
-            format!("seed {seed} default High jumbo"),
-            Policy::default(),
-            6,
-            &[],
-        );
-        case.streams = (0..n)
-            .map(|_| Spec {
-                prio: 6 + rng.below(2) as u8,
-                weight: None,
-                len: rng.range(200, 9000) as u32,
-                demand: Demand::Greedy,
+        let streams = (0..n)
+            .map(|_| {
+                let w = rng.range(1, 8) as u16;
+                greedy_weighted(6, w, rng.range(200, 1514) as u32)
             })
             .collect();
-        case
+        alone_without_aqm(
+            format!("seed {seed} classes5 System weights 1-8"),
+            Policy::classes5(),
+            streams,
+        )
+    } else {
+        let streams = (0..n)
+            .map(|_| {
+                let prio = 6 + rng.below(2) as u8;
+                greedy(prio, rng.range(200, 9000) as u32)
+            })
+            .collect();
+        alone_without_aqm(
+            format!("seed {seed} default High jumbo"),
+            Policy::default(),
+            streams,
+        )
     }
 }
 

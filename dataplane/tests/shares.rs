@@ -142,36 +142,60 @@ fn s3_weight_override_replaces_two_to_the_priority() {
 /// the given weight overrides and `quantum_bytes`, 1000-byte packets, each stream
 /// refilled as it is served: each stream's share of the bytes sent in `decisions`.
 fn p7_override_shares(quantum_bytes: u32, weights: &[u16], decisions: u32) -> Vec<f64> {
+    p7_override_shares_with_churn(quantum_bytes, weights, decisions, None)
+}
+
+/// [`p7_override_shares`], and with `churn = Some((every, rng))`, every `every`
+/// decisions an extra backlogged P7 stream (weight 1-8, three packets, refilled as
+/// served) is opened, or one of them closed (always when four are open), drawn from
+/// `rng`. The shares are those of the `weights` streams among themselves.
+fn p7_override_shares_with_churn(
+    quantum_bytes: u32,
+    weights: &[u16],
+    decisions: u32,
+    mut churn: Option<(u32, &mut sim::Rng)>,
+) -> Vec<f64> {
     let spec = PolicySpec {
         quantum_bytes,
         ..PolicySpec::classes5()
     };
     let policy = Arc::new(spec.build().unwrap());
     let mut s: Scheduler<u32> = Scheduler::new(SchedulerConfig::default(), policy).unwrap();
-    let ids: Vec<_> = weights
-        .iter()
-        .map(|&w| {
-            s.open(StreamConfig {
-                priority: Priority::ALL[7],
-                weight: Some(w),
-                cap: None,
-            })
-            .unwrap()
-        })
-        .collect();
+    let p7 = |w: u16| StreamConfig {
+        priority: Priority::ALL[7],
+        weight: Some(w),
+        cap: None,
+    };
+    let ids: Vec<_> = weights.iter().map(|&w| s.open(p7(w)).unwrap()).collect();
     for &id in &ids {
         for _ in 0..10 {
             s.enqueue(0, id, 0, 1000).unwrap();
         }
     }
-    let mut bytes = vec![0u64; ids.len()];
-    for _ in 0..decisions {
-        let Next::Packet(d) = s.dequeue(0) else {
+    let (mut extra, mut bytes) = (Vec::new(), vec![0u64; ids.len()]);
+    for d in 0..decisions {
+        if let Some((every, rng)) = churn.as_mut()
+            && d % *every == 0
+        {
+            if extra.len() > 3 || (!extra.is_empty() && rng.below(2) == 0) {
+                let gone = extra.swap_remove(rng.below(extra.len() as u64) as usize);
+                s.close(gone).unwrap();
+                while s.pop_reclaimed().is_some() {}
+            } else {
+                let e = s.open(p7(rng.range(1, 8) as u16)).unwrap();
+                for _ in 0..3 {
+                    s.enqueue(0, e, 0, 1000).unwrap();
+                }
+                extra.push(e);
+            }
+        }
+        let Next::Packet(p) = s.dequeue(0) else {
             panic!("every stream is backlogged")
         };
-        let i = ids.iter().position(|&x| x == d.stream).unwrap();
-        bytes[i] += u64::from(d.len);
-        s.enqueue(0, d.stream, 0, 1000).unwrap();
+        if let Some(i) = ids.iter().position(|&x| x == p.stream) {
+            bytes[i] += u64::from(p.len);
+        }
+        s.enqueue(0, p.stream, 0, 1000).unwrap();
     }
     let total: u64 = bytes.iter().sum();
     bytes.iter().map(|&b| b as f64 / total as f64).collect()
@@ -396,15 +420,15 @@ fn s13_a_boost_decays_while_the_jumbo_stream_that_raised_it_stays() {
 }
 
 /// S3/S13: random sets of 2-7 greedy P7 streams whose overrides are mostly far below
-/// High's base weight (1-8, some up to 400) with `Q` of 64-1,514 bytes, so that many
-/// quanta are a few bytes for 1,000-byte packets and the class's quanta are doubled
-/// and halved as debts come and go. While a change took effect at the visit it
-/// happened at, 58 of these 200 sets had a stream more than 2% off its weight (worst
-/// 11.3%); with changes that cannot favour a place in the round, the worst is 0.34%.
+/// Critical's base weight in `classes5` (1-8, some up to 400, against 128) with `Q` of
+/// 64-1,514 bytes, so that many quanta are a few bytes for 1,000-byte packets and the
+/// class's quanta are doubled and halved as debts come and go. While a change took
+/// effect at the visit it happened at, 58 of these 200 sets had a stream more than 2%
+/// off its weight (worst 11.3%); with changes that cannot favour a place in the round,
+/// the worst is 0.34%.
 #[test]
 fn s3_s13_overrides_far_below_the_tier_base_keep_their_share_while_the_boost_moves() {
     let mut rng = sim::Rng::new(12_345);
-    let (mut failures, mut worst) = (Vec::new(), 0.0f64);
     for _ in 0..200 {
         let q = [64, 100, 300, 1514][rng.below(4) as usize];
         let n = rng.range(2, 7) as usize;
@@ -418,90 +442,36 @@ fn s3_s13_overrides_far_below_the_tier_base_keep_their_share_while_the_boost_mov
             })
             .collect();
         let shares = p7_override_shares(q, &weights, 200_000);
-        let sum: f64 = weights.iter().map(|&w| f64::from(w)).sum();
-        for (&got, &w) in shares.iter().zip(&weights) {
-            let want = f64::from(w) / sum;
-            worst = worst.max((got / want - 1.0).abs());
-            if (got / want - 1.0).abs() > 0.02 {
-                failures.push(format!(
-                    "Q {q}, weights {weights:?}: weight {w} got {got:.5} of the bytes, want {want:.5}"
-                ));
-            }
-        }
+        let w: Vec<f64> = weights.iter().map(|&w| f64::from(w)).collect();
+        assert_shares_follow_weights(&shares, &w, |i| {
+            format!("Q {q}, weights {weights:?}: weight {}", weights[i])
+        });
     }
-    println!("worst {:.2}% off", 100.0 * worst);
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// S3/S13 with control actions in boosted rounds: 2-7 greedy P7 streams of weights 1-8
-/// (quanta far below their 1,000-byte packets, `Q` 64-1,514), beside which extra
-/// backlogged P7 streams are opened and closed every 5-200 decisions. A close unlinks
-/// its stream from the middle of the round, which shifts the class's count of
-/// removals by one for the streams ahead of it, so the payment for a rise may land on
-/// a neighbour for a round (see `docs/DECISIONS.md`). The persistent streams must
-/// still share their bytes by weight within 2%: 100 sets, worst 0.10% (with a boost
-/// change taking effect at the visit it happened at: 11 sets out, worst 3.0%).
+/// S3/S13 with control actions in boosted rounds: the sets above with weights 1-8
+/// only, beside which extra backlogged P7 streams are opened and closed every 5-200
+/// decisions. A close unlinks its stream from the middle of the round, which shifts
+/// the class's count of removals by one for the streams ahead of it, so the payment
+/// for a rise may land on a neighbour for a round (see `docs/DECISIONS.md`). The
+/// persistent streams must still share their bytes by weight within 2%: 100 sets,
+/// worst 0.09% (with a boost change taking effect at the visit it happened at: 14
+/// streams past 2%, worst 3.2%).
 #[test]
 fn s3_s13_streams_opened_and_closed_mid_round_leave_a_boosted_class_fair() {
     let mut rng = sim::Rng::new(777);
-    let mut failures = Vec::new();
     for _ in 0..100 {
         let q = [64, 100, 300, 1514][rng.below(4) as usize];
         let n = rng.range(2, 7) as usize;
         let weights: Vec<u16> = (0..n).map(|_| rng.range(1, 8) as u16).collect();
-        let every = rng.range(5, 200);
-        let policy = PolicySpec {
-            quantum_bytes: q,
-            ..PolicySpec::default()
-        }
-        .build()
-        .unwrap();
-        let mut s: Scheduler<u32> =
-            Scheduler::new(SchedulerConfig::default(), Arc::new(policy)).unwrap();
-        let p7 = |w: u16| StreamConfig {
-            priority: Priority::ALL[7],
-            weight: Some(w),
-            cap: None,
-        };
-        let ids: Vec<_> = weights.iter().map(|&w| s.open(p7(w)).unwrap()).collect();
-        for &id in &ids {
-            for _ in 0..10 {
-                s.enqueue(0, id, 0, 1000).unwrap();
-            }
-        }
-        let (mut extra, mut bytes) = (Vec::new(), vec![0u64; n]);
-        for d in 0..200_000u64 {
-            if d % every == 0 {
-                if extra.len() > 3 || (!extra.is_empty() && rng.below(2) == 0) {
-                    let gone = extra.swap_remove(rng.below(extra.len() as u64) as usize);
-                    s.close(gone).unwrap();
-                    while s.pop_reclaimed().is_some() {}
-                } else {
-                    let e = s.open(p7(rng.range(1, 8) as u16)).unwrap();
-                    for _ in 0..3 {
-                        s.enqueue(0, e, 0, 1000).unwrap();
-                    }
-                    extra.push(e);
-                }
-            }
-            let Next::Packet(p) = s.dequeue(0) else {
-                panic!("every stream is backlogged")
-            };
-            if let Some(i) = ids.iter().position(|&x| x == p.stream) {
-                bytes[i] += u64::from(p.len);
-            }
-            s.enqueue(0, p.stream, 0, 1000).unwrap();
-        }
-        let total: u64 = bytes.iter().sum();
-        let sum: f64 = weights.iter().map(|&w| f64::from(w)).sum();
-        for (&b, &w) in bytes.iter().zip(&weights) {
-            let (got, want) = (b as f64 / total as f64, f64::from(w) / sum);
-            if (got / want - 1.0).abs() > 0.02 {
-                failures.push(format!(
-                    "Q {q}, weights {weights:?}, churn every {every}: weight {w} got {got:.5}, want {want:.5}"
-                ));
-            }
-        }
+        let every = rng.range(5, 200) as u32;
+        let shares = p7_override_shares_with_churn(q, &weights, 200_000, Some((every, &mut rng)));
+        let w: Vec<f64> = weights.iter().map(|&w| f64::from(w)).collect();
+        assert_shares_follow_weights(&shares, &w, |i| {
+            format!(
+                "Q {q}, weights {weights:?}, churn every {every}: weight {}",
+                weights[i]
+            )
+        });
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

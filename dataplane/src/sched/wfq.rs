@@ -712,13 +712,12 @@ impl Wfq {
         let before = last.at[..n].iter().take_while(|&&at| at <= j).count();
         if before < n {
             let (then, end) = (last.from + before as u32, last.from + last.n);
+            // Both credits rounded with one fresh dither step, so the difference is
+            // exact on average (truncated, one owed 12.5 bytes a round lost 4%).
             let class = &mut self.classes[c];
-            let exact = u64::from(self.quantum) * u64::from(w);
-            // Rounded as a top-up is (one owed 12.5 bytes a round lost 4% truncated).
             class.dither = class.dither.wrapping_add(DITHER_STEP);
-            let fraction = (u64::from(class.dither) << class.shift) >> 32;
-            let owed = (((exact << end) - (exact << then)) + fraction) >> class.shift;
-            deficit = deficit.saturating_add(owed.min(MAX_STREAM_QUANTUM) as i32);
+            let owed = self.credit(c, w, end) - self.credit(c, w, then);
+            deficit = deficit.saturating_add(owed);
         }
         deficit
     }
