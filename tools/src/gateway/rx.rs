@@ -530,6 +530,86 @@ impl Rx {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::GatewayConfig;
+    use qos_dataplane::runtime::{Dataplane, Egress, Outbox, Pinning, StopMode};
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicU64;
+
+    /// Takes every packet offered, counting them.
+    struct Sink(Arc<AtomicU64>);
+
+    impl Egress<Packet> for Sink {
+        fn send(&mut self, _now_ns: u64, out: &mut Outbox<'_, Packet>) {
+            while out.pop().is_some() {
+                self.0.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    /// A full flow table sweeps idle flows and may close their streams. Datagrams
+    /// already staged in the same batch hold those streams' handles, so they are
+    /// enqueued before the sweep: with `flow_idle_ms = 0` (every flow counts as idle)
+    /// a datagram whose flow the same batch then evicts still reaches the dataplane,
+    /// which sends it or counts it `closed` (S11), rather than being dropped at the
+    /// gateway as `unclassified` against a handle closed under it.
+    #[test]
+    fn s11_a_datagram_staged_before_an_eviction_reaches_the_dataplane() {
+        let config = GatewayConfig::embedded().expect("the embedded default is valid");
+        let sent = Arc::new(AtomicU64::new(0));
+        let (dp, mut producers) = Dataplane::<Packet>::builder()
+            .workers(1)
+            .producers(1)
+            .pinning(Pinning::Off)
+            .policy(Arc::new(config.policy.clone()))
+            .build(|_| Sink(sent.clone()))
+            .expect("a one-worker dataplane");
+        let producer = producers.pop().expect("one producer");
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("a loopback socket");
+        let counters = Arc::new(GatewayCounters::default());
+        let classifier = Arc::new(ArcSwap::from_pointee(Classifier::new(&config, 1)));
+        let settings = RxSettings {
+            max_datagram: 65_507,
+            flow_table: 1,
+            flow_idle_ms: 0,
+        };
+        let mut rx = Rx::new(socket, producer, classifier, counters.clone(), settings)
+            .expect("an Rx on loopback");
+        let a: SocketAddr = "127.0.0.1:40001".parse().expect("address");
+        let b: SocketAddr = "127.0.0.1:40002".parse().expect("address");
+        let payload = b"not a load-generator datagram";
+        // One batch, as `run` makes it (one `now_ms`): A's datagram is staged, then
+        // B's finds the one-flow table full and sweeps, evicting A's flow and closing
+        // its stream.
+        let now_ms = 5_000;
+        rx.batch = 1;
+        rx.handle(a, payload, 0..payload.len(), &mut Share::Unset, now_ms);
+        rx.handle(b, payload, 0..payload.len(), &mut Share::Unset, now_ms);
+        rx.enqueue_staged();
+        assert_eq!(
+            counters.flow_evictions.load(Relaxed),
+            1,
+            "A's flow was evicted"
+        );
+        let streams = counters.streams();
+        assert_eq!(streams.len(), 2, "one stream per source: {streams:?}");
+        for s in &streams {
+            assert_eq!(
+                (s.received, s.enqueued, s.dropped_total),
+                (1, 1, 0),
+                "both datagrams enqueued, none dropped at the gateway: {streams:?}"
+            );
+        }
+        drop(rx);
+        let report = dp.shutdown(StopMode::Drain).expect("a clean drain");
+        let counts = (report.taken(), report.sent(), report.discarded());
+        assert!(report.is_conserved(), "taken, sent, discarded: {counts:?}");
+        // B's datagram is sent; A's is sent or, closed with its stream, discarded
+        // with a counted reason.
+        assert_eq!(report.taken(), 2, "taken, sent, discarded: {counts:?}");
+        assert_eq!(report.sent() + report.discarded(), 2, "{counts:?}");
+        assert!(report.sent() >= 1, "taken, sent, discarded: {counts:?}");
+        assert_eq!(sent.load(Relaxed), report.sent());
+    }
 
     #[test]
     fn the_pool_reuses_a_buffer_once_no_packet_holds_it() {
