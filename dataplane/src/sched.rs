@@ -250,9 +250,10 @@ impl<P> Scheduler<P> {
     /// Adopts `policy` at time `now` (ns, the caller's clock); it governs the very next
     /// decision. Time before `now` is credited to the link bucket at the old rate, after
     /// it at the new one (S5). Backlogged streams keep their queues (a lowered depth only
-    /// refuses further growth). No allocation; O(classes + parked streams), or
-    /// O(streams) when the mapping of priorities to tiers changes or aging is switched
-    /// off.
+    /// refuses further growth). Rate caps' buckets follow a new `max_packet_bytes` or
+    /// `cap_burst_multiplier` (tokens held are kept). No allocation; O(classes + parked
+    /// streams), or O(capped streams) when either of those two changes, or O(streams)
+    /// when the mapping of priorities to tiers changes or aging is switched off.
     pub fn set_policy(&mut self, now: u64, policy: Arc<Policy>) {
         let now = self.advance(now);
         let mut tier_of = [0u8; PRIORITIES];
@@ -263,7 +264,12 @@ impl<P> Scheduler<P> {
         if remapped || policy.spec().aging_timeout_ns.is_none() {
             self.end_promotions();
         }
+        let caps_resized = self.c.max_packet != policy.spec().max_packet_bytes
+            || self.c.cap_multiplier != policy.spec().cap_burst_multiplier;
         self.c = Compiled::of(&policy);
+        if caps_resized {
+            self.resize_caps();
+        }
         self.aging_next = now;
         // A shorter window applies from now; a longer one from the next window.
         self.window.end = self.window.end.min(now.saturating_add(self.c.window_ns));

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use qos_dataplane::sched::{
-    DropReason, Event, LinkRate, Next, Policy, PolicySpec, Priority, RateCap, Rejection, Scheduler,
-    SchedulerConfig, StreamConfig, StreamError,
+    BatchEnd, DropReason, Event, LinkRate, Next, Policy, PolicySpec, Priority, RateCap, Rejection,
+    Scheduler, SchedulerConfig, StreamConfig, StreamError,
 };
 
 fn sched(policy: PolicySpec) -> Scheduler<u32> {
@@ -107,6 +107,206 @@ fn s6_a_cap_larger_than_its_bucket_after_a_policy_change_still_passes() {
         }
     }
     panic!("the capped packet never left");
+}
+
+/// Largest `bytes - rate * t` (bytes, rounded in the scheduler's favour) over every
+/// interval between two sends of `log` (`(ns, len)`, in time order).
+fn worst_excess(log: &[(u64, u32)], rate_bps: u64) -> i128 {
+    let mut worst = i128::MIN;
+    for (i, &(from, _)) in log.iter().enumerate() {
+        let mut bytes = 0i128;
+        for &(at, len) in &log[i..] {
+            bytes += i128::from(len);
+            let allowed = i128::from(rate_bps) * i128::from(at - from) / 8_000_000_000;
+            worst = worst.max(bytes - allowed);
+        }
+    }
+    worst
+}
+
+/// Sends what `s` releases from `now` on, following its waits, until it is idle or
+/// `sent` holds `n` packets.
+fn drain_paced(s: &mut Scheduler<u32>, mut now: u64, n: usize, sent: &mut Vec<(u64, u32)>) {
+    while sent.len() < n {
+        match s.dequeue(now) {
+            Next::Packet(d) => sent.push((now, d.len)),
+            Next::Wait { until_ns } => now = until_ns,
+            Next::Idle => return,
+        }
+    }
+}
+
+/// Found by a red-team review: packets queued before a policy shrank the link's burst
+/// below them each took only one (small) bucket, so 50 packets of 9,000 bytes left at
+/// 6x the link rate (450,000 bytes in 73.5 ms at 1 byte/us). An oversize packet is
+/// now charged in full (the bucket earns nothing until its excess is paid): within
+/// `rate * t + max(burst, largest packet)` over every interval, and at the rate.
+#[test]
+fn s5_packets_queued_before_the_burst_shrank_below_them_are_charged_in_full() {
+    let rate = 8_000_000; // one byte a microsecond
+    let a = PolicySpec {
+        link: Some(LinkRate {
+            rate_bps: rate,
+            burst_bytes: 9_216,
+        }),
+        // The packets wait up to 450 ms: no queue-delay control here.
+        aqm: false,
+        ..PolicySpec::default()
+    };
+    let mut s = sched(a.clone());
+    let id = s.open(StreamConfig::with_priority(3)).unwrap();
+    for i in 0..50 {
+        s.enqueue(0, id, i, 9_000).unwrap();
+    }
+    let b = PolicySpec {
+        version: 2,
+        max_packet_bytes: 1_500,
+        quantum_bytes: 1_500,
+        link: Some(LinkRate {
+            rate_bps: rate,
+            burst_bytes: 1_500,
+        }),
+        ..a
+    };
+    s.set_policy(0, Arc::new(b.build().unwrap()));
+    let mut sent = Vec::new();
+    drain_paced(&mut s, 0, 50, &mut sent);
+    assert_eq!(sent.len(), 50, "every packet leaves");
+    let worst = worst_excess(&sent, rate);
+    assert!(worst <= 9_000, "{worst} bytes above rate * t");
+    let span_us = (sent[49].0 - sent[0].0) / 1_000;
+    assert!(
+        span_us >= 49 * 9_000 - 1_500,
+        "49 packets after the first take 441,000 us at the rate, less at most one \
+         bucket: {span_us} us"
+    );
+}
+
+/// Found by a red-team review: a cap's bucket was sized when the stream opened and
+/// kept that size when a policy raised `max_packet_bytes`, so a cap of 80 kbit/s
+/// with a 1,500-byte bucket passed 9,000-byte packets at one bucket each: 603,000
+/// bytes in 10 s against 100,000. The bucket now follows the policy (at least one
+/// largest packet), whether the cap names its own burst or takes the default.
+#[test]
+fn s6_a_cap_follows_a_raised_max_packet_and_keeps_its_rate() {
+    for burst_bytes in [None, Some(1_500)] {
+        let small = PolicySpec {
+            max_packet_bytes: 1_500,
+            quantum_bytes: 1_500,
+            aqm: false,
+            ..PolicySpec::default()
+        };
+        let mut s = sched(small.clone());
+        let cap_bps = 80_000; // 10,000 bytes a second
+        let cap = Some(RateCap {
+            rate_bps: cap_bps,
+            burst_bytes,
+        });
+        let config = StreamConfig {
+            priority: Priority::ALL[3],
+            weight: None,
+            cap,
+        };
+        let id = s.open(config).unwrap();
+        let big = PolicySpec {
+            version: 2,
+            max_packet_bytes: 9_216,
+            quantum_bytes: 1_514,
+            ..small
+        };
+        s.set_policy(0, Arc::new(big.build().unwrap()));
+        let (mut now, mut k, mut sent) = (0u64, 0u32, Vec::new());
+        let horizon = 10_000_000_000;
+        while now <= horizon {
+            while s.stream_stats(id).unwrap().queued < 4 {
+                s.enqueue(now, id, k, 9_000).unwrap();
+                k += 1;
+            }
+            match s.dequeue(now) {
+                Next::Packet(d) => sent.push((now, d.len)),
+                Next::Wait { until_ns } => now = until_ns,
+                Next::Idle => panic!("a saturated stream is never idle"),
+            }
+        }
+        let bytes: u64 = sent.iter().map(|&(_, len)| u64::from(len)).sum();
+        // 10 s at the cap plus the new bucket (one largest packet).
+        assert!(
+            bytes <= 100_000 + 9_216,
+            "burst {burst_bytes:?}: {bytes} bytes in 10 s"
+        );
+        assert!(
+            bytes >= 90_000,
+            "burst {burst_bytes:?}: the cap is still met: {bytes}"
+        );
+        let worst = worst_excess(&sent, cap_bps);
+        assert!(
+            worst <= 9_216,
+            "burst {burst_bytes:?}: {worst} bytes above rate * t"
+        );
+    }
+}
+
+/// Found by a red-team review: a new `cap_burst_multiplier` did not reach caps
+/// already open (a bucket of 2.0 x 10 ms kept bursting 25,000 bytes under 1.0). The
+/// bucket now takes the new depth; the tokens held are kept, clamped to it.
+#[test]
+fn s6_a_cap_follows_a_changed_burst_multiplier() {
+    let at = |multiplier: f64, version: u64| PolicySpec {
+        version,
+        aqm: false,
+        cap_burst_multiplier: multiplier,
+        ..PolicySpec::default()
+    };
+    let mut s = sched(at(2.0, 1));
+    let cap = Some(RateCap {
+        rate_bps: 10_000_000, // 10 ms at the cap: 12,500 bytes
+        burst_bytes: None,
+    });
+    let config = StreamConfig {
+        priority: Priority::ALL[4],
+        weight: None,
+        cap,
+    };
+    let id = s.open(config).unwrap();
+    let burst_at = |s: &mut Scheduler<u32>, now: u64| {
+        for i in 0..200 {
+            s.enqueue(now, id, i, 500).unwrap();
+        }
+        let mut out = Vec::new();
+        let end = s.dequeue_batch(now, 1_000, &mut out);
+        assert!(
+            matches!(end, BatchEnd::Wait { .. }),
+            "the cap stops the burst"
+        );
+        let bytes: u64 = out.iter().map(|d| u64::from(d.len)).sum();
+        // Let the rest go and the bucket fill again.
+        let mut later = Vec::new();
+        drain_paced(s, now, usize::MAX, &mut later);
+        bytes
+    };
+    assert_eq!(burst_at(&mut s, 0), 25_000, "2.0 x 12,500 bytes");
+    s.set_policy(20_000_000_000, Arc::new(at(1.0, 2).build().unwrap()));
+    assert_eq!(
+        burst_at(&mut s, 20_000_000_000),
+        12_500,
+        "a full bucket clamped to 1.0 x"
+    );
+    assert_eq!(
+        burst_at(&mut s, 40_000_000_000),
+        12_500,
+        "and after an idle"
+    );
+    s.set_policy(60_000_000_000, Arc::new(at(4.0, 3).build().unwrap()));
+    assert_eq!(
+        burst_at(&mut s, 60_000_000_000),
+        12_500,
+        "a larger bucket is not refilled by the change"
+    );
+    assert_eq!(
+        burst_at(&mut s, 80_000_000_000),
+        50_000,
+        "4.0 x once it fills"
+    );
 }
 
 #[test]

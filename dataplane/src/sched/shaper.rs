@@ -4,6 +4,13 @@
 //! nanosecond at `rate_bps` adds exactly `rate_bps` tokens: refilling multiplies and
 //! never divides, and the bound `bytes <= rate * t + burst` holds exactly in integers.
 //! The only division computes how long to wait, on the path that returns a wait.
+//!
+//! A packet larger than the whole bucket (one queued before a policy change shrank
+//! the burst, or grew the packets a cap's bucket was sized for) cannot wait for its
+//! tokens, which would never fit: it passes when the bucket is full and pays the rest
+//! in time, the bucket earning nothing until the excess is paid off. So the long-run
+//! rate holds exactly, and over any interval `t` the bytes are at most
+//! `rate * t + max(burst, largest packet)`.
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 
@@ -15,6 +22,8 @@ pub(crate) struct TokenBucket {
     rate_bps: u64,
     /// Idle time after which the bucket is full whatever it held.
     fill_ns: u64,
+    /// When tokens were last added; later than the clock while an oversize packet's
+    /// excess is paid off (the bucket earns from here on).
     last: u64,
 }
 
@@ -33,20 +42,34 @@ impl TokenBucket {
     }
 
     /// Changes rate and depth at `now`: tokens earned so far are credited at the old
-    /// rate, the ones held are kept (clamped to the new depth), never refilled.
+    /// rate, the ones held are kept (clamped to the new depth), never refilled; an
+    /// excess still owed is carried over, paid at the new rate.
     pub(crate) fn reconfigure(&mut self, rate_bps: u64, burst_bytes: u64, now: u64) {
         self.refill(now);
-        let (tokens, last) = (self.tokens, self.last);
+        let (tokens, last, old_rate) = (self.tokens, self.last, self.rate_bps);
+        let owing_ns = last.saturating_sub(now);
         *self = Self::new(rate_bps, burst_bytes, last);
         self.tokens = tokens.min(self.depth);
+        if owing_ns > 0 {
+            // The tokens owed: nanoseconds owed (at most a 64 KiB packet's worth at
+            // 1 bit/s, under 2^49) times a rate under 2^64, so u128.
+            let owed = u128::from(owing_ns) * u128::from(old_rate);
+            let ns = owed.div_ceil(u128::from(self.rate_bps));
+            self.last = now.saturating_add(u64::try_from(ns).unwrap_or(u64::MAX));
+        }
     }
 
-    /// Tokens `len` bytes take. A packet larger than the whole bucket (possible only
-    /// when a policy change shrank the burst below a packet already queued) takes a full
-    /// bucket, so it waits for one and then passes instead of waiting forever.
+    /// Tokens `len` bytes take at full size.
+    #[inline(always)]
+    fn size(len: u32) -> u64 {
+        u64::from(len) * 8 * NS_PER_SEC
+    }
+
+    /// Tokens `len` bytes must find in the bucket: all of them, or a full bucket for
+    /// a packet larger than the bucket (the rest is paid in time by `consume`).
     #[inline(always)]
     fn cost(&self, len: u32) -> u64 {
-        (u64::from(len) * 8 * NS_PER_SEC).min(self.depth)
+        Self::size(len).min(self.depth)
     }
 
     /// Adds the tokens earned since the last call (time never runs backwards here).
@@ -71,14 +94,31 @@ impl TokenBucket {
         if self.tokens >= cost {
             None
         } else {
-            Some((cost - self.tokens).div_ceil(self.rate_bps))
+            // The bucket earns from `last` on (later than `now` while an excess is owed).
+            let owing = self.last.saturating_sub(now);
+            Some(owing.saturating_add((cost - self.tokens).div_ceil(self.rate_bps)))
         }
     }
 
     /// Takes the tokens for `len` bytes; call only after `wait_for` returned `None`.
+    /// A packet larger than the bucket empties it, and the bucket earns nothing until
+    /// its excess is paid off at the rate.
     #[inline]
     pub(crate) fn consume(&mut self, len: u32) {
-        self.tokens = self.tokens.saturating_sub(self.cost(len));
+        let size = Self::size(len);
+        if size <= self.depth {
+            self.tokens = self.tokens.saturating_sub(size);
+        } else {
+            self.oversize(size);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn oversize(&mut self, size: u64) {
+        self.tokens = 0;
+        let excess_ns = (size - self.depth).div_ceil(self.rate_bps);
+        self.last = self.last.saturating_add(excess_ns);
     }
 }
 
@@ -112,6 +152,61 @@ mod tests {
             "waits for a full bucket"
         );
         assert_eq!(b.wait_for(1_500_000, 9000), None);
+        // It pays its 7,500 bytes beyond the bucket in time: the bucket earns nothing
+        // for 7.5 ms, then refills at the rate.
+        b.consume(9000);
+        assert_eq!(b.wait_for(1_500_000, 100), Some(7_600_000));
+        assert_eq!(b.wait_for(9_000_000, 100), Some(100_000));
+        assert_eq!(b.wait_for(9_100_000, 100), None);
+        assert_eq!(
+            b.wait_for(9_000_000 + 1_500_000, 9000),
+            None,
+            "full again 1.5 ms after the excess is paid"
+        );
+    }
+
+    /// Over any interval the bytes a bucket passes stay within `rate * t + max(burst,
+    /// largest packet)`, and in the long run within `rate * t + burst`: an oversize
+    /// packet is charged all its bytes (S5, S6).
+    #[test]
+    fn s5_s6_oversize_packets_are_charged_in_full() {
+        // 1 byte a microsecond, burst 1,500; 50 packets of 9,000 bytes sent as soon as
+        // they may.
+        let mut b = TokenBucket::new(8_000_000, 1500, 0);
+        let mut now = 0;
+        let mut sent = Vec::new();
+        for _ in 0..50 {
+            if let Some(w) = b.wait_for(now, 9000) {
+                now += w;
+            }
+            assert_eq!(b.wait_for(now, 9000), None);
+            b.consume(9000);
+            sent.push(now);
+        }
+        for (i, &a) in sent.iter().enumerate() {
+            for (j, &z) in sent.iter().enumerate().skip(i) {
+                let bytes = 9000 * (j - i + 1) as u64;
+                let t_us = (z - a) / 1000;
+                assert!(bytes <= t_us + 9000, "{bytes} B in {t_us} us");
+            }
+        }
+        let span_us = (sent[49] - sent[0]) / 1000;
+        assert_eq!(
+            span_us,
+            49 * 9000,
+            "one packet every 9 ms: the rate exactly"
+        );
+    }
+
+    #[test]
+    fn s5_an_excess_owed_is_carried_over_a_rate_change() {
+        let mut b = TokenBucket::new(8_000_000, 1500, 0);
+        assert_eq!(b.wait_for(0, 9000), None);
+        b.consume(9000); // owes 7,500 bytes: 7.5 ms at 1 B/us
+        // 1.5 ms later the rate doubles: 6,000 bytes still owed take 3 ms.
+        b.reconfigure(16_000_000, 1500, 1_500_000);
+        assert_eq!(b.wait_for(1_500_000, 200), Some(3_000_000 + 100_000));
+        assert_eq!(b.wait_for(4_600_000, 200), None);
     }
 
     #[test]

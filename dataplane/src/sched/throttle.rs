@@ -120,14 +120,34 @@ impl<P> Scheduler<P> {
         ))
     }
 
-    /// Bucket depth of a cap: its own `burst_bytes`, or `burst_multiplier` x 10 ms at
-    /// the cap rate, never less than one maximal packet.
+    /// Bucket depth of a cap under the policy in force: its own `burst_bytes`, or
+    /// `burst_multiplier` x 10 ms at the cap rate, never less than one maximal packet
+    /// (an own burst is checked against that at `open`; a later policy may raise it).
     pub(super) fn cap_burst(&self, spec: RateCap) -> u64 {
         let min = u64::from(self.c.max_packet);
-        spec.burst_bytes.unwrap_or_else(|| {
-            ((spec.rate_bps as f64 / 800.0 * self.c.cap_multiplier) as u64)
-                .clamp(min, MAX_BURST_BYTES)
-        })
+        spec.burst_bytes.map_or_else(
+            || {
+                ((spec.rate_bps as f64 / 800.0 * self.c.cap_multiplier) as u64)
+                    .clamp(min, MAX_BURST_BYTES)
+            },
+            |b| b.max(min),
+        )
+    }
+
+    /// After a policy change of `max_packet_bytes` or `cap_burst_multiplier`: every
+    /// cap's bucket takes the depth the new policy gives it, keeping the tokens held
+    /// (clamped), so a bucket still holds one largest packet and follows the
+    /// multiplier (S6). O(capped streams); parked streams are re-timed by
+    /// `rewake_parked`.
+    pub(super) fn resize_caps(&mut self) {
+        let now = self.now;
+        for i in 0..self.caps.slots.len() {
+            let spec = self.caps.slots[i].spec;
+            let burst = self.cap_burst(spec);
+            self.caps.slots[i]
+                .bucket
+                .reconfigure(spec.rate_bps, burst, now);
+        }
     }
 
     /// Parks listed stream `s` until its tokens suffice at `at` (S6): it leaves
@@ -165,17 +185,26 @@ impl<P> Scheduler<P> {
     }
 
     /// After a policy change: a parked stream now of the lowest tier, or under a shorter
-    /// aging bound, must wake by its head's new bound (S9). O(wheel slots + parked).
+    /// aging bound, must wake by its head's new bound (S9), and one whose bucket was
+    /// resized by the time its tokens now suffice (a later time is left as it is: the
+    /// stream wakes, finds too few tokens and parks again). O(wheel slots + parked).
     pub(super) fn rewake_parked(&mut self) {
         if self.caps.parked == 0 {
             return;
         }
+        let now = self.now;
         for slot in 0..SLOTS {
             let mut s = self.caps.wheel[slot].head;
             while s != NIL {
-                let next = self.streams[s as usize].next;
-                let until = self.caps.slots[usize::from(self.streams[s as usize].cap)].until;
-                let at = self.wake_by(s, until);
+                let st = &self.streams[s as usize];
+                let next = st.next;
+                let head = (st.len > 0).then(|| self.pool.get(st.fifo.head).len);
+                let cap = &mut self.caps.slots[usize::from(st.cap)];
+                let until = cap.until;
+                let ready = head.map_or(until, |len| {
+                    now.saturating_add(cap.bucket.wait_for(now, len).unwrap_or(0))
+                });
+                let at = self.wake_by(s, until.min(ready));
                 if at < until {
                     // Moved to an earlier time: a later slot of this walk may meet it
                     // again, and leaves it where it is.
