@@ -79,6 +79,63 @@ fn s7_warning_fires_before_first_tail_drop_and_clears_at_the_watermark() {
     assert_eq!(s.priority_stats(Priority::ALL[3]).criticals, 1);
 }
 
+/// Found by a red-team review: a policy that lowered the depth below a stream's queue
+/// made its next push a CRITICAL with no WARNING before it. Every episode now opens
+/// with one WARNING, then CRITICALs, then one CLEARED at the new watermark.
+#[test]
+fn s7_a_depth_lowered_under_the_queue_warns_before_its_first_critical() {
+    let mut s = sched_with_depth(100);
+    let id = s.open(StreamConfig::with_priority(3)).unwrap();
+    for i in 0..50u32 {
+        s.enqueue(0, id, i, 100).unwrap();
+    }
+    assert_eq!(events(&mut s), vec![], "50 of 100: no episode");
+    let lowered = PolicySpec {
+        version: 2,
+        max_queue_depth: 10,
+        ..PolicySpec::default()
+    };
+    s.set_policy(0, Arc::new(lowered.build().unwrap()));
+    for i in 50..52u32 {
+        let r = s.enqueue(0, id, i, 100).unwrap_err();
+        assert_eq!(r.reason, Rejection::Dropped(DropReason::QueueFull));
+    }
+    assert_eq!(
+        events(&mut s),
+        vec![
+            Event::BackpressureWarning {
+                stream: id,
+                depth: 50
+            },
+            Event::BackpressureCritical {
+                stream: id,
+                depth: 50,
+                strike: 1
+            },
+            Event::BackpressureCritical {
+                stream: id,
+                depth: 50,
+                strike: 2
+            },
+        ],
+        "one WARNING, then a CRITICAL per drop"
+    );
+    // Drain to the new clear mark (50% of 10): one CLEARED, at depth 5.
+    for _ in 0..45 {
+        assert!(matches!(s.dequeue(1), Next::Packet(_)));
+    }
+    assert_eq!(
+        events(&mut s),
+        vec![Event::BackpressureCleared {
+            stream: id,
+            depth: 5
+        }]
+    );
+    let p3 = s.priority_stats(Priority::ALL[3]);
+    assert_eq!((p3.warnings, p3.criticals), (1, 2));
+    assert!(s.stream_stats(id).unwrap().is_conserved());
+}
+
 #[test]
 fn s8_stream_ignoring_three_criticals_is_disconnected_and_its_queue_counted() {
     let mut s = sched_with_depth(10);

@@ -162,6 +162,11 @@ impl<P> Scheduler<P> {
     /// ignored `critical_strikes` CRITICALs in this episode and the policy disconnects,
     /// disconnection (S8).
     fn overflow(&mut self, s: usize, packet: P) -> Result<(), Rejected<P>> {
+        if !self.streams[s].has(Flags::WARNED) {
+            // A full queue is past the watermark: an episode the push did not open
+            // (a policy lowered the depth under the queue) gets its WARNING first.
+            self.warn(s);
+        }
         let st = &mut self.streams[s];
         st.enqueued += 1;
         let id = StreamId::new(s as u32, st.generation());
