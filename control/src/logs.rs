@@ -66,7 +66,9 @@ impl EventLevel {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackpressureSeverity {
-    /// The queue crossed its warning watermark (90% of `max_queue_depth` by default).
+    /// The queue crossed its warning watermark (90% of `max_queue_depth` by default),
+    /// or was found full outside an episode after a policy lowered its depth (then
+    /// just before the first `Critical`).
     Warning,
     /// The queue was full and the arriving packet was tail-dropped.
     Critical,

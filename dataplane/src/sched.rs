@@ -252,7 +252,7 @@ impl<P> Scheduler<P> {
     /// it at the new one (S5). Backlogged streams keep their queues (a lowered depth only
     /// refuses further growth). Rate caps' buckets follow a new `max_packet_bytes` or
     /// `cap_burst_multiplier` (tokens held are kept). No allocation; O(classes + parked
-    /// streams), or O(capped streams) when either of those two changes, or O(streams)
+    /// streams), or O(the cap table) when either of those two changes, or O(streams)
     /// when the mapping of priorities to tiers changes or aging is switched off.
     pub fn set_policy(&mut self, now: u64, policy: Arc<Policy>) {
         let now = self.advance(now);

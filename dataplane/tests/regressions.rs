@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use qos_dataplane::sched::{
     BatchEnd, DropReason, Event, LinkRate, Next, Policy, PolicySpec, Priority, RateCap, Rejection,
-    Scheduler, SchedulerConfig, StreamConfig, StreamError,
+    Scheduler, SchedulerConfig, StreamConfig,
 };
 
 fn sched(policy: PolicySpec) -> Scheduler<u32> {
@@ -88,7 +88,7 @@ fn s6_a_cap_larger_than_its_bucket_after_a_policy_change_still_passes() {
     let cap = Some(RateCap {
         rate_bps: 1_000_000,
         burst_bytes: None,
-    }); // depth 1500 B
+    }); // 2.0 x 10 ms at 1 Mbit/s = 2,500 B: the policy below raises it to 9,216 B
     let id = s
         .open(StreamConfig {
             priority: Priority::ALL[5],
@@ -109,8 +109,9 @@ fn s6_a_cap_larger_than_its_bucket_after_a_policy_change_still_passes() {
     panic!("the capped packet never left");
 }
 
-/// Largest `bytes - rate * t` (bytes, rounded in the scheduler's favour) over every
-/// interval between two sends of `log` (`(ns, len)`, in time order).
+/// Largest `bytes - rate * t` (bytes; `rate * t` rounded down, so the check is the
+/// stricter) over every interval between two sends of `log` (`(ns, len)`, in time
+/// order).
 fn worst_excess(log: &[(u64, u32)], rate_bps: u64) -> i128 {
     let mut worst = i128::MIN;
     for (i, &(from, _)) in log.iter().enumerate() {
@@ -229,21 +230,63 @@ fn s6_a_cap_follows_a_raised_max_packet_and_keeps_its_rate() {
             }
         }
         let bytes: u64 = sent.iter().map(|&(_, len)| u64::from(len)).sum();
-        // 10 s at the cap plus the new bucket (one largest packet).
+        // The bucket grows to one largest packet (9,216 bytes) holding the 1,500 it
+        // had: the first packet waits 750 ms for 7,500 more, then one goes every
+        // 900 ms, 11 in 10 s. (Charging the oversize packets in full alone, without
+        // the resize, would send the first at once and 12 in all.)
         assert!(
-            bytes <= 100_000 + 9_216,
-            "burst {burst_bytes:?}: {bytes} bytes in 10 s"
+            (750_000_000..750_000_000 + 70_000).contains(&sent[0].0),
+            "burst {burst_bytes:?}: first at {} ns",
+            sent[0].0
         );
-        assert!(
-            bytes >= 90_000,
-            "burst {burst_bytes:?}: the cap is still met: {bytes}"
-        );
+        assert_eq!(bytes, 99_000, "burst {burst_bytes:?}: bytes in 10 s");
         let worst = worst_excess(&sent, cap_bps);
         assert!(
             worst <= 9_216,
             "burst {burst_bytes:?}: {worst} bytes above rate * t"
         );
     }
+}
+
+/// A stream parked for tokens is re-timed when a policy shrinks its bucket below its
+/// head: the head then needs a full (smaller) bucket, which comes sooner.
+#[test]
+fn s6_a_parked_stream_is_woken_earlier_when_its_bucket_shrinks_below_its_head() {
+    let spec = PolicySpec {
+        aqm: false,
+        ..PolicySpec::default()
+    };
+    let mut s = sched(spec.clone());
+    let cap = Some(RateCap {
+        rate_bps: 80_000, // 10,000 bytes a second; bucket one largest packet, 9,216
+        burst_bytes: None,
+    });
+    let config = StreamConfig {
+        priority: Priority::ALL[3],
+        weight: None,
+        cap,
+    };
+    let id = s.open(config).unwrap();
+    s.enqueue(0, id, 0, 9_000).unwrap();
+    s.enqueue(0, id, 1, 9_000).unwrap();
+    assert!(matches!(s.dequeue(0), Next::Packet(_)));
+    // 216 bytes left: the second waits 878.4 ms for 8,784 more.
+    assert!(matches!(s.dequeue(0), Next::Wait { .. }));
+    let smaller = PolicySpec {
+        version: 2,
+        max_packet_bytes: 1_500,
+        quantum_bytes: 1_500,
+        ..spec
+    };
+    s.set_policy(0, Arc::new(smaller.build().unwrap()));
+    // Now a full 1,500-byte bucket lets it go: 1,284 bytes more, 128.4 ms.
+    let mut sent = Vec::new();
+    drain_paced(&mut s, 0, 1, &mut sent);
+    assert!(
+        (128_400_000..128_400_000 + 70_000).contains(&sent[0].0),
+        "sent at {} ns",
+        sent[0].0
+    );
 }
 
 /// Found by a red-team review: a new `cap_burst_multiplier` did not reach caps
@@ -368,61 +411,61 @@ fn s8_strikes_reset_when_the_queue_drains_even_without_a_warning() {
     );
 }
 
+/// A disconnected stream whose cap names a burst below a later policy's largest
+/// packet reopens (the burst is raised to that packet, as for open streams); it used
+/// to be refused, leaving the stream disconnected until closed.
 #[test]
-fn a_failed_reopen_leaves_the_stream_disconnected_not_closed() {
+fn a_stream_reopens_after_a_policy_raised_max_packet_above_its_cap_burst() {
     let small = PolicySpec {
         max_packet_bytes: 1_500,
         quantum_bytes: 1_500,
         max_queue_depth: 1,
         critical_strikes: 1,
+        aqm: false,
         ..PolicySpec::default()
     };
     let mut s = sched(small.clone());
     let cap = Some(RateCap {
-        rate_bps: 1_000_000,
+        rate_bps: 1_000_000, // 125,000 bytes a second
         burst_bytes: Some(1_500),
     });
-    let id = s
-        .open(StreamConfig {
-            priority: Priority::ALL[1],
-            weight: None,
-            cap,
-        })
-        .unwrap();
+    let config = StreamConfig {
+        priority: Priority::ALL[1],
+        weight: None,
+        cap,
+    };
+    let id = s.open(config).unwrap();
     s.enqueue(0, id, 0, 100).unwrap();
     let _ = s.enqueue(0, id, 1, 100);
     let r = s.enqueue(0, id, 2, 100).unwrap_err();
     assert_eq!(r.reason, Rejection::Dropped(DropReason::Disconnected));
-    s.set_policy(
-        0,
-        Arc::new(
-            PolicySpec {
-                version: 2,
-                ..small.clone()
-            }
-            .build()
-            .unwrap(),
-        ),
-    );
     let bigger = PolicySpec {
-        version: 3,
+        version: 2,
         max_packet_bytes: 9_216,
         quantum_bytes: 9_216,
+        max_queue_depth: 10,
         ..small
     };
     s.set_policy(0, Arc::new(bigger.build().unwrap()));
-    assert!(matches!(
-        s.reopen(id),
-        Err(StreamError::Cap {
-            field: "burst_bytes",
-            ..
-        })
-    ));
     assert!(
-        s.stream_stats(id).unwrap().disconnected,
-        "still there, still disconnected"
+        s.update(id, config).is_err(),
+        "a disconnected stream takes no update"
     );
-    assert!(s.close(id).is_ok());
+    let id = s.reopen(id).unwrap();
+    assert!(!s.stream_stats(id).unwrap().disconnected);
+    // Its bucket is one largest packet (9,216 bytes), full: two 4,500-byte packets go
+    // at once, a third waits for its tokens (4,284 bytes more at 125 bytes a ms).
+    for i in 0..3 {
+        s.enqueue(0, id, 10 + i, 4_500).unwrap();
+    }
+    let mut sent = Vec::new();
+    drain_paced(&mut s, 0, 3, &mut sent);
+    let times: Vec<u64> = sent.iter().map(|&(at, _)| at).collect();
+    assert_eq!(times[..2], [0, 0]);
+    assert!(
+        (34_272_000..34_272_000 + 70_000).contains(&times[2]),
+        "the third at 34.272 ms (within a wheel tick): {times:?}"
+    );
 }
 
 #[test]

@@ -94,7 +94,9 @@ impl<P> Scheduler<P> {
         Ok(())
     }
 
-    /// Raises WARNING for stream `s`, whose queue just reached the watermark (S7).
+    /// Raises WARNING for stream `s`, whose queue just reached the watermark, or is full
+    /// outside an episode after a policy lowered its depth (S7; `depth` may then be
+    /// above the new `max_queue_depth`).
     #[cold]
     #[inline(never)]
     fn warn(&mut self, s: usize) {

@@ -3,14 +3,15 @@
 //! Tokens are counted in bit-nanoseconds per second (`bits * 10^9`), so that one
 //! nanosecond at `rate_bps` adds exactly `rate_bps` tokens: refilling multiplies and
 //! never divides, and the bound `bytes <= rate * t + burst` holds exactly in integers.
-//! The only division computes how long to wait, on the path that returns a wait.
+//! Divisions compute how long to wait, on the path that returns a wait, and an
+//! oversize packet's excess (below), on a cold path.
 //!
 //! A packet larger than the whole bucket (one queued before a policy change shrank
-//! the burst, or grew the packets a cap's bucket was sized for) cannot wait for its
-//! tokens, which would never fit: it passes when the bucket is full and pays the rest
-//! in time, the bucket earning nothing until the excess is paid off. So the long-run
-//! rate holds exactly, and over any interval `t` the bytes are at most
-//! `rate * t + max(burst, largest packet)`.
+//! the burst below it) cannot wait for its tokens, which would never fit: it passes
+//! when the bucket is full and pays the rest in time, the bucket earning nothing until
+//! the excess is paid off. So the long-run rate holds exactly, and over any interval
+//! `t` the bytes through one bucket are at most `rate * t + max(burst, largest
+//! packet)`.
 
 const NS_PER_SEC: u64 = 1_000_000_000;
 

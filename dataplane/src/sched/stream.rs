@@ -49,8 +49,10 @@ impl std::fmt::Display for StreamId {
 pub struct RateCap {
     /// Sustained rate in bits per second (> 0).
     pub rate_bps: u64,
-    /// Bucket depth in bytes; `None` uses the policy's burst multiplier times 10 ms of
-    /// traffic at `rate_bps` (never less than one maximal packet).
+    /// Bucket depth in bytes (at most 2^30); `None` uses the policy's burst multiplier
+    /// times 10 ms of traffic at `rate_bps`. Either way never less than one maximal
+    /// packet of the policy in force: a smaller depth is raised to it, and follows a
+    /// policy that changes `max_packet_bytes`.
     pub burst_bytes: Option<u64>,
 }
 

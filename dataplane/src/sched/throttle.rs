@@ -106,12 +106,14 @@ impl<P> Scheduler<P> {
             });
         }
         if let Some(b) = spec.burst_bytes
-            && (b < u64::from(self.c.max_packet) || b > MAX_BURST_BYTES)
+            && b > MAX_BURST_BYTES
         {
+            // A burst below one maximal packet is raised to it (`cap_burst`), under
+            // this policy and any later one, so it is not an error.
             return Err(StreamError::Cap {
                 field: "burst_bytes",
                 value: b,
-                expected: "max_packet_bytes..=2^30",
+                expected: "at most 2^30",
             });
         }
         Ok((
@@ -121,8 +123,7 @@ impl<P> Scheduler<P> {
     }
 
     /// Bucket depth of a cap under the policy in force: its own `burst_bytes`, or
-    /// `burst_multiplier` x 10 ms at the cap rate, never less than one maximal packet
-    /// (an own burst is checked against that at `open`; a later policy may raise it).
+    /// `burst_multiplier` x 10 ms at the cap rate, never less than one maximal packet.
     pub(super) fn cap_burst(&self, spec: RateCap) -> u64 {
         let min = u64::from(self.c.max_packet);
         spec.burst_bytes.map_or_else(
@@ -137,8 +138,8 @@ impl<P> Scheduler<P> {
     /// After a policy change of `max_packet_bytes` or `cap_burst_multiplier`: every
     /// cap's bucket takes the depth the new policy gives it, keeping the tokens held
     /// (clamped), so a bucket still holds one largest packet and follows the
-    /// multiplier (S6). O(capped streams); parked streams are re-timed by
-    /// `rewake_parked`.
+    /// multiplier (S6). O(cap table): free entries are resized too, harmlessly (`alloc`
+    /// overwrites an entry whole). Parked streams are re-timed by `rewake_parked`.
     pub(super) fn resize_caps(&mut self) {
         let now = self.now;
         for i in 0..self.caps.slots.len() {
