@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use qos_dataplane::sched::{
-    BatchEnd, DropReason, Event, LinkRate, Next, Policy, PolicySpec, Priority, RateCap, Rejection,
-    Scheduler, SchedulerConfig, StreamConfig,
+    BatchEnd, DropReason, Event, LinkRate, LinkShare, Next, Policy, PolicySpec, Priority, RateCap,
+    Rejection, Scheduler, SchedulerConfig, StreamConfig,
 };
 
 fn sched(policy: PolicySpec) -> Scheduler<u32> {
@@ -181,6 +181,37 @@ fn s5_packets_queued_before_the_burst_shrank_below_them_are_charged_in_full() {
         "49 packets after the first take 441,000 us at the rate, less at most one \
          bucket: {span_us} us"
     );
+}
+
+/// Found in review: `set_link_share` took its depth unchecked, so a depth of 0 made
+/// every packet's cost 0 (no pacing at all) and one above 2^31 bytes overflowed the
+/// token count. The depth is now clamped to `max_packet_bytes..=2^30`.
+#[test]
+fn s5_a_link_share_with_a_zero_depth_still_paces() {
+    let mut s = sched(PolicySpec {
+        aqm: false,
+        ..PolicySpec::default()
+    });
+    let share = |burst_bytes| LinkShare {
+        rate_bps: 8_000_000, // one byte a microsecond
+        burst_bytes,
+        tier_weights: [1; 8],
+    };
+    s.set_link_share(0, share(0));
+    let id = s.open(StreamConfig::with_priority(3)).unwrap();
+    for i in 0..20 {
+        s.enqueue(0, id, i, 1_000).unwrap();
+    }
+    let mut out = Vec::new();
+    let end = s.dequeue_batch(0, 32, &mut out);
+    assert_eq!(out.len(), 9, "one largest packet (9,216 bytes) at once");
+    assert_eq!(end, BatchEnd::Wait { until_ns: 784_000 });
+    // The largest depth taken is 2^30 bytes, without overflow.
+    s.set_link_share(1_000_000, share(u64::MAX));
+    let mut sent = Vec::new();
+    drain_paced(&mut s, 1_000_000, 11, &mut sent);
+    assert_eq!(sent.len(), 11);
+    assert!(s.shard_stats().is_conserved());
 }
 
 /// Found by a red-team review: a cap's bucket was sized when the stream opened and
