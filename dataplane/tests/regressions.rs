@@ -109,6 +109,18 @@ fn s6_a_cap_larger_than_its_bucket_after_a_policy_change_still_passes() {
     panic!("the capped packet never left");
 }
 
+/// A stream of priority `p` capped at `rate_bps` with bucket `burst_bytes`.
+fn capped(p: usize, rate_bps: u64, burst_bytes: Option<u64>) -> StreamConfig {
+    StreamConfig {
+        priority: Priority::ALL[p],
+        weight: None,
+        cap: Some(RateCap {
+            rate_bps,
+            burst_bytes,
+        }),
+    }
+}
+
 /// Largest `bytes - rate * t` (bytes; `rate * t` rounded down, so the check is the
 /// stricter) over every interval between two sends of `log` (`(ns, len)`, in time
 /// order).
@@ -230,15 +242,7 @@ fn s6_a_cap_follows_a_raised_max_packet_and_keeps_its_rate() {
         };
         let mut s = sched(small.clone());
         let cap_bps = 80_000; // 10,000 bytes a second
-        let cap = Some(RateCap {
-            rate_bps: cap_bps,
-            burst_bytes,
-        });
-        let config = StreamConfig {
-            priority: Priority::ALL[3],
-            weight: None,
-            cap,
-        };
+        let config = capped(3, cap_bps, burst_bytes);
         let id = s.open(config).unwrap();
         let big = PolicySpec {
             version: 2,
@@ -288,15 +292,8 @@ fn s6_a_parked_stream_is_woken_earlier_when_its_bucket_shrinks_below_its_head() 
         ..PolicySpec::default()
     };
     let mut s = sched(spec.clone());
-    let cap = Some(RateCap {
-        rate_bps: 80_000, // 10,000 bytes a second; bucket one largest packet, 9,216
-        burst_bytes: None,
-    });
-    let config = StreamConfig {
-        priority: Priority::ALL[3],
-        weight: None,
-        cap,
-    };
+    // 10,000 bytes a second; bucket one largest packet, 9,216 bytes.
+    let config = capped(3, 80_000, None);
     let id = s.open(config).unwrap();
     s.enqueue(0, id, 0, 9_000).unwrap();
     s.enqueue(0, id, 1, 9_000).unwrap();
@@ -332,15 +329,8 @@ fn s6_a_cap_follows_a_changed_burst_multiplier() {
         ..PolicySpec::default()
     };
     let mut s = sched(at(2.0, 1));
-    let cap = Some(RateCap {
-        rate_bps: 10_000_000, // 10 ms at the cap: 12,500 bytes
-        burst_bytes: None,
-    });
-    let config = StreamConfig {
-        priority: Priority::ALL[4],
-        weight: None,
-        cap,
-    };
+    // 10 ms at the cap: 12,500 bytes.
+    let config = capped(4, 10_000_000, None);
     let id = s.open(config).unwrap();
     let burst_at = |s: &mut Scheduler<u32>, now: u64| {
         for i in 0..200 {
@@ -456,15 +446,8 @@ fn a_stream_reopens_after_a_policy_raised_max_packet_above_its_cap_burst() {
         ..PolicySpec::default()
     };
     let mut s = sched(small.clone());
-    let cap = Some(RateCap {
-        rate_bps: 1_000_000, // 125,000 bytes a second
-        burst_bytes: Some(1_500),
-    });
-    let config = StreamConfig {
-        priority: Priority::ALL[1],
-        weight: None,
-        cap,
-    };
+    // 125,000 bytes a second.
+    let config = capped(1, 1_000_000, Some(1_500));
     let id = s.open(config).unwrap();
     s.enqueue(0, id, 0, 100).unwrap();
     let _ = s.enqueue(0, id, 1, 100);
