@@ -114,13 +114,22 @@ struct Compiled {
     cap_multiplier: f64,
 }
 
+/// The aging timeout in force under `p` (S9): none when aging is off, or when the
+/// policy has a single tier, which has nothing to age into (promotion would only move
+/// a stream's service from its own tier's other streams to it: a red-team review found
+/// a promoted stream of a flat policy taking half the link, the rest of its tier
+/// losing half their shares).
+fn aging_timeout(p: &Policy) -> Option<u64> {
+    p.spec().aging_timeout_ns.filter(|_| p.tiers().len() > 1)
+}
+
 impl Compiled {
     fn of(p: &Policy) -> Self {
         let s = p.spec();
         let depth = u64::from(s.max_queue_depth);
         let warn_at = (depth * u64::from(s.warning_percent)).div_ceil(100).max(1) as u32;
         let clear_at = (depth * u64::from(s.clear_percent) / 100) as u32;
-        let aging_ns = s.aging_timeout_ns.unwrap_or(u64::MAX);
+        let aging_ns = aging_timeout(p).unwrap_or(u64::MAX);
         let codel = std::array::from_fn(|prio| {
             let budget = s.latency_budget_ns[prio]?;
             if !s.aqm {
@@ -261,7 +270,7 @@ impl<P> Scheduler<P> {
             *t = policy.tier_of(p as u8) as u8;
         }
         let remapped = (0..PRIORITIES as u8).any(|p| self.wfq.tier_of(p) != policy.tier_of(p));
-        if remapped || policy.spec().aging_timeout_ns.is_none() {
+        if remapped || aging_timeout(&policy).is_none() {
             self.end_promotions();
         }
         let caps_resized = self.c.max_packet != policy.spec().max_packet_bytes

@@ -5,8 +5,9 @@ mod sim;
 
 use qos_dataplane::sched::{
     DropReason, Event, Next, Priority, RateCap, Scheduler, SchedulerConfig, StreamConfig, StreamId,
+    TierSpec,
 };
-use sim::{MS, Offer, SEC, Sim, policy_with};
+use sim::{MS, Offer, SEC, Sim, oracle, policy_with};
 use std::sync::Arc;
 
 const LINK: u64 = 100_000_000;
@@ -248,4 +249,44 @@ fn s9_a_lowest_tier_packet_held_by_its_stream_cap_is_dropped_when_it_expires() {
 fn s9_a_policy_turning_aging_on_rewakes_a_lowest_tier_stream_its_cap_parked() {
     // Parked at 0 until 12.5 s under a policy without aging; aging comes on at 1 s.
     assert_expired_at_the_bound(capped_low_stream(Some(SEC)));
+}
+
+/// Found by a red-team review: a flat single-tier policy with aging on promoted a P0
+/// stream with a deep queue into the aging lane, whose share is the lowest tier's
+/// (here the whole link), so it took half the link and every other stream of the one
+/// tier lost half its share (P1 -49.5%, P7 -49.6%). A single tier has nothing to age
+/// into: aging is off there, and every stream keeps its weighted share.
+#[test]
+fn s9_a_single_tier_policy_ages_nothing_and_keeps_its_weighted_shares() {
+    let policy = policy_with(|b| {
+        b.tiers = vec![TierSpec::new("Flat", &[0, 1, 2, 3, 4, 5, 6, 7], 100)];
+        b.aging_timeout_ns = Some(100 * MS);
+        b.aqm = false;
+        b.disconnect = false;
+    });
+    let mut sim = Sim::new(policy.clone(), LINK);
+    let p0 = sim.saturate(0, 1000);
+    sim.sources[p0].offer = Offer::Saturate { queued: 4_000 };
+    let p1 = sim.saturate(1, 1000);
+    let p7 = sim.saturate(7, 1000);
+    sim.run_for(7 * SEC);
+    sim.assert_conserved();
+    let bytes = sim.source_bytes(2 * SEC, 7 * SEC);
+    let want = oracle(
+        &policy,
+        LINK as f64,
+        &[(0, f64::INFINITY), (1, f64::INFINITY), (7, f64::INFINITY)],
+    );
+    for (i, p) in [(p0, 0), (p1, 1), (p7, 7)] {
+        let got = bytes[i] as f64 * 8.0 / 5.0;
+        assert!(
+            (got / want[i] - 1.0).abs() < 0.02,
+            "P{p}: {:.3} Mbit/s against {:.3}",
+            got / 1e6,
+            want[i] / 1e6
+        );
+    }
+    assert_eq!(sim.sched.aging_lane_stats().packets, 0, "nothing promoted");
+    let st = sim.sched.stream_stats(sim.sources[p0].stream).unwrap();
+    assert_eq!(st.dropped_expired, 0, "no expiry bound without aging");
 }

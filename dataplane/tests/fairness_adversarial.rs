@@ -733,3 +733,76 @@ fn s3_s13_random_mixes_far_below_their_quanta_match_the_weighted_oracle() {
     let cases: Vec<Case> = (0..40).map(boosted_mix).collect();
     assert_cases(&cases);
 }
+
+/// Found by a red-team review: a stream whose packets exceed its quantum and that
+/// empties after each one left its debt behind once the round had gone by, came back
+/// fresh with a full quantum and was served at once on every return. Paced at a rate
+/// whose interval exceeds the round, it was never backlogged and took what it sent: a
+/// weight-1 P7 stream of 9,000-byte packets at 400 Mbit/s got 400 (51x its share of
+/// 7.75) beside a greedy P7, a P0 stream of 9,000-byte packets at 500 Mbit/s got 500
+/// beside a greedy P1 where its share is 333, a P2 one 200 where it is 111. Its debt
+/// now follows it until the rounds that repay it have gone by.
+#[test]
+fn s3_a_sparse_stream_of_packets_above_its_quantum_gets_no_more_than_its_share() {
+    let gbit = 1_000_000_000u64;
+    // (paced stream: priority, weight override, offered bit/s; greedy: priority).
+    // The last two offer less than their share and must get all of it.
+    let cases = [
+        (7, Some(1), 400_000_000u64, 7),
+        (7, Some(1), 50_000_000, 7),
+        (0, None, 500_000_000, 1),
+        (2, None, 200_000_000, 5),
+        (7, Some(1), 7_000_000, 7),
+        (0, None, 300_000_000, 1),
+    ];
+    for (aqm, disconnect) in [(true, true), (false, false)] {
+        let policy = PolicySpec {
+            aqm,
+            disconnect,
+            ..PolicySpec::default()
+        }
+        .build()
+        .unwrap();
+        for &(prio, weight, bps, greedy_prio) in &cases {
+            let mut sim = Sim::new(policy.clone(), gbit);
+            let greedy = sim.saturate(greedy_prio, 1_500);
+            let config = StreamConfig {
+                weight,
+                ..StreamConfig::with_priority(prio)
+            };
+            let interval_ns = 9_000 * 8 * SEC / bps;
+            let paced = sim.add(
+                config,
+                9_000,
+                Offer::Rate {
+                    interval_ns,
+                    next_at: 0,
+                },
+            );
+            sim.run_for(3 * SEC);
+            sim.assert_conserved();
+            let bytes = sim.source_bytes(SEC, 3 * SEC);
+            let got = |i: usize| bytes[i] as f64 * 8.0 / 2.0;
+            let w = |p: u8, o: Option<u16>| o.map_or(f64::from(1u32 << p), f64::from);
+            let want = weighted_oracle(
+                &policy,
+                gbit as f64,
+                &[
+                    (greedy_prio, w(greedy_prio, None), f64::INFINITY),
+                    (prio, w(prio, weight), bps as f64),
+                ],
+            );
+            for (i, name) in [(greedy, "greedy"), (paced, "paced")] {
+                let err = got(i) / want[usize::from(i == paced)] - 1.0;
+                assert!(
+                    err.abs() < 0.02,
+                    "aqm {aqm}, P{prio} w {weight:?} at {bps} bit/s beside greedy \
+                     P{greedy_prio}: {name} got {:.2} Mbit/s, max-min {:.2} ({:+.1}%)",
+                    got(i) / 1e6,
+                    want[usize::from(i == paced)] / 1e6,
+                    err * 100.0
+                );
+            }
+        }
+    }
+}

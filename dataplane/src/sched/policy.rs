@@ -99,7 +99,8 @@ pub struct PolicySpec {
     pub disconnect: bool,
     /// Age after which a stream of the tier holding priority 0 is promoted into the
     /// aging lane (S9); a packet of that tier older than this plus one second is
-    /// dropped (`expired`) rather than sent. `None` switches aging off.
+    /// dropped (`expired`) rather than sent. `None` switches aging off; so does a
+    /// single-tier policy, which has no other tier to age into.
     pub aging_timeout_ns: Option<u64>,
     /// Queue-delay control (S14): per-stream CoDel on every priority with a latency
     /// budget (target and interval from the budget, or the tier's [`AqmSpec`]).

@@ -21,7 +21,9 @@
 //!    earn more than one extra quantum per round, while a sparse stream is served at
 //!    once (S4: each backlogged stream whose quantum covers its packet is served at
 //!    least once per round; one with a smaller quantum sits out the rounds its debt
-//!    needs).
+//!    needs). A debt outlives lingering: a stream that returns owing is credited one
+//!    quantum per round gone by and, while it still owes, joins the round's tail (see
+//!    [`Wfq::still_owes`]).
 //!
 //! Lingering is kept as a mark, not a list entry. Each class counts the entries ever
 //! pushed to its round's tail and ever removed from it (`pushes`, `pops`). A stream
@@ -227,31 +229,60 @@ impl Wfq {
         shares: &[u8],
         quantum: u32,
     ) {
+        let requantized = quantum != self.quantum;
         self.quantum = quantum;
         let remapped = tier_of != self.tier_of;
         self.tier_of = tier_of;
         self.low = usize::from(tier_of[0]);
-        for class in &mut self.classes {
-            class.boost = 0;
-            class.tracked = false;
-        }
+        let mut rescaled = [remapped || requantized; CLASSES];
         for (t, class) in self.classes.iter_mut().take(MAX_TIERS).enumerate() {
             class.inv = inverse(u64::from(shares.get(t).copied().unwrap_or(1)));
             // Base weight: that of the tier's lowest priority.
-            class.shift = tier_of
+            let shift = tier_of
                 .iter()
                 .position(|&x| usize::from(x) == t)
                 .unwrap_or(0) as u32;
+            rescaled[t] |= shift != class.shift;
+            class.shift = shift;
         }
         let low = self.classes[self.low];
         let low_share = u64::from(shares.get(self.low).copied().unwrap_or(1));
         self.classes[LANE].inv = low.inv;
+        rescaled[LANE] |= low.shift != self.classes[LANE].shift;
         self.classes[LANE].shift = low.shift;
         self.lane_inv_alone = inverse(2 * low_share);
         if remapped {
             self.refile(streams);
         }
+        // A class whose quanta changed starts over: no boost, and no listed stream
+        // keeps more than one new quantum of credit, so the new policy governs the
+        // very next decision (a turn begun under a quantum of 2^20 bytes ran on for
+        // 134,217 packets after a change to 1,514, found by a red-team review). A
+        // class whose quanta did not change keeps its boost: re-applying a policy must
+        // not move shares (the same review measured up to 11% when a boosted class
+        // lost its boost at every decision).
+        for (c, rescaled) in rescaled.into_iter().enumerate() {
+            if rescaled {
+                self.requantize(streams, c);
+            }
+        }
         self.cursor = NIL;
+    }
+
+    /// Class `c` under new quanta: its boost is dropped and each listed stream's credit
+    /// is capped at one quantum. O(listed streams of the class).
+    fn requantize(&mut self, streams: &mut [Stream], c: usize) {
+        self.classes[c].boost = 0;
+        self.classes[c].tracked = false;
+        for head in [self.classes[c].fresh.head, self.classes[c].round.head] {
+            let mut s = head;
+            while s != NIL {
+                let q = self.quantum_of(c, streams[s as usize].weight);
+                let st = &mut streams[s as usize];
+                st.deficit = st.deficit.min(q);
+                s = st.next;
+            }
+        }
     }
 
     /// Replaces the tiers' SFQ weights (any positive scale; 0 counts as 1) without
@@ -431,6 +462,10 @@ impl Wfq {
             return;
         }
         let q = self.quantum_of(c, streams[s as usize].weight);
+        if streams[s as usize].deficit < 0 && self.still_owes(streams, s, c, q) {
+            self.relink_into(streams, s, c);
+            return;
+        }
         let st = &mut streams[s as usize];
         debug_assert!(!st.has(Flags::LISTED), "stream linked twice");
         st.deficit = q;
@@ -440,6 +475,35 @@ impl Wfq {
         self.classes[c].fresh.push_back(streams, s);
         self.classes[c].listed += 1;
         self.add_queued(c, len);
+    }
+
+    /// Stream `s` (unlisted, of class `c`, quantum `q`) left in debt: its last packet
+    /// was larger than the credit it had. Whether it still owes after the rounds gone
+    /// by since its place in the round came up (one quantum repaid per round, as if it
+    /// had stayed; the rounds counted in removals from the round's head at the class's
+    /// present size). If so its credit becomes what it still owes, and it must rejoin
+    /// at the round's tail, not fresh: otherwise a stream whose packets exceed its
+    /// quantum and that empties after each would be served at once on every return
+    /// and never pay (found by a red-team review: a weight-1 P7 stream of 9,000-byte
+    /// packets took 51x its share). A debt is forgiven in full only once the rounds
+    /// that would have repaid it have gone by, as virtual time would.
+    #[cold]
+    #[inline(never)]
+    fn still_owes(&mut self, streams: &mut [Stream], s: u32, c: usize, q: i32) -> bool {
+        let st = &mut streams[s as usize];
+        let class = &self.classes[c];
+        // deficit < 0 and q >= 1, both within i32.
+        let owed = st.deficit.unsigned_abs();
+        let q = q.max(1).unsigned_abs();
+        let rounds = u64::from(owed.div_ceil(q));
+        // `pops` has reached the mark (it no longer lingers): one round has gone by.
+        let gone = 1 + (class.pops - st.linger()) / u64::from(class.listed.max(1));
+        if gone >= rounds {
+            return false;
+        }
+        // gone * q < owed <= 2^31.
+        st.deficit = (gone as i64 * i64::from(q) - i64::from(owed)) as i32;
+        true
     }
 
     /// Links an unlisted stream (with whatever it holds) at the tail of its class's
