@@ -260,9 +260,12 @@ impl<P> Scheduler<P> {
     /// decision. Time before `now` is credited to the link bucket at the old rate, after
     /// it at the new one (S5). Backlogged streams keep their queues (a lowered depth only
     /// refuses further growth). Rate caps' buckets follow a new `max_packet_bytes` or
-    /// `cap_burst_multiplier` (tokens held are kept). No allocation; O(classes + parked
-    /// streams), or O(the cap table) when either of those two changes, or O(streams)
-    /// when the mapping of priorities to tiers changes or aging is switched off.
+    /// `cap_burst_multiplier` (tokens held are kept). A class whose quanta change (the
+    /// quantum, a tier's base weight, a remap) caps its streams' credit at one new
+    /// quantum. No allocation; O(classes + parked streams), plus O(the cap table) when
+    /// either of those two settings changes, O(listed streams of the class) for a class
+    /// whose quanta change, and O(streams) when the mapping of priorities to tiers
+    /// changes or aging is switched off.
     pub fn set_policy(&mut self, now: u64, policy: Arc<Policy>) {
         let now = self.advance(now);
         let mut tier_of = [0u8; PRIORITIES];

@@ -14,9 +14,11 @@
 //! of that tier is promoted, so the lane then also has the tier's own share). Inside the
 //! lane promoted streams keep their own weights. A promoted stream therefore gets at
 //! least what it had in its own tier (the lane's share is split among no more streams
-//! than the tier's) and the other streams of its tier lose nothing; the extra bandwidth,
-//! at most the lowest tier's share, comes from every class in proportion to its share. It returns to its tier when its oldest packet is younger than the
-//! timeout again, or its queue empties. Counters and budgets stay under the stream's
+//! than the tier's); the extra bandwidth, at most the lowest tier's share, comes from
+//! every backlogged class in proportion to its share (from the lowest tier alone when
+//! the other tiers are idle; a single-tier policy ages nothing). It returns to its
+//! tier when its oldest packet is younger than the timeout again, or its queue
+//! empties. Counters and budgets stay under the stream's
 //! own priority, and its packets stay in order.
 //!
 //! Promotion cannot help a tier whose own offered load exceeds what it can get, so the

@@ -108,8 +108,8 @@ struct Class {
     /// boost at most once, from 1 or more, and only before its
     /// `ROTATIONS_BEFORE_BOOST / 2`-th rotation, hence before any rise). It
     /// comes down by one at the end of a whole round without pressure (see
-    /// [`Wfq::settle_boost`]), and to 0 when the class runs out of packets (or the policy
-    /// changes). A fresh stream's credit and AQM's comparison use the quantum without
+    /// [`Wfq::settle_boost`]), and to 0 when the class runs out of packets (or a policy
+    /// changes its quanta). A fresh stream's credit and AQM's comparison use the quantum without
     /// it. A change never favours a place in the round: a fall waits for the round's
     /// end, and the streams a round visited before a rise get the difference at their
     /// next visit (see [`Rises`]).
@@ -221,7 +221,8 @@ impl Wfq {
 
     /// Installs tier membership, shares and the quantum. When the mapping of priorities
     /// to tiers changes, every listed stream is re-filed into its new class's round
-    /// (O(listed streams), a control event; no allocation).
+    /// (O(listed streams), a control event; no allocation). Each class whose quanta
+    /// change is requantized (see [`Wfq::requantize`]); the others keep their boost.
     pub(crate) fn configure(
         &mut self,
         streams: &mut [Stream],
@@ -479,30 +480,37 @@ impl Wfq {
 
     /// Stream `s` (unlisted, of class `c`, quantum `q`) left in debt: its last packet
     /// was larger than the credit it had. Whether it still owes after the rounds gone
-    /// by since its place in the round came up (one quantum repaid per round, as if it
-    /// had stayed; the rounds counted in removals from the round's head at the class's
-    /// present size). If so its credit becomes what it still owes, and it must rejoin
-    /// at the round's tail, not fresh: otherwise a stream whose packets exceed its
-    /// quantum and that empties after each would be served at once on every return
-    /// and never pay (found by a red-team review: a weight-1 P7 stream of 9,000-byte
-    /// packets took 51x its share). A debt is forgiven in full only once the rounds
-    /// that would have repaid it have gone by, as virtual time would.
+    /// by since its place in the round came up (one turn's credit, at the class's
+    /// present boost, repaid per round, as if it had stayed; the rounds counted in
+    /// removals from the round's head at the class's present size). If so its credit
+    /// becomes what it still owes, and it must rejoin at the round's tail, not fresh:
+    /// otherwise a stream whose packets exceed its quantum and that empties after each
+    /// would be served at once on every return and never pay (found by a red-team
+    /// review: a weight-1 P7 stream of 9,000-byte packets took 51x its share). A debt
+    /// is forgiven in full once the rounds that would have repaid it have gone by, or
+    /// when the class has nothing queued (a new busy period, where virtual time would
+    /// have moved past it), or when the stream has no mark (it was moved by a control
+    /// action, whose credit is forgotten).
     #[cold]
     #[inline(never)]
     fn still_owes(&mut self, streams: &mut [Stream], s: u32, c: usize, q: i32) -> bool {
         let st = &mut streams[s as usize];
         let class = &self.classes[c];
-        // deficit < 0 and q >= 1, both within i32.
-        let owed = st.deficit.unsigned_abs();
-        let q = q.max(1).unsigned_abs();
-        let rounds = u64::from(owed.div_ceil(q));
+        let mark = st.linger();
+        if class.queued == 0 || mark == 0 {
+            return false;
+        }
+        // deficit < 0 and q >= 1, both within i32; a turn's credit below 2^54.
+        let owed = u64::from(st.deficit.unsigned_abs());
+        let turn = u64::from(q.max(1).unsigned_abs()) << class.boost;
+        let rounds = owed.div_ceil(turn);
         // `pops` has reached the mark (it no longer lingers): one round has gone by.
-        let gone = 1 + (class.pops - st.linger()) / u64::from(class.listed.max(1));
+        let gone = 1 + (class.pops - mark) / u64::from(class.listed.max(1));
         if gone >= rounds {
             return false;
         }
-        // gone * q < owed <= 2^31.
-        st.deficit = (gone as i64 * i64::from(q) - i64::from(owed)) as i32;
+        // gone * turn < owed <= 2^31, so the difference lies in [-2^31, 0).
+        st.deficit = (gone as i64 * turn as i64 - owed as i64) as i32;
         true
     }
 
