@@ -65,6 +65,11 @@ pub const STATE_ABANDONED: u32 = 2;
 pub const CACHE_LINE: usize = 64;
 /// Bytes of a slot taken by the record's length word.
 pub const RECORD_HEADER_LEN: usize = 8;
+/// Largest producer index a [`crate::Producer`] accepts when it takes its side of an
+/// existing region: its index then has room for 2^63 more records before it could
+/// overflow (about 292 years at a billion records a second), where an index planted
+/// near `u64::MAX` by a hostile peer would wrap after a few pushes.
+pub const MAX_CLAIM_INDEX: u64 = 1 << 63;
 /// Largest accepted capacity, in slots.
 pub const MAX_CAPACITY: u32 = 1 << 20;
 /// Smallest accepted slot size, in bytes (a length word and one payload word).

@@ -64,8 +64,11 @@
 //!   [`PeerStatus::Gone`] (a `kill(pid, 0)` check); a stuck heartbeat reveals a stalled
 //!   peer. The survivor can always drain what was committed.
 //! * **Sides.** Each side's `state` goes `FREE -> ATTACHED` by compare-and-swap when a
-//!   half is created, so each side is taken once, by one handle in one process, ever.
-//!   In a process, halves are `Send`, not `Sync`, not `Clone`.
+//!   half is created, so each side is taken once, by one handle in one process, ever,
+//!   as long as the peer leaves that word alone: a peer that writes `FREE` back into our
+//!   side's word lets a second claim of the same side succeed, and if our process makes
+//!   one (a bug of its own), the two handles overwrite each other's records. Take each
+//!   side once. In a process, halves are `Send`, not `Sync`, not `Clone`.
 //!
 //! # Trust model
 //!
@@ -88,7 +91,10 @@
 //! * **Indices.** Each half trusts only its own index, kept in process memory and only
 //!   written to the region. A peer index that moves backwards, or beyond what the protocol
 //!   allows (`tail > head + capacity`, `head > tail`), poisons the half with a
-//!   [`CorruptError`]; every later call returns it.
+//!   [`CorruptError`]; every later call returns it. A half starts from the indices it
+//!   finds when it takes its side (those of an earlier run on the region, normally 0),
+//!   checked the same way; the producer also refuses a starting index above
+//!   [`layout::MAX_CLAIM_INDEX`], which would let its own index overflow.
 //! * **Records.** A length word larger than the slot is consumed, counted
 //!   ([`Consumer::rejected`]) and reported as [`RecordError::TooLong`].
 //! * **What a hostile peer can still do.** Deny service (never commit, or stop

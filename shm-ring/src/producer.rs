@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use crate::error::{CorruptError, PushError, RegionError, Role};
-use crate::layout::Geometry;
+use crate::layout::{Geometry, MAX_CLAIM_INDEX};
 use crate::region::Shared;
 use crate::side::{self, PeerStatus};
 use crate::sync::Ordering;
@@ -40,6 +40,15 @@ impl Producer {
         let tail = hdr.producer.index.load(Ordering::Acquire);
         let head = hdr.consumer.index.load(Ordering::Acquire);
         check_head(head, head, tail, geom.capacity)?;
+        if tail > MAX_CLAIM_INDEX {
+            // Only a peer writes such an index: ours would overflow within a few pushes.
+            return Err(CorruptError::IndexAhead {
+                field: "tail",
+                now: tail,
+                limit: MAX_CLAIM_INDEX,
+            }
+            .into());
+        }
         Ok(Self {
             shared,
             geom,
