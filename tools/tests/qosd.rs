@@ -554,6 +554,43 @@ fn s9_the_fuzz_corpus_replayed_over_udp_is_counted_and_qosd_keeps_forwarding() {
     assert_eq!(report.forwarded, forwarded_at_sink);
 }
 
+/// `gateway.max_datagram` above the policy's `max_packet_bytes` (9,216 by default): the
+/// datagrams between the two pass the gateway and are refused at the scheduler's door,
+/// each counted `invalid_length` (found undocumented by a red-team review); one above
+/// `max_datagram` is `oversize`. Nothing is lost uncounted.
+#[test]
+fn datagrams_longer_than_the_policy_s_max_packet_are_counted_invalid_length() {
+    let sink = Sink::bind();
+    let gw = start(&config_text(
+        &[sink.addr],
+        500,
+        "max_datagram = 40000",
+        "[[rule]]\nname = \"lg\"\nloadgen = true\nstream = \"header\"\nroute = { to = \"u0\" }\n",
+    ));
+    let to = gw.listen_addrs()[0];
+    let tx = sender();
+    let _ = socket2::SockRef::from(&tx).set_send_buffer_size(1 << 20);
+    let sizes = [9_216, 9_217, 30_000, 40_000, 40_001, 1_000];
+    for (i, &size) in sizes.iter().enumerate() {
+        tx.send_to(&datagram(7, 5, i as u64, size), to)
+            .expect("send");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let got = sink.drain(Duration::from_millis(400), Duration::from_secs(10));
+    let report = gw.stop().expect("stop");
+    assert_eq!(
+        got.get(&7),
+        Some(&2),
+        "the 9,216- and 1,000-byte ones: {got:?}"
+    );
+    assert_eq!(report.received, sizes.len() as u64);
+    assert_eq!(report.forwarded, 2);
+    assert_eq!(report.dropped.get("invalid_length"), Some(&3), "{report:?}");
+    assert_eq!(report.dropped.get("oversize"), Some(&1), "{report:?}");
+    assert_eq!(report.dropped.values().sum::<u64>(), 4, "{report:?}");
+    assert!(report.conserved, "{report:?}");
+}
+
 /// A reload that changes a key read only at start is refused and names the key
 /// (before, only four keys were checked: a rotated bearer token was reported applied
 /// and the old one kept working); the token itself never appears in the reason. An
