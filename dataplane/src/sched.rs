@@ -178,6 +178,9 @@ pub struct Scheduler<P> {
     link: Option<TokenBucket>,
     caps: Caps,
     prio_stats: [PriorityStats; PRIORITIES],
+    /// Bytes of the packets counted in each priority's `enqueued` (kept apart so that a
+    /// `PriorityStats` stays two cache lines).
+    offered_bytes: [u64; PRIORITIES],
     service: ServiceBook,
     refused: [u64; RefuseReason::COUNT],
     sojourn: sojourn::Sojourns,
@@ -239,6 +242,7 @@ impl<P> Scheduler<P> {
             link: None,
             caps: Caps::new(),
             prio_stats: [PriorityStats::default(); PRIORITIES],
+            offered_bytes: [0; PRIORITIES],
             service: ServiceBook::default(),
             refused: [0; RefuseReason::COUNT],
             sojourn: sojourn::Sojourns::new(),
@@ -369,6 +373,13 @@ impl<P> Scheduler<P> {
     /// Counters of `priority`.
     pub fn priority_stats(&self, priority: Priority) -> PriorityStats {
         self.prio_stats[priority.index()]
+    }
+
+    /// Bytes offered to `priority` so far: the lengths of the packets counted in its
+    /// [`PriorityStats::enqueued`] (accepted or tail-dropped). The runtime measures a
+    /// tier's demand with it.
+    pub fn offered_bytes(&self, priority: Priority) -> u64 {
+        self.offered_bytes[priority.index()]
     }
 
     /// Counters of tier `tier` under the current policy, or `None` past the last tier.

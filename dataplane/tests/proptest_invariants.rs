@@ -87,6 +87,8 @@ const BURST: u64 = 3_000;
 #[derive(Default)]
 struct Book {
     accepted: u64,
+    /// Bytes of the packets accepted or tail-dropped (the priorities' `offered_bytes`).
+    offered_bytes: u64,
     returned_dropped: u64,
     returned_refused: u64,
     dequeued: u64,
@@ -336,12 +338,16 @@ fn offer(s: &mut Scheduler<u64>, b: &mut Book, now: u64, id: StreamId, seq: &mut
     match s.enqueue(now, id, *seq, len) {
         Ok(()) => {
             b.accepted += 1;
+            b.offered_bytes += u64::from(len);
             b.outstanding.insert(*seq);
         }
         Err(r) => {
             assert_eq!(r.packet, *seq, "the rejected packet comes back");
             match r.reason {
-                Rejection::Dropped(_) => b.returned_dropped += 1,
+                Rejection::Dropped(_) => {
+                    b.returned_dropped += 1;
+                    b.offered_bytes += u64::from(len);
+                }
                 Rejection::Refused(_) => b.returned_refused += 1,
             }
         }
@@ -353,6 +359,8 @@ fn check(s: &Scheduler<u64>, b: &Book, ids: &[StreamId]) -> Result<(), TestCaseE
     let t = shard.totals;
     prop_assert!(shard.is_conserved(), "{shard:?}");
     prop_assert_eq!(t.enqueued, b.accepted + b.returned_dropped);
+    let offered: u64 = Priority::ALL.iter().map(|&p| s.offered_bytes(p)).sum();
+    prop_assert_eq!(offered, b.offered_bytes);
     prop_assert_eq!(t.dequeued, b.dequeued);
     prop_assert_eq!(t.dropped_total(), b.returned_dropped + b.reclaimed);
     prop_assert_eq!(t.queued, b.outstanding.len() as u64);

@@ -135,8 +135,14 @@ struct LinkState {
     weights: [u64; MAX_TIERS],
     next_at: u64,
     last_at: u64,
-    /// Cumulative packets enqueued per tier at `last_at`.
+    /// Whether `last_packets` and `last_bytes` hold a reading yet (the first reading,
+    /// when the link is set, only records the counters: what came before is not a rate).
+    primed: bool,
+    /// Cumulative packets and bytes offered per tier at `last_at`.
+    last_packets: [u64; MAX_TIERS],
     last_bytes: [u64; MAX_TIERS],
+    /// Mean size of the packets offered in the latest period that had any, per tier.
+    packet_bytes: [u64; MAX_TIERS],
     /// Smoothed arrival rate per tier, bit/s.
     ewma: [u64; MAX_TIERS],
     demands: Vec<[u64; MAX_TIERS]>,
@@ -200,7 +206,10 @@ struct ExitGuard {
 impl Drop for ExitGuard {
     fn drop(&mut self) {
         let w = &self.shared.workers[self.index];
-        // A stopped (or dead) worker paces nothing: its part of the link goes back.
+        // A stopped (or dead) worker paces nothing and asks for nothing: its part of the
+        // link goes back, and the others no longer split a tier with it (a panicked
+        // worker's last demand used to keep its share of each tier from the survivors).
+        self.shared.link.publish(self.index, &[0; MAX_TIERS]);
         self.shared.link.ledger.release(w.set_granted(0));
         if std::thread::panicking() {
             w.mark_panicked();
@@ -803,7 +812,10 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             weights: [0; MAX_TIERS],
             next_at: now,
             last_at: now,
+            primed: false,
+            last_packets: [0; MAX_TIERS],
             last_bytes: [0; MAX_TIERS],
+            packet_bytes: [0; MAX_TIERS],
             ewma: [0; MAX_TIERS],
             demands: Vec::with_capacity(workers),
             scratch: super::link::Scratch::new(workers),
@@ -839,48 +851,54 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         )
     }
 
-    /// Per-tier demand in bit/s: smoothed service rate plus queued bytes spread over
-    /// the queue horizon.
+    /// Per-tier demand in bit/s: the smoothed rate of bytes offered plus queued bytes
+    /// spread over the queue horizon.
     fn measure_demand(&mut self, now: u64) -> [u64; MAX_TIERS] {
         let st = self.link.as_mut().expect("link state");
         let dt = now.saturating_sub(st.last_at).max(1);
-        let low = self.adopted.low_tier();
         // Arrivals, not service: a tier whose excess AQM or tail drop trims keeps a
-        // short queue, yet asks for all it is offered.
+        // short queue, yet asks for all it is offered. Bytes as counted, not packets
+        // times an average size: a tier whose packets grow or shrink asks for what it
+        // is offered now (an average over the tier's life under-counted a tier that
+        // moved from 64-byte to 9,000-byte packets by 100x).
         let mut queued = [0u64; MAX_TIERS];
-        let mut arrived = [0u64; MAX_TIERS];
+        let mut packets = [0u64; MAX_TIERS];
+        let mut bytes = [0u64; MAX_TIERS];
         for p in 0..PRIORITIES as u8 {
             let t = self.adopted.tier_of(p);
             let ps = self.sched.priority_stats(Priority::saturating(p));
             queued[t] += ps.queued;
-            arrived[t] += ps.enqueued;
+            packets[t] += ps.enqueued;
+            bytes[t] += self.sched.offered_bytes(Priority::saturating(p));
         }
         let mut demand = [0u64; MAX_TIERS];
         for t in 0..self.adopted.tiers().len() {
-            let mut served = self
-                .sched
-                .tier_stats(t)
-                .map(|s| s.served)
-                .unwrap_or_default();
-            if t == low {
-                let lane = self.sched.aging_lane_stats();
-                served.bytes += lane.bytes;
-                served.packets += lane.packets;
+            // Offered since the last period (a remap of priorities moves counts between
+            // tiers; a drop then reads as no arrivals).
+            let (since_packets, since_bytes) = match st.primed {
+                true => (st.last_packets[t], st.last_bytes[t]),
+                false => (packets[t], bytes[t]),
+            };
+            let new_packets = packets[t].saturating_sub(since_packets);
+            let new_bytes = bytes[t].saturating_sub(since_bytes);
+            st.last_packets[t] = packets[t];
+            st.last_bytes[t] = bytes[t];
+            // The queued packets are sized as the latest arrivals.
+            if new_packets > 0 {
+                st.packet_bytes[t] = (new_bytes / new_packets).max(1);
+            } else if st.packet_bytes[t] == 0 {
+                st.packet_bytes[t] = bytes[t]
+                    .checked_div(packets[t])
+                    .unwrap_or(u64::from(self.adopted.spec().max_packet_bytes));
             }
-            let avg = served
-                .bytes
-                .checked_div(served.packets)
-                .unwrap_or(u64::from(self.adopted.spec().max_packet_bytes));
-            // Packets that arrived since the last period (the counters may be reset by
-            // a remap of priorities; a drop then reads as no arrivals).
-            let delta = arrived[t].saturating_sub(st.last_bytes[t]);
-            st.last_bytes[t] = arrived[t];
-            let rate = (u128::from(delta * avg) * 8_000_000_000 / u128::from(dt)) as u64;
+            let rate = (u128::from(new_bytes) * 8_000_000_000 / u128::from(dt))
+                .min(u128::from(u64::MAX / 4)) as u64;
             st.ewma[t] = st.ewma[t] / 2 + rate / 2;
-            let backlog = u128::from(queued[t] * avg) * 8_000_000_000
+            let backlog = u128::from(queued[t]) * u128::from(st.packet_bytes[t]) * 8_000_000_000
                 / u128::from(super::link::QUEUE_HORIZON_NS);
             demand[t] = st.ewma[t].saturating_add(backlog.min(u128::from(u64::MAX / 64)) as u64);
         }
+        st.primed = true;
         st.last_at = now;
         demand
     }

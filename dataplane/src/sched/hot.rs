@@ -82,9 +82,11 @@ impl<P> Scheduler<P> {
         self.pool.push_back(&mut st.fifo, d);
         st.len += 1;
         st.enqueued += 1;
-        let ps = &mut self.prio_stats[usize::from(st.prio())];
+        let prio = usize::from(st.prio());
+        let ps = &mut self.prio_stats[prio];
         ps.enqueued += 1;
         ps.queued += 1;
+        self.offered_bytes[prio] += u64::from(len);
         if st.len >= warn_at && !st.has(Flags::WARNED) {
             self.warn(s);
         }
@@ -117,7 +119,7 @@ impl<P> Scheduler<P> {
             return self.refuse(packet, RefuseReason::InvalidLength);
         }
         match self.lookup(id) {
-            Ok(s) if self.streams[s].state() == SlotState::Open => self.overflow(s, packet),
+            Ok(s) if self.streams[s].state() == SlotState::Open => self.overflow(s, packet, len),
             Ok(_) => self.refuse(packet, RefuseReason::Disconnected),
             Err(super::StreamError::Closed(_)) => self.refuse(packet, RefuseReason::Closed),
             Err(_) => self.refuse(packet, RefuseReason::UnknownStream),
@@ -163,7 +165,7 @@ impl<P> Scheduler<P> {
     /// A push onto a full queue: tail drop plus CRITICAL (S7), or, once the stream has
     /// ignored `critical_strikes` CRITICALs in this episode and the policy disconnects,
     /// disconnection (S8).
-    fn overflow(&mut self, s: usize, packet: P) -> Result<(), Rejected<P>> {
+    fn overflow(&mut self, s: usize, packet: P, len: u32) -> Result<(), Rejected<P>> {
         if !self.streams[s].has(Flags::WARNED) {
             // A full queue is past the watermark: an episode the push did not open
             // (a policy lowered the depth under the queue) gets its WARNING first.
@@ -174,6 +176,7 @@ impl<P> Scheduler<P> {
         let id = StreamId::new(s as u32, st.generation());
         let prio = usize::from(st.prio());
         self.prio_stats[prio].enqueued += 1;
+        self.offered_bytes[prio] += u64::from(len);
         if self.c.disconnect && st.strikes() >= self.c.strikes {
             let dropped = self.drop_queue(s, DropReason::Disconnected) + 1;
             let st = &mut self.streams[s];
