@@ -884,8 +884,8 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             st.last_packets[t] = packets[t];
             st.last_bytes[t] = bytes[t];
             // The queued packets are sized as the latest arrivals.
-            if new_packets > 0 {
-                st.packet_bytes[t] = (new_bytes / new_packets).max(1);
+            if let Some(mean) = new_bytes.checked_div(new_packets) {
+                st.packet_bytes[t] = mean.max(1);
             } else if st.packet_bytes[t] == 0 {
                 st.packet_bytes[t] = bytes[t]
                     .checked_div(packets[t])
