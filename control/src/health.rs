@@ -404,6 +404,8 @@ pub struct HealthMachine {
     calm_since: Option<u64>,
     /// Consecutive ticks with ring-full events.
     ring_full_streak: u32,
+    /// The latest tick's time: an earlier one is read as this.
+    latest_ns: u64,
 }
 
 impl HealthMachine {
@@ -420,6 +422,7 @@ impl HealthMachine {
             unknown: true,
             calm_since: None,
             ring_full_streak: 0,
+            latest_ns: 0,
         })
     }
 
@@ -449,9 +452,13 @@ impl HealthMachine {
     }
 
     /// Feeds one tick's observation; returns the transitions it caused (at most one).
-    /// A time earlier than a previous tick's only delays recovery.
+    /// A time earlier than a previous tick's is read as that tick's: a clock stepped
+    /// back neither shortens nor restarts the recovery hold (it once restarted the
+    /// calm period at the earlier time, so a tick back at the old time ended a 5 s
+    /// hold after 250 ms).
     pub fn tick(&mut self, obs: &Observation<'_>) -> Vec<Transition> {
-        let now = obs.now_ns;
+        let now = obs.now_ns.max(self.latest_ns);
+        self.latest_ns = now;
         let from = self.state();
         if let Some(worker) = self.stale_worker(obs) {
             self.unknown = true;

@@ -198,7 +198,7 @@ pub fn build(
         "S11 cannot be checked: no worker counters were available".to_string()
     } else if s11_holds {
         format!(
-            "S11 holds: {taken} packets taken = {sent} sent + {discarded} discarded with a reason + {held} still held (queued or pending), on every worker{}; the {} busiest streams (latest per-stream report) balance",
+            "S11 holds: {taken} packets taken = {sent} sent + {discarded} discarded with a reason + {held} still held (queued, pending or awaiting reclaim), on every worker{}; the {} busiest streams (latest per-stream report) balance",
             if final_counters {
                 " (final counters)"
             } else {

@@ -207,6 +207,10 @@ pub(crate) struct State<P> {
     audit_error: Option<String>,
     health: HealthMachine,
     health_transitions: u64,
+    /// The last state other than UNKNOWN (which only freezes the shed set): degrade
+    /// events compare against it, so shedding that starts or ends on the way out of
+    /// UNKNOWN is audited like any other.
+    last_known: HealthState,
     store: Option<StoreWorker>,
     hlog: Option<HlogWriter>,
     config: ControlConfig,
@@ -345,6 +349,7 @@ impl<P: Send + 'static> State<P> {
             audit_error: None,
             health,
             health_transitions: 0,
+            last_known: HealthState::Normal,
             store,
             hlog,
             cumulative: vec![SojournBuckets::default(); PRIORITIES],
@@ -727,22 +732,21 @@ impl<P: Send + 'static> State<P> {
             to: t.to.as_str().into(),
             reason: t.hazard.as_str().into(),
         });
-        let rank = |s: HealthState| match s {
-            HealthState::Normal => 0,
-            HealthState::Degraded => 1,
-            HealthState::Safe => 2,
-            HealthState::Unknown => 3,
-        };
-        if matches!(t.to, HealthState::Degraded | HealthState::Safe) && rank(t.to) > rank(t.from) {
+        // UNKNOWN freezes the shed set: no degrade event; the next known state is
+        // compared with the one before it.
+        if t.to == HealthState::Unknown {
+            return;
+        }
+        let before = std::mem::replace(&mut self.last_known, t.to);
+        let step = degrade_step(before, t.to);
+        if step == std::cmp::Ordering::Greater {
             self.record(&ControlEvent::PerfDegradeApplied {
                 from: t.from.as_str().into(),
                 to: t.to.as_str().into(),
                 hazard: t.hazard.as_str().into(),
                 shed_tiers: names,
             });
-        } else if matches!(t.from, HealthState::Degraded | HealthState::Safe)
-            && rank(t.to) < rank(t.from)
-        {
+        } else if step == std::cmp::Ordering::Less {
             self.record(&ControlEvent::PerfDegradeRecovered {
                 from: t.from.as_str().into(),
                 to: t.to.as_str().into(),
@@ -1154,6 +1158,20 @@ impl<P: Send + 'static> State<P> {
     }
 }
 
+/// Whether a transition to `to` (not UNKNOWN) escalates the degrade (`Greater`:
+/// `perf.degrade.applied`), eases it (`Less`: `perf.degrade.recovered`) or neither,
+/// measured from `last_known`, the last state other than UNKNOWN. UNKNOWN only freezes
+/// the shed set, so it is skipped over: NORMAL, UNKNOWN, DEGRADED is an escalation (it
+/// went unaudited while UNKNOWN ranked above SAFE), DEGRADED, UNKNOWN, DEGRADED nothing.
+fn degrade_step(last_known: HealthState, to: HealthState) -> std::cmp::Ordering {
+    let rank = |s: HealthState| match s {
+        HealthState::Normal | HealthState::Unknown => 0,
+        HealthState::Degraded => 1,
+        HealthState::Safe => 2,
+    };
+    rank(to).cmp(&rank(last_known))
+}
+
 fn tier_name(policy: &Policy, i: usize) -> String {
     policy
         .tiers()
@@ -1301,5 +1319,40 @@ impl<P: Send + 'static> Drop for ControlPlane<P> {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+
+    use super::degrade_step;
+    use crate::health::HealthState::{self, Degraded, Normal, Safe, Unknown};
+
+    /// Replays states as `apply_transition` does: the degrade events of a sequence.
+    fn events(states: &[HealthState]) -> Vec<std::cmp::Ordering> {
+        let mut last_known = Normal;
+        let mut out = Vec::new();
+        for &to in states {
+            if to != Unknown {
+                out.push(degrade_step(std::mem::replace(&mut last_known, to), to));
+            }
+        }
+        out
+    }
+
+    /// Found by a red-team review: a stall longer than the heartbeat threshold goes
+    /// NORMAL, UNKNOWN, DEGRADED (shedding Low), NORMAL; the shedding was never audited
+    /// as `perf.degrade.applied` (UNKNOWN ranked above DEGRADED), though its end was
+    /// audited as `perf.degrade.recovered`.
+    #[test]
+    fn o5_shedding_that_starts_or_ends_beside_unknown_is_audited() {
+        assert_eq!(events(&[Unknown, Degraded, Normal]), [Greater, Less]);
+        assert_eq!(events(&[Unknown, Safe, Degraded, Normal]), [Greater, Less, Less]);
+        assert_eq!(events(&[Degraded, Unknown, Normal]), [Greater, Less]);
+        assert_eq!(events(&[Degraded, Unknown, Degraded]), [Greater, Equal]);
+        assert_eq!(events(&[Degraded, Unknown, Safe]), [Greater, Greater]);
+        assert_eq!(events(&[Safe, Unknown, Degraded]), [Greater, Less]);
+        assert_eq!(events(&[Unknown, Normal]), [Equal]);
     }
 }

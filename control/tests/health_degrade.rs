@@ -667,3 +667,22 @@ fn names_on_the_wire() {
         r#"{"from":"NORMAL","to":"DEGRADED","hazard":"pool_near_full","worker":1,"shed_tiers":[2],"at_ns":7}"#
     );
 }
+
+/// Found by a red-team review: after a hazard at 200 s, a calm tick whose clock had
+/// stepped back to 0 started the recovery hold "at 0", and a calm tick at 200.25 s
+/// then recovered, 250 ms into a 5 s hold. An earlier time is now read as the latest
+/// tick's, so the hold runs from 200 s whatever the clock did between.
+#[test]
+fn o5_a_clock_stepped_back_does_not_shorten_the_recovery_hold() {
+    let mut m = normal(TierOrder::highest_first(3));
+    let t = tick(&mut m, 200 * S, &[w(85)]);
+    assert_eq!(t.len(), 1);
+    assert_eq!((t[0].from, t[0].to), (Normal, Degraded));
+    assert!(tick(&mut m, 0, &[w(10)]).is_empty(), "a calm tick back at 0");
+    assert!(tick(&mut m, 200 * S + S / 4, &[w(10)]).is_empty(), "250 ms in");
+    assert!(tick(&mut m, 204 * S, &[w(10)]).is_empty(), "4 s in");
+    let t = tick(&mut m, 205 * S, &[w(10)]);
+    assert_eq!(t.len(), 1, "recovers once the 5 s hold has passed");
+    assert_eq!((t[0].from, t[0].to, t[0].at_ns), (Degraded, Normal, 205 * S));
+    assert_eq!(m.state(), Normal);
+}
