@@ -1348,7 +1348,10 @@ mod tests {
     #[test]
     fn o5_shedding_that_starts_or_ends_beside_unknown_is_audited() {
         assert_eq!(events(&[Unknown, Degraded, Normal]), [Greater, Less]);
-        assert_eq!(events(&[Unknown, Safe, Degraded, Normal]), [Greater, Less, Less]);
+        assert_eq!(
+            events(&[Unknown, Safe, Degraded, Normal]),
+            [Greater, Less, Less]
+        );
         assert_eq!(events(&[Degraded, Unknown, Normal]), [Greater, Less]);
         assert_eq!(events(&[Degraded, Unknown, Degraded]), [Greater, Equal]);
         assert_eq!(events(&[Degraded, Unknown, Safe]), [Greater, Greater]);

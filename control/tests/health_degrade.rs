@@ -678,11 +678,20 @@ fn o5_a_clock_stepped_back_does_not_shorten_the_recovery_hold() {
     let t = tick(&mut m, 200 * S, &[w(85)]);
     assert_eq!(t.len(), 1);
     assert_eq!((t[0].from, t[0].to), (Normal, Degraded));
-    assert!(tick(&mut m, 0, &[w(10)]).is_empty(), "a calm tick back at 0");
-    assert!(tick(&mut m, 200 * S + S / 4, &[w(10)]).is_empty(), "250 ms in");
+    assert!(
+        tick(&mut m, 0, &[w(10)]).is_empty(),
+        "a calm tick back at 0"
+    );
+    assert!(
+        tick(&mut m, 200 * S + S / 4, &[w(10)]).is_empty(),
+        "250 ms in"
+    );
     assert!(tick(&mut m, 204 * S, &[w(10)]).is_empty(), "4 s in");
     let t = tick(&mut m, 205 * S, &[w(10)]);
     assert_eq!(t.len(), 1, "recovers once the 5 s hold has passed");
-    assert_eq!((t[0].from, t[0].to, t[0].at_ns), (Degraded, Normal, 205 * S));
+    assert_eq!(
+        (t[0].from, t[0].to, t[0].at_ns),
+        (Degraded, Normal, 205 * S)
+    );
     assert_eq!(m.state(), Normal);
 }
