@@ -8,6 +8,7 @@
 //! | `GET /status` | policy version per worker, shard sizes, health, audit head, store state |
 //! | `GET /integrity` | the integrity report (O6) |
 //! | `POST /policy` | a policy document (TOML or JSON) in the body, its detached ed25519 signature (base64) in `X-Qos-Signature`; 200 applied or no-op, 400 invalid, 403 signature, 409 stale or conflicting version, 413 too large |
+//! | `POST /reload` | runs the embedder's reload hook ([`crate::plane::ControlPlane::set_reload_hook`]; qosd re-reads its configuration file, C4): 200 `{"reloaded": true, "policy_version": n}`, 409 refused (with the reason) or nothing to reload |
 //!
 //! It binds loopback by default; another address needs `allow_remote` and a bearer
 //! token. With a token configured, every route but `/healthz` needs
@@ -209,7 +210,8 @@ async fn route<P: Send + 'static>(
         (&Method::GET, "/status") => json(StatusCode::OK, &lock(state).status()),
         (&Method::GET, "/integrity") => json(StatusCode::OK, &lock(state).integrity()),
         (&Method::POST, "/policy") => post_policy(state, req).await,
-        (_, "/metrics" | "/healthz" | "/status" | "/integrity" | "/policy") => json(
+        (&Method::POST, "/reload") => post_reload(state).await,
+        (_, "/metrics" | "/healthz" | "/status" | "/integrity" | "/policy" | "/reload") => json(
             StatusCode::METHOD_NOT_ALLOWED,
             &ErrorBody {
                 error: format!("{} is not allowed on {path}", req.method()),
@@ -220,8 +222,45 @@ async fn route<P: Send + 'static>(
             StatusCode::NOT_FOUND,
             &ErrorBody {
                 error: format!(
-                    "no route {path}; expected /metrics, /healthz, /status, /integrity or /policy"
+                    "no route {path}; expected /metrics, /healthz, /status, /integrity, /policy or /reload"
                 ),
+                field: None,
+            },
+        ),
+    }
+}
+
+/// C4: runs the embedder's reload hook (qosd: re-read the configuration file) off the
+/// runtime's thread and without the plane's lock, since the hook calls the plane.
+async fn post_reload<P: Send + 'static>(state: &Shared<P>) -> Response<Full<Bytes>> {
+    let Some(hook) = lock(state).reload.clone() else {
+        return json(
+            StatusCode::CONFLICT,
+            &ErrorBody {
+                error: "nothing to reload: no configuration file (an embedded default, or no reload hook set)".into(),
+                field: None,
+            },
+        );
+    };
+    let outcome = tokio::task::spawn_blocking(move || hook()).await;
+    #[derive(Serialize)]
+    struct Reloaded {
+        reloaded: bool,
+        policy_version: u64,
+    }
+    match outcome {
+        Ok(Ok(policy_version)) => json(
+            StatusCode::OK,
+            &Reloaded {
+                reloaded: true,
+                policy_version,
+            },
+        ),
+        Ok(Err(error)) => json(StatusCode::CONFLICT, &ErrorBody { error, field: None }),
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &ErrorBody {
+                error: format!("the reload failed: {e}"),
                 field: None,
             },
         ),

@@ -207,6 +207,8 @@ pub(crate) struct State<P> {
     audit_error: Option<String>,
     health: HealthMachine,
     health_transitions: u64,
+    /// What `POST /reload` runs, when the embedder set it.
+    pub(crate) reload: Option<ReloadHook>,
     /// The last state other than UNKNOWN (which only freezes the shed set): degrade
     /// events compare against it, so shedding that starts or ends on the way out of
     /// UNKNOWN is audited like any other.
@@ -350,6 +352,7 @@ impl<P: Send + 'static> State<P> {
             health,
             health_transitions: 0,
             last_known: HealthState::Normal,
+            reload: None,
             store,
             hlog,
             cumulative: vec![SojournBuckets::default(); PRIORITIES],
@@ -1179,6 +1182,9 @@ fn tier_name(policy: &Policy, i: usize) -> String {
         .map_or_else(|| format!("tier{i}"), |t| t.name.clone())
 }
 
+/// What `POST /reload` runs: `Ok(policy version now running)` or why it refused.
+pub type ReloadHook = Arc<dyn Fn() -> Result<u64, String> + Send + Sync>;
+
 /// A running control plane (see the module docs).
 pub struct ControlPlane<P: Send + 'static> {
     state: Arc<Mutex<State<P>>>,
@@ -1249,6 +1255,15 @@ impl<P: Send + 'static> ControlPlane<P> {
         source: &str,
     ) -> Result<Applied, PolicyRejection> {
         lock(&self.state).apply_policy(document, signature, source)
+    }
+
+    /// Sets what `POST /reload` runs (C4): a daemon re-reading its configuration file
+    /// returns the policy version it runs, or why the file was refused. The hook runs
+    /// on a blocking thread, without the plane's lock, so it may call the plane (as
+    /// [`ControlPlane::apply_policy`] and [`ControlPlane::record_event`] do). Without a
+    /// hook, `POST /reload` answers 409: nothing to reload.
+    pub fn set_reload_hook(&self, hook: ReloadHook) {
+        lock(&self.state).reload = Some(hook);
     }
 
     /// Logs `event` as a JSON line and appends it to the audit log (if one is

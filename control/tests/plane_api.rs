@@ -1,5 +1,6 @@
 //! The control plane end to end with real components: a running dataplane, real HTTP
-//! on loopback (`/metrics`, `/healthz`, `/status`, `/integrity`, `POST /policy`),
+//! on loopback (`/metrics`, `/healthz`, `/status`, `/integrity`, `POST /policy`,
+//! `POST /reload`),
 //! `promtool check metrics`, the audit log verified, `metrics.db` read back with the
 //! `sqlite3` client, the `.hlog` read back. Bounded in time; pass on 2 cores.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)] // tests
@@ -8,7 +9,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use qos_control::health::{HealthConfig, HealthState};
@@ -619,4 +620,40 @@ fn api_refuses_remote_bind_and_checks_the_token() {
     );
     wait_until("NORMAL", 5, || plane.health() == HealthState::Normal);
     assert_eq!(http(addr, "GET", "/healthz", &[], b"").0, 200);
+}
+
+/// C4 through the API: without a hook there is nothing to reload (409); with one,
+/// `POST /reload` answers its outcome (200 with the version, 409 with the reason), and
+/// the hook may call the plane (here a status read, which takes the plane's lock)
+/// without deadlocking the handler.
+#[test]
+fn c4_post_reload_answers_the_hook_s_outcome() {
+    let (plane, _tx, _) = start(1, 1024, ControlConfig::default());
+    let addr = plane.addr();
+    let (code, body) = http(addr, "POST", "/reload", &[], b"");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("nothing to reload"), "{body}");
+    let plane = Arc::new(plane);
+    let (weak, calls) = (Arc::downgrade(&plane), Arc::new(AtomicU64::new(0)));
+    let c = calls.clone();
+    plane.set_reload_hook(Arc::new(move || {
+        let n = c.fetch_add(1, Ordering::Relaxed);
+        let version = weak.upgrade().ok_or("gone")?.status().policy_version;
+        match n {
+            0 => Ok(version),
+            _ => Err(format!("file refused on reload {}", n + 1)),
+        }
+    }));
+    let (code, body) = http(addr, "POST", "/reload", &[], b"");
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["reloaded"], true);
+    assert_eq!(answer["policy_version"], 1);
+    let (code, body) = http(addr, "POST", "/reload", &[], b"");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("file refused on reload 2"), "{body}");
+    assert_eq!(http(addr, "GET", "/reload", &[], b"").0, 405);
+    assert_eq!(calls.load(Ordering::Relaxed), 2);
+    let plane = Arc::try_unwrap(plane).unwrap();
+    plane.shutdown(StopMode::Discard).unwrap();
 }

@@ -175,10 +175,12 @@ fn tags_suffix(tags: &[String]) -> String {
 
 impl CtlError {
     /// The process exit code for this error: [`EXIT_REFUSED`] when the policy or the
-    /// request was refused, [`EXIT_FAILED`] otherwise.
+    /// request was refused, [`EXIT_USAGE`] for a malformed `--api` address,
+    /// [`EXIT_FAILED`] otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::PolicyRejected { .. } | Self::Refused { .. } => EXIT_REFUSED,
+            Self::Http(HttpError::BadAddress { .. }) => EXIT_USAGE,
             _ => EXIT_FAILED,
         }
     }

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -93,8 +95,9 @@ pub fn run(args: QosdArgs) -> ExitCode {
     }
 }
 
-/// Runs the gateway until SIGTERM / SIGINT; SIGHUP reloads `path`. On stop, prints the
-/// drain report (JSON, one line) on stdout.
+/// Runs the gateway until SIGTERM / SIGINT; SIGHUP and the control API's
+/// `POST /reload` reload `path` (C4). On stop, prints the drain report (JSON, one line)
+/// on stdout.
 pub fn serve(
     config: GatewayConfig,
     path: Option<PathBuf>,
@@ -107,20 +110,58 @@ pub fn serve(
         gateway.listen_addrs(),
         gateway.api_addr()
     );
-    for sig in signals.forever() {
-        match sig {
-            SIGHUP => match &path {
-                Some(p) => match gateway.reload(p) {
-                    Ok(v) => eprintln!("qosd: reloaded {} (policy version {v})", p.display()),
-                    Err(e) => eprintln!("qosd: reload of {} refused: {e}", p.display()),
-                },
-                None => eprintln!(
-                    "qosd: SIGHUP ignored: running the embedded default, no file to reload"
-                ),
-            },
-            _ => break,
+    // The API's reloads run here, one at a time beside SIGHUP's: the hook hands this
+    // loop a reply channel and waits for the outcome.
+    let (requests, reloads) = mpsc::channel::<mpsc::SyncSender<Result<u64, String>>>();
+    if path.is_some()
+        && let Some(plane) = gateway.plane()
+    {
+        let requests = std::sync::Mutex::new(requests);
+        plane.set_reload_hook(std::sync::Arc::new(move || {
+            let (reply, outcome) = mpsc::sync_channel(1);
+            requests
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .send(reply)
+                .map_err(|_| "qosd is stopping".to_string())?;
+            outcome.recv().map_err(|_| "qosd is stopping".to_string())?
+        }));
+    }
+    let reload = |how: &str| match &path {
+        Some(p) => match gateway.reload(p) {
+            Ok(v) => {
+                eprintln!(
+                    "qosd: reloaded {} on {how} (policy version {v})",
+                    p.display()
+                );
+                Ok(v)
+            }
+            Err(e) => {
+                eprintln!("qosd: reload of {} on {how} refused: {e}", p.display());
+                Err(e.to_string())
+            }
+        },
+        None => {
+            eprintln!("qosd: {how} ignored: running the embedded default, no file to reload");
+            Err("nothing to reload: running the embedded default".to_string())
+        }
+    };
+    'serving: loop {
+        for sig in signals.pending() {
+            match sig {
+                SIGHUP => {
+                    let _ = reload("SIGHUP");
+                }
+                _ => break 'serving,
+            }
+        }
+        if let Ok(reply) = reloads.recv_timeout(Duration::from_millis(20)) {
+            let _ = reply.send(reload("POST /reload"));
         }
     }
+    // No reload runs from here on: a request still waiting gets "qosd is stopping" now,
+    // before the control plane's runtime is shut down (it waits for its handlers).
+    drop(reloads);
     let report = gateway.stop()?;
     println!("{}", serde_json::to_string(&report)?);
     eprintln!(

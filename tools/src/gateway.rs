@@ -394,7 +394,7 @@ impl Gateway {
         self.plane.as_ref()
     }
 
-    /// Re-reads the configuration file (SIGHUP): policy, rules and upstreams change;
+    /// Re-reads the configuration file (SIGHUP, `POST /reload`): policy, rules and upstreams change;
     /// a file that fails (or would change what needs a restart) changes nothing. Both
     /// outcomes are logged and audited.
     pub fn reload(&self, path: &Path) -> Result<u64, GatewayError> {

@@ -775,6 +775,26 @@ fn network_errors_name_the_address() {
     drop(silent);
 }
 
+/// A malformed `--api` is a usage error (exit 2, as the docs say; found exiting 3 by a
+/// red-team review), and the message tells a missing port from one out of range.
+#[test]
+fn a_malformed_api_address_is_a_usage_error_that_says_what_is_wrong() {
+    for (addr, reason) in [
+        ("127.0.0.1", "no port number"),
+        ("127.0.0.1:", "no port number"),
+        ("127.0.0.1:99999", "the port is not a number in 0..=65535"),
+        ("https://127.0.0.1:9100", "https is not served"),
+        ("127.0.0.1:9100/status", "a path after the address"),
+    ] {
+        let (code, out, err) = ctl(&["status", "--api", addr]);
+        assert_eq!(code, ctl::EXIT_USAGE, "{addr}: {err}");
+        assert!(out.is_empty(), "{addr}: {out}");
+        assert!(err.starts_with("qos-ctl: "), "{addr}: {err}");
+        assert!(err.contains(reason), "{addr}: {err}");
+        assert_eq!(err.lines().count(), 1, "{addr}: {err}");
+    }
+}
+
 /// The built binary: exit codes 0 / 1 / 2 and its output, against a running plane.
 #[test]
 fn the_binary_runs_against_a_real_plane() {

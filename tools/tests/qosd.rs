@@ -211,8 +211,10 @@ fn s9_malformed_datagrams_are_counted_by_reason_not_fatal() {
     assert!(report.conserved, "{report:?}");
 }
 
+/// C4: SIGHUP and the control API's `POST /reload` re-read the file; a good one
+/// applies, a bad one changes nothing and says why (the API in its answer).
 #[test]
-fn sighup_applies_a_good_file_and_a_bad_one_changes_nothing() {
+fn sighup_and_post_reload_apply_a_good_file_and_a_bad_one_changes_nothing() {
     let dir = tempdir("sighup");
     let (a, b) = (Sink::bind(), Sink::bind());
     let path = dir.join("qosd.toml");
@@ -287,12 +289,52 @@ fn sighup_applies_a_good_file_and_a_bad_one_changes_nothing() {
     let (_, status) = http(q.api, "GET", "/status", &[], b"");
     assert_eq!(policy_version(&status), 2, "{status}");
 
+    // The same through the control API, which answers with the outcome.
+    write(4, "u0", "");
+    let (code, body) = http(q.api, "POST", "/reload", &[], b"");
+    assert_eq!(code, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(answer["policy_version"], 4, "{body}");
+    send_paced(&tx, q.listen, 20, |i| datagram(3, 4, 300 + i, 100));
+    assert_eq!(
+        a.drain(Duration::from_millis(300), Duration::from_secs(5))
+            .get(&3),
+        Some(&20),
+        "routed to u0 again"
+    );
+    write(5, "u1", "bogus_key = 1\n");
+    let (code, body) = http(q.api, "POST", "/reload", &[], b"");
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("bogus_key"),
+        "the answer names the key: {body}"
+    );
+    let (_, status) = http(q.api, "GET", "/status", &[], b"");
+    assert_eq!(policy_version(&status), 4, "{status}");
+    let (_, metrics) = http(q.api, "GET", "/metrics", &[], b"");
+    assert_eq!(
+        metric(&metrics, "qosd_config_reloads_total{outcome=\"applied\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&metrics, "qosd_config_reloads_total{outcome=\"rejected\"}"),
+        Some(2.0)
+    );
+
     let (report, exit) = q.terminate();
     assert!(exit.success(), "{exit:?}");
     assert!(report.conserved, "{report:?}");
     let audit = std::fs::read_to_string(dir.join("state/audit.jsonl")).expect("audit log");
-    assert!(audit.contains("\"event\":\"config.reloaded\""), "{audit}");
-    assert!(audit.contains("\"event\":\"config.rejected\""), "{audit}");
+    assert_eq!(
+        audit.matches("\"event\":\"config.reloaded\"").count(),
+        2,
+        "{audit}"
+    );
+    assert_eq!(
+        audit.matches("\"event\":\"config.rejected\"").count(),
+        2,
+        "{audit}"
+    );
     let verdict = qos_control::audit::verify(dir.join("state/audit.jsonl")).expect("verify");
     assert!(verdict.is_ok(), "audit chain intact: {verdict:?}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -171,9 +171,12 @@ impl ApiClient {
         if rest.contains('/') {
             return Err(bad("a path after the address"));
         }
-        let port = rest.rsplit_once(':').map(|(_, p)| p);
-        if port.is_none_or(|p| p.parse::<u16>().is_err()) {
-            return Err(bad("no port number"));
+        match rest.rsplit_once(':').map(|(_, p)| p) {
+            None | Some("") => return Err(bad("no port number")),
+            Some(p) if p.parse::<u16>().is_err() => {
+                return Err(bad("the port is not a number in 0..=65535"));
+            }
+            Some(_) => {}
         }
         Ok(Self {
             addr: addr.to_owned(),

@@ -389,7 +389,7 @@ impl GatewayCounters {
             },
             ExtraFamily {
                 name: "qosd_config_reloads".into(),
-                help: "Configuration reloads (SIGHUP), by outcome.".into(),
+                help: "Configuration reloads (SIGHUP or POST /reload), by outcome.".into(),
                 counter: true,
                 rows: vec![
                     row(&[("outcome", "applied")], self.reloads[0].load(Relaxed)),
