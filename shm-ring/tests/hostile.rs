@@ -88,48 +88,40 @@ fn t2_hostile_tail_near_u64_max_does_not_overflow() {
     ));
 }
 
+/// A fresh ring, not yet split, whose two indices a peer has set to `index`, and a raw
+/// handle on its bytes.
+fn planted(index: u64) -> (ShmRegion, File) {
+    let region = ShmRegion::create(RingConfig {
+        capacity: 4,
+        slot_size: 16,
+    })
+    .expect("create");
+    let raw = File::options()
+        .read(true)
+        .write(true)
+        .open(region.proc_path())
+        .expect("second handle on the region");
+    poke_u64(&raw, OFFSET_PRODUCER + SIDE_INDEX, index);
+    poke_u64(&raw, OFFSET_CONSUMER + SIDE_INDEX, index);
+    (region, raw)
+}
+
 /// Found by a red-team review: a peer that planted both indices at `u64::MAX` before our
 /// producer took its side made its first push overflow `tail + 1` (a panic in a debug
 /// build; in release the index wrapped to 0 and four pushes were lost before an error).
 #[test]
 fn t2_a_producer_refuses_a_planted_index_that_would_overflow() {
-    for planted in [u64::MAX, u64::MAX - 1, MAX_CLAIM_INDEX + 1] {
-        let region = ShmRegion::create(RingConfig {
-            capacity: 4,
-            slot_size: 16,
-        })
-        .expect("create");
-        let raw = File::options()
-            .read(true)
-            .write(true)
-            .open(region.proc_path())
-            .expect("second handle on the region");
-        poke_u64(&raw, OFFSET_PRODUCER + SIDE_INDEX, planted);
-        poke_u64(&raw, OFFSET_CONSUMER + SIDE_INDEX, planted);
-        match region.into_producer() {
+    for index in [u64::MAX, u64::MAX - 1, MAX_CLAIM_INDEX + 1] {
+        match planted(index).0.into_producer() {
             Err(RegionError::Corrupt(CorruptError::IndexAhead { field, now, limit })) => {
-                assert_eq!((field, now, limit), ("tail", planted, MAX_CLAIM_INDEX));
+                assert_eq!((field, now, limit), ("tail", index, MAX_CLAIM_INDEX));
             }
-            other => panic!("planted {planted}: claimed {:?}", other.map(|_| ())),
+            other => panic!("planted {index}: claimed {:?}", other.map(|_| ())),
         }
     }
     // At the limit the ring still works, across a wrap of the slot index.
-    let (mut tx, mut rx, raw) = {
-        let region = ShmRegion::create(RingConfig {
-            capacity: 4,
-            slot_size: 16,
-        })
-        .expect("create");
-        let raw = File::options()
-            .read(true)
-            .write(true)
-            .open(region.proc_path())
-            .expect("second handle on the region");
-        poke_u64(&raw, OFFSET_PRODUCER + SIDE_INDEX, MAX_CLAIM_INDEX);
-        poke_u64(&raw, OFFSET_CONSUMER + SIDE_INDEX, MAX_CLAIM_INDEX);
-        let (tx, rx) = region.split().expect("an index at the limit is accepted");
-        (tx, rx, raw)
-    };
+    let (region, raw) = planted(MAX_CLAIM_INDEX);
+    let (mut tx, mut rx) = region.split().expect("an index at the limit is accepted");
     let mut buf = [0u8; 8];
     for i in 0..10u8 {
         tx.push(&[i]).expect("room");
