@@ -190,28 +190,3 @@ fn an_invalid_document_with_a_higher_version_changes_nothing() {
     assert_eq!(admitted.version(), 6);
     assert_eq!(gate.running_version(), 5);
 }
-
-/// Found by a red-team review: version `u64::MAX` was applied, after which every change
-/// was refused ("expected a version higher than 18446744073709551615") until a restart.
-#[test]
-fn c2_the_last_u64_version_is_refused_because_nothing_could_follow_it() {
-    let mut gate = gate_at_v5();
-    for doc in [
-        &b"{\"version\": 18446744073709551615}"[..],
-        &b"version = 18446744073709551615\n"[..],
-    ] {
-        let error = gate.admit(doc, None).unwrap_err();
-        assert_eq!(error.field(), Some("version"), "{error}");
-        assert_eq!(
-            error.to_string(),
-            "version: 18446744073709551615, expected at most 18446744073709551614 \
-             (u64::MAX leaves no room for a later version)"
-        );
-        assert_eq!(gate.running_version(), 5);
-    }
-    let admitted = gate
-        .admit(b"{\"version\": 18446744073709551614}", None)
-        .unwrap();
-    gate.commit(&admitted).unwrap();
-    assert_eq!(gate.running_version(), u64::MAX - 1);
-}

@@ -436,8 +436,7 @@ impl TierDocument {
 #[serde(deny_unknown_fields)]
 pub struct PolicyDocument {
     /// Policy version (C2): higher replaces the running policy, the running one with
-    /// the same content is a no-op, lower is stale. `u64::MAX` is refused: no later
-    /// version could follow it.
+    /// the same content is a no-op, lower is stale.
     pub version: u64,
     /// The policy the fields left out are taken from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -582,14 +581,6 @@ impl PolicyDocument {
     /// a value too large for its field; does not validate the policy as a whole.
     pub fn to_spec(&self) -> Result<PolicySpec, PolicyRejection> {
         let mut spec = self.preset.unwrap_or_default().spec();
-        if self.version == u64::MAX {
-            // C2 would then refuse every later change until a restart.
-            return Err(PolicyRejection::invalid(
-                "version",
-                self.version,
-                "at most 18446744073709551614 (u64::MAX leaves no room for a later version)",
-            ));
-        }
         spec.version = self.version;
         if let Some(tiers) = &self.tiers {
             let tiers = tiers.iter().enumerate().map(|(i, t)| t.to_spec(i));
