@@ -8,7 +8,7 @@
 //! | `GET /status` | policy version per worker, shard sizes, health, audit head, store state |
 //! | `GET /integrity` | the integrity report (O6) |
 //! | `POST /policy` | a policy document (TOML or JSON) in the body, its detached ed25519 signature (base64) in `X-Qos-Signature`; 200 applied or no-op, 400 invalid, 403 signature, 409 stale or conflicting version, 413 too large |
-//! | `POST /reload` | runs the embedder's reload hook ([`crate::plane::ControlPlane::set_reload_hook`]; qosd re-reads its configuration file, C4): 200 `{"reloaded": true, "policy_version": n}`, 409 refused (with the reason) or nothing to reload |
+//! | `POST /reload` | runs the embedder's reload hook ([`crate::plane::ControlPlane::set_reload_hook`]; qosd re-reads its configuration file, C4): 200 `{"reloaded": true, "policy_version": n}`, 409 refused (with the reason) or nothing to reload, 500 if the hook panicked |
 //!
 //! It binds loopback by default; another address needs `allow_remote` and a bearer
 //! token. With a token configured, every route but `/healthz` needs

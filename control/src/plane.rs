@@ -209,10 +209,8 @@ pub(crate) struct State<P> {
     health_transitions: u64,
     /// What `POST /reload` runs, when the embedder set it.
     pub(crate) reload: Option<ReloadHook>,
-    /// The last state other than UNKNOWN (which only freezes the shed set): degrade
-    /// events compare against it, so shedding that starts or ends on the way out of
-    /// UNKNOWN is audited like any other.
-    last_known: HealthState,
+    /// The degrade level audited so far.
+    degrade_level: DegradeLevel,
     store: Option<StoreWorker>,
     hlog: Option<HlogWriter>,
     config: ControlConfig,
@@ -351,7 +349,7 @@ impl<P: Send + 'static> State<P> {
             audit_error: None,
             health,
             health_transitions: 0,
-            last_known: HealthState::Normal,
+            degrade_level: DegradeLevel::default(),
             reload: None,
             store,
             hlog,
@@ -735,26 +733,23 @@ impl<P: Send + 'static> State<P> {
             to: t.to.as_str().into(),
             reason: t.hazard.as_str().into(),
         });
-        // UNKNOWN freezes the shed set: no degrade event; the next known state is
-        // compared with the one before it.
-        if t.to == HealthState::Unknown {
-            return;
-        }
-        let before = std::mem::replace(&mut self.last_known, t.to);
-        let step = degrade_step(before, t.to);
-        if step == std::cmp::Ordering::Greater {
-            self.record(&ControlEvent::PerfDegradeApplied {
-                from: t.from.as_str().into(),
-                to: t.to.as_str().into(),
-                hazard: t.hazard.as_str().into(),
-                shed_tiers: names,
-            });
-        } else if step == std::cmp::Ordering::Less {
-            self.record(&ControlEvent::PerfDegradeRecovered {
-                from: t.from.as_str().into(),
-                to: t.to.as_str().into(),
-                held_ms: self.config.health.recovery_hold_ns / 1_000_000,
-            });
+        match self.degrade_level.step(t.to) {
+            Some(std::cmp::Ordering::Greater) => {
+                self.record(&ControlEvent::PerfDegradeApplied {
+                    from: t.from.as_str().into(),
+                    to: t.to.as_str().into(),
+                    hazard: t.hazard.as_str().into(),
+                    shed_tiers: names,
+                });
+            }
+            Some(std::cmp::Ordering::Less) => {
+                self.record(&ControlEvent::PerfDegradeRecovered {
+                    from: t.from.as_str().into(),
+                    to: t.to.as_str().into(),
+                    held_ms: self.config.health.recovery_hold_ns / 1_000_000,
+                });
+            }
+            _ => {}
         }
     }
 
@@ -1161,18 +1156,35 @@ impl<P: Send + 'static> State<P> {
     }
 }
 
-/// Whether a transition to `to` (not UNKNOWN) escalates the degrade (`Greater`:
-/// `perf.degrade.applied`), eases it (`Less`: `perf.degrade.recovered`) or neither,
-/// measured from `last_known`, the last state other than UNKNOWN. UNKNOWN only freezes
-/// the shed set, so it is skipped over: NORMAL, UNKNOWN, DEGRADED is an escalation (it
-/// went unaudited while UNKNOWN ranked above SAFE), DEGRADED, UNKNOWN, DEGRADED nothing.
-fn degrade_step(last_known: HealthState, to: HealthState) -> std::cmp::Ordering {
-    let rank = |s: HealthState| match s {
-        HealthState::Normal | HealthState::Unknown => 0,
-        HealthState::Degraded => 1,
-        HealthState::Safe => 2,
-    };
-    rank(to).cmp(&rank(last_known))
+/// The degrade level audited so far: the last health state other than UNKNOWN. UNKNOWN
+/// only freezes the shed set, so it is skipped over: NORMAL, UNKNOWN, DEGRADED is an
+/// escalation (it went unaudited while UNKNOWN ranked above SAFE), DEGRADED, UNKNOWN,
+/// DEGRADED nothing.
+#[derive(Clone, Copy, Debug)]
+struct DegradeLevel(HealthState);
+
+impl Default for DegradeLevel {
+    fn default() -> Self {
+        Self(HealthState::Normal)
+    }
+}
+
+impl DegradeLevel {
+    /// Records a transition to `to`; returns `Greater` when it escalates the degrade
+    /// (`perf.degrade.applied`), `Less` when it eases it (`perf.degrade.recovered`),
+    /// `None` otherwise (UNKNOWN, or the same level).
+    fn step(&mut self, to: HealthState) -> Option<std::cmp::Ordering> {
+        let rank = |s: HealthState| match s {
+            HealthState::Normal | HealthState::Unknown => 0,
+            HealthState::Degraded => 1,
+            HealthState::Safe => 2,
+        };
+        if to == HealthState::Unknown {
+            return None;
+        }
+        let before = std::mem::replace(&mut self.0, to);
+        Some(rank(to).cmp(&rank(before))).filter(|o| o.is_ne())
+    }
 }
 
 fn tier_name(policy: &Policy, i: usize) -> String {
@@ -1339,38 +1351,40 @@ impl<P: Send + 'static> Drop for ControlPlane<P> {
 
 #[cfg(test)]
 mod tests {
-    use std::cmp::Ordering::{Equal, Greater, Less};
+    use std::cmp::Ordering::{Greater, Less};
 
-    use super::degrade_step;
+    use super::DegradeLevel;
     use crate::health::HealthState::{self, Degraded, Normal, Safe, Unknown};
 
-    /// Replays states as `apply_transition` does: the degrade events of a sequence.
-    fn events(states: &[HealthState]) -> Vec<std::cmp::Ordering> {
-        let mut last_known = Normal;
-        let mut out = Vec::new();
-        for &to in states {
-            if to != Unknown {
-                out.push(degrade_step(std::mem::replace(&mut last_known, to), to));
-            }
-        }
-        out
+    /// The degrade events `apply_transition` records for a sequence of states.
+    fn events(states: &[HealthState]) -> Vec<Option<std::cmp::Ordering>> {
+        let mut level = DegradeLevel::default();
+        states.iter().map(|&to| level.step(to)).collect()
     }
 
     /// Found by a red-team review: a stall longer than the heartbeat threshold goes
     /// NORMAL, UNKNOWN, DEGRADED (shedding Low), NORMAL; the shedding was never audited
     /// as `perf.degrade.applied` (UNKNOWN ranked above DEGRADED), though its end was
-    /// audited as `perf.degrade.recovered`.
+    /// audited as `perf.degrade.recovered`. Sequences the machine produces: it starts
+    /// UNKNOWN; out of UNKNOWN it goes to NORMAL or to the level the hazards give.
     #[test]
     fn o5_shedding_that_starts_or_ends_beside_unknown_is_audited() {
-        assert_eq!(events(&[Unknown, Degraded, Normal]), [Greater, Less]);
+        assert_eq!(events(&[Unknown, Normal]), [None, None]);
         assert_eq!(
-            events(&[Unknown, Safe, Degraded, Normal]),
-            [Greater, Less, Less]
+            events(&[Normal, Unknown, Degraded, Normal]),
+            [None, None, Some(Greater), Some(Less)]
         );
-        assert_eq!(events(&[Degraded, Unknown, Normal]), [Greater, Less]);
-        assert_eq!(events(&[Degraded, Unknown, Degraded]), [Greater, Equal]);
-        assert_eq!(events(&[Degraded, Unknown, Safe]), [Greater, Greater]);
-        assert_eq!(events(&[Safe, Unknown, Degraded]), [Greater, Less]);
-        assert_eq!(events(&[Unknown, Normal]), [Equal]);
+        assert_eq!(
+            events(&[Normal, Unknown, Safe, Degraded, Normal]),
+            [None, None, Some(Greater), Some(Less), Some(Less)]
+        );
+        assert_eq!(
+            events(&[Degraded, Unknown, Degraded, Normal]),
+            [Some(Greater), None, None, Some(Less)]
+        );
+        assert_eq!(
+            events(&[Degraded, Unknown, Safe]),
+            [Some(Greater), None, Some(Greater)]
+        );
     }
 }

@@ -127,8 +127,8 @@ pub fn serve(
             outcome.recv().map_err(|_| "qosd is stopping".to_string())?
         }));
     }
-    let reload = |how: &str| match &path {
-        Some(p) => match gateway.reload(p) {
+    let reload = |how: &str, source: &str| match &path {
+        Some(p) => match gateway.reload_from(p, source) {
             Ok(v) => {
                 eprintln!(
                     "qosd: reloaded {} on {how} (policy version {v})",
@@ -150,13 +150,13 @@ pub fn serve(
         for sig in signals.pending() {
             match sig {
                 SIGHUP => {
-                    let _ = reload("SIGHUP");
+                    let _ = reload("SIGHUP", "sighup");
                 }
                 _ => break 'serving,
             }
         }
         if let Ok(reply) = reloads.recv_timeout(Duration::from_millis(20)) {
-            let _ = reply.send(reload("POST /reload"));
+            let _ = reply.send(reload("POST /reload", "http"));
         }
     }
     // No reload runs from here on: a request still waiting gets "qosd is stopping" now,

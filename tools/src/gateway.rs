@@ -398,9 +398,16 @@ impl Gateway {
     /// a file that fails (or would change what needs a restart) changes nothing. Both
     /// outcomes are logged and audited.
     pub fn reload(&self, path: &Path) -> Result<u64, GatewayError> {
+        self.reload_from(path, "sighup")
+    }
+
+    /// [`Gateway::reload`], naming what asked for it (`"sighup"`, `"http"` for the
+    /// control API's `POST /reload`): the source a changed policy is applied and
+    /// audited under.
+    pub fn reload_from(&self, path: &Path, source: &str) -> Result<u64, GatewayError> {
         let result = GatewayConfig::load(path)
             .map_err(GatewayError::from)
-            .and_then(|(config, bytes)| self.apply(config).map(|v| (v, bytes)));
+            .and_then(|(config, bytes)| self.apply(config, source).map(|v| (v, bytes)));
         let event = match &result {
             Ok((version, bytes)) => ControlEvent::ConfigReloaded {
                 path: path.display().to_string(),
@@ -420,7 +427,7 @@ impl Gateway {
         result.map(|(v, _)| v)
     }
 
-    fn apply(&self, config: GatewayConfig) -> Result<u64, GatewayError> {
+    fn apply(&self, config: GatewayConfig, source: &str) -> Result<u64, GatewayError> {
         let mut running = self
             .running
             .lock()
@@ -466,7 +473,7 @@ impl Gateway {
             plane.status().policy_version
         } else {
             plane
-                .apply_policy(config.policy_text.as_bytes(), None, "sighup")?
+                .apply_policy(config.policy_text.as_bytes(), None, source)?
                 .version
         };
         let generation = self.classifier.load().generation + 1;

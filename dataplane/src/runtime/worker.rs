@@ -321,7 +321,14 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         let mut now = now;
         let current = self.policy.load();
         if !std::sync::Arc::ptr_eq(current, &self.adopted) {
-            self.adopted = current.clone();
+            let before = std::mem::replace(&mut self.adopted, current.clone());
+            // A priority moved to another tier brings its whole count of offered bytes
+            // along: read afresh rather than take it for one period's arrivals.
+            let remapped = before.tiers().len() != current.tiers().len()
+                || (0..PRIORITIES as u8).any(|p| before.tier_of(p) != current.tier_of(p));
+            if remapped && let Some(st) = self.link.as_mut() {
+                st.primed = false;
+            }
             self.sched.set_policy(now, current.clone());
             // Put this worker's part of the link back at once: `set_policy` installed
             // the whole link rate, which must not be credited for any time.
@@ -799,6 +806,9 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     fn share_link(&mut self, now: u64) -> u64 {
         let Some(link) = self.adopted.spec().link else {
             if let Some(st) = self.link.take() {
+                // Without a link this worker asks for nothing: a link set again later
+                // must not be split by its stale demand.
+                self.shared.link.publish(self.index, &[0; MAX_TIERS]);
                 self.shared.link.ledger.release(st.mine);
                 self.shared.workers[self.index].set_granted(0);
                 self.stats.link_rate_bps = 0;
