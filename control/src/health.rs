@@ -108,7 +108,7 @@ impl HealthState {
     }
 
     /// Severity of a capacity level (`Unknown` has none).
-    fn rank(self) -> u8 {
+    pub(crate) fn rank(self) -> u8 {
         match self {
             Self::Normal => 0,
             Self::Degraded => 1,

@@ -1174,16 +1174,12 @@ impl DegradeLevel {
     /// (`perf.degrade.applied`), `Less` when it eases it (`perf.degrade.recovered`),
     /// `None` otherwise (UNKNOWN, or the same level).
     fn step(&mut self, to: HealthState) -> Option<std::cmp::Ordering> {
-        let rank = |s: HealthState| match s {
-            HealthState::Normal | HealthState::Unknown => 0,
-            HealthState::Degraded => 1,
-            HealthState::Safe => 2,
-        };
         if to == HealthState::Unknown {
             return None;
         }
+        // Neither side is UNKNOWN here: the level holds only known states.
         let before = std::mem::replace(&mut self.0, to);
-        Some(rank(to).cmp(&rank(before))).filter(|o| o.is_ne())
+        Some(to.rank().cmp(&before.rank())).filter(|o| o.is_ne())
     }
 }
 

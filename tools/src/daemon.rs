@@ -116,12 +116,9 @@ pub fn serve(
     if path.is_some()
         && let Some(plane) = gateway.plane()
     {
-        let requests = std::sync::Mutex::new(requests);
         plane.set_reload_hook(std::sync::Arc::new(move || {
             let (reply, outcome) = mpsc::sync_channel(1);
             requests
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .send(reply)
                 .map_err(|_| "qosd is stopping".to_string())?;
             outcome.recv().map_err(|_| "qosd is stopping".to_string())?

@@ -883,8 +883,8 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         }
         let mut demand = [0u64; MAX_TIERS];
         for t in 0..self.adopted.tiers().len() {
-            // Offered since the last period (a remap of priorities moves counts between
-            // tiers; a drop then reads as no arrivals).
+            // Offered since the last period (after a remap of priorities to tiers the
+            // reading starts afresh: `adopt_policy` unprimes it).
             let (since_packets, since_bytes) = match st.primed {
                 true => (st.last_packets[t], st.last_bytes[t]),
                 false => (packets[t], bytes[t]),
