@@ -85,6 +85,7 @@ pub use snapshot::{SnapshotCell, SnapshotReader};
 #[doc(hidden)]
 pub mod loom_access {
     pub use super::counters::Counters;
+    pub use super::link::RateLedger;
 }
 
 use crate::sched::Event;

@@ -15,7 +15,7 @@ use std::time::Duration;
 use loom::sync::Arc;
 use loom::sync::atomic::{AtomicU64, Ordering};
 use loom::thread;
-use qos_dataplane::runtime::loom_access::Counters;
+use qos_dataplane::runtime::loom_access::{Counters, RateLedger};
 use qos_dataplane::runtime::mailbox::{self, MailboxReceiver, MailboxSender};
 use qos_dataplane::runtime::{Doorbell, SnapshotCell, WorkerStats};
 
@@ -252,5 +252,116 @@ fn t5_counters_single_writer_monotone_per_word() {
             hot_words(&hot(2)),
             "the last publication after the join"
         );
+    });
+}
+
+/// The link rate of the ledger models, bit/s (any value would do).
+const LINK: u64 = 100;
+
+/// A worker's side of the ledger protocol (`worker.rs`, `move_rate`): `held` is what it
+/// holds in the ledger, `applied` the rate its scheduler paces at (an atomic only so
+/// the model can read another worker's; the real one is the worker's own state).
+struct Pacer {
+    held: u64,
+    applied: Arc<AtomicU64>,
+}
+
+impl Pacer {
+    /// Lower: apply the new rate first, then give the difference back.
+    fn lower(&mut self, ledger: &RateLedger, to: u64) {
+        let give = self.held - to;
+        self.held = to;
+        self.applied.store(to, Ordering::Relaxed);
+        ledger.release(give);
+    }
+
+    /// Raise: claim first, then apply what was granted. Returns what was claimed.
+    fn raise(&mut self, ledger: &RateLedger, to: u64) -> u64 {
+        let got = ledger.claim(to - self.held, LINK);
+        self.held += got;
+        self.applied.store(self.held, Ordering::Relaxed);
+        got
+    }
+}
+
+/// The rates in effect, as seen by the thread that reads them: every other worker's
+/// latest applied rate it can see, plus its own.
+fn in_effect(all: &[Arc<AtomicU64>]) -> u64 {
+    all.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+}
+
+/// T6/T5 (rate ledger): worker 0 lowers its rate and gives it back while worker 1
+/// claims more. Whenever worker 1's claim succeeds, the lowering it was granted from
+/// is visible to it: the rates in effect never exceed the link, and the ledger ends
+/// holding exactly the rates applied. (With `claim` or `release` Relaxed, loom finds
+/// worker 1 raising while it still sees worker 0's old rate.)
+#[test]
+fn t6_ledger_a_raise_never_overtakes_the_lowering_it_claims() {
+    loom::model(|| {
+        let ledger = Arc::new(RateLedger::new());
+        let applied: Vec<Arc<AtomicU64>> = (0..2).map(|_| Arc::new(AtomicU64::new(0))).collect();
+        // Start full: worker 0 holds 70, worker 1 holds 30.
+        let mut pacers: Vec<Pacer> = [70, 30]
+            .iter()
+            .zip(&applied)
+            .map(|(&held, a)| {
+                assert_eq!(ledger.claim(held, LINK), held);
+                a.store(held, Ordering::Relaxed);
+                Pacer {
+                    held,
+                    applied: a.clone(),
+                }
+            })
+            .collect();
+        let mut p1 = pacers.pop().expect("two pacers");
+        let mut p0 = pacers.pop().expect("two pacers");
+        let lowering = {
+            let ledger = ledger.clone();
+            thread::spawn(move || {
+                p0.lower(&ledger, 40);
+                p0.lower(&ledger, 10);
+                p0
+            })
+        };
+        let mut claimed = 0;
+        for to in [60, 90] {
+            if p1.held < to && p1.raise(&ledger, to) > 0 {
+                claimed += 1;
+                let seen = in_effect(&applied);
+                assert!(seen <= LINK, "rates in effect {seen} > link {LINK}");
+            }
+        }
+        let p0 = lowering.join().expect("lowering worker");
+        assert!(claimed <= 2);
+        assert_eq!(
+            ledger.granted(),
+            p0.held + p1.held,
+            "the ledger holds what is applied"
+        );
+        assert!(ledger.granted() <= LINK);
+    });
+}
+
+/// T6/T5 (rate ledger): two workers race to claim the same freed rate after a third
+/// gave it back: together they never claim more than was freed, whatever the
+/// interleaving of their compare-and-swaps.
+#[test]
+fn t6_ledger_racing_claims_never_pass_the_link() {
+    loom::model(|| {
+        let ledger = Arc::new(RateLedger::new());
+        assert_eq!(ledger.claim(LINK, LINK), LINK);
+        let claimers: Vec<_> = (0..2)
+            .map(|_| {
+                let ledger = ledger.clone();
+                thread::spawn(move || ledger.claim(LINK, LINK))
+            })
+            .collect();
+        ledger.release(30);
+        let got: u64 = claimers
+            .into_iter()
+            .map(|c| c.join().expect("claimer"))
+            .sum();
+        assert!(got <= 30, "claimed {got} of the 30 freed");
+        assert_eq!(ledger.granted(), LINK - 30 + got);
     });
 }

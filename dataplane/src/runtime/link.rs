@@ -79,13 +79,17 @@ impl LinkBoard {
 }
 
 /// The sum of the pacing rates granted to workers, kept at or below the link rate.
+///
+/// `pub` only so that the loom models can reach it (`runtime::loom_access`); the
+/// module is private.
 #[derive(Debug)]
-pub(crate) struct RateLedger {
+pub struct RateLedger {
     granted: AtomicU64,
 }
 
 impl RateLedger {
-    pub(crate) fn new() -> Self {
+    /// An empty ledger: nothing granted.
+    pub fn new() -> Self {
         Self {
             granted: AtomicU64::new(0),
         }
@@ -93,7 +97,7 @@ impl RateLedger {
 
     /// Claims up to `want` more bit/s without letting the total pass `link_bps`;
     /// returns what was claimed.
-    pub(crate) fn claim(&self, want: u64, link_bps: u64) -> u64 {
+    pub fn claim(&self, want: u64, link_bps: u64) -> u64 {
         // Acquire on success: partner of `release`'s Release, so the releasing worker's
         // lowered rate (applied before its release) happens before our raise.
         let mut got = 0;
@@ -107,13 +111,13 @@ impl RateLedger {
     }
 
     /// Returns `amount` bit/s (already removed from the worker's pacing rate).
-    pub(crate) fn release(&self, amount: u64) {
+    pub fn release(&self, amount: u64) {
         // Release: partner of `claim`'s Acquire.
         self.granted.fetch_sub(amount, Ordering::Release);
     }
 
     /// Total granted now.
-    pub(crate) fn granted(&self) -> u64 {
+    pub fn granted(&self) -> u64 {
         self.granted.load(Ordering::Relaxed)
     }
 }
