@@ -222,9 +222,12 @@ pub enum ControlEvent {
         /// Lowercase hex SHA-256 of the torn bytes.
         sha256: String,
     },
-    /// The daemon re-read its configuration file (SIGHUP) and runs it now.
+    /// The daemon re-read its configuration file and runs it now.
     #[serde(rename = "config.reloaded")]
     ConfigReloaded {
+        /// What asked for the reload: `sighup`, or `http` for the control API's
+        /// `POST /reload`.
+        trigger: String,
         /// The file read.
         path: String,
         /// Lowercase hex SHA-256 of the file as read.
@@ -235,6 +238,8 @@ pub enum ControlEvent {
     /// A configuration file was refused; the running configuration stays.
     #[serde(rename = "config.rejected")]
     ConfigRejected {
+        /// What asked for the reload (as in `config.reloaded`).
+        trigger: String,
         /// The file read.
         path: String,
         /// What is wrong, naming the key.
@@ -523,19 +528,26 @@ pub fn emit(event: &ControlEvent) {
             sha256 = sha256.as_str()
         ),
         ControlEvent::ConfigReloaded {
+            trigger,
             path,
             sha256,
             policy_version,
         } => emit_at!(
             level,
             event = name,
+            trigger = trigger.as_str(),
             path = path.as_str(),
             sha256 = sha256.as_str(),
             policy_version = *policy_version
         ),
-        ControlEvent::ConfigRejected { path, reason } => emit_at!(
+        ControlEvent::ConfigRejected {
+            trigger,
+            path,
+            reason,
+        } => emit_at!(
             level,
             event = name,
+            trigger = trigger.as_str(),
             path = path.as_str(),
             reason = reason.as_str()
         ),

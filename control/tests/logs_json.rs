@@ -222,21 +222,23 @@ fn cases() -> Vec<(ControlEvent, &'static str, Value)> {
         ),
         (
             ControlEvent::ConfigReloaded {
+                trigger: "sighup".into(),
                 path: "/etc/qosd.toml".into(),
                 sha256: "ef".repeat(32),
                 policy_version: 3,
             },
             "INFO",
-            json!({"event": "config.reloaded", "path": "/etc/qosd.toml",
+            json!({"event": "config.reloaded", "trigger": "sighup", "path": "/etc/qosd.toml",
                    "sha256": "ef".repeat(32), "policy_version": 3}),
         ),
         (
             ControlEvent::ConfigRejected {
+                trigger: "http".into(),
                 path: "/etc/qosd.toml".into(),
                 reason: "config: gateway.workers = 0: expected 1..=64".into(),
             },
             "WARN",
-            json!({"event": "config.rejected", "path": "/etc/qosd.toml",
+            json!({"event": "config.rejected", "trigger": "http", "path": "/etc/qosd.toml",
                    "reason": "config: gateway.workers = 0: expected 1..=64"}),
         ),
     ]

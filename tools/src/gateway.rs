@@ -410,11 +410,13 @@ impl Gateway {
             .and_then(|(config, bytes)| self.apply(config, source).map(|v| (v, bytes)));
         let event = match &result {
             Ok((version, bytes)) => ControlEvent::ConfigReloaded {
+                trigger: source.to_owned(),
                 path: path.display().to_string(),
                 sha256: sha256_hex(bytes),
                 policy_version: *version,
             },
             Err(e) => ControlEvent::ConfigRejected {
+                trigger: source.to_owned(),
                 path: path.display().to_string(),
                 reason: e.to_string(),
             },
