@@ -33,6 +33,10 @@
 //! CREATE INDEX IF NOT EXISTS qos_metrics_timestamp_ms ON qos_metrics (timestamp_ms);
 //! ```
 //!
+//! A `qos_metrics` table already in the file must have these columns (it may have
+//! more); otherwise every batch fails with [`StoreError::ForeignTable`] and nothing,
+//! not even the index, is added to the file.
+//!
 //! The column names follow the QoSMetrics entity of the module spec; `timestamp` keeps
 //! the spec's RFC 3339 text and `timestamp_ms` is the indexed integer form.
 
@@ -206,6 +210,21 @@ pub enum StoreError {
         wal: PathBuf,
         /// Its size.
         bytes: u64,
+    },
+    /// The file already holds a `qos_metrics` table without a column the rows need (a
+    /// table another program made, or an older layout); nothing was written to it.
+    #[error(
+        "metrics.db {}: table qos_metrics has no column {missing} (found: {}); it was not made by this store: move the file aside or point the store elsewhere",
+        path.display(),
+        found.join(", ")
+    )]
+    ForeignTable {
+        /// The database file.
+        path: PathBuf,
+        /// The first missing column.
+        missing: &'static str,
+        /// The table's columns.
+        found: Vec<String>,
     },
     /// A stored value does not have the type or range of its column ([`read_rows`]).
     #[error(

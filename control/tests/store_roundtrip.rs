@@ -320,3 +320,51 @@ fn an_empty_batch_creates_the_table() {
     assert_eq!(read_rows(&db).unwrap(), []);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// O2, bad input: a `qos_metrics` table another program made (no `packets_dropped`)
+/// fails every batch with an error naming the missing column, and the store adds
+/// nothing to the user's file: no row, no index.
+#[test]
+fn a_foreign_qos_metrics_table_is_refused_and_left_untouched() {
+    let dir = temp_dir("foreign");
+    let db = dir.join("metrics.db");
+    let made = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg(
+            "CREATE TABLE qos_metrics (timestamp_ms INTEGER, stream_id TEXT, priority INTEGER); \
+             INSERT INTO qos_metrics VALUES (1, 'theirs', 3);",
+        )
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let schema = |db: &std::path::Path| {
+        let out = std::process::Command::new("sqlite3")
+            .arg(db)
+            .arg(".schema")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let before = schema(&db);
+    let mut store = TursoStore::new(&db).unwrap();
+    for _ in 0..2 {
+        let err = store.write_batch(&rows(0, 3)).unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(
+                &err,
+                StoreError::ForeignTable {
+                    missing: "timestamp",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(msg.contains(db.to_str().unwrap()), "{msg}");
+        assert!(msg.contains("no column timestamp "), "{msg}");
+    }
+    assert_eq!(schema(&db), before, "no index or table added");
+    assert!(!before.contains("INDEX"), "{before}");
+    assert_eq!(sqlite3_count(&db), 1, "the user's row only");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

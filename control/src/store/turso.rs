@@ -17,7 +17,7 @@ use turso_core::{
 
 use super::{MetricsStore, QosMetricsRow, StoreError, StoreStep};
 
-const SCHEMA_SQL: &str = "\
+const TABLE_SQL: &str = "\
 CREATE TABLE IF NOT EXISTS qos_metrics (
     timestamp_ms INTEGER NOT NULL,
     timestamp TEXT NOT NULL,
@@ -27,8 +27,24 @@ CREATE TABLE IF NOT EXISTS qos_metrics (
     packets_dropped INTEGER NOT NULL,
     bandwidth_allocated_mbps REAL,
     latency_p95_ms REAL
-);
-CREATE INDEX IF NOT EXISTS qos_metrics_timestamp_ms ON qos_metrics (timestamp_ms);";
+);";
+
+/// The columns `INSERT_SQL` writes, checked in a table that was already there.
+const COLUMNS: [&str; 8] = [
+    "timestamp_ms",
+    "timestamp",
+    "stream_id",
+    "priority",
+    "queue_depth",
+    "packets_dropped",
+    "bandwidth_allocated_mbps",
+    "latency_p95_ms",
+];
+
+const COLUMNS_SQL: &str = "PRAGMA table_info(qos_metrics)";
+
+const INDEX_SQL: &str =
+    "CREATE INDEX IF NOT EXISTS qos_metrics_timestamp_ms ON qos_metrics (timestamp_ms)";
 
 const INSERT_SQL: &str = "INSERT INTO qos_metrics (timestamp_ms, timestamp, stream_id, priority, \
      queue_depth, packets_dropped, bandwidth_allocated_mbps, latency_p95_ms) \
@@ -118,7 +134,12 @@ impl TursoStore {
 
     /// Schema, one transaction of inserts, checkpoint. The caller closes `conn`.
     fn insert_all(&self, conn: &Arc<Connection>, rows: &[QosMetricsRow]) -> Result<(), StoreError> {
-        conn.execute(SCHEMA_SQL)
+        conn.execute(TABLE_SQL)
+            .map_err(self.err(StoreStep::CreateSchema))?;
+        // A `qos_metrics` table someone else made (or an older layout) is refused
+        // before anything, the index included, is added to it.
+        self.check_columns(conn)?;
+        conn.execute(INDEX_SQL)
             .map_err(self.err(StoreStep::CreateSchema))?;
         conn.execute("BEGIN").map_err(self.err(StoreStep::Begin))?;
         let inserted = self
@@ -138,6 +159,30 @@ impl TursoStore {
             .map_err(self.err(StoreStep::Checkpoint))?;
         drop(result);
         Ok(())
+    }
+
+    /// Every column `INSERT_SQL` names is in the table.
+    fn check_columns(&self, conn: &Arc<Connection>) -> Result<(), StoreError> {
+        let rows = conn
+            .prepare(COLUMNS_SQL)
+            .and_then(|mut stmt| stmt.run_collect_rows())
+            .map_err(self.err(StoreStep::CreateSchema))?;
+        // `table_info` rows: cid, name, type, notnull, default, pk.
+        let names: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.get(1).and_then(Value::to_text).map(str::to_owned))
+            .collect();
+        match COLUMNS
+            .iter()
+            .find(|c| !names.iter().any(|n| n.eq_ignore_ascii_case(c)))
+        {
+            Some(missing) => Err(StoreError::ForeignTable {
+                path: self.path.clone(),
+                missing,
+                found: names,
+            }),
+            None => Ok(()),
+        }
     }
 
     fn insert_rows(
