@@ -41,16 +41,21 @@
 //! | tag | histogram |
 //! | --- | --- |
 //! | `p{priority}.sojourn` ([`sojourn_tag`]) | sojourn time (enqueue to dequeue, S10) of priority 0..=7, all workers, ns |
-//! | `cost` ([`COST_TAG`]) | scheduling cost per packet, all workers, ns |
-//! | `w{worker}.cost` ([`cost_tag`]) | scheduling cost per packet of one worker, ns |
+//! | `w{worker}.cost` ([`cost_tag`]) | scheduling cost of one worker: the time of each loop iteration that moved packets (a batch of decisions, not one packet), ns |
+//! | `cost` ([`COST_TAG`]) | the same for all workers together; the control plane does not write it (an embedder may) |
 //!
 //! # Reading
 //!
-//! [`read_hlog`] parses any interval log (ours or another writer's) line by line with the
-//! crate's [`IntervalLogIterator`], so each error names the file and the line; each
-//! payload is inflated with a size limit before the crate's [`Deserializer`] decodes it,
-//! so a hostile length field cannot make it allocate gigabytes. [`percentile_table`] sums
-//! the intervals of each tag and reports p50/p90/p99/p99.9/max/count (`qos-ctl hdr print`).
+//! [`read_hlog`] parses an interval log in the V2 encoding (ours or another writer's;
+//! timestamps in seconds with a fraction) line by line with the crate's
+//! [`IntervalLogIterator`], so each error names the file and the line. Hostile input is
+//! bounded before anything is allocated for it: only regular files are read, a line may
+//! hold at most [`MAX_LINE_BYTES`], a payload is inflated up to [`MAX_INFLATED_BYTES`],
+//! the histogram its header declares may have at most [`MAX_COUNTERS`] counters before
+//! the crate's [`Deserializer`] builds it, and counts may not overflow. [`summarize_hlog`]
+//! sums each tag's intervals while reading (bounded memory for any length of log, at most
+//! [`MAX_SUM_COUNTERS`] counters in all) and skips an incomplete last line, reporting it;
+//! [`TagSum::row`] gives p50/p90/p99/p99.9/max/count (`qos-ctl hdr print`).
 //!
 //! [`V2DeflateSerializer`]: hdrhistogram::serialization::V2DeflateSerializer
 //! [`IntervalLogWriterBuilder`]: hdrhistogram::serialization::interval_log::IntervalLogWriterBuilder
@@ -59,7 +64,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -81,7 +86,8 @@ pub const LOG_FORMAT_VERSION: &str = "1.3";
 pub const LEGEND: &str =
     "\"StartTimestamp\",\"Interval_Length\",\"Interval_Max\",\"Interval_Compressed_Histogram\"";
 
-/// Tag of the scheduling-cost histogram of all workers.
+/// Tag of a scheduling-cost histogram of all workers together (not written by the
+/// control plane, which writes one per worker, [`cost_tag`]).
 pub const COST_TAG: &str = "cost";
 
 /// First 4 bytes (big-endian) of a V2 compressed payload.
@@ -90,10 +96,26 @@ pub const V2_COMPRESSED_COOKIE: u32 = 0x1c84_9314;
 /// First 4 bytes (big-endian) of a V2 uncompressed payload (and of an inflated one).
 pub const V2_COOKIE: u32 = 0x1c84_9313;
 
-/// Largest inflated payload accepted, in bytes. The largest histogram the `hdrhistogram`
-/// crate can build (1..=u64::MAX, 5 significant digits) has about 6.3 million counters,
-/// at most 9 bytes each once encoded: 57 MB.
-pub const MAX_INFLATED_BYTES: usize = 64 << 20;
+/// Largest histogram an interval may declare, in counters (8 MB of counts once
+/// decoded). `qosd`'s histograms (1 ns to 100 s, 3 significant digits) have 27,648; the
+/// widest at 3 digits (1..=u64::MAX) 55,296; 1..=u64::MAX at 5 digits would need 6.3
+/// million (50 MB), and is refused.
+pub const MAX_COUNTERS: u64 = 1 << 20;
+
+/// Largest number of counters the sums of one read may hold, all tags together (128 MB).
+pub const MAX_SUM_COUNTERS: u64 = 1 << 24;
+
+/// Largest total count of a histogram or a tag's sum: counts are signed 64-bit in the
+/// encoding, and percentiles add them up.
+pub const MAX_TOTAL_COUNT: u64 = i64::MAX as u64;
+
+/// Largest inflated payload accepted, in bytes: [`MAX_COUNTERS`] counters at most 9
+/// bytes each once encoded, plus the header.
+pub const MAX_INFLATED_BYTES: usize = 10 << 20;
+
+/// Longest line accepted, in bytes: the base64 of a compressed payload that inflates to
+/// [`MAX_INFLATED_BYTES`] is at most about 14 MB.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
 
 /// Bytes of a V2 header: cookie, payload length, normalizing offset, significant digits,
 /// lowest and highest trackable values, integer-to-double ratio.
@@ -190,10 +212,14 @@ pub enum HlogError {
 
 /// Writes one `.hlog` file: the header on [`create`](Self::create), then one line per
 /// [`write_interval`](Self::write_interval), each written whole with a single write and
-/// flushed, so a crash leaves at most the last line incomplete.
+/// flushed. A write that fails part way (a full disk) is cut back to the last whole line,
+/// so later lines follow whole ones; only a crash mid-write leaves an incomplete last
+/// line, which [`summarize_hlog`] skips.
 pub struct HlogWriter {
     path: PathBuf,
     file: File,
+    /// Bytes of whole lines written: where the next line starts.
+    whole: u64,
     serializer: V2DeflateSerializer,
     /// Scratch for the crate's per-interval writer (header comment + interval line).
     scratch: Vec<u8>,
@@ -239,6 +265,7 @@ impl HlogWriter {
         let mut writer = Self {
             path,
             file,
+            whole: 0,
             serializer: V2DeflateSerializer::new(),
             scratch: Vec::new(),
             base: UNIX_EPOCH + base_since_epoch,
@@ -322,9 +349,10 @@ impl HlogWriter {
         }
         let body = self.scratch.strip_suffix(b"\n").unwrap_or(&self.scratch);
         let line_start = body.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        let line = &self.scratch[line_start..];
-        let written = self.file.write_all(line).and_then(|()| self.file.flush());
-        written.map_err(|source| self.io_error("write", source))
+        let scratch = std::mem::take(&mut self.scratch);
+        let written = self.write_line(&scratch[line_start..]);
+        self.scratch = scratch;
+        written
     }
 
     /// Syncs the file to disk and closes it (every line is already written and flushed).
@@ -337,9 +365,23 @@ impl HlogWriter {
             .map_err(|source| self.io_error("sync", source))
     }
 
+    /// Appends whole lines; on failure, cuts the file back to the lines before (best
+    /// effort: if even that fails, the reader reports the torn line).
     fn write_line(&mut self, bytes: &[u8]) -> Result<(), HlogError> {
         let result = self.file.write_all(bytes).and_then(|()| self.file.flush());
-        result.map_err(|source| self.io_error("write", source))
+        match result {
+            Ok(()) => {
+                self.whole += bytes.len() as u64;
+                Ok(())
+            }
+            Err(source) => {
+                let _ = self
+                    .file
+                    .set_len(self.whole)
+                    .and_then(|()| self.file.seek(io::SeekFrom::Start(self.whole)));
+                Err(self.io_error("write", source))
+            }
+        }
     }
 
     fn io_error(&self, action: &'static str, source: io::Error) -> HlogError {
@@ -439,19 +481,26 @@ pub struct Interval {
 /// blank lines are skipped; `#[StartTime: ..]` and `#[BaseTime: ..]` lines set the time
 /// base of the intervals after them.
 ///
+/// Every interval is kept in memory (about 220 KB each for the histograms `qosd`
+/// writes): to summarize a long log, use [`summarize_hlog`], which sums as it reads.
+///
 /// # Errors
-/// [`HlogError::Io`] when the file cannot be read; [`HlogError::Parse`], naming the line,
-/// for a line that is not a comment, legend, time header or interval, or whose payload is
-/// not valid base64, not a V2 (compressed) histogram, truncated, or inflates beyond
-/// [`MAX_INFLATED_BYTES`].
+/// [`HlogError::Io`] when the file cannot be read or is not a regular file;
+/// [`HlogError::Parse`], naming the line, for a line that is not a comment, legend, time
+/// header or interval, or whose payload is not valid base64, not a V2 (compressed)
+/// histogram, truncated, inflates beyond [`MAX_INFLATED_BYTES`], declares a histogram of
+/// more than [`MAX_COUNTERS`] counters or holds more than [`MAX_TOTAL_COUNT`] values, and
+/// for a line longer than [`MAX_LINE_BYTES`]. An incomplete last line is an error here
+/// ([`summarize_hlog`] skips it).
 pub fn read_hlog(path: impl AsRef<Path>) -> Result<Vec<Interval>, HlogError> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|source| HlogError::Io {
-        path: path.to_path_buf(),
-        action: "read",
-        source,
+    let file = open_log(path)?;
+    let mut intervals = Vec::new();
+    scan(path, io::BufReader::new(file), false, |interval| {
+        intervals.push(interval);
+        Ok(())
     })?;
-    parse_hlog(path, &bytes)
+    Ok(intervals)
 }
 
 /// As [`read_hlog`], from bytes already in memory; `path` only names the source in errors.
@@ -459,28 +508,135 @@ pub fn read_hlog(path: impl AsRef<Path>) -> Result<Vec<Interval>, HlogError> {
 /// # Errors
 /// As [`read_hlog`], except `Io`.
 pub fn parse_hlog(path: &Path, bytes: &[u8]) -> Result<Vec<Interval>, HlogError> {
-    let mut reader = LogReader::default();
     let mut intervals = Vec::new();
+    scan(path, bytes, false, |interval| {
+        intervals.push(interval);
+        Ok(())
+    })?;
+    Ok(intervals)
+}
+
+/// What [`summarize_hlog`] read.
+#[derive(Debug)]
+pub struct HlogSummary {
+    /// One sum per selected tag, in tag order (untagged first).
+    pub sums: Vec<TagSum>,
+    /// Intervals read, selected or not.
+    pub intervals: usize,
+    /// The line number of an incomplete last line that was skipped: a write cut short
+    /// (the writer died mid-line). Everything before it was read.
+    pub torn_tail: Option<usize>,
+}
+
+/// Reads the log at `path` and sums the intervals of each tag that `keep` selects as it
+/// goes, holding one histogram per selected tag rather than every interval, so a log of
+/// any length is summarized in bounded memory. An incomplete last line (no newline, and
+/// it does not parse) is skipped and reported in [`HlogSummary::torn_tail`].
+///
+/// # Errors
+/// As [`read_hlog`], and [`HlogError::Parse`] naming the line of an interval that cannot
+/// be added to its tag's sum: the tag would hold more than [`MAX_TOTAL_COUNT`] values, or
+/// the sums together would need more than [`MAX_SUM_COUNTERS`] counters.
+pub fn summarize_hlog(
+    path: impl AsRef<Path>,
+    keep: impl Fn(Option<&str>) -> bool,
+) -> Result<HlogSummary, HlogError> {
+    let path = path.as_ref();
+    let file = open_log(path)?;
+    let mut summer = Summer::default();
+    let mut intervals = 0;
+    let torn_tail = scan(path, io::BufReader::new(file), true, |interval| {
+        intervals += 1;
+        if !keep(interval.tag.as_deref()) {
+            return Ok(());
+        }
+        summer.add(&interval).map_err(|message| HlogError::Parse {
+            path: path.to_path_buf(),
+            line: interval.line,
+            message,
+        })
+    })?;
+    Ok(HlogSummary {
+        sums: summer.finish(),
+        intervals,
+        torn_tail,
+    })
+}
+
+/// Opens a log for reading; only a regular file is accepted (a device such as
+/// `/dev/zero` never ends, a pipe would block).
+fn open_log(path: &Path) -> Result<File, HlogError> {
+    let io_error = |source| HlogError::Io {
+        path: path.to_path_buf(),
+        action: "read",
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io_error)?;
+    if !meta.is_file() {
+        return Err(io_error(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file (a directory, device or pipe), expected an .hlog file",
+        )));
+    }
+    File::open(path).map_err(io_error)
+}
+
+/// Reads `reader` line by line and hands each interval to `each`. With `tolerate_torn`,
+/// a last line without its newline that does not parse is skipped and its number
+/// returned; otherwise it is an error like any other.
+fn scan<R: io::BufRead>(
+    path: &Path,
+    mut reader: R,
+    tolerate_torn: bool,
+    mut each: impl FnMut(Interval) -> Result<(), HlogError>,
+) -> Result<Option<usize>, HlogError> {
+    let mut log = LogReader::default();
+    let mut raw = Vec::new();
     let mut line_buf = Vec::new();
-    for (index, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = index + 1;
-        let text = raw.strip_suffix(b"\r").unwrap_or(raw);
+    let mut line = 0;
+    loop {
+        raw.clear();
+        let read = io::BufRead::read_until(
+            &mut Read::take(&mut reader, MAX_LINE_BYTES as u64 + 1),
+            b'\n',
+            &mut raw,
+        )
+        .map_err(|source| HlogError::Io {
+            path: path.to_path_buf(),
+            action: "read",
+            source,
+        })?;
+        if read == 0 {
+            return Ok(None);
+        }
+        line += 1;
+        let parse_err = |message: String| HlogError::Parse {
+            path: path.to_path_buf(),
+            line,
+            message,
+        };
+        let terminated = raw.last() == Some(&b'\n');
+        if !terminated && raw.len() > MAX_LINE_BYTES {
+            return Err(parse_err(format!(
+                "line is longer than {MAX_LINE_BYTES} bytes, expected an interval line \
+                 (is this an .hlog file?)"
+            )));
+        }
+        let text = raw.strip_suffix(b"\n").unwrap_or(&raw);
+        let text = text.strip_suffix(b"\r").unwrap_or(text);
         if text.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         line_buf.clear();
         line_buf.extend_from_slice(text);
         line_buf.push(b'\n');
-        let parse_err = |message: String| HlogError::Parse {
-            path: path.to_path_buf(),
-            line,
-            message,
-        };
-        if let Some(interval) = reader.line(&line_buf, line).map_err(parse_err)? {
-            intervals.push(interval);
+        match log.line(&line_buf, line) {
+            Ok(Some(interval)) => each(interval)?,
+            Ok(None) => {}
+            Err(_) if tolerate_torn && !terminated => return Ok(Some(line)),
+            Err(message) => return Err(parse_err(message)),
         }
     }
-    Ok(intervals)
 }
 
 /// Time headers seen so far, and the decoder.
@@ -537,7 +693,7 @@ impl LogReader {
         }
     }
 
-    /// base64 -> (inflate, bounded) -> V2 -> histogram.
+    /// base64 -> (inflate, bounded) -> V2 (shape checked) -> histogram (count checked).
     fn decode(&mut self, encoded: &str) -> Result<Histogram<u64>, String> {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
@@ -559,9 +715,18 @@ impl LogReader {
             }
         };
         check_v2(&v2)?;
-        self.deserializer
+        let hist = self
+            .deserializer
             .deserialize(&mut v2.as_slice())
-            .map_err(|e| format!("histogram payload does not decode: {e}"))
+            .map_err(|e| format!("histogram payload does not decode: {e}"))?;
+        // The crate saturates the total: anything past MAX_TOTAL_COUNT is an overflow
+        // (each count is at most i64::MAX in the encoding; percentiles add them in u64).
+        if hist.len() > MAX_TOTAL_COUNT {
+            return Err(format!(
+                "histogram holds more than {MAX_TOTAL_COUNT} values (its counts overflow)"
+            ));
+        }
+        Ok(hist)
     }
 }
 
@@ -592,22 +757,78 @@ fn inflate(raw: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// The V2 header's payload length must fit in what is there (the decoder allocates it).
+/// The V2 header's payload length must fit in what is there, and the histogram it
+/// declares (the decoder allocates one counter per bucket of the range before reading a
+/// count) must have at most [`MAX_COUNTERS`] counters.
 fn check_v2(v2: &[u8]) -> Result<(), String> {
     let claimed = read_u32(v2, 4).map(|n| n as usize);
     let present = v2.len().saturating_sub(V2_HEADER_BYTES);
     match claimed {
-        Some(n) if v2.len() >= V2_HEADER_BYTES && n <= present => Ok(()),
-        _ => Err(format!(
-            "V2 histogram claims {} counter bytes but holds {present}: truncated",
-            claimed.unwrap_or(0)
-        )),
+        Some(n) if v2.len() >= V2_HEADER_BYTES && n <= present => {}
+        _ => {
+            return Err(format!(
+                "V2 histogram claims {} counter bytes but holds {present}: truncated",
+                claimed.unwrap_or(0)
+            ));
+        }
     }
+    let (digits, low, high) = (
+        read_u32(v2, 12).unwrap_or(0),
+        read_u64(v2, 16).unwrap_or(0),
+        read_u64(v2, 24).unwrap_or(0),
+    );
+    match counters_of(low, high, digits) {
+        None => Err(format!(
+            "V2 histogram range {low}..={high} at {digits} significant digits is not valid, \
+             expected lowest >= 1, highest >= 2 * lowest and at most 5 digits"
+        )),
+        Some(n) if n > MAX_COUNTERS => Err(format!(
+            "V2 histogram range {low}..={high} at {digits} significant digits needs {n} \
+             counters, more than the {MAX_COUNTERS} accepted"
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// How many counters `Histogram::new_with_bounds(low, high, digits)` allocates, or `None`
+/// where it refuses the bounds. HdrHistogram's layout: unit resolution up to
+/// `2 * 10^digits`, rounded up to a power of two of sub-buckets, scaled by the largest
+/// power of two not above `low`; each further bucket doubles the range and adds half as
+/// many counters, until `high` is covered.
+fn counters_of(low: u64, high: u64, digits: u32) -> Option<u64> {
+    if low == 0 || low > u64::MAX / 2 || high < 2 * low || digits > 5 {
+        return None;
+    }
+    let largest = 2 * 10u64.pow(digits);
+    // ceil(log2(largest)): `largest` is never a power of two above 2.
+    let sub_magnitude = (largest - 1).ilog2() + 1;
+    // floor(log2(low)) as the crate computes it, through f64 (which rounds a `low` just
+    // under a large power of two up to it).
+    let unit_magnitude = (low as f64).log2().floor() as u32;
+    if unit_magnitude + sub_magnitude > 63 {
+        return None;
+    }
+    let mut untrackable = 1u64 << (unit_magnitude + sub_magnitude);
+    let mut buckets = 1u64;
+    while untrackable <= high {
+        if untrackable > u64::MAX / 2 {
+            buckets += 1;
+            break;
+        }
+        untrackable <<= 1;
+        buckets += 1;
+    }
+    Some((buckets + 1) * (1u64 << (sub_magnitude - 1)))
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
     let word: [u8; 4] = bytes.get(at..at + 4)?.try_into().ok()?;
     Some(u32::from_be_bytes(word))
+}
+
+fn read_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    let word: [u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(word))
 }
 
 /// The start of a line for an error message (lines can be megabytes of base64).
@@ -619,6 +840,63 @@ fn preview(text: &[u8]) -> String {
         s.push_str("...");
     }
     s
+}
+
+/// Significant digits of a tag's sum (0.1% resolution), whatever its intervals have.
+const SUM_DIGITS: u8 = 3;
+
+/// The running sums of each tag. A tag's sum has one shape whatever order its intervals
+/// come in: lowest value 1, [`SUM_DIGITS`] digits, growing to the widest range added (an
+/// interval of another shape is re-bucketed into it).
+#[derive(Default)]
+struct Summer {
+    sums: BTreeMap<Option<String>, (usize, Histogram<u64>)>,
+    /// Counters held by all the sums.
+    counters: u64,
+}
+
+impl Summer {
+    fn add(&mut self, interval: &Interval) -> Result<(), String> {
+        if !self.sums.contains_key(&interval.tag) {
+            let mut empty = Histogram::new_with_bounds(1, interval.hist.high().max(2), SUM_DIGITS)
+                .map_err(|e| format!("cannot make the tag's sum: {e}"))?;
+            empty.auto(true);
+            self.counters += empty.distinct_values() as u64;
+            self.sums.insert(interval.tag.clone(), (0, empty));
+        }
+        let Some((n, sum)) = self.sums.get_mut(&interval.tag) else {
+            return Err(String::from("the tag's sum is missing"));
+        };
+        if interval.hist.len() > MAX_TOTAL_COUNT.saturating_sub(sum.len()) {
+            return Err(format!(
+                "the tag's intervals add up to more than {MAX_TOTAL_COUNT} values"
+            ));
+        }
+        let before = sum.distinct_values() as u64;
+        sum.add(&interval.hist)
+            .map_err(|e| format!("cannot add the interval to the tag's earlier ones: {e}"))?;
+        *n += 1;
+        self.counters += (sum.distinct_values() as u64).saturating_sub(before);
+        if self.counters > MAX_SUM_COUNTERS {
+            return Err(format!(
+                "the tags' sums need {} counters, more than the {MAX_SUM_COUNTERS} accepted \
+                 (too many tags, or too wide a range)",
+                self.counters
+            ));
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Vec<TagSum> {
+        self.sums
+            .into_iter()
+            .map(|(tag, (intervals, hist))| TagSum {
+                tag,
+                intervals,
+                hist,
+            })
+            .collect()
+    }
 }
 
 /// Percentiles of one tag, all its intervals summed. Values are in the histogram's unit
@@ -672,41 +950,28 @@ impl TagSum {
 }
 
 /// Sums the intervals of each tag that `keep` selects, one [`TagSum`] per tag in tag
-/// order (untagged first).
+/// order (untagged first). Each sum has the same shape whatever order the intervals come
+/// in (lowest value 1, 3 significant digits, growing to the widest range added).
 ///
 /// # Errors
-/// [`HlogError::Merge`] when an interval cannot be added to its tag's sum (a histogram
-/// larger than the crate can represent).
+/// [`HlogError::Merge`] when an interval cannot be added to its tag's sum: the tag would
+/// hold more than `i64::MAX` values, or the sums together would need more than
+/// [`MAX_SUM_COUNTERS`] counters.
 pub fn tag_sums(
     intervals: &[Interval],
     keep: impl Fn(Option<&str>) -> bool,
 ) -> Result<Vec<TagSum>, HlogError> {
-    let mut sums: BTreeMap<Option<&str>, (usize, Histogram<u64>)> = BTreeMap::new();
+    let mut summer = Summer::default();
     for interval in intervals {
-        let tag = interval.tag.as_deref();
-        if !keep(tag) {
-            continue;
+        if keep(interval.tag.as_deref()) {
+            summer.add(interval).map_err(|message| HlogError::Merge {
+                line: interval.line,
+                tag: interval.tag.clone().unwrap_or_default(),
+                message,
+            })?;
         }
-        let (n, sum) = sums.entry(tag).or_insert_with(|| {
-            let mut empty = Histogram::new_from(&interval.hist);
-            empty.auto(true);
-            (0, empty)
-        });
-        sum.add(&interval.hist).map_err(|e| HlogError::Merge {
-            line: interval.line,
-            tag: tag.unwrap_or_default().to_owned(),
-            message: e.to_string(),
-        })?;
-        *n += 1;
     }
-    Ok(sums
-        .into_iter()
-        .map(|(tag, (intervals, hist))| TagSum {
-            tag: tag.map(str::to_owned),
-            intervals,
-            hist,
-        })
-        .collect())
+    Ok(summer.finish())
 }
 
 /// Sums the intervals of each tag and reports their percentiles, one [`Row`] per tag in
@@ -748,6 +1013,34 @@ mod tests {
         assert_eq!(java_date_utc(1_700_000_000), "Tue Nov 14 22:13:20 UTC 2023");
         // A leap day: date -u -d @951782400 -> Tue Feb 29 00:00:00 UTC 2000
         assert_eq!(java_date_utc(951_782_400), "Tue Feb 29 00:00:00 UTC 2000");
+    }
+
+    /// `counters_of` is what the crate allocates, over lows from 1 to 2^62 (powers of
+    /// two, their neighbours, and values just under a large power of two that f64
+    /// rounds up), every digit count, and highs up to `u64::MAX`.
+    #[test]
+    fn counters_of_matches_the_crate() {
+        let mut lows = vec![1u64, 2, 3, 5, 1000, 1_000_000, (1 << 53) + 1, (1 << 60) - 1];
+        lows.extend((0..62).flat_map(|k| [1u64 << k, (1u64 << k) + 1]));
+        let mut checked = 0;
+        for &low in &lows {
+            for digits in 0..=5u8 {
+                for high in [2 * low, 2 * low + 1, low.saturating_mul(1000), u64::MAX] {
+                    let ours = counters_of(low, high, u32::from(digits));
+                    let crate_len = Histogram::<u8>::new_with_bounds(low, high, digits)
+                        .ok()
+                        .map(|h| h.distinct_values() as u64);
+                    if high < 2 * low {
+                        continue;
+                    }
+                    assert_eq!(ours, crate_len, "low {low} high {high} digits {digits}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 2000, "{checked}");
+        assert_eq!(counters_of(0, 10, 3), None);
+        assert_eq!(counters_of(1, 10, 6), None);
     }
 
     #[test]

@@ -120,6 +120,8 @@ pub struct MetricsSnapshot {
     pub store: Option<[u64; 3]>,
     /// Audit records written, and append failures.
     pub audit: [u64; 2],
+    /// `.hlog` interval lines written and failed, when a log is configured.
+    pub hlog: Option<[u64; 2]>,
     /// Policies applied and rejected through the control plane.
     pub policies: [u64; 2],
     /// The embedder's own families ([`ExtraMetrics`]).
@@ -546,6 +548,19 @@ impl Collector for Snapshot {
                     (vec![("outcome", "written".into())], written),
                     (vec![("outcome", "failed".into())], failed),
                     (vec![("outcome", "dropped".into())], dropped),
+                ],
+                counter,
+                MetricType::Counter,
+            )?;
+        }
+        if let Some([written, failed]) = s.hlog {
+            family(
+                &mut enc,
+                "qos_hlog_intervals",
+                "HDR interval log lines (one per tag and interval) by outcome.",
+                [
+                    (vec![("outcome", "written".into())], written),
+                    (vec![("outcome", "failed".into())], failed),
                 ],
                 counter,
                 MetricType::Counter,

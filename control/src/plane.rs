@@ -204,6 +204,10 @@ pub(crate) struct State<P> {
     gate: PolicyGate,
     audit: Option<AuditLog>,
     audit_counts: [u64; 2],
+    /// `.hlog` interval lines written and failed.
+    hlog_counts: [u64; 2],
+    /// The last `.hlog` write error, until a tick writes every line again.
+    hlog_error: Option<String>,
     audit_error: Option<String>,
     health: HealthMachine,
     health_transitions: u64,
@@ -280,6 +284,23 @@ impl DbPeriod {
     }
 }
 
+/// A restart must not destroy the last run's evidence: an `.hlog` already at `path`
+/// (not empty) is renamed to `path` + `.1` (replacing an older one) before a new log
+/// is created there.
+fn keep_previous_hlog(path: &std::path::Path) -> Result<(), HlogError> {
+    let empty_or_missing = std::fs::metadata(path).map_or(true, |m| m.len() == 0);
+    if empty_or_missing {
+        return Ok(());
+    }
+    let mut previous = path.as_os_str().to_owned();
+    previous.push(".1");
+    std::fs::rename(path, &previous).map_err(|source| HlogError::Io {
+        path: path.to_path_buf(),
+        action: "keep the previous log as <path>.1",
+        source,
+    })
+}
+
 /// Wall-clock milliseconds since the Unix epoch, for records and rows.
 #[allow(clippy::disallowed_methods)] // wall-clock stamps of control records, control thread only
 pub(crate) fn wall_now() -> SystemTime {
@@ -331,7 +352,10 @@ impl<P: Send + 'static> State<P> {
         };
         let now = wall_now();
         let hlog = match &config.hlog {
-            Some(path) => Some(HlogWriter::create(path, now)?),
+            Some(path) => {
+                keep_previous_hlog(path)?;
+                Some(HlogWriter::create(path, now)?)
+            }
             None => None,
         };
         let store = match &config.metrics_db {
@@ -346,6 +370,8 @@ impl<P: Send + 'static> State<P> {
             gate: PolicyGate::new(&policy, config.verifying_key),
             audit,
             audit_counts: [0; 2],
+            hlog_counts: [0; 2],
+            hlog_error: None,
             audit_error: None,
             health,
             health_transitions: 0,
@@ -820,23 +846,28 @@ impl<P: Send + 'static> State<P> {
             return;
         }
         let mut failed = None;
-        for (p, h) in self.hlog_sojourn.iter_mut().enumerate() {
-            if let Err(e) =
-                writer.write_interval(&sojourn_tag(p as u8), self.hlog_started, elapsed, h)
-            {
+        let sojourn = self
+            .hlog_sojourn
+            .iter_mut()
+            .enumerate()
+            .map(|(p, h)| (sojourn_tag(p as u8), h));
+        let cost = self
+            .hlog_cost
+            .iter_mut()
+            .enumerate()
+            .map(|(w, h)| (cost_tag(w), h));
+        for (tag, h) in sojourn.chain(cost) {
+            let written = writer.write_interval(&tag, self.hlog_started, elapsed, h);
+            self.hlog_counts[usize::from(written.is_err())] += 1;
+            if let Err(e) = written {
                 failed = Some(e.to_string());
             }
             h.reset();
         }
-        for (w, h) in self.hlog_cost.iter_mut().enumerate() {
-            if let Err(e) = writer.write_interval(&cost_tag(w), self.hlog_started, elapsed, h) {
-                failed = Some(e.to_string());
-            }
-            h.reset();
-        }
-        if let Some(e) = failed {
+        if let Some(e) = &failed {
             tracing::error!(target: crate::logs::EVENT_TARGET, event = "hlog.failed", error = %e);
         }
+        self.hlog_error = failed;
         self.hlog_started = wall;
     }
 
@@ -1006,6 +1037,7 @@ impl<P: Send + 'static> State<P> {
                 [st.batches_written, st.batches_failed, st.batches_dropped]
             }),
             audit: self.audit_counts,
+            hlog: self.hlog.as_ref().map(|_| self.hlog_counts),
             policies: self.policy_counts,
             extra: self
                 .config
@@ -1035,6 +1067,9 @@ impl<P: Send + 'static> State<P> {
         }
         if let Some(e) = &self.audit_error {
             warnings.push(format!("audit log failing: {e}"));
+        }
+        if let Some(e) = &self.hlog_error {
+            warnings.push(format!(".hlog failing: {e}"));
         }
         warnings
     }

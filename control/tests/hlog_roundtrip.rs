@@ -530,3 +530,211 @@ fn bad_arguments_are_errors() {
     assert!(err.to_string().contains("c.hlog"), "{err}");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// An uncompressed V2 payload: header, then `numbers` (counts, or negative zero runs)
+/// zig-zag LEB128 encoded, as the format has them.
+fn v2_payload(low: u64, high: u64, digits: u32, numbers: &[i64]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for &n in numbers {
+        let mut z = ((n << 1) ^ (n >> 63)) as u64;
+        for _ in 0..8 {
+            if z < 0x80 {
+                break;
+            }
+            body.push((z as u8 & 0x7f) | 0x80);
+            z >>= 7;
+        }
+        body.push(z as u8);
+    }
+    let mut out = vec![0x1c, 0x84, 0x93, 0x13];
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&digits.to_be_bytes());
+    out.extend_from_slice(&low.to_be_bytes());
+    out.extend_from_slice(&high.to_be_bytes());
+    out.extend_from_slice(&1.0f64.to_be_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+fn payload_line(tag: &str, start_secs: u32, payload: &[u8]) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(payload);
+    format!("Tag={tag},{start_secs}.000,1.000,0.000,{b64}\n")
+}
+
+/// O4, hostile input: a 110-byte line whose header declares 1..=u64::MAX at 5
+/// significant digits (6.3 million counters, 50 MB once built) is refused before the
+/// decoder builds it. Forty such lines made `qos-ctl hdr print` take 3.9 GB.
+#[test]
+fn o4_a_header_declaring_a_huge_histogram_is_refused_before_it_is_built() {
+    let bomb = payload_line("t", 0, &v2_payload(1, u64::MAX, 5, &[1]));
+    let log = format!("{bomb}{bomb}");
+    let err = hlog::parse_hlog(std::path::Path::new("edited.hlog"), log.as_bytes()).unwrap_err();
+    let (line, message) = parse_line_of(err);
+    assert_eq!(line, 1);
+    assert!(
+        message.contains("6291456 counters") && message.contains("1048576"),
+        "{message}"
+    );
+    // The widest range at 3 digits (55,296 counters) is still read.
+    let mut wide = Histogram::<u64>::new_with_bounds(1, u64::MAX, 3).unwrap();
+    wide.record(u64::MAX / 2).unwrap();
+    let dir = temp_dir("wide");
+    let path = dir.join("wide.hlog");
+    let mut w = HlogWriter::create(&path, start()).unwrap();
+    w.write_interval("t", start(), Duration::from_secs(1), &wide)
+        .unwrap();
+    w.finish().unwrap();
+    assert_eq!(read_hlog(&path).unwrap()[0].hist, wide);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// O4, hostile input: counts whose sum passes `i64::MAX`, in one interval or across a
+/// tag's intervals, are refused with the line (they panicked in a debug build and
+/// printed a saturated count and a wrong p50 in release).
+#[test]
+fn o4_counts_that_overflow_are_refused() {
+    let big = i64::MAX;
+    let one = payload_line("a", 0, &v2_payload(1, 1000, 3, &[big]));
+    let three = payload_line("a", 1, &v2_payload(1, 1000, 3, &[big, big, big]));
+    let err = hlog::parse_hlog(
+        std::path::Path::new("edited.hlog"),
+        format!("{one}{three}").as_bytes(),
+    )
+    .unwrap_err();
+    let (line, message) = parse_line_of(err);
+    assert_eq!(line, 2);
+    assert!(message.contains("overflow"), "{message}");
+
+    // Each interval alone is fine; their sum is not.
+    let log = format!(
+        "{one}{}",
+        payload_line("a", 1, &v2_payload(1, 1000, 3, &[big]))
+    );
+    let intervals = hlog::parse_hlog(std::path::Path::new("edited.hlog"), log.as_bytes()).unwrap();
+    match hlog::tag_sums(&intervals, |_| true).unwrap_err() {
+        HlogError::Merge { line, message, .. } => {
+            assert_eq!(line, 2);
+            assert!(message.contains("more than"), "{message}");
+        }
+        other => panic!("expected a merge error, got {other:?}"),
+    }
+    let dir = temp_dir("overflow");
+    let path = dir.join("big.hlog");
+    std::fs::write(&path, &log).unwrap();
+    let err = hlog::summarize_hlog(&path, |_| true).unwrap_err();
+    assert!(
+        matches!(err, HlogError::Parse { line: 2, .. }),
+        "expected line 2: {err}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// O4: a tag's sum does not depend on the order of its intervals. One coarse interval
+/// (1 significant digit from 1 ms: 10 values of 10..100 ms) and one fine (90 values of
+/// 1..90 us): the median is 50 us either way (it read 524 us with the coarse one first).
+#[test]
+fn o4_a_tags_sum_does_not_depend_on_the_order_of_its_intervals() {
+    let mut coarse = Histogram::<u64>::new_with_bounds(1_000_000, 100_000_000_000, 1).unwrap();
+    for v in 1..=10u64 {
+        coarse.record(v * 10_000_000).unwrap();
+    }
+    let fine = hist((1..=90u64).map(|v| v * 1_000));
+    let dir = temp_dir("order");
+    let mut rows = Vec::new();
+    for (name, first, second) in [("coarse", &coarse, &fine), ("fine", &fine, &coarse)] {
+        let path = dir.join(format!("{name}-first.hlog"));
+        let mut w = HlogWriter::create(&path, start()).unwrap();
+        w.write_interval("a", start(), Duration::from_secs(1), first)
+            .unwrap();
+        w.write_interval("a", start(), Duration::from_secs(1), second)
+            .unwrap();
+        w.finish().unwrap();
+        let summary = hlog::summarize_hlog(&path, |_| true).unwrap();
+        let row = summary.sums.into_iter().next().unwrap().row();
+        assert_eq!(row.count, 100, "{name} first");
+        assert!(
+            row.p50.abs_diff(50_000) <= 50,
+            "{name} first: p50 {} ns",
+            row.p50
+        );
+        assert!(
+            row.p90.abs_diff(90_000) <= 90,
+            "{name} first: p90 {} ns",
+            row.p90
+        );
+        rows.push(row);
+    }
+    assert_eq!(rows[0], rows[1]);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// O4: a writer that died mid-line leaves an incomplete last line. `summarize_hlog`
+/// reads everything before it and names it; `read_hlog` (every interval, exactly)
+/// refuses it; a torn line in the middle is an error in both.
+#[test]
+fn o4_an_incomplete_last_line_is_skipped_and_named() {
+    let dir = temp_dir("torn");
+    let path = dir.join("sojourn.hlog");
+    write_log(&path);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let whole = hlog::summarize_hlog(&path, |_| true).unwrap();
+    assert_eq!((whole.intervals, whole.torn_tail), (3, None));
+
+    let torn = &text[..text.len() - 30];
+    std::fs::write(&path, torn).unwrap();
+    let summary = hlog::summarize_hlog(&path, |_| true).unwrap();
+    assert_eq!((summary.intervals, summary.torn_tail), (2, Some(9)));
+    let p7 = summary
+        .sums
+        .iter()
+        .find(|s| s.tag.as_deref() == Some("p7.sojourn"))
+        .unwrap();
+    assert_eq!(
+        p7.hist.len(),
+        sojourn_a().len(),
+        "the first p7 interval only"
+    );
+    assert!(matches!(
+        read_hlog(&path).unwrap_err(),
+        HlogError::Parse { line: 9, .. }
+    ));
+
+    // Torn in the middle (the line cut, then a whole line after it).
+    let lines: Vec<&str> = text.lines().collect();
+    let mid = format!(
+        "{}\n{}\n{}\n",
+        lines[..7].join("\n"),
+        &lines[7][..lines[7].len() / 2],
+        lines[8]
+    );
+    std::fs::write(&path, mid).unwrap();
+    let err = hlog::summarize_hlog(&path, |_| true).unwrap_err();
+    assert!(matches!(err, HlogError::Parse { line: 8, .. }), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// O4, hostile input: what is not a regular file is refused at once (`/dev/zero` has no
+/// end: reading it used all the memory it was allowed).
+#[test]
+fn o4_only_regular_files_are_read() {
+    let dir = temp_dir("notfile");
+    for path in [
+        PathBuf::from("/dev/zero"),
+        PathBuf::from("/dev/urandom"),
+        dir.clone(),
+    ] {
+        for err in [
+            read_hlog(&path).unwrap_err(),
+            hlog::summarize_hlog(&path, |_| true).unwrap_err(),
+        ] {
+            let shown = err.to_string();
+            assert!(
+                matches!(err, HlogError::Io { .. }) && shown.contains("not a regular file"),
+                "{}: {shown}",
+                path.display()
+            );
+        }
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}

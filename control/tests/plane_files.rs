@@ -837,3 +837,42 @@ fn o2_metrics_db_bandwidth_is_the_rate_served() {
         );
     }
 }
+
+/// O4: a restart keeps the last run's evidence. Two control planes write the same
+/// `.hlog` path in turn (40 then 25 packets of priority 7): the second run's log is at
+/// the path and the first's at `<path>.1`, each readable with its own count (the
+/// second run truncated the first's log before).
+#[test]
+fn o4_a_restart_keeps_the_previous_hlog_as_dot_1() {
+    let dir = temp_dir("hlog-restart");
+    let path = dir.join("run.hlog");
+    let p7 = |path: &std::path::Path| -> u64 {
+        read_hlog(path)
+            .unwrap()
+            .iter()
+            .filter(|i| i.tag.as_deref() == Some("p7.sojourn"))
+            .map(|i| i.hist.len())
+            .sum()
+    };
+    for packets in [40, 25] {
+        let (plane, mut tx, _) = start(
+            1,
+            tail_drop_at_100(),
+            ControlConfig {
+                hlog: Some(path.clone()),
+                hlog_period: Duration::from_secs(3600),
+                ..ControlConfig::default()
+            },
+        );
+        let h = tx.open(1, StreamConfig::with_priority(7)).unwrap();
+        push(&mut tx, h, packets);
+        drop(tx);
+        let (report, _) = plane.shutdown(StopMode::Drain).unwrap();
+        assert_eq!(dequeued_at(&report, 7), packets);
+    }
+    let mut previous = path.clone().into_os_string();
+    previous.push(".1");
+    assert_eq!(p7(&path), 25, "this run");
+    assert_eq!(p7(std::path::Path::new(&previous)), 40, "the run before");
+    std::fs::remove_dir_all(dir).unwrap();
+}

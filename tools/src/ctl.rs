@@ -9,8 +9,8 @@
 //! | `keygen --out DIR` | [`keygen`] | `generate_keypair`, `write_signing_key`, `write_verifying_key` |
 //! | `status`, `integrity` | [`fetch_json`] + [`summary`] | `GET /status`, `GET /integrity` (O6) |
 //! | `audit verify FILE` | [`verify_audit`] | `audit::verify` / `verify_with_anchor` (C5) |
-//! | `hdr print FILE` | [`hdr::table`] | `hlog::read_hlog` + `tag_sums` (O4) |
-//! | `hdr plot FILE --out SVG` | [`plot::plot_hlog`] | `hlog::read_hlog`, then an SVG through `plotters` |
+//! | `hdr print FILE` | [`hdr::table`] | `hlog::summarize_hlog` (O4) |
+//! | `hdr plot FILE --out SVG` | [`plot::plot_hlog`] | `hlog::summarize_hlog`, then an SVG through `plotters` |
 //!
 //! [`cli`] holds the argument parser and [`cli::run`], which prints and picks the exit
 //! code: 0 done, 1 refused or broken (a rejected policy, a broken audit chain, S11 not

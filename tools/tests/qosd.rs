@@ -951,3 +951,62 @@ fn datagrams_copied_alone_once_every_pooled_buffer_is_held_arrive_whole() {
     assert_eq!(got.len(), sent.len());
     assert!(got == sent, "a datagram changed on its way");
 }
+
+/// O4 on a full disk: qosd runs with a 24 KB file-size limit (`ulimit -f`, SIGXFSZ
+/// ignored, so writes past it fail with EFBIG as on a full disk) and writes an `.hlog`
+/// every 250 ms. Once the limit is reached, the failed lines are counted in
+/// `qos_hlog_intervals_total{outcome="failed"}` and named in `/status` warnings, and
+/// the file holds only whole lines: the strict reader reads every one (a line torn
+/// part way used to sit in the middle of the log and make it unreadable).
+#[test]
+fn o4_hlog_write_failures_are_counted_and_leave_only_whole_lines() {
+    let dir = tempdir("hlog-full");
+    let up = Sink::bind();
+    let path = dir.join("qosd.toml");
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let text = config_text(
+        &[up.addr],
+        100,
+        "",
+        "[[rule]]\nname = \"all\"\nstream = \"header\"\nloadgen = true\nroute = { to = \"u0\" }\n",
+    )
+    .replace(
+        "[control]\n",
+        &format!(
+            "[control]\nstate_dir = \"{}\"\nhlog_period_ms = 250\nmetrics_db = false\n",
+            state.display()
+        ),
+    );
+    std::fs::write(&path, text).expect("config");
+    // `ulimit -f` counts 1 KB blocks.
+    let q = Qosd::spawn_under("trap '' XFSZ; ulimit -f 24", &path);
+    let tx = sender();
+    let hlog = state.join("sojourn.hlog");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (mut written, mut failed) = (0.0, 0.0);
+    while failed == 0.0 && std::time::Instant::now() < deadline {
+        send_paced(&tx, q.listen, 20, |i| datagram(1, (i % 8) as u8, i, 200));
+        let (_, metrics) = http(q.api, "GET", "/metrics", &[], b"");
+        written = metric(&metrics, "qos_hlog_intervals_total{outcome=\"written\"}").unwrap_or(0.0);
+        failed = metric(&metrics, "qos_hlog_intervals_total{outcome=\"failed\"}").unwrap_or(0.0);
+    }
+    assert!(
+        written > 0.0 && failed > 0.0,
+        "written {written}, failed {failed}"
+    );
+    let (_, status) = http(q.api, "GET", "/status", &[], b"");
+    assert!(status.contains(".hlog failing"), "{status}");
+    let size = std::fs::metadata(&hlog).expect("hlog").len();
+    assert!(size <= 24 * 1024, "{size}");
+    let (report, exit) = q.terminate();
+    assert!(exit.success(), "{exit:?}");
+    assert!(report.conserved, "{report:?}");
+    let intervals = qos_control::hlog::read_hlog(&hlog).expect("every line whole");
+    assert!(
+        intervals.len() as f64 >= written,
+        "{} intervals read, {written} counted written",
+        intervals.len()
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -175,7 +175,7 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 /// Runs `cli`, printing results to `out` and problems to `err`; returns the exit code
 /// (0, [`EXIT_REFUSED`] or [`EXIT_FAILED`]).
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    match dispatch(cli.command, out) {
+    match dispatch(cli.command, out, err) {
         Ok(None) => 0,
         Ok(Some(verdict)) => {
             let _ = out.flush();
@@ -209,7 +209,11 @@ struct Verdict {
 
 /// Runs one command; `Ok(Some(..))` for a negative verdict (a broken chain, S11 not
 /// holding), which is the answer rather than a failure of the tool.
-fn dispatch(command: Command, out: &mut dyn Write) -> Result<Option<Verdict>, CtlError> {
+fn dispatch(
+    command: Command,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<Option<Verdict>, CtlError> {
     Ok(match command {
         Command::Policy(p) => policy(p, out)?,
         Command::Keygen { out: dir } => {
@@ -267,7 +271,7 @@ fn dispatch(command: Command, out: &mut dyn Write) -> Result<Option<Verdict>, Ct
             }
         }
         Command::Hdr(h) => {
-            hdr_command(h, out)?;
+            hdr_command(h, out, err)?;
             None
         }
     })
@@ -318,11 +322,18 @@ fn policy(command: PolicyCommand, out: &mut dyn Write) -> Result<Option<Verdict>
     Ok(None)
 }
 
-fn hdr_command(command: HdrCommand, out: &mut dyn Write) -> Result<(), CtlError> {
-    match command {
+/// `hdr print` / `hdr plot`; a skipped incomplete last line is a warning on `err` (the
+/// command still succeeds with what was read).
+fn hdr_command(
+    command: HdrCommand,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> Result<(), CtlError> {
+    let torn_tail = match command {
         HdrCommand::Print { file, tag } => {
-            let rows = hdr::table(&file, &tag)?;
-            print(out, format_args!("{}", hdr::format_table(&rows)));
+            let table = hdr::table(&file, &tag)?;
+            print(out, format_args!("{}", hdr::format_table(&table.rows)));
+            table.torn_tail.map(|line| (file, line))
         }
         HdrCommand::Plot {
             file,
@@ -350,7 +361,15 @@ fn hdr_command(command: HdrCommand, out: &mut dyn Write) -> Result<(), CtlError>
                     format_args!("no values (not drawn): {}\n", drawn.empty.join(", ")),
                 );
             }
+            drawn.torn_tail.map(|line| (file, line))
         }
+    };
+    if let Some((file, line)) = torn_tail {
+        let _ = writeln!(
+            err,
+            "qos-ctl: warning: {}",
+            hdr::torn_tail_warning(&file, line)
+        );
     }
     Ok(())
 }

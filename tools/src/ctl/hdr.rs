@@ -2,14 +2,15 @@
 //! per-tag sums `hdr plot` draws.
 //!
 //! Reading, tag filtering and the percentiles are `qos_control::hlog`'s
-//! ([`read_hlog`], [`tag_sums`], [`TagSum::row`]); this module only selects several filters at
-//! once and formats. Values in our logs are nanoseconds (`docs/OPERATIONS.md`).
+//! ([`summarize_hlog`], which sums each tag as it reads, in bounded memory; [`TagSum::row`]);
+//! this module only selects several filters at once and formats. Values in our logs are
+//! nanoseconds (`docs/OPERATIONS.md`).
 
 use std::fmt::Write as _;
 use std::path::Path;
 
 pub use qos_control::hlog::TagSum;
-use qos_control::hlog::{HlogError, Interval, Row, read_hlog, tag_matches, tag_sums};
+use qos_control::hlog::{HlogSummary, Row, summarize_hlog, tag_matches};
 
 use super::CtlError;
 
@@ -21,35 +22,35 @@ pub fn tag_label(tag: Option<&str>) -> &str {
     tag.unwrap_or("(untagged)")
 }
 
-/// The rows of `intervals` whose tag matches one of `filters` (all when empty), in tag
-/// order, each tag once. A filter selects a tag equal to it or starting with it and a
-/// dot (`p7` selects `p7.sojourn`), as `hlog::percentile_table` does.
-///
-/// # Errors
-/// [`HlogError::Merge`] when a tag's intervals cannot be summed.
-pub fn rows(intervals: &[Interval], filters: &[String]) -> Result<Vec<Row>, HlogError> {
-    Ok(sums(intervals, filters)?
-        .into_iter()
-        .map(TagSum::row)
-        .collect())
+/// What `hdr print` shows.
+#[derive(Debug)]
+pub struct Table {
+    /// One row per selected tag, in tag order.
+    pub rows: Vec<Row>,
+    /// The line number of an incomplete last line that was skipped (a write cut short).
+    pub torn_tail: Option<usize>,
 }
 
 /// `hdr print FILE [--tag TAG]...`: reads the log and returns its rows (values in the
-/// log's unit: ns for ours).
+/// log's unit: ns for ours), one per tag matching one of `filters` (all when empty). A
+/// filter selects a tag equal to it or starting with it and a dot (`p7` selects
+/// `p7.sojourn`), as `hlog::percentile_table` does.
 ///
 /// # Errors
 /// [`CtlError::Hlog`] naming the file and line; [`CtlError::NoData`] when no interval
 /// matches the filters.
-pub fn table(path: &Path, filters: &[String]) -> Result<Vec<Row>, CtlError> {
-    let intervals = read_hlog(path)?;
-    let rows = rows(&intervals, filters)?;
-    if rows.is_empty() {
+pub fn table(path: &Path, filters: &[String]) -> Result<Table, CtlError> {
+    let summary = summarize(path, filters)?;
+    if summary.sums.is_empty() {
         return Err(CtlError::NoData {
             path: path.to_owned(),
             tags: filters.to_vec(),
         });
     }
-    Ok(rows)
+    Ok(Table {
+        rows: summary.sums.into_iter().map(TagSum::row).collect(),
+        torn_tail: summary.torn_tail,
+    })
 }
 
 /// The table `hdr print` prints: tag, intervals, count, p50, p90, p99, p99.9 and max in
@@ -89,12 +90,22 @@ pub fn format_table(rows: &[Row]) -> String {
     out
 }
 
-/// Sums the intervals of each tag selected by `filters` (see [`rows`]), in tag order.
+/// Reads the log and sums the intervals of each tag selected by `filters` (see
+/// [`table`]), in tag order.
 ///
 /// # Errors
-/// [`HlogError::Merge`] when an interval cannot be added.
-pub fn sums(intervals: &[Interval], filters: &[String]) -> Result<Vec<TagSum>, HlogError> {
-    tag_sums(intervals, |tag| {
+/// [`CtlError::Hlog`] naming the file and line.
+pub fn summarize(path: &Path, filters: &[String]) -> Result<HlogSummary, CtlError> {
+    Ok(summarize_hlog(path, |tag| {
         filters.is_empty() || filters.iter().any(|f| tag_matches(tag, Some(f)))
-    })
+    })?)
+}
+
+/// The warning `hdr print` and `hdr plot` give for a skipped incomplete last line.
+pub fn torn_tail_warning(path: &Path, line: usize) -> String {
+    format!(
+        "{}:{line}: the last line is incomplete (a write cut short) and was skipped; \
+         every line before it was read",
+        path.display()
+    )
 }

@@ -12,10 +12,9 @@ use std::path::{Path, PathBuf};
 
 use plotters::coord::ranged1d::{DefaultFormatting, KeyPointHint};
 use plotters::prelude::*;
-use qos_control::hlog::read_hlog;
 
 use super::CtlError;
-use super::hdr::{NS_PER_MS, TagSum, sums, tag_label};
+use super::hdr::{NS_PER_MS, TagSum, summarize, tag_label};
 
 /// Highest percentile drawn, in nines: 99.9999%.
 pub const MAX_NINES: f64 = 6.0;
@@ -204,6 +203,8 @@ pub struct PlotSummary {
     pub curves: Vec<(String, u64)>,
     /// Tags selected that had no values (no curve drawn).
     pub empty: Vec<String>,
+    /// The line number of an incomplete last line of the log that was skipped.
+    pub torn_tail: Option<usize>,
 }
 
 /// `hdr plot FILE --out SVG [--tag TAG]...`: one percentile curve per selected tag
@@ -213,8 +214,8 @@ pub struct PlotSummary {
 /// [`CtlError::Hlog`] for the log, [`CtlError::NoData`] when no selected tag has a
 /// value, [`CtlError::Plot`] / [`CtlError::Write`] for the SVG.
 pub fn plot_hlog(hlog: &Path, filters: &[String], out: &Path) -> Result<PlotSummary, CtlError> {
-    let intervals = read_hlog(hlog)?;
-    let sums = sums(&intervals, filters)?;
+    let summary = summarize(hlog, filters)?;
+    let sums = summary.sums;
     let curves: Vec<Curve> = sums.iter().filter_map(curve).collect();
     if curves.is_empty() {
         return Err(CtlError::NoData {
@@ -245,6 +246,7 @@ pub fn plot_hlog(hlog: &Path, filters: &[String], out: &Path) -> Result<PlotSumm
             .filter(|s| s.hist.is_empty())
             .map(|s| tag_label(s.tag.as_deref()).to_owned())
             .collect(),
+        torn_tail: summary.torn_tail,
     })
 }
 

@@ -128,9 +128,29 @@ pub struct Qosd {
 
 impl Qosd {
     pub fn spawn(config: &Path) -> Qosd {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_qosd"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_qosd"));
+        command.arg("--config").arg(config);
+        Self::spawn_command(command)
+    }
+
+    /// `qosd` started by `bash -c "<shell>; exec \"$@\""` with qosd and its arguments
+    /// as `$@`: the shell sets up limits and signal dispositions, then becomes qosd (the
+    /// pid stays, so signals reach it).
+    #[allow(dead_code)] // not every test binary that includes this module uses it
+    pub fn spawn_under(shell: &str, config: &Path) -> Qosd {
+        let mut command = Command::new("bash");
+        command
+            .arg("-c")
+            .arg(format!("{shell}; exec \"$@\""))
+            .arg("qosd")
+            .arg(env!("CARGO_BIN_EXE_qosd"))
             .arg("--config")
-            .arg(config)
+            .arg(config);
+        Self::spawn_command(command)
+    }
+
+    fn spawn_command(mut command: Command) -> Qosd {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
