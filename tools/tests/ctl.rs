@@ -880,3 +880,32 @@ fn hdr_print_of_a_long_log_fits_in_bounded_memory() {
         assert_eq!(cols[1..3], ["500", "1000"], "{row}");
     }
 }
+
+/// O4: a log whose last line was cut short (the writer died mid-line) still prints:
+/// the table of every whole line, and a warning on stderr naming the skipped line, exit
+/// 0 (`hdr print` refused the whole file with exit 3 before). `hdr plot` does the same.
+#[test]
+fn hdr_print_and_plot_skip_a_torn_last_line_with_a_warning() {
+    let dir = TempDir::new("hdr-torn");
+    let log = dir.path("sojourn.hlog");
+    write_hlog(&log);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines = text.lines().count();
+    std::fs::write(&log, &text[..text.len() - 20]).unwrap();
+    let (code, out, err) = ctl(&["hdr", "print", &s(&log)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!(
+            "sojourn.hlog:{lines}: the last line is incomplete"
+        )),
+        "{err}"
+    );
+    // The cut line was the second p7 interval: p7 keeps its first (500 values).
+    let p7 = out.lines().find(|l| l.starts_with("p7.sojourn")).unwrap();
+    let cols: Vec<&str> = p7.split_whitespace().collect();
+    assert_eq!(cols[1..3], ["1", "500"], "{out}");
+    let svg = dir.path("torn.svg");
+    let (code, _, err) = ctl(&["hdr", "plot", &s(&log), "--out", &s(&svg)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("the last line is incomplete"), "{err}");
+}
