@@ -644,3 +644,103 @@ fn the_binary_exits_non_zero_naming_the_bad_field() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.starts_with("id  prio  sent  recv"), "{stdout}");
 }
+
+/// On/off lengths past a day (the longest run) are errors naming the field; before,
+/// `on_ms * 1_000_000` or `on_ns + off_ns` overflowed (a panic in debug builds, a wrap
+/// in release). Lengths that are not whole ms are errors too (they were truncated).
+#[test]
+fn on_off_lengths_past_a_day_or_not_whole_ms_are_errors_naming_the_field() {
+    let base =
+        "duration_ms = 1000\n[[streams]]\nid = 1\npriority = 1\nsize = 100\nrate = \"10pps\"\n";
+    for (on, off, field) in [
+        (1u64 << 58, 10, "streams[0].on_ms"),
+        (18_000_000_000_000, 18_000_000_000_000, "streams[0].on_ms"),
+        (10, u64::MAX, "streams[0].off_ms"),
+        (86_400_001, 10, "streams[0].on_ms"),
+        (0, 10, "streams[0].on_ms"),
+    ] {
+        let text = format!("{base}on_ms = {on}\noff_ms = {off}\n");
+        let err = Scenario::from_toml("t", &text)
+            .expect("TOML of the right shape")
+            .validate()
+            .expect_err(field);
+        assert_eq!(err.field(), Some(field), "{err}");
+        assert!(
+            err.to_string()
+                .ends_with("expected a length in 1..=86400000 ms"),
+            "{err}"
+        );
+    }
+    let longest = plan(&format!("{base}on_ms = 86400000\noff_ms = 86400000\n"));
+    assert_eq!(longest.streams[0].active_ns(), 1_000_000_000);
+    // The command-line forms.
+    let err = "id=1,prio=1,size=100,rate=1pps,on=1.9ms/off=5ms"
+        .parse::<loadgen::StreamSpec>()
+        .expect_err("1.9 ms");
+    assert!(err.contains("whole number of ms"), "{err}");
+    let args = StreamArgs {
+        scenario: None,
+        streams: vec!["id=1,prio=1,size=100,rate=1pps".parse().expect("spec")],
+        target: None,
+        duration: Some(Duration::from_micros(1900)),
+        seed: None,
+        pacing: None,
+    };
+    assert_eq!(
+        cli_plan(&args).expect_err("1.9 ms").field(),
+        Some("--duration")
+    );
+}
+
+/// `sink --duration 0` is refused like `send`/`run`'s, and a `--json` path that cannot be
+/// written fails before the run rather than after it (exit 1, naming the file).
+#[test]
+fn a_zero_sink_duration_and_an_unwritable_json_path_fail_before_the_run() {
+    let bin = env!("CARGO_BIN_EXE_qos-loadgen");
+    let out = std::process::Command::new(bin)
+        .args(["sink", "--sink", "127.0.0.1:0", "--duration", "0"])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--duration = 0: expected a run length > 0"),
+        "{stderr}"
+    );
+
+    let json = temp_path("no-such-dir").join("report.json");
+    for args in [
+        vec!["sink", "--sink", "127.0.0.1:0", "--duration", "30s"],
+        vec![
+            "run",
+            "--duration",
+            "30s",
+            "--stream",
+            "id=1,prio=1,size=64,rate=1pps",
+        ],
+        vec![
+            "send",
+            "--target",
+            "127.0.0.1:9",
+            "--duration",
+            "30s",
+            "--stream",
+            "id=1,prio=1,size=64,rate=1pps",
+        ],
+    ] {
+        let started = loadgen::clock::Clock::start();
+        let out = std::process::Command::new(bin)
+            .args(&args)
+            .arg("--json")
+            .arg(&json)
+            .output()
+            .expect("runs");
+        assert!(started.elapsed_ns() < 10_000_000_000, "{args:?} ran");
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{}: cannot write", json.display())),
+            "{stderr}"
+        );
+    }
+}

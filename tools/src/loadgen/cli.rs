@@ -10,7 +10,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use super::report::{self, Report};
-use super::scenario::{Pacing, Plan, Scenario, ScenarioError, StreamSpec, parse_duration};
+use super::scenario::{
+    Pacing, Plan, Scenario, ScenarioError, StreamSpec, parse_duration, whole_ms,
+};
 use super::sink::SinkConfig;
 use super::{LoadgenError, RunOptions};
 
@@ -138,6 +140,7 @@ pub fn main(cli: Cli) -> Result<(), LoadgenError> {
     match cli.command {
         Command::Send(args) => {
             let plan = plan(&args.streams)?;
+            writable(args.json.as_deref())?;
             let target = plan.target.ok_or_else(|| ScenarioError::Missing {
                 field: "--target".into(),
                 expected: "an address to send to (or `target` in the scenario file)".into(),
@@ -151,12 +154,22 @@ pub fn main(cli: Cli) -> Result<(), LoadgenError> {
             Ok(())
         }
         Command::Sink(args) => {
+            if args.duration.is_zero() {
+                return Err(ScenarioError::Invalid {
+                    field: "--duration".into(),
+                    value: "0".into(),
+                    expected: "a run length > 0, such as 30s".into(),
+                }
+                .into());
+            }
+            writable(args.output.json.as_deref())?;
             let config = sink_config(args.sink, args.duration, &args.output);
             let (report, _) = super::receive(config, !args.output.quiet, stop)?;
             output(&report, args.output.json.as_deref())
         }
         Command::Run(args) => {
             let plan = plan(&args.streams)?;
+            writable(args.output.json.as_deref())?;
             let mut options = RunOptions::new(sink_config(args.sink, plan.duration, &args.output));
             options.drain = args.drain;
             options.progress = !args.output.quiet;
@@ -171,6 +184,25 @@ fn sink_config(bind: SocketAddr, duration: Duration, output: &OutputArgs) -> Sin
     config.interval = output.interval.max(Duration::from_millis(1));
     config.hlog.clone_from(&output.hlog);
     config
+}
+
+/// Fails now, before the run, if `path` cannot be written (a file the run would create
+/// is removed again).
+fn writable(path: Option<&Path>) -> Result<(), LoadgenError> {
+    let Some(path) = path else { return Ok(()) };
+    let existed = path.exists();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(|source| LoadgenError::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
 }
 
 fn output(report: &Report, json: Option<&Path>) -> Result<(), LoadgenError> {
@@ -210,7 +242,11 @@ pub fn plan(args: &StreamArgs) -> Result<Plan, ScenarioError> {
         scenario.target = Some(target);
     }
     if let Some(d) = args.duration {
-        scenario.duration_ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        scenario.duration_ms = whole_ms(d).ok_or_else(|| ScenarioError::Invalid {
+            field: "--duration".into(),
+            value: format!("{d:?}"),
+            expected: "a whole number of ms".into(),
+        })?;
     }
     if let Some(seed) = args.seed {
         scenario.seed = seed;

@@ -202,14 +202,31 @@ pub struct OnOff {
 }
 
 impl OnOff {
+    /// Saturating: a validated cycle is at most two days, but the fields are public.
     fn period(self) -> u64 {
-        self.on_ns + self.off_ns
+        self.on_ns.saturating_add(self.off_ns).max(1)
     }
 
     /// "On" time within `[0, t)`.
     fn on_time_before(self, t: u64) -> u64 {
-        (t / self.period()) * self.on_ns + (t % self.period()).min(self.on_ns)
+        let on = self.on_ns.min(self.period());
+        (t / self.period()) * on + (t % self.period()).min(on)
     }
+
+    /// The first "on" instant at which the "on" time since 0 reaches `on_time` (the
+    /// inverse of [`on_time_before`](Self::on_time_before)).
+    fn at_on_time(self, on_time: u64) -> u64 {
+        let on = self.on_ns.min(self.period()).max(1);
+        (on_time / on).saturating_mul(self.period()) + on_time % on
+    }
+}
+
+/// Where [`StreamPlan::at_active_from`] left off: the window it reached and the active
+/// time before that window. Active times asked of one cursor must not decrease.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActiveCursor {
+    window: usize,
+    before: u64,
 }
 
 /// One validated stream.
@@ -263,11 +280,54 @@ impl StreamPlan {
     pub fn active_ns(&self) -> u64 {
         self.windows
             .iter()
-            .map(|w| match self.on_off {
-                None => w.end_ns - w.start_ns,
-                Some(c) => c.on_time_before(w.end_ns) - c.on_time_before(w.start_ns),
-            })
+            .map(|w| self.active_between(w.start_ns, w.end_ns))
             .sum()
+    }
+
+    /// Active time within `[0, t)`, ns: the parts of the windows before `t`, less the
+    /// "off" phases inside them. What a stream stopped at `t` was active for.
+    pub fn active_before(&self, t: u64) -> u64 {
+        self.windows
+            .iter()
+            .filter(|w| w.start_ns < t)
+            .map(|w| self.active_between(w.start_ns, w.end_ns.min(t)))
+            .sum()
+    }
+
+    /// The instant at which the stream has been active for `active` ns (the first
+    /// active instant `t` with `active_before(t) == active`), or `None` if its whole
+    /// active time is shorter. The sender's deadlines are spaced in this active time, so
+    /// a gap that reaches past the end of an "on" phase or a window continues in the
+    /// next one.
+    pub fn at_active(&self, active: u64) -> Option<u64> {
+        self.at_active_from(active, &mut ActiveCursor::default())
+    }
+
+    /// [`at_active`](Self::at_active), starting the search where `cursor` left off (the
+    /// sender asks for increasing active times, so it walks the windows once).
+    pub fn at_active_from(&self, active: u64, cursor: &mut ActiveCursor) -> Option<u64> {
+        while let Some(w) = self.windows.get(cursor.window) {
+            let inside = self.active_between(w.start_ns, w.end_ns);
+            if let Some(rest) = active.checked_sub(cursor.before)
+                && rest < inside
+            {
+                return Some(match self.on_off {
+                    None => w.start_ns + rest,
+                    Some(c) => c.at_on_time(c.on_time_before(w.start_ns) + rest),
+                });
+            }
+            cursor.before += inside;
+            cursor.window += 1;
+        }
+        None
+    }
+
+    /// Active time within `[a, b)` (`a <= b`), ns, ignoring the windows.
+    fn active_between(&self, a: u64, b: u64) -> u64 {
+        match self.on_off {
+            None => b - a,
+            Some(c) => c.on_time_before(b) - c.on_time_before(a),
+        }
     }
 
     /// Mean gap between datagrams while active, ns.
@@ -398,13 +458,20 @@ impl StreamSpec {
             .map_err(|expected| invalid(field("rate"), format!("{:?}", self.rate), expected))?;
         let on_off = match (self.on_ms, self.off_ms) {
             (None, None) => None,
-            (Some(on), Some(off)) if on > 0 && off > 0 => Some(OnOff {
-                on_ns: on * 1_000_000,
-                off_ns: off * 1_000_000,
-            }),
-            (Some(on), Some(_)) => {
-                let name = if on == 0 { "on_ms" } else { "off_ms" };
-                return Err(invalid(field(name), 0, "a length > 0 ms"));
+            (Some(on), Some(off)) => {
+                for (name, ms) in [("on_ms", on), ("off_ms", off)] {
+                    if ms == 0 || ms > MAX_DURATION_MS {
+                        return Err(invalid(
+                            field(name),
+                            ms,
+                            format!("a length in 1..={MAX_DURATION_MS} ms"),
+                        ));
+                    }
+                }
+                Some(OnOff {
+                    on_ns: on * 1_000_000,
+                    off_ns: off * 1_000_000,
+                })
             }
             (Some(_), None) => return Err(missing_pair(field("off_ms"), "on_ms")),
             (None, Some(_)) => return Err(missing_pair(field("on_ms"), "off_ms")),
@@ -547,9 +614,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// [`parse_duration`] in whole milliseconds (`1.5ms` is an error, not 1 ms).
 fn duration_ms(key: &str, text: &str) -> Result<u64, String> {
     let d = parse_duration(text).map_err(|e| format!("{key}: {e}"))?;
-    u64::try_from(d.as_millis()).map_err(|_| format!("{key}: {text:?} too long"))
+    whole_ms(d).ok_or_else(|| format!("{key}: {text:?}: expected a whole number of ms"))
+}
+
+/// `d` in milliseconds if it is a whole number of them.
+pub fn whole_ms(d: Duration) -> Option<u64> {
+    if d.subsec_nanos().is_multiple_of(1_000_000) {
+        u64::try_from(d.as_millis()).ok()
+    } else {
+        None
+    }
 }
 
 /// The `--stream` form: comma-separated `key=value` items and flags:
@@ -702,6 +779,45 @@ mod tests {
         assert_eq!(p.next_active(900_000_000), None);
         // 2 x 100 ms on in [100, 300), 3 x 50 ms... [600, 900): 600-650, 700-750, 800-850.
         assert_eq!(p.active_ns(), 100_000_000 + 150_000_000);
+    }
+
+    #[test]
+    fn active_time_maps_to_instants_across_off_phases_and_windows() {
+        let p = plan_of(stream(Some(vec![[100, 300], [600, 900]]), Some((50, 50))));
+        let ms = 1_000_000;
+        // On in [100, 150), [200, 250), [600, 650), [700, 750), [800, 850).
+        for (t, active) in [
+            (0, 0),
+            (100, 0),
+            (125, 25),
+            (150, 50),
+            (199, 50),
+            (250, 100),
+            (650, 150),
+            (900, 250),
+        ] {
+            assert_eq!(p.active_before(t * ms), active * ms, "before {t} ms");
+        }
+        for (active, t) in [
+            (0, 100),
+            (25, 125),
+            (50, 200),
+            (99, 249),
+            (100, 600),
+            (200, 800),
+        ] {
+            assert_eq!(p.at_active(active * ms), Some(t * ms), "active {active} ms");
+        }
+        assert_eq!(p.at_active(250 * ms - 1), Some(850 * ms - 1));
+        assert_eq!(p.at_active(250 * ms), None);
+        // The inverse of active_before, at every active instant.
+        let mut cursor = ActiveCursor::default();
+        for t in (0..1000 * ms).step_by(ms as usize / 2) {
+            if p.active_at(t) {
+                assert_eq!(p.at_active_from(p.active_before(t), &mut cursor), Some(t));
+            }
+        }
+        assert_eq!(p.active_before(u64::MAX), p.active_ns());
     }
 
     #[test]
