@@ -155,12 +155,25 @@ const TICK: Duration = Duration::from_millis(100);
 /// the sender, lets the sink drain, and builds the report. `stop` ends both early.
 ///
 /// # Errors
-/// Binding, spawning, or writing the `.hlog` ([`LoadgenError`]).
+/// A plan of more streams than the sink tracks ([`sink::MAX_STREAMS`]: their datagrams
+/// would arrive and be counted as lost), binding, spawning, or writing the `.hlog`
+/// ([`LoadgenError`]).
 pub fn run(
     plan: &Plan,
     options: RunOptions,
     stop: Arc<AtomicBool>,
 ) -> Result<RunOutcome, LoadgenError> {
+    if plan.streams.len() > sink::MAX_STREAMS {
+        return Err(ScenarioError::Invalid {
+            field: "streams".into(),
+            value: format!("{} streams", plan.streams.len()),
+            expected: format!(
+                "at most {} streams in `run` (the most its sink tracks; use `send` and several sinks for more)",
+                sink::MAX_STREAMS
+            ),
+        }
+        .into());
+    }
     let mut sink_config = options.sink;
     sink_config.duration = plan.duration + options.drain;
     let sink = Sink::bind(sink_config)?;

@@ -645,6 +645,202 @@ fn the_binary_exits_non_zero_naming_the_bad_field() {
     assert!(stdout.starts_with("id  prio  sent  recv"), "{stdout}");
 }
 
+/// Runs `plan` to a socket nobody reads (datagrams are counted when handed to the socket).
+fn send_unread(plan: Plan) -> loadgen::SendReport {
+    let rx = UdpSocket::bind(loopback()).expect("bind");
+    let sent = Sender::new(plan, rx.local_addr().expect("addr"))
+        .expect("socket")
+        .run(&AtomicBool::new(false));
+    drop(rx);
+    sent
+}
+
+/// Datagrams handed to the socket (accepted or refused) by the streams `ids`.
+fn handed(sent: &loadgen::SendReport, ids: std::ops::Range<u64>) -> u64 {
+    sent.streams
+        .iter()
+        .filter(|s| ids.contains(&s.id))
+        .map(|s| s.packets + s.error_count())
+        .sum()
+}
+
+/// A Poisson stream's gaps are measured in active time: a gap reaching past an "on"
+/// phase or a window continues in the next one (memoryless), so the count is the mean
+/// rate times the active time. Before, a deadline falling into an off phase was moved to
+/// the next "on" start and always sent there: 40 streams of 100/s over 0.5 s of active
+/// time sent ~3,100 instead of 2,000.
+#[test]
+fn poisson_streams_with_on_off_or_windows_send_the_rate_times_the_active_time() {
+    let windows: Vec<String> = (0..25)
+        .map(|i| format!("[{}, {}]", i * 40, i * 40 + 20))
+        .collect();
+    let plan = plan(&format!(
+        r#"
+        duration_ms = 1000
+        seed = 11
+        [[streams]]
+        id = 0
+        count = 40
+        priority = 3
+        size = 64
+        rate = "100pps"
+        pattern = "poisson"
+        on_ms = 20
+        off_ms = 20
+        [[streams]]
+        id = 100
+        count = 40
+        priority = 3
+        size = 64
+        rate = "100pps"
+        pattern = "poisson"
+        active = [{}]
+        "#,
+        windows.join(", ")
+    ));
+    assert!(plan.streams.iter().all(|s| s.active_ns() == 500_000_000));
+    let sent = send_unread(plan);
+    // Each group: 40 streams x 100/s x 0.5 s = 2,000, a Poisson count: sigma = 44.7.
+    let (mean, tolerance) = (2000.0, 4.0 * 2000f64.sqrt());
+    for (what, ids) in [("on/off", 0..40), ("windows", 100..140)] {
+        let n = handed(&sent, ids);
+        assert!(
+            (n as f64 - mean).abs() <= tolerance,
+            "{what}: {n} datagrams, expected {mean} +- {tolerance:.0}"
+        );
+    }
+    // The sender kept up: it sent every deadline it drew.
+    for s in &sent.streams {
+        assert_eq!(s.planned, s.packets + s.error_count(), "stream {}", s.id);
+    }
+}
+
+/// A constant stream's gap also runs in active time: 30/s with 50 ms on / 50 ms off over
+/// 1 s is 0.5 s active, 15 datagrams (33.3 ms apart in active time). Before, each on
+/// phase started afresh and sent at 0 and 33.3 ms: 20.
+#[test]
+fn a_constant_stream_with_on_off_or_windows_sends_the_rate_times_the_active_time() {
+    let windows: Vec<String> = (0..10)
+        .map(|i| format!("[{}, {}]", i * 100, i * 100 + 50))
+        .collect();
+    let plan = plan(&format!(
+        r#"
+        duration_ms = 1000
+        [[streams]]
+        id = 1
+        priority = 3
+        size = 64
+        rate = "30pps"
+        on_ms = 50
+        off_ms = 50
+        [[streams]]
+        id = 2
+        priority = 3
+        size = 64
+        rate = "30pps"
+        active = [{}]
+        "#,
+        windows.join(", ")
+    ));
+    let sent = send_unread(plan);
+    for s in &sent.streams {
+        assert_eq!(
+            (s.packets + s.error_count(), s.planned),
+            (15, 15),
+            "stream {}",
+            s.id
+        );
+    }
+}
+
+/// Stopped early, a stream's Mbit/s is over its active time before the stop: stream 200
+/// is on 100 ms of every 500 (200 ms before a stop at ~700 ms), stream 300 starts at
+/// 300 ms (~400 ms). Both send 8 Mbit/s while active. Before, the whole run's active
+/// time capped at the stop (0.7 s) was used: 2.3 and 4.6 Mbit/s.
+#[test]
+fn stopped_early_a_streams_mbps_is_over_its_active_time_before_the_stop() {
+    let plan = plan(
+        r#"
+        duration_ms = 20000
+        [[streams]]
+        id = 200
+        priority = 0
+        size = 1000
+        rate = "8mbps"
+        on_ms = 100
+        off_ms = 400
+        [[streams]]
+        id = 300
+        priority = 1
+        size = 1000
+        rate = "8mbps"
+        start_ms = 300
+        "#,
+    );
+    let stop = no_stop();
+    let flag = Arc::clone(&stop);
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(700));
+        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let out = loadgen::run(
+        &plan,
+        RunOptions::new(SinkConfig::new(loopback(), plan.duration)),
+        stop,
+    )
+    .expect("runs");
+    stopper.join().expect("joins");
+    assert!(out.sent.stopped_early && out.sent.elapsed_ns < 2_000_000_000);
+    for (row, stream) in out.report.streams.iter().zip(&plan.streams) {
+        let active = stream.active_before(out.sent.elapsed_ns);
+        assert_eq!(
+            out.sent
+                .streams
+                .iter()
+                .find(|s| s.id == row.id)
+                .map(|s| s.active_ns),
+            Some(active)
+        );
+        let expected = row.bytes as f64 * 8.0 / (active as f64 / 1e9) / 1e6;
+        assert!((row.throughput_mbps - expected).abs() < 1e-9, "{row:?}");
+        assert!(
+            (7.2..=8.8).contains(&row.throughput_mbps),
+            "stream {}: {} Mbit/s, sent at 8 while active",
+            row.id,
+            row.throughput_mbps
+        );
+    }
+}
+
+/// The totals line is over the run's length, not up to the last send: a 600 ms run with
+/// one stream sending 100 x 1000 B in its first 100 ms is 1.333 Mbit/s over 0.6 s.
+/// Before, the sender's elapsed time ended at its last send (0.099 s: 8.08 Mbit/s).
+#[test]
+fn the_totals_are_over_the_run_length_not_up_to_the_last_send() {
+    let plan = plan(
+        r#"
+        duration_ms = 600
+        [[streams]]
+        id = 1
+        priority = 7
+        size = 1000
+        rate = "8mbps"
+        stop_ms = 100
+        "#,
+    );
+    let out = run(&plan, None);
+    assert_eq!(out.sent.elapsed_ns, 600_000_000);
+    assert_eq!(out.report.duration_s, 0.6);
+    assert_eq!(out.report.total_bytes, 100_000, "100 datagrams arrive");
+    assert!((out.report.total_mbps - 100_000.0 * 8.0 / 0.6 / 1e6).abs() < 1e-9);
+    assert!(
+        out.report
+            .table()
+            .contains("total: 100000 bytes in 0.600 s, 1.333 Mbit/s")
+    );
+    assert!(loadgen::report::send_table(&out.sent).contains("sent for 0.600 s\n"));
+}
+
 /// On/off lengths past a day (the longest run) are errors naming the field; before,
 /// `on_ms * 1_000_000` or `on_ns + off_ns` overflowed (a panic in debug builds, a wrap
 /// in release). Lengths that are not whole ms are errors too (they were truncated).
@@ -690,6 +886,98 @@ fn on_off_lengths_past_a_day_or_not_whole_ms_are_errors_naming_the_field() {
         cli_plan(&args).expect_err("1.9 ms").field(),
         Some("--duration")
     );
+}
+
+/// `run` refuses more streams than its sink tracks: their datagrams would arrive, be
+/// dropped as `stream_limit` and show as lost. Before, the run went ahead.
+#[test]
+fn run_refuses_more_streams_than_its_sink_tracks() {
+    let limit = loadgen::sink::MAX_STREAMS as u64;
+    let text = format!(
+        "duration_ms = 100\n[[streams]]\nid = 0\ncount = {}\npriority = 1\nsize = 32\nrate = \"1pps\"\n",
+        limit + 1
+    );
+    let Err(err) = loadgen::run(
+        &plan(&text),
+        RunOptions::new(SinkConfig::new(loopback(), Duration::from_millis(100))),
+        no_stop(),
+    ) else {
+        panic!("a run of {} streams went ahead", limit + 1);
+    };
+    assert_eq!(err.exit_code(), 2);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "streams = {} streams: expected at most {limit} streams in `run` (the most its sink tracks; use `send` and several sinks for more)",
+            limit + 1
+        )
+    );
+}
+
+/// A sender that cannot keep up says so: 10 million datagrams/s for 200 ms is 2,000,000
+/// planned, far more than one thread can send; the report and the send table say how
+/// many of them left. Before, nothing did.
+#[test]
+fn a_sender_that_cannot_keep_up_says_how_far_it_fell_short() {
+    let plan = plan(
+        r#"
+        duration_ms = 200
+        [[streams]]
+        id = 1
+        priority = 7
+        size = 32
+        rate = "10000kpps"
+        "#,
+    );
+    let out = run(&plan, None);
+    let s = &out.sent.streams[0];
+    let handed = s.packets + s.error_count();
+    assert_eq!(s.planned, 2_000_000);
+    assert!(handed < s.planned, "{s:?}");
+    assert_eq!(s.missed(), s.planned - handed);
+    assert_eq!(out.report.streams[0].planned, Some(2_000_000));
+    let line = format!(
+        "sender fell short: {handed} of 2000000 planned datagrams (the host could not keep up)\n"
+    );
+    assert!(out.report.table().contains(&line), "{}", out.report.table());
+    assert!(loadgen::report::send_table(&out.sent).contains(&line));
+    // A sender that keeps up sends what it planned and prints no such line.
+    let easy = run(
+        &self::plan(
+            "duration_ms = 300\n[[streams]]\nid = 1\npriority = 7\nsize = 64\nrate = \"200pps\"\n",
+        ),
+        None,
+    );
+    assert_eq!(easy.report.streams[0].planned, Some(60));
+    assert_eq!(easy.report.streams[0].sent, Some(60));
+    assert!(!easy.report.table().contains("fell short"));
+}
+
+/// Refused sends show under the `run` table by kind; before, only the JSON had a count.
+#[test]
+fn refused_sends_show_by_kind_under_the_run_table() {
+    let plan = plan(
+        "duration_ms = 300\n[[streams]]\nid = 1\npriority = 0\nsize = 64\nrate = \"200pps\"\n",
+    );
+    let closed = UdpSocket::bind(loopback()).expect("bind");
+    let target = closed.local_addr().expect("addr");
+    drop(closed);
+    let mut options = RunOptions::new(SinkConfig::new(loopback(), plan.duration));
+    options.target = Some(target);
+    let out = loadgen::run(&plan, options, no_stop()).expect("runs");
+    let s = &out.sent.streams[0];
+    let refused = s.errors.get("ConnectionRefused").copied().unwrap_or(0);
+    assert!(refused > 0, "{s:?}");
+    assert_eq!(out.report.send_errors, s.errors);
+    assert!(
+        out.report.table().contains(&format!(
+            "refused by the sender's socket (not in sent): ConnectionRefused={refused}\n"
+        )),
+        "{}",
+        out.report.table()
+    );
+    // Refused datagrams were handed to the socket: not a shortfall.
+    assert_eq!((s.planned, s.packets + refused), (60, 60));
 }
 
 /// `sink --duration 0` is refused like `send`/`run`'s, and a `--json` path that cannot be

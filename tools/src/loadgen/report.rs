@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use super::LoadgenError;
 use super::sender::SendReport;
-use super::sink::{SinkReport, StreamReceived};
+use super::sink::{MAX_STREAMS, STREAM_LIMIT, SinkReport, StreamReceived};
 
 /// Latency percentiles of a histogram of ns, in ms.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -67,6 +67,12 @@ pub struct StreamRow {
     pub priority: u8,
     /// Datagrams sent, when the sender ran in this process.
     pub sent: Option<u64>,
+    /// Datagrams the plan asked for (see [`StreamSent::planned`]), when the sender ran
+    /// in this process.
+    ///
+    /// [`StreamSent::planned`]: super::sender::StreamSent::planned
+    #[serde(default)]
+    pub planned: Option<u64>,
     /// Datagrams the sender's socket refused (0 when unknown).
     pub send_errors: u64,
     /// Unique datagrams received.
@@ -104,7 +110,12 @@ pub struct Report {
     pub total_bytes: u64,
     /// Received throughput of all streams over `duration_s`, Mbit/s.
     pub total_mbps: f64,
-    /// Datagrams that were not load-generator headers, by reason.
+    /// Datagrams the sender's socket refused, by error kind (`ConnectionRefused`, ...),
+    /// all streams (empty when the sender ran elsewhere).
+    #[serde(default)]
+    pub send_errors: BTreeMap<String, u64>,
+    /// Datagrams that were not load-generator headers, by reason (and `stream_limit`:
+    /// datagrams of streams past the [`MAX_STREAMS`] the sink tracks).
     pub malformed: BTreeMap<String, u64>,
     /// Latencies that came out negative and were counted as 0.
     pub negative_latency: u64,
@@ -138,11 +149,16 @@ impl Report {
             .map(|id| {
                 let tx = sent.and_then(|r| r.streams.iter().find(|s| s.id == id));
                 let rx = received.get(&id).copied();
-                row(id, tx, rx, total_bytes, sent)
+                row(id, tx, rx, total_bytes)
             })
             .collect();
-        // The sender's run when known: the sink's drain after it carries no offered load.
+        // The sender's run when known (the plan's duration unless stopped early): the
+        // sink's drain after it carries no offered load.
         let duration_s = sent.map_or(sink.elapsed_ns, |s| s.elapsed_ns) as f64 / 1e9;
+        let mut send_errors = BTreeMap::<String, u64>::new();
+        for (kind, n) in sent.iter().flat_map(|s| &s.streams).flat_map(|s| &s.errors) {
+            *send_errors.entry(kind.clone()).or_default() += n;
+        }
         Self {
             duration_s,
             loss_basis: if sent.is_some() {
@@ -153,6 +169,7 @@ impl Report {
             streams,
             total_bytes,
             total_mbps: mbps(total_bytes, duration_s),
+            send_errors,
             malformed: sink.malformed.clone(),
             negative_latency: sink.negative_latency,
         }
@@ -198,13 +215,34 @@ impl Report {
                 LossBasis::HighestSeq => "sequence numbers (highest + 1 - received)",
             }
         );
-        if !self.malformed.is_empty() {
-            let list: Vec<String> = self
-                .malformed
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
-            let _ = writeln!(out, "not load-generator datagrams: {}", list.join(" "));
+        let (planned, handed) = self
+            .streams
+            .iter()
+            .filter_map(|r| Some((r.planned?, r.sent? + r.send_errors)))
+            .fold((0, 0), |(p, h), (rp, rh)| (p + rp, h + rh));
+        if handed < planned {
+            let _ = writeln!(out, "{}", fell_short(handed, planned));
+        }
+        if !self.send_errors.is_empty() {
+            let _ = writeln!(
+                out,
+                "refused by the sender's socket (not in sent): {}",
+                list(&self.send_errors)
+            );
+        }
+        let (limited, malformed): (BTreeMap<_, _>, BTreeMap<_, _>) = self
+            .malformed
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .partition(|(k, _)| k == STREAM_LIMIT);
+        if !malformed.is_empty() {
+            let _ = writeln!(out, "not load-generator datagrams: {}", list(&malformed));
+        }
+        if let Some(n) = limited.get(STREAM_LIMIT) {
+            let _ = writeln!(
+                out,
+                "datagrams of streams past the sink's limit of {MAX_STREAMS} streams (not counted): {n}"
+            );
         }
         if self.negative_latency > 0 {
             let _ = writeln!(
@@ -231,12 +269,24 @@ impl Report {
     }
 }
 
+/// `kind=n kind=n ...`.
+fn list(counts: &BTreeMap<String, u64>) -> String {
+    let items: Vec<String> = counts.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    items.join(" ")
+}
+
+/// The line saying the sender handed fewer datagrams to its socket than planned.
+fn fell_short(handed: u64, planned: u64) -> String {
+    format!(
+        "sender fell short: {handed} of {planned} planned datagrams (the host could not keep up)"
+    )
+}
+
 fn row(
     id: u64,
     tx: Option<&super::sender::StreamSent>,
     rx: Option<&StreamReceived>,
     total_bytes: u64,
-    sent: Option<&SendReport>,
 ) -> StreamRow {
     let received = rx.map_or(0, |r| r.packets);
     let bytes = rx.map_or(0, |r| r.bytes);
@@ -247,12 +297,8 @@ fn row(
     };
     let loss = expected.saturating_sub(received);
     let active_s = match (tx, rx) {
-        (Some(t), _) => {
-            let cut = sent
-                .filter(|s| s.stopped_early)
-                .map_or(u64::MAX, |s| s.elapsed_ns);
-            t.active_ns.min(cut) as f64 / 1e9
-        }
+        // The sender's active time already ends at its stop.
+        (Some(t), _) => t.active_ns as f64 / 1e9,
         (None, Some(r)) => received_span_s(r),
         (None, None) => 0.0,
     };
@@ -260,6 +306,7 @@ fn row(
         id,
         priority: tx.map_or_else(|| rx.map_or(0, |r| r.priority), |t| t.priority),
         sent: tx.map(|t| t.packets),
+        planned: tx.map(|t| t.planned),
         send_errors: tx.map_or(0, super::sender::StreamSent::error_count),
         received,
         bytes,
@@ -322,21 +369,17 @@ fn align(rows: &[Vec<String>]) -> String {
 /// The sender's counts as a table (for `qos-loadgen send`).
 pub fn send_table(report: &SendReport) -> String {
     let mut rows = vec![
-        ["id", "prio", "sent", "bytes", "Mbit/s", "errors"]
+        ["id", "prio", "planned", "sent", "bytes", "Mbit/s", "errors"]
             .map(String::from)
             .to_vec(),
     ];
     for s in &report.streams {
-        let cut = if report.stopped_early {
-            report.elapsed_ns
-        } else {
-            u64::MAX
-        };
-        let active_s = s.active_ns.min(cut) as f64 / 1e9;
+        let active_s = s.active_ns as f64 / 1e9;
         let errors: Vec<String> = s.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
         rows.push(vec![
             s.id.to_string(),
             s.priority.to_string(),
+            s.planned.to_string(),
             s.packets.to_string(),
             s.bytes.to_string(),
             format!("{:.3}", mbps(s.bytes, active_s)),
@@ -358,6 +401,15 @@ pub fn send_table(report: &SendReport) -> String {
             ""
         }
     );
+    let planned: u64 = report.streams.iter().map(|s| s.planned).sum();
+    let handed: u64 = report
+        .streams
+        .iter()
+        .map(|s| s.packets + s.error_count())
+        .sum();
+    if handed < planned {
+        let _ = writeln!(out, "{}", fell_short(handed, planned));
+    }
     out
 }
 
@@ -370,4 +422,37 @@ pub fn write_file(path: &Path, text: &str) -> Result<(), LoadgenError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sink_report(malformed: &[(&str, u64)]) -> SinkReport {
+        SinkReport {
+            start_ns: 0,
+            elapsed_ns: 1_000_000_000,
+            streams: Vec::new(),
+            per_priority: Vec::new(),
+            malformed: malformed.iter().map(|&(k, v)| (k.to_owned(), v)).collect(),
+            negative_latency: 0,
+        }
+    }
+
+    #[test]
+    fn datagrams_past_the_stream_limit_are_not_called_foreign() {
+        let table = Report::new(&sink_report(&[(STREAM_LIMIT, 3), ("truncated", 1)]), None).table();
+        assert!(
+            table.contains("\nnot load-generator datagrams: truncated=1\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "\ndatagrams of streams past the sink's limit of 10000 streams (not counted): 3\n"
+            ),
+            "{table}"
+        );
+        let table = Report::new(&sink_report(&[(STREAM_LIMIT, 2)]), None).table();
+        assert!(!table.contains("not load-generator"), "{table}");
+    }
 }

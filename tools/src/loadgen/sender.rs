@@ -1,20 +1,27 @@
 //! The sender: one thread pacing every stream of a [`Plan`] by its next send time.
 //!
+//! A stream's deadlines are spaced in its *active* time (constant gaps of `1 / pps`, or
+//! exponential ones for Poisson) and mapped to wall time with
+//! [`StreamPlan::at_active`]: a gap that reaches past the end of an "on" phase or a
+//! window continues in the next one. So a stream sends its rate times its active time,
+//! and a Poisson stream stays a Poisson process of its rate inside its envelope.
+//!
 //! The streams' next deadlines (ns from the start) sit in a min-heap. The loop takes the
 //! earliest: with [`Pacing::Yield`] (the default), more than [`SLEEP_THRESHOLD_NS`] away
 //! it sleeps (at most [`MAX_SLEEP`], so the stop flag is seen promptly) and closer it
 //! yields; with [`Pacing::Sleep`] it always sleeps. Due, it reads the clock once: if
 //! the stream is active at that instant it sends one datagram (header with the stream's
 //! next sequence number and that instant as the send time, then zero payload) and
-//! schedules the next deadline (previous deadline plus the constant or exponential gap,
-//! moved to the next active instant if it falls outside the stream's envelope); if not
-//! (the sender ran late past the end of a window), it sends nothing and moves to the next
-//! active instant. So every send timestamp lies inside an active window, and a sender
-//! that fell behind catches up by sending back-to-back within the window.
+//! schedules the next deadline; if not (the sender ran late past the end of an active
+//! stretch), it sends nothing and the datagram due leaves at the next active instant.
+//! So every send timestamp lies inside an active window, and a sender that fell behind
+//! catches up by sending back-to-back while active.
 //!
 //! Each iteration sends at most one datagram. Send errors (`ENOBUFS`, `ECONNREFUSED`
 //! when nothing listens on loopback, ...) are counted per stream by kind and never end
-//! the run; the run ends at the plan's duration or when the stop flag is set.
+//! the run; the run lasts the plan's duration (also after the last stream ended) or
+//! until the stop flag is set. At the end each stream reports what the plan asked of it
+//! ([`StreamSent::planned`]), so a sender that could not keep up shows as a shortfall.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -31,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use super::LoadgenError;
 use super::clock::Clock;
-use super::scenario::{Pacing, Pattern, Plan, StreamPlan};
+use super::scenario::{ActiveCursor, Pacing, Pattern, Plan, StreamPlan};
 use crate::header::Header;
 
 /// A deadline further away than this is slept for; a nearer one is yielded for.
@@ -50,8 +57,14 @@ pub struct StreamSent {
     pub packets: u64,
     /// Their bytes (UDP payload).
     pub bytes: u64,
-    /// Active time of the stream in the plan, ns (for its offered throughput).
+    /// Active time of the stream during the run, ns (for its offered throughput): the
+    /// plan's, or the part before the stop when the run was stopped early.
     pub active_ns: u64,
+    /// Datagrams the plan asked for in that active time: its deadlines (for a Poisson
+    /// stream, the ones drawn with this seed). More than `packets` plus the refused ones
+    /// when the sender could not keep up.
+    #[serde(default)]
+    pub planned: u64,
     /// Datagrams the socket refused, by error kind (`ConnectionRefused`, ...). A refused
     /// datagram still used its sequence number, so the sink counts it as lost.
     pub errors: BTreeMap<String, u64>,
@@ -62,6 +75,12 @@ impl StreamSent {
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
     }
+
+    /// Planned datagrams the sender never handed to the socket (it fell behind).
+    pub fn missed(&self) -> u64 {
+        self.planned
+            .saturating_sub(self.packets + self.error_count())
+    }
 }
 
 /// What the sender did.
@@ -69,7 +88,8 @@ impl StreamSent {
 pub struct SendReport {
     /// Wall-clock start, ns since the Unix epoch (send offsets are relative to it).
     pub start_ns: u64,
-    /// How long it ran, ns.
+    /// How long it ran, ns: the plan's duration (the sender waits out the run after its
+    /// streams end), or, stopped early, up to the last moment it saw no stop flag.
     pub elapsed_ns: u64,
     /// `true` when the stop flag ended it before the duration.
     pub stopped_early: bool,
@@ -173,7 +193,8 @@ impl Sender {
         Ok(SenderHandle { thread, live })
     }
 
-    /// Runs the plan on this thread until its duration or until `stop` is set.
+    /// Runs the plan on this thread until its duration or until `stop` is set. The run
+    /// lasts the whole duration even when every stream has ended before it.
     pub fn run(self, stop: &AtomicBool) -> SendReport {
         let clock = Clock::start();
         let end_ns = u64::try_from(self.plan.duration.as_nanos()).unwrap_or(u64::MAX);
@@ -186,25 +207,34 @@ impl Sender {
         let mut heap: BinaryHeap<Reverse<(u64, usize)>> = streams
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.plan.next_active(0).map(|t| Reverse((t, i))))
+            .filter_map(|(i, s)| s.deadline.map(|t| Reverse((t, i))))
             .collect();
         let max_size = streams.iter().map(|s| s.plan.size).max().unwrap_or(0);
         let mut buf = vec![0u8; max_size];
         let mut stopped_early = false;
-        while let Some(&Reverse((deadline, i))) = heap.peek() {
+        // The last instant the sender knew it should go on: the run's end when stopped
+        // (deadlines due while it slept towards the stop were not missed, just cut).
+        let mut last_now = 0;
+        loop {
+            // The clock first: the flag still clear after it means `now` was in the run.
+            let now = clock.elapsed_ns();
             if stop.load(Ordering::Relaxed) {
                 stopped_early = true;
                 break;
             }
-            let now = clock.elapsed_ns();
-            if now >= end_ns || deadline >= end_ns {
+            last_now = now;
+            if now >= end_ns {
                 break;
             }
+            // Nothing left to send: wait out the run.
+            let deadline = heap.peek().map_or(end_ns, |&Reverse((t, _))| t.min(end_ns));
             if deadline > now {
                 wait_until(deadline - now, self.plan.pacing);
                 continue;
             }
-            heap.pop();
+            let Some(Reverse((_, i))) = heap.pop() else {
+                continue;
+            };
             let stream = &mut streams[i];
             let next = if stream.plan.active_at(now) {
                 stream.send(
@@ -213,19 +243,29 @@ impl Sender {
                     clock.start_wall_ns() + now,
                     &self.live,
                 );
-                stream.next_deadline(deadline)
+                stream.advance()
             } else {
+                // Late past the end of an active stretch: the datagram due keeps its
+                // place and leaves at the next active instant.
                 stream.plan.next_active(now)
             };
             if let Some(next) = next.filter(|&t| t < end_ns) {
                 heap.push(Reverse((next, i)));
             }
         }
+        let elapsed_ns = if stopped_early {
+            last_now.min(end_ns)
+        } else {
+            end_ns
+        };
         SendReport {
             start_ns: clock.start_wall_ns(),
-            elapsed_ns: clock.elapsed_ns().min(end_ns),
+            elapsed_ns,
             stopped_early,
-            streams: streams.into_iter().map(StreamState::into_sent).collect(),
+            streams: streams
+                .into_iter()
+                .map(|s| s.into_sent(elapsed_ns))
+                .collect(),
         }
     }
 }
@@ -241,6 +281,13 @@ fn wait_until(gap_ns: u64, pacing: Pacing) {
     }
 }
 
+/// Most Poisson gaps drawn at the end of a run to count the deadlines a sender that
+/// fell behind did not reach; past it the rest is the expected number.
+const MAX_MISSED_DRAWS: u64 = 10_000_000;
+
+/// One stream's schedule. Its deadlines are spaced in *active* time (see
+/// [`StreamPlan::at_active`]): a gap that reaches past the end of an "on" phase or a
+/// window continues in the next one, so the count follows the rate times the active time.
 struct StreamState<'p> {
     plan: &'p StreamPlan,
     seq: u64,
@@ -248,6 +295,12 @@ struct StreamState<'p> {
     errors: BTreeMap<String, u64>,
     rng: SmallRng,
     gaps: Option<Exp<f64>>,
+    /// Active time of the next datagram, ns (fractional: constant gaps are rarely whole
+    /// ns, and rounding each one would drift).
+    next_active: f64,
+    /// Its wall deadline, ns from the start; `None` once past the stream's active time.
+    deadline: Option<u64>,
+    cursor: ActiveCursor,
 }
 
 impl<'p> StreamState<'p> {
@@ -257,13 +310,86 @@ impl<'p> StreamState<'p> {
             // The rate is validated positive and finite, so the distribution exists.
             Pattern::Poisson => Exp::new(plan.pps).ok(),
         };
-        Self {
+        let mut state = Self {
             plan,
             seq: 0,
             bytes: 0,
             errors: BTreeMap::new(),
             rng: SmallRng::seed_from_u64(seed ^ plan.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
             gaps,
+            next_active: 0.0,
+            deadline: None,
+            cursor: ActiveCursor::default(),
+        };
+        // A constant stream sends at the start of its active time; a Poisson stream's
+        // first arrival is one exponential gap in, as every later one.
+        if state.gaps.is_some() {
+            state.next_active = state.gap_ns();
+        }
+        state.deadline = state.wall_deadline();
+        state
+    }
+
+    /// One gap, ns of active time.
+    fn gap_ns(&mut self) -> f64 {
+        match &self.gaps {
+            Some(exp) => exp.sample(&mut self.rng) * 1e9,
+            None => 1e9 / self.plan.pps,
+        }
+    }
+
+    /// The `k`-th deadline of a constant stream, ns of active time (from `k`, not by
+    /// adding gaps, so that no rounding accumulates).
+    fn constant_at(&self, k: u64) -> f64 {
+        k as f64 * 1e9 / self.plan.pps
+    }
+
+    fn wall_deadline(&mut self) -> Option<u64> {
+        let active = self.next_active.ceil();
+        if active >= u64::MAX as f64 {
+            return None;
+        }
+        self.plan.at_active_from(active as u64, &mut self.cursor)
+    }
+
+    /// Moves to the next datagram after one was sent; its wall deadline.
+    fn advance(&mut self) -> Option<u64> {
+        self.next_active = match self.gaps {
+            Some(_) => self.next_active + self.gap_ns(),
+            None => self.constant_at(self.seq),
+        };
+        self.deadline = self.wall_deadline();
+        self.deadline
+    }
+
+    /// Deadlines within the first `active` ns of active time not yet sent.
+    fn unsent_before(&mut self, active: u64) -> u64 {
+        let active = active as f64;
+        match self.gaps {
+            None => {
+                // The k with ceil(k / pps) < active, from an estimate corrected both ways.
+                let mut n = (active * self.plan.pps / 1e9).ceil().max(0.0) as u64;
+                while n > 0 && self.constant_at(n - 1).ceil() >= active {
+                    n -= 1;
+                }
+                while self.constant_at(n).ceil() < active {
+                    n += 1;
+                }
+                n.saturating_sub(self.seq)
+            }
+            Some(_) => {
+                let mut n = 0;
+                let mut at = self.next_active;
+                while at.ceil() < active {
+                    n += 1;
+                    if n == MAX_MISSED_DRAWS {
+                        let rest = (active - at) * self.plan.pps / 1e9;
+                        return n + rest.round() as u64;
+                    }
+                    at += self.gap_ns();
+                }
+                n
+            }
         }
     }
 
@@ -282,25 +408,18 @@ impl<'p> StreamState<'p> {
         }
     }
 
-    /// The deadline after `prev`: one gap later, moved into the envelope.
-    fn next_deadline(&mut self, prev: u64) -> Option<u64> {
-        let gap_s = match &self.gaps {
-            Some(exp) => exp.sample(&mut self.rng),
-            None => 1.0 / self.plan.pps,
-        };
-        let gap_ns = (gap_s * 1e9).round().max(1.0);
-        let next = prev.saturating_add(gap_ns as u64);
-        self.plan.next_active(next)
-    }
-
-    fn into_sent(self) -> StreamSent {
+    /// The stream's counts for a run that ended at `cut` ns from the start.
+    fn into_sent(mut self, cut: u64) -> StreamSent {
         let errors: u64 = self.errors.values().sum();
+        let active_ns = self.plan.active_before(cut);
+        let planned = self.seq + self.unsent_before(active_ns);
         StreamSent {
             id: self.plan.id,
             priority: self.plan.priority,
             packets: self.seq - errors,
             bytes: self.bytes,
-            active_ns: self.plan.active_ns(),
+            active_ns,
+            planned,
             errors: self.errors,
         }
     }

@@ -54,6 +54,8 @@ pub const RECV_BUFFER_BYTES: usize = 8 << 20;
 /// histogram); datagrams of further streams are counted under the reason
 /// `stream_limit`.
 pub const MAX_STREAMS: usize = 10_000;
+/// The reason datagrams of streams past [`MAX_STREAMS`] are counted under.
+pub const STREAM_LIMIT: &str = "stream_limit";
 
 /// The tag of priority `priority`'s latency intervals in the `.hlog`: `p{priority}.latency`.
 pub fn latency_tag(priority: u8) -> String {
@@ -526,7 +528,7 @@ impl State {
             }
         };
         if self.streams.len() >= MAX_STREAMS && !self.streams.contains_key(&header.stream_id) {
-            *self.malformed.entry("stream_limit".to_owned()).or_default() += 1;
+            *self.malformed.entry(STREAM_LIMIT.to_owned()).or_default() += 1;
             return;
         }
         let rx = self
