@@ -4,7 +4,7 @@
 //! | route | answer |
 //! | --- | --- |
 //! | `GET /metrics` | Prometheus text 0.0.4 (O1); OpenMetrics 1.0 when the `Accept` header asks for `application/openmetrics-text` |
-//! | `GET /healthz` | `{"state": ..., "healthy": ..., "warnings": [...]}`; 200 for NORMAL and DEGRADED (serving), 503 for SAFE and UNKNOWN; `warnings` names a failing metrics.db or audit log |
+//! | `GET /healthz` | `{"state": ..., "healthy": ..., "warnings": [...]}`; 200 for NORMAL and DEGRADED (serving), 503 for SAFE and UNKNOWN; `warnings` names a failing metrics.db, audit log or `.hlog` |
 //! | `GET /status` | policy version per worker, shard sizes, health, audit head, store state |
 //! | `GET /integrity` | the integrity report (O6) |
 //! | `POST /policy` | a policy document (TOML or JSON) in the body, its detached ed25519 signature (base64) in `X-Qos-Signature`; 200 applied or no-op, 400 invalid, 403 signature, 409 stale or conflicting version, 413 too large |

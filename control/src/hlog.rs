@@ -698,12 +698,15 @@ impl LogReader {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(encoded.trim())
             .map_err(|e| format!("histogram payload is not valid base64: {e}"))?;
-        let cookie = read_u32(&raw, 0).ok_or_else(|| {
-            format!(
-                "histogram payload is {} bytes, expected at least 8",
-                raw.len()
-            )
-        })?;
+        // Cookie and length: 8 bytes, before anything reads past the cookie.
+        let cookie = read_u32(&raw, 0)
+            .filter(|_| raw.len() >= 8)
+            .ok_or_else(|| {
+                format!(
+                    "histogram payload is {} bytes, expected at least 8",
+                    raw.len()
+                )
+            })?;
         let v2 = match cookie {
             V2_COMPRESSED_COOKIE => inflate(&raw)?,
             V2_COOKIE => raw,
@@ -763,14 +766,22 @@ fn inflate(raw: &[u8]) -> Result<Vec<u8>, String> {
 fn check_v2(v2: &[u8]) -> Result<(), String> {
     let claimed = read_u32(v2, 4).map(|n| n as usize);
     let present = v2.len().saturating_sub(V2_HEADER_BYTES);
-    match claimed {
-        Some(n) if v2.len() >= V2_HEADER_BYTES && n <= present => {}
+    let body = match claimed {
+        Some(n) if v2.len() >= V2_HEADER_BYTES && n <= present => {
+            &v2[V2_HEADER_BYTES..V2_HEADER_BYTES + n]
+        }
         _ => {
             return Err(format!(
                 "V2 histogram claims {} counter bytes but holds {present}: truncated",
                 claimed.unwrap_or(0)
             ));
         }
+    };
+    if let Some(at) = zero_run_of_i64_min(body) {
+        return Err(format!(
+            "V2 histogram holds a zero run of 2^63 at byte {at} of its counts, which no \
+             histogram has (the decoder would overflow negating it)"
+        ));
     }
     let (digits, low, high) = (
         read_u32(v2, 12).unwrap_or(0),
@@ -819,6 +830,34 @@ fn counters_of(low: u64, high: u64, digits: u32) -> Option<u64> {
         buckets += 1;
     }
     Some((buckets + 1) * (1u64 << (sub_magnitude - 1)))
+}
+
+/// The offset of a number in `counts` (the V2 body: zig-zag LEB128, at most 9 bytes,
+/// the 9th holding 8 bits) that decodes to `i64::MIN`, which the crate's decoder negates
+/// as a zero run (an overflow: a panic in builds with overflow checks).
+fn zero_run_of_i64_min(counts: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < counts.len() {
+        let start = i;
+        let mut value = 0u64;
+        for shift in (0..=56).step_by(7) {
+            let &b = counts.get(i)?;
+            i += 1;
+            if shift == 56 {
+                value |= u64::from(b) << 56;
+                break;
+            }
+            value |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        // zig-zag: u64::MAX is i64::MIN.
+        if value == u64::MAX {
+            return Some(start);
+        }
+    }
+    None
 }
 
 fn read_u32(bytes: &[u8], at: usize) -> Option<u32> {
@@ -980,8 +1019,8 @@ pub fn tag_sums(
 /// An empty histogram reports zeros.
 ///
 /// # Errors
-/// [`HlogError::Merge`] when an interval cannot be added to its tag's sum (a histogram
-/// larger than the crate can represent).
+/// [`HlogError::Merge`] when an interval cannot be added to its tag's sum (as
+/// [`tag_sums`]).
 pub fn percentile_table(
     intervals: &[Interval],
     filter: Option<&str>,

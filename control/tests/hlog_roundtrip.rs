@@ -738,3 +738,32 @@ fn o4_only_regular_files_are_read() {
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// O4, hostile input (review): a compressed payload of 4 to 7 bytes (`HISTFA==`: the
+/// cookie alone) and a V2 body holding the number `i64::MIN`, which the crate's decoder
+/// negates as a zero run, are refused with the line; both panicked before.
+#[test]
+fn o4_a_bare_cookie_and_a_zero_run_of_i64_min_are_refused() {
+    for payload in ["HISTFA==", "HISTFAAA"] {
+        let log = format!("Tag=t,0.000,1.000,0.000,{payload}\n");
+        let (line, message) = parse_line_of(
+            hlog::parse_hlog(std::path::Path::new("edited.hlog"), log.as_bytes()).unwrap_err(),
+        );
+        assert_eq!(line, 1);
+        assert!(
+            message.contains("expected at least 8"),
+            "{payload}: {message}"
+        );
+    }
+    let log = payload_line("t", 0, &v2_payload(1, 1000, 3, &[5, i64::MIN, 1]));
+    let (line, message) = parse_line_of(
+        hlog::parse_hlog(std::path::Path::new("edited.hlog"), log.as_bytes()).unwrap_err(),
+    );
+    assert_eq!(line, 1);
+    assert!(message.contains("zero run of 2^63 at byte 1"), "{message}");
+    // Zero runs that fit are still read: 5 at 0, then 3 zeros, then 2 at index 4.
+    let log = payload_line("t", 0, &v2_payload(1, 1000, 3, &[5, -3, 2]));
+    let read = hlog::parse_hlog(std::path::Path::new("edited.hlog"), log.as_bytes()).unwrap();
+    assert_eq!(read[0].hist.len(), 7);
+    assert_eq!(read[0].hist.count_at(4), 2);
+}

@@ -876,3 +876,36 @@ fn o4_a_restart_keeps_the_previous_hlog_as_dot_1() {
     assert_eq!(p7(std::path::Path::new(&previous)), 40, "the run before");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// O4 (review): a log with only its header (a run that died before its first interval)
+/// is not kept over the real one already at `<path>.1`: a restart loop must not push
+/// the last real log out.
+#[test]
+fn o4_a_header_only_hlog_does_not_replace_the_kept_one() {
+    let dir = temp_dir("hlog-header-only");
+    let path = dir.join("run.hlog");
+    let mut previous = path.clone().into_os_string();
+    previous.push(".1");
+    std::fs::write(&previous, "the last real log").unwrap();
+    qos_control::hlog::HlogWriter::create(&path, std::time::SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .finish()
+        .unwrap();
+    let (plane, tx, _) = start(
+        1,
+        tail_drop_at_100(),
+        ControlConfig {
+            hlog: Some(path.clone()),
+            hlog_period: Duration::from_secs(3600),
+            ..ControlConfig::default()
+        },
+    );
+    drop(tx);
+    plane.shutdown(StopMode::Drain).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&previous).unwrap(),
+        "the last real log"
+    );
+    assert!(!read_hlog(&path).unwrap().is_empty(), "this run's log");
+    std::fs::remove_dir_all(dir).unwrap();
+}
