@@ -831,12 +831,18 @@ fn the_totals_are_over_the_run_length_not_up_to_the_last_send() {
     let out = run(&plan, None);
     assert_eq!(out.sent.elapsed_ns, 600_000_000);
     assert_eq!(out.report.duration_s, 0.6);
-    assert_eq!(out.report.total_bytes, 100_000, "100 datagrams arrive");
-    assert!((out.report.total_mbps - 100_000.0 * 8.0 / 0.6 / 1e6).abs() < 1e-9);
+    // 100 datagrams are due; a sender woken more than 1 ms late for the last one (a
+    // loaded machine) finds the window closed and does not send it.
+    let bytes = out.report.total_bytes;
+    assert!((95_000..=100_000).contains(&bytes), "{bytes} bytes arrived");
+    let mbps = bytes as f64 * 8.0 / 0.6 / 1e6;
+    assert!((out.report.total_mbps - mbps).abs() < 1e-9);
     assert!(
-        out.report
-            .table()
-            .contains("total: 100000 bytes in 0.600 s, 1.333 Mbit/s")
+        out.report.table().contains(&format!(
+            "total: {bytes} bytes in 0.600 s, {mbps:.3} Mbit/s"
+        )),
+        "{}",
+        out.report.table()
     );
     assert!(loadgen::report::send_table(&out.sent).contains("sent for 0.600 s\n"));
 }
@@ -932,12 +938,15 @@ fn a_sender_that_cannot_keep_up_says_how_far_it_fell_short() {
     let out = run(&plan, None);
     let s = &out.sent.streams[0];
     let handed = s.packets + s.error_count();
-    assert_eq!(s.planned, 2_000_000);
-    assert!(handed < s.planned, "{s:?}");
+    // The deadlines before the sender's last clock reading in the run: a busy sender
+    // reads it within microseconds of the end (10 deadlines a microsecond).
+    assert!((1_990_000..=2_000_000).contains(&s.planned), "{s:?}");
+    assert!(handed < s.planned / 2, "{s:?}");
     assert_eq!(s.missed(), s.planned - handed);
-    assert_eq!(out.report.streams[0].planned, Some(2_000_000));
+    assert_eq!(out.report.streams[0].planned, Some(s.planned));
     let line = format!(
-        "sender fell short: {handed} of 2000000 planned datagrams (the host could not keep up)\n"
+        "sender fell short: {handed} of {} planned datagrams (the host could not keep up)\n",
+        s.planned
     );
     assert!(out.report.table().contains(&line), "{}", out.report.table());
     assert!(loadgen::report::send_table(&out.sent).contains(&line));
@@ -948,8 +957,11 @@ fn a_sender_that_cannot_keep_up_says_how_far_it_fell_short() {
         ),
         None,
     );
-    assert_eq!(easy.report.streams[0].planned, Some(60));
-    assert_eq!(easy.report.streams[0].sent, Some(60));
+    // 60 deadlines; the last one (295 ms) is cut, not missed, if the sender wakes for
+    // it only after the run's end (a loaded machine).
+    let row = &easy.report.streams[0];
+    assert!(matches!(row.planned, Some(59 | 60)), "{row:?}");
+    assert_eq!(row.sent, row.planned);
     assert!(!easy.report.table().contains("fell short"));
 }
 
@@ -976,8 +988,10 @@ fn refused_sends_show_by_kind_under_the_run_table() {
         "{}",
         out.report.table()
     );
-    // Refused datagrams were handed to the socket: not a shortfall.
-    assert_eq!((s.planned, s.packets + refused), (60, 60));
+    // Refused datagrams were handed to the socket: not a shortfall (60 deadlines, the
+    // last cut rather than missed if the sender woke for it after the end).
+    assert_eq!(s.planned, s.packets + refused);
+    assert!(matches!(s.planned, 59 | 60), "{s:?}");
 }
 
 /// `sink --duration 0` is refused like `send`/`run`'s, and a `--json` path that cannot be

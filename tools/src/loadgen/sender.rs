@@ -212,8 +212,9 @@ impl Sender {
         let max_size = streams.iter().map(|s| s.plan.size).max().unwrap_or(0);
         let mut buf = vec![0u8; max_size];
         let mut stopped_early = false;
-        // The last instant the sender knew it should go on: the run's end when stopped
-        // (deadlines due while it slept towards the stop were not missed, just cut).
+        // The sender's last clock reading inside the run. Deadlines after it were not
+        // missed, just cut: by a stop, or by the end of the run while the sender slept
+        // towards them (a sleep overshoots by tens of microseconds).
         let mut last_now = 0;
         loop {
             // The clock first: the flag still clear after it means `now` was in the run.
@@ -222,10 +223,10 @@ impl Sender {
                 stopped_early = true;
                 break;
             }
-            last_now = now;
             if now >= end_ns {
                 break;
             }
+            last_now = now;
             // Nothing left to send: wait out the run.
             let deadline = heap.peek().map_or(end_ns, |&Reverse((t, _))| t.min(end_ns));
             if deadline > now {
@@ -253,18 +254,16 @@ impl Sender {
                 heap.push(Reverse((next, i)));
             }
         }
-        let elapsed_ns = if stopped_early {
-            last_now.min(end_ns)
-        } else {
-            end_ns
-        };
+        let elapsed_ns = if stopped_early { last_now } else { end_ns };
+        // One budget of Poisson draws for the whole run (see `MAX_MISSED_DRAWS`).
+        let mut draws = MAX_MISSED_DRAWS;
         SendReport {
             start_ns: clock.start_wall_ns(),
             elapsed_ns,
             stopped_early,
             streams: streams
                 .into_iter()
-                .map(|s| s.into_sent(elapsed_ns))
+                .map(|s| s.into_sent(elapsed_ns, last_now, &mut draws))
                 .collect(),
         }
     }
@@ -281,8 +280,9 @@ fn wait_until(gap_ns: u64, pacing: Pacing) {
     }
 }
 
-/// Most Poisson gaps drawn at the end of a run to count the deadlines a sender that
-/// fell behind did not reach; past it the rest is the expected number.
+/// Most Poisson gaps drawn at the end of a run, all streams together, to count the
+/// deadlines a sender that fell behind did not reach; past it each stream's rest is the
+/// expected number (so the count takes at most a fraction of a second).
 const MAX_MISSED_DRAWS: u64 = 10_000_000;
 
 /// One stream's schedule. Its deadlines are spaced in *active* time (see
@@ -362,8 +362,9 @@ impl<'p> StreamState<'p> {
         self.deadline
     }
 
-    /// Deadlines within the first `active` ns of active time not yet sent.
-    fn unsent_before(&mut self, active: u64) -> u64 {
+    /// Deadlines within the first `active` ns of active time not yet sent; Poisson gaps
+    /// are drawn while `draws` lasts, then the rest is the expected number.
+    fn unsent_before(&mut self, active: u64, draws: &mut u64) -> u64 {
         let active = active as f64;
         match self.gaps {
             None => {
@@ -382,10 +383,11 @@ impl<'p> StreamState<'p> {
                 let mut at = self.next_active;
                 while at.ceil() < active {
                     n += 1;
-                    if n == MAX_MISSED_DRAWS {
+                    if *draws == 0 {
                         let rest = (active - at) * self.plan.pps / 1e9;
                         return n + rest.round() as u64;
                     }
+                    *draws -= 1;
                     at += self.gap_ns();
                 }
                 n
@@ -408,11 +410,13 @@ impl<'p> StreamState<'p> {
         }
     }
 
-    /// The stream's counts for a run that ended at `cut` ns from the start.
-    fn into_sent(mut self, cut: u64) -> StreamSent {
+    /// The stream's counts for a run that ended at `cut` ns from the start, whose
+    /// sender last read the clock in the run at `on_time`: the deadlines up to then are
+    /// what was planned (later ones were cut, not missed).
+    fn into_sent(mut self, cut: u64, on_time: u64, draws: &mut u64) -> StreamSent {
         let errors: u64 = self.errors.values().sum();
         let active_ns = self.plan.active_before(cut);
-        let planned = self.seq + self.unsent_before(active_ns);
+        let planned = self.seq + self.unsent_before(self.plan.active_before(on_time), draws);
         StreamSent {
             id: self.plan.id,
             priority: self.plan.priority,
