@@ -200,3 +200,49 @@ pub fn policy(data: &[u8]) {
         "JSON round trip changed the document\n{json}"
     );
 }
+
+/// The `.hlog` interval log reader (`qos-ctl hdr print` and `plot` read files anyone can
+/// hand them): `parse_hlog` never panics; an error is a parse error naming this file and
+/// a line of the input; what it accepts keeps to the reader's bounds (counters, total
+/// count) and sums per tag without panicking, with ordered percentiles.
+pub fn hlog(data: &[u8]) {
+    use qos_control::hlog::{
+        HlogError, MAX_COUNTERS, MAX_TOTAL_COUNT, TagSum, parse_hlog, tag_sums,
+    };
+    let path = std::path::Path::new("fuzz.hlog");
+    let lines = data.split(|&b| b == b'\n').count();
+    let intervals = match parse_hlog(path, data) {
+        Ok(intervals) => intervals,
+        Err(HlogError::Parse {
+            path: named, line, ..
+        }) => {
+            assert_eq!(named, path, "the error names the file");
+            assert!((1..=lines).contains(&line), "line {line} of {lines}");
+            return;
+        }
+        Err(other) => panic!("parse_hlog: unexpected error kind: {other:?}"),
+    };
+    for i in &intervals {
+        assert!((1..=lines).contains(&i.line), "line {} of {lines}", i.line);
+        assert!(i.hist.len() <= MAX_TOTAL_COUNT, "count {}", i.hist.len());
+        assert!(
+            i.hist.distinct_values() as u64 <= MAX_COUNTERS,
+            "{} counters",
+            i.hist.distinct_values()
+        );
+    }
+    match tag_sums(&intervals, |_| true) {
+        Ok(sums) => {
+            for row in sums.into_iter().map(TagSum::row) {
+                assert!(
+                    row.p50 <= row.p90 && row.p90 <= row.p99 && row.p99 <= row.p999,
+                    "{row:?}"
+                );
+            }
+        }
+        Err(HlogError::Merge { line, .. }) => {
+            assert!((1..=lines).contains(&line), "line {line} of {lines}");
+        }
+        Err(other) => panic!("tag_sums: unexpected error kind: {other:?}"),
+    }
+}

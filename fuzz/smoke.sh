@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 seconds="${FUZZ_SECONDS:-20}"
-targets=(header config policy)
+targets=(header config policy hlog)
 
 cargo +nightly fuzz build
 for t in "${targets[@]}"; do

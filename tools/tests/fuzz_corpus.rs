@@ -1,4 +1,4 @@
-//! Replays the committed fuzz corpus (`fuzz/corpus/{header,config,policy}/`) through
+//! Replays the committed fuzz corpus (`fuzz/corpus/{header,config,policy,hlog}/`) through
 //! the checks the cargo-fuzz targets make (`fuzz/checks.rs`, included as is), so that
 //! `cargo test --workspace` keeps the corpus green on stable without nightly or
 //! libFuzzer.
@@ -70,6 +70,12 @@ fn config_corpus_is_accepted_or_rejected_and_accepted_configs_hold_their_invaria
 fn policy_corpus_round_trips_through_toml_and_json() {
     let n = replay("policy", checks::policy);
     assert!(n >= 3, "only {n} policy inputs");
+}
+
+#[test]
+fn hlog_corpus_is_read_or_refused_by_line_and_sums_without_panics() {
+    let n = replay("hlog", checks::hlog);
+    assert!(n >= 20, "only {n} hlog inputs");
 }
 
 /// The seed headers of the `header` corpus: valid ones at the extremes, truncated
