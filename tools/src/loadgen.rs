@@ -72,6 +72,10 @@ pub enum LoadgenError {
     /// The `.hlog` could not be written.
     #[error(transparent)]
     Hlog(#[from] qos_control::hlog::HlogError),
+    /// The `.hlog` failed during the run: it holds the intervals before the failure;
+    /// the report (printed) is whole.
+    #[error("the .hlog is incomplete: {0}")]
+    HlogIncomplete(String),
     /// A report file could not be written.
     #[error("{path}: cannot write: {source}")]
     Write {

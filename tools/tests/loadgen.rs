@@ -1046,3 +1046,44 @@ fn a_zero_sink_duration_and_an_unwritable_json_path_fail_before_the_run() {
         );
     }
 }
+
+/// An `.hlog` that fails mid-run (a 6 KB file-size limit, SIGXFSZ ignored, so writes
+/// past it fail as on a full disk) no longer stops the sink: the report still counts
+/// every datagram (no loss), is printed, and the command then exits 1 naming the
+/// `.hlog`; the log holds only whole lines. Before, the sink stopped receiving at the
+/// failure and the report was lost.
+#[test]
+fn an_hlog_failing_mid_run_keeps_the_counts_and_the_report() {
+    let hlog = temp_path("full.hlog");
+    let _ = std::fs::remove_file(&hlog);
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("trap '' XFSZ; ulimit -f 6; exec \"$@\"")
+        .arg("loadgen")
+        .arg(env!("CARGO_BIN_EXE_qos-loadgen"))
+        .args(["run", "--duration", "2s", "--interval", "20ms", "--quiet"])
+        .arg("--hlog")
+        .arg(&hlog)
+        .args(["--stream", "id=1,prio=7,size=100,rate=200pps"])
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains(".hlog is incomplete"), "{stderr}");
+    // The stream's row: 400 sent (200/s for 2 s, give or take the last), all received.
+    let row: Vec<&str> = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .split_whitespace()
+        .collect();
+    let (sent, recv): (u64, u64) = (row[2].parse().unwrap(), row[3].parse().unwrap());
+    assert!((395..=400).contains(&sent), "{stdout}");
+    assert_eq!(recv, sent, "{stdout}");
+    let size = std::fs::metadata(&hlog).unwrap().len();
+    assert!(size <= 6 * 1024, "{size}");
+    let intervals = qos_control::hlog::read_hlog(&hlog).expect("whole lines only");
+    assert!(!intervals.is_empty());
+    let _ = std::fs::remove_file(&hlog);
+}

@@ -205,10 +205,15 @@ fn writable(path: Option<&Path>) -> Result<(), LoadgenError> {
     Ok(())
 }
 
+/// Prints the table and writes the JSON; then a failed `.hlog` makes the command fail
+/// (exit 1), after the report is out.
 fn output(report: &Report, json: Option<&Path>) -> Result<(), LoadgenError> {
     print!("{}", report.table());
-    match json {
-        Some(path) => report.write_json(path),
+    if let Some(path) = json {
+        report.write_json(path)?;
+    }
+    match &report.hlog_error {
+        Some(e) => Err(LoadgenError::HlogIncomplete(e.clone())),
         None => Ok(()),
     }
 }

@@ -119,6 +119,9 @@ pub struct Report {
     pub malformed: BTreeMap<String, u64>,
     /// Latencies that came out negative and were counted as 0.
     pub negative_latency: u64,
+    /// Why the `.hlog` stopped being written, if it did (the counts above are whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hlog_error: Option<String>,
 }
 
 /// How loss was computed.
@@ -172,6 +175,7 @@ impl Report {
             send_errors,
             malformed: sink.malformed.clone(),
             negative_latency: sink.negative_latency,
+            hlog_error: sink.hlog_error.clone(),
         }
     }
 
@@ -436,6 +440,7 @@ mod tests {
             per_priority: Vec::new(),
             malformed: malformed.iter().map(|&(k, v)| (k.to_owned(), v)).collect(),
             negative_latency: 0,
+            hlog_error: None,
         }
     }
 

@@ -267,6 +267,9 @@ pub struct SinkReport {
     pub malformed: BTreeMap<String, u64>,
     /// Latencies that came out negative and were recorded as 0.
     pub negative_latency: u64,
+    /// Why the `.hlog` stopped being written, if it did. The sink keeps receiving and
+    /// counting after such an error; the log holds the intervals before it.
+    pub hlog_error: Option<String>,
 }
 
 impl SinkHandle {
@@ -357,9 +360,7 @@ impl Worker {
         let result = loop {
             let now = self.clock.elapsed_ns();
             if now >= interval_start + interval_ns {
-                if let Err(e) = self.close_interval(interval_start, now) {
-                    break Err(e);
-                }
+                self.close_interval(interval_start, now);
                 interval_start = now;
             }
             if now >= end_ns || self.stop.load(Ordering::Relaxed) {
@@ -378,17 +379,19 @@ impl Worker {
             }
         };
         let now = self.clock.elapsed_ns();
-        let closed = self.close_interval(interval_start, now);
-        lock(&self.shared).elapsed_ns = now.min(end_ns);
-        if let Some(w) = self.hlog.take() {
-            w.finish()?;
+        self.close_interval(interval_start, now);
+        let mut state = lock(&self.shared);
+        state.elapsed_ns = now.min(end_ns);
+        if let Some(Err(e)) = self.hlog.take().map(HlogWriter::finish) {
+            state.hlog_error.get_or_insert_with(|| e.to_string());
         }
-        result.and(closed)
+        result
     }
 
     /// Ends the latency interval `[start, now)`: writes it to the `.hlog`, keeps its
-    /// summary for snapshots, resets it.
-    fn close_interval(&mut self, start: u64, now: u64) -> Result<(), LoadgenError> {
+    /// summary for snapshots, resets it. A failed write ends the `.hlog` (the report
+    /// says why) but not the sink: the counts go on.
+    fn close_interval(&mut self, start: u64, now: u64) {
         let mut state = lock(&self.shared);
         for p in 0..8u8 {
             let hist = &mut state.interval[usize::from(p)];
@@ -398,12 +401,15 @@ impl Worker {
                     Duration::from_nanos(start),
                     Duration::from_nanos(now - start),
                 );
-                w.write_interval_at(&latency_tag(p), offset, length, hist)?;
+                if let Err(e) = w.write_interval_at(&latency_tag(p), offset, length, hist) {
+                    state.hlog_error = Some(e.to_string());
+                    self.hlog = None;
+                }
             }
+            let hist = &mut state.interval[usize::from(p)];
             hist.reset();
             state.last_interval[usize::from(p)] = summary;
         }
-        Ok(())
     }
 }
 
@@ -502,6 +508,7 @@ struct State {
     last_interval: [Option<LatencySummary>; 8],
     malformed: BTreeMap<String, u64>,
     negative_latency: u64,
+    hlog_error: Option<String>,
 }
 
 impl State {
@@ -516,6 +523,7 @@ impl State {
             last_interval: Default::default(),
             malformed: BTreeMap::new(),
             negative_latency: 0,
+            hlog_error: None,
         }
     }
 
@@ -627,6 +635,7 @@ impl State {
             per_priority: self.per_priority,
             malformed: self.malformed,
             negative_latency: self.negative_latency,
+            hlog_error: self.hlog_error,
         }
     }
 }
