@@ -709,9 +709,16 @@ fn poisson_streams_with_on_off_or_windows_send_the_rate_times_the_active_time() 
             "{what}: {n} datagrams, expected {mean} +- {tolerance:.0}"
         );
     }
-    // The sender kept up: it sent every deadline it drew.
+    // The sender kept up: it sent every deadline it drew (but for a few, if a loaded
+    // machine woke it more than 20 ms late at the end of the last active stretch).
     for s in &sent.streams {
-        assert_eq!(s.planned, s.packets + s.error_count(), "stream {}", s.id);
+        let handed = s.packets + s.error_count();
+        assert!(
+            handed <= s.planned && s.planned - handed <= 3,
+            "stream {}: {handed} of {} planned",
+            s.id,
+            s.planned
+        );
     }
 }
 
