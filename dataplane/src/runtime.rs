@@ -99,7 +99,10 @@ use worker::Hists;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopMode {
     /// Keep scheduling (at the policy's pace) until every queue is empty, then stop;
-    /// past the drain timeout, discard the rest (counted `shutdown`).
+    /// past the drain timeout, discard the rest as [`Discard`](Self::Discard) does
+    /// (queued packets counted `closed`, dequeued-but-unsent ones `shutdown`). The
+    /// timeout is checked between loop iterations: it cannot interrupt an
+    /// [`Egress::send`] in progress, so an egress that blocks holds the stop that long.
     Drain,
     /// Discard what is queued once every producer is dropped (or the drain timeout
     /// passes; until then workers keep serving): queued packets are counted as dropped
@@ -114,6 +117,8 @@ const DISCARD: u64 = 2;
 /// State shared by the workers, the producers and the control side.
 #[derive(Debug)]
 pub(crate) struct Shared {
+    /// This dataplane's number among those of the process (handles carry it).
+    pub(crate) instance: u32,
     pub(crate) workers: Vec<WorkerShared>,
     pub(crate) clock: Clock,
     policy: SnapshotCell<Policy>,
@@ -348,7 +353,7 @@ impl<T: Send> Exchange<T> {
             }
         }
         let clock = shared.clock;
-        let deadline = clock.now_ns().saturating_add(timeout.as_nanos() as u64);
+        let deadline = clock.now_ns().saturating_add(worker::duration_ns(timeout));
         let mut out: Vec<Option<T>> = (0..all.len()).map(|_| None).collect();
         loop {
             for (w, x) in all.iter_mut().enumerate() {
@@ -589,7 +594,7 @@ impl<P: Send + 'static> Dataplane<P> {
     pub fn shutdown(mut self, mode: StopMode) -> Result<ShutdownReport, RuntimeError> {
         let deadline = self
             .now_ns()
-            .saturating_add(self.drain_timeout.as_nanos() as u64);
+            .saturating_add(worker::duration_ns(self.drain_timeout));
         // Relaxed: published by the Release store of `stop` just below.
         self.shared.stop_deadline.store(deadline, Ordering::Relaxed);
         let code = match mode {

@@ -236,3 +236,172 @@ fn t2_a_live_shm_peer_cannot_hold_shutdown_past_its_deadline() {
     assert!(report.is_conserved());
     assert_eq!(report.workers[0].unknown_stream, report.workers[0].taken);
 }
+
+/// Counts what the egress sends.
+#[derive(Clone, Default)]
+struct Counted(Arc<std::sync::atomic::AtomicU64>);
+
+impl Egress<u64> for Counted {
+    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
+        while out.pop().is_some() {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Embedding-API red team: a handle of one dataplane used on another's producer was
+/// accepted (producer index, slot and generation all start at 0 in every dataplane)
+/// and its packet went to B's own stream. It is refused, handed back.
+#[test]
+fn t2_a_handle_of_another_dataplane_is_refused() {
+    let (sent_a, sent_b) = (Counted::default(), Counted::default());
+    let (a, b) = (sent_a.clone(), sent_b.clone());
+    let (dpa, mut pa) = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .build(move |_| a.clone())
+        .unwrap();
+    let (dpb, mut pb) = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .build(move |_| b.clone())
+        .unwrap();
+    let (mut ta, mut tb) = (pa.pop().unwrap(), pb.pop().unwrap());
+    let ha = ta.open(1, StreamConfig::with_priority(7)).unwrap();
+    let hb = tb.open(2, StreamConfig::with_priority(0)).unwrap();
+    assert!(matches!(
+        tb.enqueue(ha, 777, 100),
+        Err(EnqueueError::StaleHandle(777))
+    ));
+    assert!(matches!(
+        ta.enqueue(hb, 778, 100),
+        Err(EnqueueError::StaleHandle(778))
+    ));
+    assert!(tb.close(ha).is_err());
+    // Each handle still works with its own producer.
+    ta.enqueue(ha, 1, 100).unwrap();
+    tb.enqueue(hb, 2, 100).unwrap();
+    drop((ta, tb));
+    let (ra, rb) = (
+        dpa.shutdown(StopMode::Drain).unwrap(),
+        dpb.shutdown(StopMode::Drain).unwrap(),
+    );
+    assert!(ra.is_conserved() && rb.is_conserved());
+    assert_eq!((ra.sent(), rb.sent()), (1, 1));
+    assert_eq!(
+        (
+            sent_a.0.load(Ordering::Relaxed),
+            sent_b.0.load(Ordering::Relaxed)
+        ),
+        (1, 1)
+    );
+}
+
+/// Embedding-API red team: a drain timeout of 2^55 s was cast to u64 ns and wrapped to
+/// under a millisecond: Drain discarded 90 of 100 packets an 80 ms drain would have
+/// sent. A huge timeout now means "drain it all".
+#[test]
+fn t1_a_huge_drain_timeout_drains_rather_than_wraps() {
+    let sent = Counted::default();
+    let s = sent.clone();
+    let (dp, mut ps) = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .policy(linked(10_000_000, 10_000))
+        .drain_timeout(Duration::from_secs(1 << 55))
+        .build(move |_| s.clone())
+        .unwrap();
+    let mut tx = ps.pop().unwrap();
+    let h = tx.open(1, StreamConfig::with_priority(3)).unwrap();
+    // 100 x 1000 B at 10 Mbit/s: an 80 ms drain.
+    for i in 0..100 {
+        while tx.enqueue(h, i, 1000).is_err() {
+            thread::yield_now();
+        }
+    }
+    drop(tx);
+    let r = dp.shutdown(StopMode::Drain).unwrap();
+    assert!(r.is_conserved());
+    assert_eq!((r.sent(), r.discarded()), (100, 0));
+    assert_eq!(sent.0.load(Ordering::Relaxed), 100);
+}
+
+/// An egress whose every call blocks 300 ms.
+struct Slow;
+
+impl Egress<u64> for Slow {
+    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
+        thread::sleep(Duration::from_millis(300));
+        while out.pop().is_some() {}
+    }
+}
+
+/// Embedding-API red team: the drain deadline was compared with the time the loop
+/// iteration started, so a slow egress got one more call past the timeout: a 50 ms
+/// timeout with an egress blocking 300 ms a call stopped after 2 calls (601 ms). Now
+/// after the call in progress (one call: 64 packets sent, the rest discarded).
+#[test]
+fn t1_the_drain_deadline_is_checked_after_a_slow_egress_returns() {
+    let (dp, mut ps) = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .drain_timeout(Duration::from_millis(50))
+        .build(|_| Slow)
+        .unwrap();
+    let mut tx = ps.pop().unwrap();
+    let h = tx.open(1, StreamConfig::with_priority(3)).unwrap();
+    for i in 0..200 {
+        while tx.enqueue(h, i, 100).is_err() {
+            thread::yield_now();
+        }
+    }
+    // Let the worker take the packets and start its first (300 ms) call.
+    thread::sleep(Duration::from_millis(50));
+    drop(tx);
+    let r = dp.shutdown(StopMode::Drain).unwrap();
+    assert!(r.is_conserved());
+    assert_eq!(r.sent() + r.discarded(), 200);
+    // The call in progress when the timeout passed was the last: at most one egress
+    // batch was sent after the first.
+    let batch = qos_dataplane::runtime::RuntimeConfig::default().egress_batch as u64;
+    assert!(r.sent() <= batch, "{} sent: more than one call", r.sent());
+}
+
+/// Embedding-API red team: `event_capacity` had no upper bound, and `usize::MAX` panicked
+/// inside `build` (the ring's allocation); rings too big to allocate (2^24 messages of
+/// an 8 KiB packet type: 128 GiB) aborted the process. Both are errors naming the field.
+#[test]
+fn t1_rings_too_big_to_allocate_are_build_errors_naming_the_field() {
+    let config = qos_dataplane::runtime::RuntimeConfig {
+        event_capacity: usize::MAX,
+        pinning: Pinning::Off,
+        ..Default::default()
+    };
+    let err = config.validate().unwrap_err().to_string();
+    assert!(err.starts_with("event_capacity:"), "{err}");
+    let err = Dataplane::<u64>::builder()
+        .config(config)
+        .build(|_| Sink::default())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.starts_with("event_capacity:"), "{err}");
+
+    struct Big;
+    impl Egress<[u8; 8192]> for Big {
+        fn send(&mut self, _now: u64, out: &mut Outbox<'_, [u8; 8192]>) {
+            while out.pop().is_some() {}
+        }
+    }
+    let config = qos_dataplane::runtime::RuntimeConfig {
+        ring_capacity: 1 << 24,
+        pinning: Pinning::Off,
+        ..Default::default()
+    };
+    let err = Dataplane::<[u8; 8192]>::builder()
+        .config(config)
+        .build(|_| Big)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.starts_with("ring_capacity: 16777216, expected rings this machine can allocate"),
+        "{err}"
+    );
+}

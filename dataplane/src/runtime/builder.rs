@@ -149,6 +149,7 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
             scheds.push(sched);
         }
         let shared = Arc::new(Shared {
+            instance: super::sync::next_instance(),
             workers: (0..n).map(|_| WorkerShared::new()).collect(),
             clock: super::Clock::start(),
             policy: SnapshotCell::new(self.policy.clone()),
@@ -158,6 +159,7 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
             shed_tiers: AtomicU64::new(0),
             ring_full: (0..config.producers).map(|_| Gauge::default()).collect(),
         });
+        check_ring_memory::<P>(&config)?;
         // rings[p][w]
         let mut tx_rings: Vec<Vec<_>> = (0..config.producers).map(|_| Vec::new()).collect();
         let mut rx_rings: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
@@ -278,4 +280,37 @@ impl<P> std::fmt::Debug for ShmDecodeDebug<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("ShmDecode")
     }
+}
+
+/// The rings are allocated whole, and a failed allocation aborts the process: ask the
+/// allocator for all of their memory at once first, and refuse what it cannot give
+/// (ingress: `ring_capacity` messages of the packet type for every producer and worker;
+/// events: `event_capacity` per worker).
+fn check_ring_memory<P>(config: &RuntimeConfig) -> Result<(), BuildError> {
+    let ingress = config
+        .ring_capacity
+        .checked_mul(std::mem::size_of::<super::producer::Msg<P>>())
+        .and_then(|b| b.checked_mul(config.producers))
+        .and_then(|b| b.checked_mul(config.workers));
+    let events = config
+        .event_capacity
+        .checked_mul(std::mem::size_of::<crate::sched::Event>())
+        .and_then(|b| b.checked_mul(config.workers));
+    let fits =
+        |bytes: Option<usize>| bytes.is_some_and(|b| Vec::<u8>::new().try_reserve_exact(b).is_ok());
+    if !fits(ingress) {
+        return Err(BuildError::Config {
+            field: "ring_capacity",
+            value: config.ring_capacity as u64,
+            expected: "rings this machine can allocate (ring_capacity x the packet message's size x producers x workers bytes)",
+        });
+    }
+    if !fits(events) {
+        return Err(BuildError::Config {
+            field: "event_capacity",
+            value: config.event_capacity as u64,
+            expected: "event rings this machine can allocate (event_capacity x the event's size x workers bytes)",
+        });
+    }
+    Ok(())
 }

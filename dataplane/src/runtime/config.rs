@@ -101,7 +101,8 @@ impl Default for RuntimeConfig {
 }
 
 impl RuntimeConfig {
-    /// Checks every field; the error names it.
+    /// Checks every field; the error names it. (Whether the rings fit in memory depends
+    /// on the packet type: the builder checks that before it allocates them.)
     pub fn validate(&self) -> Result<(), BuildError> {
         let bad = |field, value: usize, expected| {
             Err(BuildError::Config {
@@ -125,8 +126,8 @@ impl RuntimeConfig {
         if self.egress_batch == 0 || self.egress_batch > 1 << 16 {
             return bad("egress_batch", self.egress_batch, "1..=65536");
         }
-        if self.event_capacity == 0 {
-            return bad("event_capacity", 0, ">= 1");
+        if self.event_capacity == 0 || self.event_capacity > 1 << 24 {
+            return bad("event_capacity", self.event_capacity, "1..=2^24");
         }
         let period = self.link_period.as_nanos();
         if period == 0 || period > 1_000_000 {

@@ -33,9 +33,12 @@ pub(crate) enum Msg<P> {
 }
 
 /// A stream opened through a [`Producer`]: valid only with that producer (its packets
-/// must travel on the same rings as its control messages). `Copy`, 12 bytes.
+/// must travel on the same rings as its control messages), and of that dataplane
+/// (a handle of another dataplane is refused, not taken for one of this one's streams).
+/// `Copy`, 16 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct StreamHandle {
+    instance: u32,
     producer: u16,
     worker: u16,
     local: u32,
@@ -207,6 +210,7 @@ impl<P: Send> Producer<P> {
         }
         l.open[local as usize] = true;
         Ok(StreamHandle {
+            instance: self.shared.instance,
             producer: self.index as u16,
             worker: worker as u16,
             local,
@@ -300,7 +304,7 @@ impl<P: Send> Producer<P> {
     }
 
     fn check(&self, h: StreamHandle) -> Result<(), ()> {
-        if usize::from(h.producer) != self.index {
+        if usize::from(h.producer) != self.index || h.instance != self.shared.instance {
             return Err(());
         }
         let l = self.locals.get(h.worker()).ok_or(())?;

@@ -21,6 +21,14 @@ pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 #[cfg(qos_loom)]
 pub(crate) use loom::thread::{Thread, current as current_thread};
 
+/// A process-wide number for each dataplane built, so that a handle of one is refused
+/// by another. Not a protocol between threads, only unique numbers: std's atomic under
+/// loom too (a static loom atomic would outlive a model).
+pub(crate) fn next_instance() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Parks the calling thread for at most `timeout` (loom: until unparked; loom has no
 /// timed park, so the models prove the wake-up protocol without the timeout's help).
 #[cfg(not(qos_loom))]

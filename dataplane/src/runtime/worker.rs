@@ -284,8 +284,10 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
                 self.iteration_ns.saturating_record(took);
             }
             self.publish(now);
+            // A fresh reading: an iteration can take long (a slow egress), and the
+            // drain deadline must not get one more iteration for it.
             if let Some(mode) = self.shared.stop_mode()
-                && self.stopped(mode, now)
+                && self.stopped(mode, clock.now_ns())
             {
                 break;
             }
@@ -1105,7 +1107,8 @@ fn event_stream(e: &Event) -> Option<StreamId> {
     }
 }
 
-fn duration_ns(d: std::time::Duration) -> u64 {
+/// `d` in ns, saturating at `u64::MAX` (a cast would wrap a long timeout to nearly 0).
+pub(crate) fn duration_ns(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
