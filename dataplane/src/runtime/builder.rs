@@ -179,7 +179,7 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
             pinning: PinningReport {
                 policy: config.pinning,
                 cores: cores.iter().map(|c| c.map(|c| c.id)).collect(),
-                shared_cores: shares_a_core(&cores),
+                shared_cores: false,
             },
             config,
             drain_timeout: self.drain_timeout,
@@ -229,7 +229,12 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
             // Wait for the worker to pin itself and set its doorbell before any
             // producer can push (so every push can ring it).
             match started_rx.recv() {
-                Ok(Ok(_pinned)) => {}
+                Ok(Ok(pinned)) => {
+                    // `Wrap` goes on when pinning fails: report the worker as unpinned.
+                    if !pinned {
+                        dataplane.pinning.cores[w] = None;
+                    }
+                }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => {
                     return Err(BuildError::Spawn {
@@ -239,6 +244,8 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
                 }
             }
         }
+        // From the cores the workers did pin to (a failed pin shares nothing).
+        dataplane.pinning.shared_cores = shares_a_core(&dataplane.pinning.cores);
         let producers = tx_rings
             .into_iter()
             .enumerate()
@@ -265,8 +272,8 @@ fn placement(pinning: Pinning, n: usize) -> Result<Vec<Option<core_affinity::Cor
     }
 }
 
-fn shares_a_core(cores: &[Option<core_affinity::CoreId>]) -> bool {
-    let mut ids: Vec<usize> = cores.iter().flatten().map(|c| c.id).collect();
+fn shares_a_core(cores: &[Option<usize>]) -> bool {
+    let mut ids: Vec<usize> = cores.iter().flatten().copied().collect();
     let n = ids.len();
     ids.sort_unstable();
     ids.dedup();
