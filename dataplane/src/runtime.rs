@@ -383,7 +383,7 @@ pub struct Dataplane<P> {
     threads: Vec<Option<std::thread::JoinHandle<Option<worker::Exit>>>>,
     hists: Vec<Exchange<Hists>>,
     reports: Vec<Exchange<Box<StreamReport>>>,
-    events: Vec<rtrb::Consumer<(Event, Option<StreamTag>)>>,
+    events: Vec<rtrb::Consumer<worker::EventItem>>,
     pinning: PinningReport,
     config: RuntimeConfig,
     drain_timeout: Duration,

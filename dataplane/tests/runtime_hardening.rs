@@ -323,26 +323,48 @@ fn t1_a_huge_drain_timeout_drains_rather_than_wraps() {
     assert_eq!(sent.0.load(Ordering::Relaxed), 100);
 }
 
-/// An egress whose every call blocks 300 ms.
-struct Slow;
+/// An egress whose first call tells the test it started, then waits to be released;
+/// it counts its calls.
+struct Held {
+    started: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+    calls: Arc<std::sync::atomic::AtomicU64>,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+}
 
-impl Egress<u64> for Slow {
+impl Egress<u64> for Held {
     fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
-        thread::sleep(Duration::from_millis(300));
-        while out.pop().is_some() {}
+        if self.calls.fetch_add(1, Ordering::Relaxed) == 0 {
+            let _ = self.started.send(());
+            let _ = self.release.recv();
+        }
+        while out.pop().is_some() {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
 /// Embedding-API red team: the drain deadline was compared with the time the loop
-/// iteration started, so a slow egress got one more call past the timeout: a 50 ms
-/// timeout with an egress blocking 300 ms a call stopped after 2 calls (601 ms). Now
-/// after the call in progress (one call: 64 packets sent, the rest discarded).
+/// iteration started, so a slow egress got one more call past the timeout (a 50 ms
+/// timeout with an egress blocking 300 ms a call stopped after 2 calls, 601 ms). Here
+/// the first call is held until well past the timeout: when it returns, the stop
+/// discards the rest, and there is no second call.
 #[test]
 fn t1_the_drain_deadline_is_checked_after_a_slow_egress_returns() {
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let egress = Mutex::new(Some(Held {
+        started: started_tx,
+        release: release_rx,
+        calls: calls.clone(),
+        sent: sent.clone(),
+    }));
     let (dp, mut ps) = Dataplane::<u64>::builder()
         .pinning(Pinning::Off)
         .drain_timeout(Duration::from_millis(50))
-        .build(|_| Slow)
+        .build(move |_| egress.lock().unwrap().take().unwrap())
         .unwrap();
     let mut tx = ps.pop().unwrap();
     let h = tx.open(1, StreamConfig::with_priority(3)).unwrap();
@@ -351,16 +373,24 @@ fn t1_the_drain_deadline_is_checked_after_a_slow_egress_returns() {
             thread::yield_now();
         }
     }
-    // Let the worker take the packets and start its first (300 ms) call.
-    thread::sleep(Duration::from_millis(50));
     drop(tx);
-    let r = dp.shutdown(StopMode::Drain).unwrap();
+    started
+        .recv_timeout(Duration::from_secs(10))
+        .expect("first egress call");
+    let stopping = thread::spawn(move || dp.shutdown(StopMode::Drain).unwrap());
+    thread::sleep(Duration::from_millis(200));
+    release.send(()).unwrap();
+    let r = stopping.join().unwrap();
     assert!(r.is_conserved());
-    assert_eq!(r.sent() + r.discarded(), 200);
-    // The call in progress when the timeout passed was the last: at most one egress
-    // batch was sent after the first.
-    let batch = qos_dataplane::runtime::RuntimeConfig::default().egress_batch as u64;
-    assert!(r.sent() <= batch, "{} sent: more than one call", r.sent());
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        1,
+        "one call, none past the deadline"
+    );
+    // What the held call took was sent; everything else was discarded.
+    let first = sent.load(Ordering::Relaxed);
+    assert!(first >= 1);
+    assert_eq!((r.sent(), r.discarded()), (first, 200 - first));
 }
 
 /// Embedding-API red team: `event_capacity` had no upper bound, and `usize::MAX` panicked
@@ -383,18 +413,23 @@ fn t1_rings_too_big_to_allocate_are_build_errors_naming_the_field() {
         .to_string();
     assert!(err.starts_with("event_capacity:"), "{err}");
 
+    // 2^24 messages of a 1 MiB packet type for 1,024 producers and 1,024 workers: 2^64
+    // bytes, refused on any machine (before, 2^24 of 8 KiB for one producer and worker,
+    // 128 GiB, aborted the process here).
     struct Big;
-    impl Egress<[u8; 8192]> for Big {
-        fn send(&mut self, _now: u64, out: &mut Outbox<'_, [u8; 8192]>) {
+    impl Egress<[u8; 1 << 20]> for Big {
+        fn send(&mut self, _now: u64, out: &mut Outbox<'_, [u8; 1 << 20]>) {
             while out.pop().is_some() {}
         }
     }
     let config = qos_dataplane::runtime::RuntimeConfig {
         ring_capacity: 1 << 24,
+        producers: 1024,
+        workers: 1024,
         pinning: Pinning::Off,
         ..Default::default()
     };
-    let err = Dataplane::<[u8; 8192]>::builder()
+    let err = Dataplane::<[u8; 1 << 20]>::builder()
         .config(config)
         .build(|_| Big)
         .err()

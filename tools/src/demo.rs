@@ -286,6 +286,10 @@ pub fn run(args: &DemoArgs, config_path: Option<&Path>) -> Result<(), DemoError>
     let report = gateway.stop()?;
     std::thread::sleep(Duration::from_millis(300));
     let received = sink.finish()?;
+    if let Some(e) = &received.hlog_error {
+        // The latency plot would draw a log that stopped part way.
+        return Err(crate::loadgen::LoadgenError::HlogIncomplete(e.clone()).into());
+    }
     let table = Report::new(&received, Some(&sent));
 
     println!("\nshares by phase (whole seconds, first second left out):");

@@ -69,11 +69,11 @@ pub enum LoadgenError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// The `.hlog` could not be written.
+    /// The `.hlog` could not be created.
     #[error(transparent)]
     Hlog(#[from] qos_control::hlog::HlogError),
-    /// The `.hlog` failed during the run: it holds the intervals before the failure;
-    /// the report (printed) is whole.
+    /// The `.hlog` failed during the run: it holds whole lines, the intervals before the
+    /// failure (the failing one perhaps in part); the report (printed) is whole.
     #[error("the .hlog is incomplete: {0}")]
     HlogIncomplete(String),
     /// A report file could not be written.
@@ -160,8 +160,9 @@ const TICK: Duration = Duration::from_millis(100);
 ///
 /// # Errors
 /// A plan of more streams than the sink tracks ([`sink::MAX_STREAMS`]: their datagrams
-/// would arrive and be counted as lost), binding, spawning, or writing the `.hlog`
-/// ([`LoadgenError`]).
+/// would arrive and be counted as lost), binding, spawning, or creating the `.hlog`
+/// ([`LoadgenError`]). An `.hlog` that fails later does not fail the run: the report's
+/// `hlog_error` says why.
 pub fn run(
     plan: &Plan,
     options: RunOptions,
@@ -237,7 +238,8 @@ pub fn send(
 /// `progress`, and reports (loss from sequence numbers: the sender is elsewhere).
 ///
 /// # Errors
-/// Binding, spawning, or writing the `.hlog`.
+/// Binding, spawning, or creating the `.hlog` (a later failure is in the report's
+/// `hlog_error`).
 pub fn receive(
     config: SinkConfig,
     progress: bool,

@@ -122,6 +122,7 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
         let config = self.config;
         config.validate()?;
         let n = config.workers;
+        check_ring_memory::<P>(&config)?;
         if let Some((worker, ..)) = self.shm.iter().find(|(w, ..)| *w >= n) {
             return Err(BuildError::Config {
                 field: "shm_ingress.worker",
@@ -159,7 +160,6 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
             shed_tiers: AtomicU64::new(0),
             ring_full: (0..config.producers).map(|_| Gauge::default()).collect(),
         });
-        check_ring_memory::<P>(&config)?;
         // rings[p][w]
         let mut tx_rings: Vec<Vec<_>> = (0..config.producers).map(|_| Vec::new()).collect();
         let mut rx_rings: Vec<Vec<_>> = (0..n).map(|_| Vec::new()).collect();
@@ -290,9 +290,10 @@ impl<P> std::fmt::Debug for ShmDecodeDebug<P> {
 }
 
 /// The rings are allocated whole, and a failed allocation aborts the process: ask the
-/// allocator for all of their memory at once first, and refuse what it cannot give
-/// (ingress: `ring_capacity` messages of the packet type for every producer and worker;
-/// events: `event_capacity` per worker).
+/// allocator for all of their memory at once first (ingress: `ring_capacity` messages of
+/// the packet type for every producer and worker; events: `event_capacity` per worker),
+/// and refuse what it cannot give. Not a guard against running out of memory later:
+/// with overcommit, pages are only taken as the rings fill.
 fn check_ring_memory<P>(config: &RuntimeConfig) -> Result<(), BuildError> {
     let ingress = config
         .ring_capacity
@@ -301,10 +302,15 @@ fn check_ring_memory<P>(config: &RuntimeConfig) -> Result<(), BuildError> {
         .and_then(|b| b.checked_mul(config.workers));
     let events = config
         .event_capacity
-        .checked_mul(std::mem::size_of::<crate::sched::Event>())
+        .checked_mul(std::mem::size_of::<worker::EventItem>())
         .and_then(|b| b.checked_mul(config.workers));
     let fits =
         |bytes: Option<usize>| bytes.is_some_and(|b| Vec::<u8>::new().try_reserve_exact(b).is_ok());
+    // Both kinds together first: where memory is counted as a whole, each could fit
+    // alone and not both.
+    if fits(ingress.zip(events).and_then(|(i, e)| i.checked_add(e))) {
+        return Ok(());
+    }
     if !fits(ingress) {
         return Err(BuildError::Config {
             field: "ring_capacity",
@@ -319,5 +325,9 @@ fn check_ring_memory<P>(config: &RuntimeConfig) -> Result<(), BuildError> {
             expected: "event rings this machine can allocate (event_capacity x the event's size x workers bytes)",
         });
     }
-    Ok(())
+    Err(BuildError::Config {
+        field: "ring_capacity",
+        value: config.ring_capacity as u64,
+        expected: "ingress and event rings this machine can allocate together",
+    })
 }

@@ -50,7 +50,8 @@ pub struct RuntimeConfig {
     pub producers: usize,
     /// Pinning policy.
     pub pinning: Pinning,
-    /// Capacity of each (producer, worker) ring, in messages (>= 2).
+    /// Capacity of each (producer, worker) ring, in messages (2..=2^24; the builder also
+    /// refuses rings this machine cannot allocate).
     pub ring_capacity: usize,
     /// Most messages a worker takes from one ring per iteration (>= 1).
     pub ingress_batch: usize,
@@ -66,7 +67,8 @@ pub struct RuntimeConfig {
     pub publish_interval: Duration,
     /// Period of the link-sharing recomputation (T6), at most 1 ms.
     pub link_period: Duration,
-    /// Capacity of each worker's event ring (scheduler events for the control plane).
+    /// Capacity of each worker's event ring (scheduler events for the control plane),
+    /// 1..=2^24.
     pub event_capacity: usize,
     /// Benchmark baseline (P4): packets go from the rings straight to the egress in
     /// arrival order, unscheduled and unpaced (reported with priority 0 and no

@@ -72,7 +72,7 @@ pub(crate) struct WorkerParts<P, E> {
     pub(crate) hist_out: MailboxSender<Hists>,
     pub(crate) report_in: MailboxReceiver<Box<StreamReport>>,
     pub(crate) report_out: MailboxSender<Box<StreamReport>>,
-    pub(crate) events: rtrb::Producer<(Event, Option<StreamTag>)>,
+    pub(crate) events: rtrb::Producer<EventItem>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) config: RuntimeConfig,
     pub(crate) policy: SnapshotReader<Policy>,
@@ -116,7 +116,7 @@ struct Worker<P, E> {
     shed: Vec<u64>,
     /// Priorities whose tier is shed now (bit per priority).
     shed_prios: u8,
-    events: rtrb::Producer<(Event, Option<StreamTag>)>,
+    events: rtrb::Producer<EventItem>,
     shared: Arc<Shared>,
     config: RuntimeConfig,
     policy: SnapshotReader<Policy>,
@@ -155,6 +155,10 @@ struct Progress {
     /// Packets are queued but pacing holds them until this time.
     wait_until: Option<u64>,
 }
+
+/// What an event ring holds: a scheduler event and, for a stream's, its key and
+/// priority.
+pub(crate) type EventItem = (Event, Option<StreamTag>);
 
 /// The body of a worker thread. Returns when the dataplane stops.
 /// Runs a worker until it stops; returns what its histograms recorded since the last
@@ -273,7 +277,8 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         loop {
             let now = clock.now_ns();
             let progress = self.iteration(now);
-            let took = clock.now_ns().saturating_sub(now);
+            let after = clock.now_ns();
+            let took = after.saturating_sub(now);
             self.stats.iterations += 1;
             self.stats.heartbeat_ns = now;
             if took > stall_ns {
@@ -284,17 +289,17 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
                 self.iteration_ns.saturating_record(took);
             }
             self.publish(now);
-            // A fresh reading: an iteration can take long (a slow egress), and the
-            // drain deadline must not get one more iteration for it.
+            // The reading after the iteration: one can take long (a slow egress), and
+            // neither the drain deadline nor the park may be measured from before it.
             if let Some(mode) = self.shared.stop_mode()
-                && self.stopped(mode, clock.now_ns())
+                && self.stopped(mode, after)
             {
                 break;
             }
             if progress.busy {
                 backoff.reset();
             } else {
-                self.idle(&backoff, now, progress.wait_until);
+                self.idle(&backoff, after, progress.wait_until);
             }
         }
         self.publish_all();

@@ -255,6 +255,13 @@ impl Sender {
             }
         }
         let elapsed_ns = if stopped_early { last_now } else { end_ns };
+        // Deadlines after the last reading were cut, not missed, but only within
+        // `CUT_SLACK_NS` of the end: a sender starved for longer fell short, and says so.
+        let on_time = if stopped_early {
+            last_now
+        } else {
+            last_now.max(end_ns.saturating_sub(CUT_SLACK_NS))
+        };
         // One budget of Poisson draws for the whole run (see `MAX_MISSED_DRAWS`).
         let mut draws = MAX_MISSED_DRAWS;
         SendReport {
@@ -263,7 +270,7 @@ impl Sender {
             stopped_early,
             streams: streams
                 .into_iter()
-                .map(|s| s.into_sent(elapsed_ns, last_now, &mut draws))
+                .map(|s| s.into_sent(elapsed_ns, on_time, &mut draws))
                 .collect(),
         }
     }
@@ -279,6 +286,11 @@ fn wait_until(gap_ns: u64, pacing: Pacing) {
         Pacing::Sleep => std::thread::sleep(Duration::from_nanos(gap_ns).min(MAX_SLEEP)),
     }
 }
+
+/// How long before the end of a run a deadline may fall while the sender sleeps
+/// towards it and still count as cut by the end rather than missed (a sleep overshoots
+/// by tens of microseconds; a loaded machine wakes a thread milliseconds late).
+const CUT_SLACK_NS: u64 = 10_000_000;
 
 /// Most Poisson gaps drawn at the end of a run, all streams together, to count the
 /// deadlines a sender that fell behind did not reach; past it each stream's rest is the

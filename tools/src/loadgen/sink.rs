@@ -298,8 +298,9 @@ impl SinkHandle {
     /// Waits until the sink ends by itself (duration or stop flag) and returns its report.
     ///
     /// # Errors
-    /// [`LoadgenError::Hlog`] if writing the `.hlog` failed, [`LoadgenError::Io`] if the
-    /// socket failed, [`LoadgenError::Thread`] if the thread panicked.
+    /// [`LoadgenError::Io`] if the socket failed, [`LoadgenError::Thread`] if the thread
+    /// panicked. An `.hlog` that failed is not an error here: the report's `hlog_error`
+    /// says why.
     pub fn join(self) -> Result<SinkReport, LoadgenError> {
         self.thread
             .join()
