@@ -393,6 +393,42 @@ impl HlogWriter {
     }
 }
 
+/// Before a new log is created at `path` (the control plane does this at start): a
+/// restart must not destroy the last run's evidence, so an `.hlog` already at `path`
+/// that holds at least one interval is renamed to `path` + `.1` (replacing an older
+/// one) before a new log is created there. A log with only its header (a run that
+/// ended before its first interval) is not kept, so a restart loop cannot push the last
+/// real log out of `.1`; what is not a regular file is left for `create` to refuse.
+///
+/// # Errors
+/// [`HlogError::Io`] when the rename fails.
+pub fn keep_previous(path: &Path) -> Result<(), HlogError> {
+    let is_file = std::fs::metadata(path).is_ok_and(|m| m.is_file());
+    if !is_file || !has_interval(path) {
+        return Ok(());
+    }
+    let mut previous = path.as_os_str().to_owned();
+    previous.push(".1");
+    std::fs::rename(path, &previous).map_err(|source| HlogError::Io {
+        path: path.to_path_buf(),
+        action: "keep the previous log as <path>.1",
+        source,
+    })
+}
+
+/// Whether the log at `path` has an interval line: one that is neither a comment nor
+/// the legend. Our writer puts the first right after a header of a few hundred bytes,
+/// so the first 64 KB tell.
+fn has_interval(path: &Path) -> bool {
+    let mut head = Vec::new();
+    let read = std::fs::File::open(path).and_then(|f| f.take(64 << 10).read_to_end(&mut head));
+    read.is_ok()
+        && head.split(|&b| b == b'\n').any(|line| {
+            let line = line.trim_ascii();
+            !line.is_empty() && !line.starts_with(b"#") && !line.starts_with(b"\"")
+        })
+}
+
 /// The header lines, through the crate's builder (comments, BaseTime, divisor) plus the
 /// legend, which the crate does not write. StartTime is written as a comment because the
 /// crate's own StartTime line lacks the human date the Java writer adds.

@@ -4,8 +4,9 @@
 //! Normal builds re-export `std`; builds with `--cfg qos_loom` re-export `loom`, so the
 //! models in `loom-tests/` explore every interleaving of the real protocol code
 //! ([`Mailbox`](super::mailbox), [`Doorbell`](super::doorbell),
-//! [`SnapshotCell`](super::snapshot), the worker counters, the link's rate ledger). Nothing else in the runtime
-//! names `std::sync::atomic`, `UnsafeCell` or `thread::park` (CI greps for it).
+//! [`SnapshotCell`](super::snapshot), the worker counters, the link's rate ledger).
+//! Nothing else in the runtime names `std::sync::atomic`, `UnsafeCell` or
+//! `thread::park` (CI greps for it).
 
 #[cfg(not(qos_loom))]
 pub(crate) use std::sync::Arc;

@@ -406,13 +406,9 @@ pub fn send_table(report: &SendReport) -> String {
         }
     );
     let planned: u64 = report.streams.iter().map(|s| s.planned).sum();
-    let handed: u64 = report
-        .streams
-        .iter()
-        .map(|s| s.packets + s.error_count())
-        .sum();
-    if handed < planned {
-        let _ = writeln!(out, "{}", fell_short(handed, planned));
+    let missed: u64 = report.streams.iter().map(|s| s.missed()).sum();
+    if missed > 0 {
+        let _ = writeln!(out, "{}", fell_short(planned - missed, planned));
     }
     out
 }
