@@ -176,6 +176,10 @@ pub fn build(
         "shutdown".into(),
         workers.iter().map(|w| w.shutdown_discarded).sum(),
     );
+    other.insert(
+        "egress_failed".into(),
+        workers.iter().map(|w| w.egress_failed).sum(),
+    );
     let bad_workers: Vec<usize> = ledgers
         .iter()
         .filter(|l| !l.conserved)

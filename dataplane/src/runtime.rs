@@ -136,6 +136,7 @@ pub(crate) struct Shared {
 pub(crate) struct WorkerShared {
     pub(crate) bell: OnceLock<Doorbell>,
     pub(crate) counters: Counters,
+    /// Producers must stop pushing to it: its thread ended, or its egress panicked.
     gone: AtomicBool,
     panicked: AtomicBool,
     /// The link rate this worker holds in the ledger (for release when it ends).
@@ -165,9 +166,12 @@ impl WorkerShared {
         self.granted.swap(rate, Ordering::Relaxed)
     }
 
+    /// Marks the worker panicked, and gone for producers (their pushes to it return
+    /// `Closed`): its thread unwound, or its egress panicked and it only discards now.
     pub(crate) fn mark_panicked(&self) {
         // Release: as `mark_gone`.
         self.panicked.store(true, Ordering::Release);
+        self.gone.store(true, Ordering::Release);
     }
 }
 
@@ -254,15 +258,18 @@ pub struct ShutdownReport {
     /// Final counters, by worker.
     pub workers: Vec<WorkerStats>,
     /// By worker, what its histograms recorded after the last
-    /// [`Dataplane::take_histograms`] (`None` for a worker that panicked): with these,
+    /// [`Dataplane::take_histograms`] (`None` for a worker whose thread panicked; one
+    /// whose egress panicked still hands them over): with these,
     /// a reader's histograms cover every packet the dataplane scheduled.
     pub histograms: Vec<Option<Box<WorkerHistograms>>>,
     /// By worker, the stream reports the reader had not received, oldest first,
     /// ending with one walked at exit over the final counters (none walked at exit
-    /// for a worker that panicked, or whose reports were never asked for): with
-    /// these, the report windows ([`StreamReport::rest`], [`StreamEntry::window`])
-    /// add up to the final counters. After a worker panicked they do not: what it did
-    /// since its last report is lost with it.
+    /// for a worker whose thread panicked, or whose reports were never asked for):
+    /// with these, the report windows ([`StreamReport::rest`], [`StreamEntry::window`])
+    /// add up to the final counters. After a worker's thread panicked they do not:
+    /// what it did since its last report is lost with it. A panic in the embedder's
+    /// [`Egress`] is caught instead (see [`WorkerStats::egress_failed`]), and leaves
+    /// both the counters and the reports whole.
     pub reports: Vec<Vec<StreamReport>>,
 }
 
@@ -609,7 +616,15 @@ impl<P: Send + 'static> Dataplane<P> {
         for w in 0..self.threads.len() {
             self.shared.ring(w);
             let exit = match self.threads[w].take().map(std::thread::JoinHandle::join) {
-                Some(Ok(exit)) => exit,
+                Some(Ok(Some(mut exit))) => {
+                    // The egress panicked and the worker caught it: it discarded what it
+                    // held, counted, and reports the panic here.
+                    if let Some(payload) = exit.egress_panic.take() {
+                        panic.get_or_insert((w, panic_message(payload.as_ref())));
+                    }
+                    Some(exit)
+                }
+                Some(Ok(None)) => None,
                 Some(Err(payload)) => {
                     panic.get_or_insert((w, panic_message(payload.as_ref())));
                     None

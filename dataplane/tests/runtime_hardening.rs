@@ -13,7 +13,9 @@ use qos_dataplane::runtime::{
     Clock, Dataplane, DiscardReason, Discarded, Egress, EnqueueError, IdleStrategy, Outbox,
     Pinning, PublishError, StopMode, WorkerState,
 };
-use qos_dataplane::sched::{LinkRate, Policy, PolicySpec, Priority, SchedulerConfig, StreamConfig};
+use qos_dataplane::sched::{
+    DropReason, LinkRate, Policy, PolicySpec, Priority, SchedulerConfig, StreamConfig,
+};
 use qos_shm_ring::{RingConfig, pair};
 
 /// Sends everything; records discard reasons.
@@ -438,5 +440,224 @@ fn t1_rings_too_big_to_allocate_are_build_errors_naming_the_field() {
     assert!(
         err.starts_with("ring_capacity: 16777216, expected rings this machine can allocate"),
         "{err}"
+    );
+}
+
+/// Worker 1's egress: panics in `send` once it has taken `panic_at` packets (after
+/// taking that one), or in `discard` on its first call when `panic_at` is 0. Its
+/// first `send` waits for the gate, if any. Records every discard reason it is handed.
+struct Brittle {
+    worker: usize,
+    panic_at: u64,
+    taken: u64,
+    gate: Option<std::sync::mpsc::Receiver<()>>,
+    discards: Arc<Mutex<Vec<(usize, DiscardReason)>>>,
+}
+
+impl Egress<u64> for Brittle {
+    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
+        if let Some(gate) = self.gate.take() {
+            let _ = gate.recv_timeout(Duration::from_secs(20));
+        }
+        while out.pop().is_some() {
+            self.taken += 1;
+            if self.worker == 1 && self.panic_at > 0 && self.taken == self.panic_at {
+                panic!("egress of worker 1 failed at packet {}", self.taken);
+            }
+        }
+    }
+    fn discard(&mut self, d: Discarded<u64>) {
+        self.discards.lock().unwrap().push((self.worker, d.reason));
+        if self.worker == 1 && self.panic_at == 0 {
+            panic!("discard of worker 1 failed");
+        }
+    }
+}
+
+/// Pushes `n` packets round robin over `handles`, retrying a full ring; stops at the
+/// first `Closed`. Returns how many were accepted.
+fn push_until_closed(
+    tx: &mut qos_dataplane::runtime::Producer<u64>,
+    handles: &[qos_dataplane::runtime::StreamHandle],
+    n: u64,
+    len: u32,
+) -> u64 {
+    let mut accepted = 0;
+    for i in 0..n {
+        let h = handles[(i as usize) % handles.len()];
+        loop {
+            match tx.enqueue(h, i, len) {
+                Ok(()) => {
+                    accepted += 1;
+                    break;
+                }
+                Err(EnqueueError::Full(_)) => thread::yield_now(),
+                Err(EnqueueError::Closed(_)) => return accepted,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+    accepted
+}
+
+/// Waits (at most 20 s) until worker `w` shows as panicked.
+fn wait_panicked(dp: &Dataplane<u64>, w: usize) {
+    let clock = Clock::start();
+    while dp.worker_states()[w] != WorkerState::Panicked {
+        assert!(clock.now_ns() < 20_000_000_000, "the panic is reported");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The worker's own discards add up: every packet handed to `discard` (or dropped in
+/// its place) has exactly one reason among the counted ones.
+fn discards_add_up(w: &qos_dataplane::runtime::WorkerStats) -> bool {
+    let dropped: u64 = w.shard.totals.dropped.iter().sum();
+    let refused: u64 = w.shard.refused.iter().sum();
+    let shed: u64 = w.shed.iter().sum();
+    w.discarded
+        == dropped + refused + shed + w.unknown_stream + w.shutdown_discarded + w.egress_failed
+}
+
+/// S11, embedding-API red team: an egress that panicked at its 500th packet took the
+/// worker's thread down with what it held: 2,520 of 3,000 accepted packets went
+/// uncounted and the report did not balance. The panic is now caught: the worker stops
+/// calling the egress, discards what it holds and what still reaches it (counted), and
+/// the report balances exactly, the panic still returned as an error.
+#[test]
+fn s11_an_egress_panic_leaves_the_report_balanced() {
+    let discards = Arc::new(Mutex::new(Vec::new()));
+    let d = discards.clone();
+    // Worker 1's first send waits until all 3,000 packets are in: a backlog is held
+    // (in the ring, the queues and the batch on offer) when its egress fails.
+    let (open_gate, gate) = std::sync::mpsc::channel();
+    let gate = Mutex::new(Some(gate));
+    let (dp, mut ps) = Dataplane::<u64>::builder()
+        .workers(2)
+        .pinning(Pinning::Off)
+        .drain_timeout(Duration::from_secs(30))
+        .build(move |worker| Brittle {
+            worker,
+            panic_at: 500,
+            taken: 0,
+            gate: if worker == 1 {
+                gate.lock().unwrap().take()
+            } else {
+                None
+            },
+            discards: d.clone(),
+        })
+        .unwrap();
+    let mut tx = ps.pop().unwrap();
+    let on = |tx: &mut qos_dataplane::runtime::Producer<u64>, w: usize| -> Vec<_> {
+        (0..20)
+            .map(|k| {
+                tx.open_on(
+                    w,
+                    (w * 100 + k) as u64,
+                    StreamConfig::with_priority(k as u8 % 8),
+                )
+                .unwrap()
+            })
+            .collect()
+    };
+    let (h0, h1) = (on(&mut tx, 0), on(&mut tx, 1));
+    assert_eq!(push_until_closed(&mut tx, &h1, 3_000, 500), 3_000);
+    open_gate.send(()).unwrap();
+    wait_panicked(&dp, 1);
+    // Worker 1 refuses new packets; worker 0 goes on.
+    assert!(matches!(
+        tx.enqueue(h1[0], 9, 500),
+        Err(EnqueueError::Closed(9))
+    ));
+    let accepted0 = push_until_closed(&mut tx, &h0, 1_000, 500);
+    assert_eq!(accepted0, 1_000);
+    drop(tx);
+    let report = match dp.shutdown(StopMode::Drain) {
+        Err(qos_dataplane::runtime::RuntimeError::WorkerPanicked {
+            worker,
+            message,
+            report,
+        }) => {
+            assert_eq!(worker, 1);
+            assert!(message.contains("failed at packet 500"), "{message}");
+            report
+        }
+        other => panic!("expected the panic as an error, got {other:?}"),
+    };
+    let w1 = &report.workers[1];
+    assert_eq!(w1.taken, 3_000, "every accepted packet was taken");
+    assert_eq!(w1.sent, 500, "the egress took 500, the last as it panicked");
+    assert_eq!(
+        w1.discarded, 2_500,
+        "the rest discarded, nothing left anywhere"
+    );
+    assert!(report.is_conserved(), "{:?}", report.workers);
+    assert!(discards_add_up(w1), "{w1:?}");
+    // The backlog went as at a discarding stop: the queues dropped `closed`.
+    let closed = w1.shard.totals.dropped[DropReason::Closed as usize];
+    assert!(closed > 0, "{w1:?}");
+    // Worker 0 went on (its queues' own drops aside: 1,000 packets in a burst).
+    let w0 = &report.workers[0];
+    assert_eq!((w0.taken, w0.sent + w0.discarded), (1_000, 1_000));
+    assert!(w0.sent > 500 && w0.egress_failed == 0, "{w0:?}");
+    // Its histograms and counters survive: every packet it sent was recorded.
+    assert!(report.histograms[1].is_some(), "worker 1's histograms");
+    // The egress was never handed a packet of the failure.
+    assert!(
+        !discards
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, r)| *r == DiscardReason::EgressFailed)
+    );
+}
+
+/// S11: a panic inside `Egress::discard` is caught the same way: the packet it was
+/// handed stays counted, later ones are dropped by the worker, counted.
+#[test]
+fn s11_a_panic_in_discard_is_caught_and_counted() {
+    let discards = Arc::new(Mutex::new(Vec::new()));
+    let d = discards.clone();
+    let (dp, mut ps) = Dataplane::<u64>::builder()
+        .workers(2)
+        .pinning(Pinning::Off)
+        .build(move |worker| Brittle {
+            worker,
+            panic_at: 0,
+            taken: 0,
+            gate: None,
+            discards: d.clone(),
+        })
+        .unwrap();
+    let mut tx = ps.pop().unwrap();
+    let h1 = tx.open_on(1, 1, StreamConfig::with_priority(3)).unwrap();
+    for i in 0..10 {
+        tx.enqueue(h1, i, 100).unwrap();
+    }
+    // A zero-length packet is refused at the door and handed to `discard`: it panics.
+    tx.enqueue(h1, 99, 0).unwrap();
+    wait_panicked(&dp, 1);
+    drop(tx);
+    let report = match dp.shutdown(StopMode::Drain) {
+        Err(qos_dataplane::runtime::RuntimeError::WorkerPanicked { worker, report, .. }) => {
+            assert_eq!(worker, 1);
+            report
+        }
+        other => panic!("expected the panic as an error, got {other:?}"),
+    };
+    let w1 = &report.workers[1];
+    assert_eq!(w1.taken, 11);
+    assert_eq!(w1.sent + w1.discarded, 11);
+    assert!(w1.discarded >= 1, "the refused packet is counted");
+    assert!(report.is_conserved());
+    assert!(discards_add_up(w1), "{w1:?}");
+    assert_eq!(
+        discards.lock().unwrap().as_slice(),
+        &[(
+            1,
+            DiscardReason::Refused(qos_dataplane::sched::RefuseReason::InvalidLength)
+        )],
+        "one call, the one that panicked"
     );
 }

@@ -43,6 +43,11 @@ pub struct WorkerStats {
     pub unknown_stream: u64,
     /// Dequeued packets discarded at shutdown.
     pub shutdown_discarded: u64,
+    /// Packets discarded because this worker's egress panicked: the ones it was
+    /// offering when it did, and every packet that reached the worker afterwards (its
+    /// queued ones are counted by the scheduler as dropped `closed`). The worker
+    /// calls that egress no more.
+    pub egress_failed: u64,
     /// Stream opens the scheduler refused (table full, bad config).
     pub open_failed: u64,
     /// Stream updates or closes the scheduler refused.
@@ -185,7 +190,7 @@ fn encode(s: &WorkerStats, w: &mut [u64; WORDS]) {
         s.events_lost,
         s.shm_rejected,
         s.link_rate_bps,
-        0,
+        s.egress_failed,
     ];
     let mut i = 0;
     let mut put = |v: u64| {
@@ -259,9 +264,9 @@ fn decode(w: &[u64; WORDS]) -> WorkerStats {
         events_lost: get(),
         shm_rejected: get(),
         link_rate_bps: get(),
+        egress_failed: get(),
         ..WorkerStats::default()
     };
-    let _ = get();
     let sh = &mut s.shard;
     sh.events_lost = get();
     sh.descriptors_in_use = get() as u32;
@@ -338,6 +343,7 @@ mod tests {
         s.events_lost = next();
         s.shm_rejected = next();
         s.link_rate_bps = next();
+        s.egress_failed = next();
         s.shard.events_lost = next();
         s.shard.descriptors_in_use = next() as u32;
         s.shard.descriptor_capacity = next() as u32;

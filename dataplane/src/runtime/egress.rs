@@ -8,6 +8,13 @@ use crate::sched::{Dequeued, DropReason, RefuseReason, StreamId};
 
 /// A worker's egress: called on the worker thread, once per loop iteration with a
 /// batch of scheduled packets.
+///
+/// A panic in either method is caught. The packets the egress took before it count
+/// as sent; the worker then marks itself [`Panicked`](super::WorkerState::Panicked),
+/// its producers' pushes return `Closed`, it calls the egress no more, and it
+/// discards what it holds and what still reaches it, counted, until the dataplane
+/// stops ([`DiscardReason::EgressFailed`]; queued packets are dropped `closed`).
+/// `shutdown` returns the panic as an error whose report still balances.
 pub trait Egress<P>: Send + 'static {
     /// Sends what it can of `out`, taking packets from the front with
     /// [`Outbox::pop`]. Packets it leaves stay queued, in order, and are offered again
@@ -94,6 +101,11 @@ pub enum DiscardReason {
     /// stream's tier is being shed to protect the higher ones. Counted under
     /// [`WorkerStats::shed`](super::WorkerStats::shed).
     Shed,
+    /// The worker's egress panicked: dequeued and not taken when it did, or reached
+    /// the worker afterwards. Counted under
+    /// [`WorkerStats::egress_failed`](super::WorkerStats::egress_failed); never handed
+    /// to that egress (the worker calls it no more), only named in counters.
+    EgressFailed,
 }
 
 impl DiscardReason {
@@ -101,7 +113,7 @@ impl DiscardReason {
     /// and a drop with the same name (`closed`, `disconnected`) share one entry, and a
     /// refusal of an unknown stream shares `unknown_stream` with
     /// [`DiscardReason::UnknownStream`]. For per-name counters in an array.
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 11] = [
         "queue_full",
         "disconnected",
         "closed",
@@ -112,6 +124,7 @@ impl DiscardReason {
         "pool_exhausted",
         "shutdown",
         "shed",
+        "egress_failed",
     ];
 
     /// Position of [`DiscardReason::as_str`] in [`DiscardReason::NAMES`].
@@ -129,6 +142,7 @@ impl DiscardReason {
             Self::Refused(RefuseReason::PoolExhausted) => 7,
             Self::Shutdown => 8,
             Self::Shed => 9,
+            Self::EgressFailed => 10,
         }
     }
 
@@ -140,6 +154,7 @@ impl DiscardReason {
             Self::UnknownStream => "unknown_stream",
             Self::Shutdown => "shutdown",
             Self::Shed => "shed",
+            Self::EgressFailed => "egress_failed",
         }
     }
 }
@@ -171,6 +186,7 @@ mod tests {
                 DiscardReason::UnknownStream,
                 DiscardReason::Shutdown,
                 DiscardReason::Shed,
+                DiscardReason::EgressFailed,
             ])
             .collect();
         let mut reached = [false; DiscardReason::NAMES.len()];

@@ -42,6 +42,8 @@ pub(crate) struct Exit {
     /// could not take, then a final one walked at exit (when the reader ever asked
     /// for reports), so the report windows add up to the final counters.
     pub(crate) reports: Vec<StreamReport>,
+    /// The payload of a panic the egress raised (caught; `shutdown` reports it).
+    pub(crate) egress_panic: Option<Box<dyn std::any::Any + Send>>,
 }
 
 /// One ring from one producer.
@@ -126,6 +128,11 @@ struct Worker<P, E> {
     next_publish: u64,
     /// Link sharing state while the policy sets a link rate (T6).
     link: Option<LinkState>,
+    /// A panic the egress raised: from then on the worker calls it no more, and
+    /// discards (counted `egress_failed`) what reaches it until the dataplane stops.
+    egress_panic: Option<Box<dyn std::any::Any + Send>>,
+    /// The worker has discarded what it held after its egress panicked.
+    sunk: bool,
 }
 
 /// A worker's side of link sharing (T6, see `link.rs`).
@@ -197,6 +204,7 @@ pub(crate) fn run<P: Send + 'static, E: Egress<P>>(parts: WorkerParts<P, E>) -> 
     Some(Exit {
         hists: w.final_histograms(),
         reports,
+        egress_panic: w.egress_panic.take(),
     })
 }
 
@@ -266,6 +274,8 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             stats,
             next_publish: 0,
             link: None,
+            egress_panic: None,
+            sunk: false,
         }
     }
 
@@ -278,6 +288,9 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             let now = clock.now_ns();
             let progress = self.iteration(now);
             let after = clock.now_ns();
+            if self.egress_panic.is_some() && !self.sunk {
+                self.sink(after);
+            }
             let took = after.saturating_sub(now);
             self.stats.iterations += 1;
             self.stats.heartbeat_ns = now;
@@ -452,6 +465,16 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     }
 
     fn handle(&mut self, inbox: usize, now: u64, msg: Msg<P>) {
+        if self.sunk {
+            // The egress failed and the streams are closed: packets are discarded,
+            // counted; control messages have nothing left to act on.
+            if let Msg::Packet { packet, .. } = msg {
+                self.stats.taken += 1;
+                self.stats.egress_failed += 1;
+                self.discard(packet, None, DiscardReason::EgressFailed);
+            }
+            return;
+        }
         match msg {
             Msg::Packet { local, len, packet } => {
                 self.stats.taken += 1;
@@ -644,13 +667,50 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         Ok(())
     }
 
+    /// Hands a packet the dataplane will not send to the egress, counted. After the
+    /// egress panicked the packet is dropped here instead (the count stands).
     fn discard(&mut self, packet: P, stream: Option<StreamId>, reason: DiscardReason) {
         self.stats.discarded += 1;
-        self.egress.discard(Discarded {
-            packet,
-            stream,
-            reason,
-        });
+        if self.egress_panic.is_some() {
+            return;
+        }
+        let egress = &mut self.egress;
+        let call = || {
+            egress.discard(Discarded {
+                packet,
+                stream,
+                reason,
+            });
+        };
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+            self.egress_panicked(payload);
+        }
+    }
+
+    /// The embedder's egress panicked: keeps the first payload for `shutdown`, and
+    /// closes the worker to producers at once (their pushes return `Closed`). The
+    /// worker discards what it holds at the end of the iteration ([`Worker::sink`]).
+    fn egress_panicked(&mut self, payload: Box<dyn std::any::Any + Send>) {
+        if self.egress_panic.is_none() {
+            self.egress_panic = Some(payload);
+            self.shared.workers[self.index].mark_panicked();
+        }
+    }
+
+    /// After the egress panicked: discards everything the worker holds as a
+    /// discarding stop does (queued packets dropped `closed` by the scheduler), except
+    /// that the dequeued, untaken ones count as `egress_failed`, and nothing goes to
+    /// the egress. The worker then runs on, discarding what still reaches it (a
+    /// producer that passed its check just before the worker closed), until the
+    /// dataplane stops.
+    fn sink(&mut self, now: u64) {
+        while let Some(d) = self.outbox.pop_front() {
+            self.stats.egress_failed += 1;
+            self.discard(d.packet, Some(d.stream), DiscardReason::EgressFailed);
+        }
+        self.discard_everything(now);
+        self.sunk = true;
+        self.publish_all();
     }
 
     /// Moves scheduler events to the event ring for the control plane.
@@ -669,6 +729,9 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     /// Dequeues a batch if the egress took the last one, and offers what is pending.
     fn send(&mut self, now: u64) -> (bool, Option<u64>) {
         let mut wait_until = None;
+        if self.egress_panic.is_some() {
+            return (false, None);
+        }
         if self.outbox.is_empty() {
             let end = self
                 .sched
@@ -682,10 +745,17 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             return (false, wait_until);
         }
         let mut out = Outbox::new(&mut self.outbox);
-        self.egress.send(now, &mut out);
+        let egress = &mut self.egress;
+        let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            egress.send(now, &mut out);
+        }));
+        // What the egress took before a panic counts as sent: it had the packets.
         let (packets, bytes) = out.taken();
         self.stats.sent += packets;
         self.stats.sent_bytes += bytes;
+        if let Err(payload) = call {
+            self.egress_panicked(payload);
+        }
         (packets > 0, wait_until)
     }
 
@@ -1033,6 +1103,12 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         if !rings_done && !deadline {
             return false;
         }
+        if self.sunk {
+            // Its queues were discarded when the egress failed: a last pass over the
+            // rings, then out.
+            self.drain_rings(now);
+            return true;
+        }
         let drained = self.outbox.is_empty() && self.sched.queued() == 0;
         if mode == StopMode::Drain && drained && rings_done {
             return true;
@@ -1044,16 +1120,23 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         true
     }
 
-    /// Discards what is left: ring contents, queued packets (by closing every stream,
-    /// counted `closed` by the scheduler; the exit report still ranks and names those
-    /// streams) and the pending outbox.
-    fn discard_everything(&mut self, now: u64) {
+    /// Takes every message in the rings from producers (not the shared-memory ones),
+    /// ignoring the descriptor pool's room: each packet is queued, or discarded with
+    /// its reason.
+    fn drain_rings(&mut self, now: u64) {
         for i in 0..self.inboxes.len() {
             while let Ok(msg) = self.inboxes[i].rx.pop() {
                 self.handle(i, now, msg);
             }
             self.flush_burst(now);
         }
+    }
+
+    /// Discards what is left: ring contents, queued packets (by closing every stream,
+    /// counted `closed` by the scheduler; the exit report still ranks and names those
+    /// streams) and the pending outbox.
+    fn discard_everything(&mut self, now: u64) {
+        self.drain_rings(now);
         // One bounded pass over each shared-memory ring: a live peer never sees the
         // stop flag and must not keep the worker here.
         let passes = self.shm.iter().map(|i| i.rx.capacity()).max().unwrap_or(0)
