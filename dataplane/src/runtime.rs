@@ -54,6 +54,7 @@ mod config;
 mod counters;
 mod doorbell;
 mod egress;
+mod gate;
 mod link;
 #[allow(unsafe_code)]
 pub mod mailbox;
@@ -85,6 +86,7 @@ pub use snapshot::{SnapshotCell, SnapshotReader};
 #[doc(hidden)]
 pub mod loom_access {
     pub use super::counters::Counters;
+    pub use super::gate::PushGate;
     pub use super::link::RateLedger;
 }
 
@@ -129,6 +131,8 @@ pub(crate) struct Shared {
     shed_tiers: AtomicU64,
     /// Per producer: packets handed back because a ring was full.
     ring_full: Vec<counters::Gauge>,
+    /// Per producer: the last-read handshake with stopping workers (`gate.rs`).
+    pub(crate) gates: Vec<gate::PushGate>,
 }
 
 /// One worker's shared state.

@@ -13,9 +13,9 @@
 use std::time::Duration;
 
 use loom::sync::Arc;
-use loom::sync::atomic::{AtomicU64, Ordering};
+use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use loom::thread;
-use qos_dataplane::runtime::loom_access::{Counters, RateLedger};
+use qos_dataplane::runtime::loom_access::{Counters, PushGate, RateLedger};
 use qos_dataplane::runtime::mailbox::{self, MailboxReceiver, MailboxSender};
 use qos_dataplane::runtime::{Doorbell, SnapshotCell, WorkerStats};
 
@@ -363,5 +363,74 @@ fn t6_ledger_racing_claims_never_pass_the_link() {
             .sum();
         assert!(got <= 30, "claimed {got} of the 30 freed");
         assert_eq!(ledger.granted(), LINK - 30 + got);
+    });
+}
+
+/// A producer's burst of two `enqueue_quiet`s: each checks `closed` and pushes (a
+/// Release store of the ring's tail, as `rtrb` does) inside the gate, then the flush
+/// leaves it. Returns how many pushes it made ("accepted").
+fn spawn_burst(
+    gate: &Arc<PushGate>,
+    closed: &Arc<AtomicBool>,
+    tail: &Arc<AtomicU64>,
+) -> thread::JoinHandle<u64> {
+    let (gate, closed, tail) = (gate.clone(), closed.clone(), tail.clone());
+    thread::spawn(move || {
+        let mut accepted = 0;
+        gate.enter();
+        for _ in 0..2 {
+            // Relaxed, as `Shared::is_closed`'s stop load: the gate's fence orders it.
+            if closed.load(Ordering::Relaxed) {
+                break;
+            }
+            accepted += 1;
+            tail.store(accepted, Ordering::Release);
+        }
+        gate.leave();
+        accepted
+    })
+}
+
+/// S11 / T5 (push gate): the worker closes itself (as after its egress panicked), waits
+/// at the gate, and makes its last read: it sees every push the producer counted as
+/// accepted. Fails with either fence of the gate removed.
+#[test]
+fn t5_gate_a_last_read_sees_every_accepted_push() {
+    loom::model(|| {
+        let gate = Arc::new(PushGate::new());
+        let closed = Arc::new(AtomicBool::new(false));
+        let tail = Arc::new(AtomicU64::new(0));
+        let producer = spawn_burst(&gate, &closed, &tail);
+        closed.store(true, Ordering::Release);
+        assert!(gate.wait_idle(|| false));
+        // Acquire: the last read of the ring (rtrb's consumer loads the tail so).
+        let read = tail.load(Ordering::Acquire);
+        let accepted = producer.join().expect("producer");
+        assert_eq!(read, accepted, "an accepted push missed the last read");
+    });
+}
+
+/// S11 / T5 (push gate): the stop comes from a third thread (`shutdown`); the worker
+/// acts once it observes it, as `Worker::stopped` does.
+#[test]
+fn t5_gate_a_stop_from_another_thread_strands_no_push() {
+    loom::model(|| {
+        let gate = Arc::new(PushGate::new());
+        let closed = Arc::new(AtomicBool::new(false));
+        let tail = Arc::new(AtomicU64::new(0));
+        let producer = spawn_burst(&gate, &closed, &tail);
+        let stopper = {
+            let closed = closed.clone();
+            thread::spawn(move || closed.store(true, Ordering::Release))
+        };
+        // Acquire: partner of the stopper's Release store (`Shared::stop_mode`).
+        while !closed.load(Ordering::Acquire) {
+            thread::yield_now();
+        }
+        assert!(gate.wait_idle(|| false));
+        let read = tail.load(Ordering::Acquire);
+        let accepted = producer.join().expect("producer");
+        stopper.join().expect("stopper");
+        assert_eq!(read, accepted, "an accepted push missed the last read");
     });
 }

@@ -159,6 +159,9 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
             stop_deadline: AtomicU64::new(u64::MAX),
             shed_tiers: AtomicU64::new(0),
             ring_full: (0..config.producers).map(|_| Gauge::default()).collect(),
+            gates: (0..config.producers)
+                .map(|_| super::gate::PushGate::new())
+                .collect(),
         });
         // rings[p][w]
         let mut tx_rings: Vec<Vec<_>> = (0..config.producers).map(|_| Vec::new()).collect();

@@ -135,6 +135,8 @@ pub struct Producer<P> {
     pending_bell: Vec<bool>,
     /// Packets handed back because a ring was full (published for the control plane).
     full_events: u64,
+    /// Inside this producer's gate (a burst under way; `gate.rs`).
+    entered: bool,
     shared: Arc<Shared>,
 }
 
@@ -160,6 +162,7 @@ impl<P: Send> Producer<P> {
             locals: (0..n).map(|_| Locals::default()).collect(),
             pending_bell: vec![false; n],
             full_events: 0,
+            entered: false,
             shared,
         }
     }
@@ -266,7 +269,11 @@ impl<P: Send> Producer<P> {
             return Err(EnqueueError::StaleHandle(packet));
         }
         let w = h.worker();
+        // The check and the push happen inside the gate: a stopping worker's last read
+        // waits for the burst to end (`gate.rs`).
+        self.enter();
         if self.shared.is_closed(w) {
+            self.leave();
             return Err(EnqueueError::Closed(packet));
         }
         let msg = Msg::Packet {
@@ -280,6 +287,8 @@ impl<P: Send> Producer<P> {
                 Ok(())
             }
             Err(rtrb::PushError::Full(Msg::Packet { packet, .. })) => {
+                // A caller may retry without flushing: the burst ends here.
+                self.leave();
                 self.full_events += 1;
                 self.shared.ring_full[self.index].publish(self.full_events);
                 Err(EnqueueError::Full(packet))
@@ -288,13 +297,34 @@ impl<P: Send> Producer<P> {
         }
     }
 
-    /// Wakes every worker this producer pushed to since the last flush, if parked.
+    /// Wakes every worker this producer pushed to since the last flush, if parked, and
+    /// ends the burst: a stopping worker's last read of this producer's rings waits for
+    /// the burst under way to end (at most a second), so flush after each one.
     #[inline]
     pub fn flush(&mut self) {
         for (w, pending) in self.pending_bell.iter_mut().enumerate() {
             if std::mem::take(pending) {
                 self.shared.ring(w);
             }
+        }
+        self.leave();
+    }
+
+    /// Enters this producer's gate, once a burst (`gate.rs`).
+    #[inline]
+    fn enter(&mut self) {
+        if !self.entered {
+            self.shared.gates[self.index].enter();
+            self.entered = true;
+        }
+    }
+
+    /// Leaves the gate: no check-then-push is in progress.
+    #[inline]
+    fn leave(&mut self) {
+        if self.entered {
+            self.shared.gates[self.index].leave();
+            self.entered = false;
         }
     }
 
@@ -316,12 +346,15 @@ impl<P: Send> Producer<P> {
     }
 
     fn send(&mut self, worker: usize, msg: Msg<P>) -> Result<(), ControlError> {
-        if self.shared.is_closed(worker) {
-            return Err(ControlError::Closed);
-        }
-        self.rings[worker]
-            .push(msg)
-            .map_err(|_| ControlError::Full)?;
+        self.enter();
+        let pushed = if self.shared.is_closed(worker) {
+            Err(ControlError::Closed)
+        } else {
+            self.rings[worker].push(msg).map_err(|_| ControlError::Full)
+        };
+        // Ends a burst under way too: its pushes are done.
+        self.leave();
+        pushed?;
         self.shared.ring(worker);
         Ok(())
     }
@@ -330,8 +363,11 @@ impl<P: Send> Producer<P> {
 impl<P> Drop for Producer<P> {
     /// Wakes every worker: a stopping worker waits for its producers to be dropped.
     fn drop(&mut self) {
-        // Drop the rings first (marking them abandoned), then ring.
+        // Drop the rings first (marking them abandoned), then leave the gate and ring.
         self.rings.clear();
+        if self.entered {
+            self.shared.gates[self.index].leave();
+        }
         for w in 0..self.locals.len() {
             self.shared.ring(w);
         }

@@ -4,7 +4,8 @@
 //! Normal builds re-export `std`; builds with `--cfg qos_loom` re-export `loom`, so the
 //! models in `loom-tests/` explore every interleaving of the real protocol code
 //! ([`Mailbox`](super::mailbox), [`Doorbell`](super::doorbell),
-//! [`SnapshotCell`](super::snapshot), the worker counters, the link's rate ledger).
+//! [`SnapshotCell`](super::snapshot), the worker counters, the link's rate ledger, the
+//! producers' [`PushGate`](super::gate)).
 //! Nothing else in the runtime names `std::sync::atomic`, `UnsafeCell` or
 //! `thread::park` (CI greps for it).
 
@@ -13,14 +14,14 @@ pub(crate) use std::sync::Arc;
 #[cfg(not(qos_loom))]
 pub(crate) use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 #[cfg(not(qos_loom))]
-pub(crate) use std::thread::{Thread, current as current_thread};
+pub(crate) use std::thread::{Thread, current as current_thread, yield_now};
 
 #[cfg(qos_loom)]
 pub(crate) use loom::sync::Arc;
 #[cfg(qos_loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 #[cfg(qos_loom)]
-pub(crate) use loom::thread::{Thread, current as current_thread};
+pub(crate) use loom::thread::{Thread, current as current_thread, yield_now};
 
 /// A process-wide number for each dataplane built, so that a handle of one is refused
 /// by another. Not a protocol between threads, only unique numbers: std's atomic under

@@ -1123,8 +1123,18 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     /// Takes every message in the rings from producers (not the shared-memory ones),
     /// ignoring the descriptor pool's room: each packet is queued, or discarded with
     /// its reason.
+    ///
+    /// This is the worker's last read of those rings (or, after its egress panicked,
+    /// the first of its sink): producers are closed to it already, and it first waits
+    /// for each producer still inside its gate to finish its burst (`gate.rs`; at most
+    /// a second in all), so that no packet `enqueue` accepted is left behind.
     fn drain_rings(&mut self, now: u64) {
+        let clock = self.shared.clock;
+        let give_up_at = clock.now_ns().saturating_add(1_000_000_000);
         for i in 0..self.inboxes.len() {
+            if !self.inboxes[i].rx.is_abandoned() {
+                self.shared.gates[i].wait_idle(|| clock.now_ns() >= give_up_at);
+            }
             while let Ok(msg) = self.inboxes[i].rx.pop() {
                 self.handle(i, now, msg);
             }
