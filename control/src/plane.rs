@@ -35,7 +35,7 @@ use crate::hlog::{HlogError, HlogWriter, cost_tag, sojourn_tag};
 use crate::integrity::{self, IntegrityReport, Interval, PolicyRecord};
 use crate::logs::{BackpressureSeverity, ControlEvent, emit, new_trace_id};
 use crate::metrics::{MetricsSnapshot, SojournBuckets, TierGauge, TopStream, merge_top};
-use crate::policy::{Admitted, PolicyGate, PolicyRejection};
+use crate::policy::{Admitted, PolicyGate, PolicyRejection, sha256_hex};
 use crate::store::{QosMetricsRow, StoreError, StoreStatus, StoreWorker, TursoStore};
 
 /// Settings of the control plane. `Default` binds the API to 127.0.0.1:9100 and
@@ -445,6 +445,10 @@ impl<P: Send + 'static> State<P> {
                     PublishError::StaleVersion { offered, current } => PolicyRejection::Stale {
                         version: offered,
                         running: current,
+                    },
+                    PublishError::VersionConflict { version } => PolicyRejection::Conflict {
+                        version,
+                        sha256_hex: sha256_hex(document),
                     },
                     e => PolicyRejection::Invalid {
                         field: "link.burst_bytes".into(),

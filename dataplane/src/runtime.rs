@@ -438,7 +438,8 @@ impl<P: Send + 'static> Dataplane<P> {
 
     /// Publishes `policy` (T3): every worker adopts it at its next batch boundary.
     /// Never waits for a worker. A version older than the one published is refused
-    /// (C2); the same version again is a no-op. A link whose burst, split between the
+    /// (C2); the same policy again is a no-op, and a different one under the same
+    /// version is refused ([`PublishError::VersionConflict`]). A link whose burst, split between the
     /// workers, would not hold one largest packet per worker is refused too (each
     /// worker would otherwise pass such packets above its rate).
     pub fn publish_policy(&self, policy: std::sync::Arc<Policy>) -> Result<(), PublishError> {
@@ -462,7 +463,14 @@ impl<P: Send + 'static> Dataplane<P> {
             _ => unreachable!("check_burst only reports BurstTooSmall"),
         })?;
         if policy.version() == current.version() {
-            return Ok(());
+            // C2: re-applying the running policy is a no-op; another policy under the
+            // same version is a mistake to name, not to ignore.
+            if *policy == *current {
+                return Ok(());
+            }
+            return Err(PublishError::VersionConflict {
+                version: policy.version(),
+            });
         }
         self.shared.policy.publish(policy);
         for w in 0..self.workers() {
@@ -704,6 +712,15 @@ pub enum PublishError {
         offered: u64,
         /// The version published.
         current: u64,
+    },
+    /// Another policy than the running one, under the running one's version: a changed
+    /// policy needs a higher version (C2). Re-publishing the running policy is a no-op.
+    #[error(
+        "policy.version: {version} is running with different content, expected a version above {version}"
+    )]
+    VersionConflict {
+        /// The version offered (and running).
+        version: u64,
     },
     /// The link's burst cannot give every worker a bucket of one largest packet.
     #[error(

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use qos_dataplane::runtime::{
     BuildError, Clock, Dataplane, DiscardReason, Discarded, Egress, EnqueueError, Outbox, Pinning,
-    RuntimeError, StopMode, StreamHandle, WorkerState,
+    PublishError, RuntimeError, StopMode, StreamHandle, WorkerState,
 };
 use qos_dataplane::sched::{LinkRate, Policy, PolicySpec, StreamConfig};
 
@@ -410,7 +410,8 @@ fn t3_every_worker_adopts_a_published_policy_and_reports_its_version() {
         version: 2,
         ..PolicySpec::classes5()
     };
-    dp.publish_policy(Arc::new(v2.build().unwrap())).unwrap();
+    dp.publish_policy(Arc::new(v2.clone().build().unwrap()))
+        .unwrap();
     let deadline = Deadline::after(5);
     while dp.policy_versions() != vec![2, 2, 2] {
         assert!(!deadline.passed(), "adopted: {:?}", dp.policy_versions());
@@ -420,6 +421,36 @@ fn t3_every_worker_adopts_a_published_policy_and_reports_its_version() {
     let stale = dp.publish_policy(Arc::new(Policy::default())).unwrap_err();
     assert!(stale.to_string().contains("policy.version: 1"), "{stale}");
     assert_eq!(dp.policy().version(), 2);
+    // The same policy again (a fresh Arc of equal content) is a no-op...
+    let running = dp.policy();
+    dp.publish_policy(Arc::new(v2.clone().build().unwrap()))
+        .unwrap();
+    assert!(
+        Arc::ptr_eq(&dp.policy(), &running),
+        "nothing was republished"
+    );
+    // ...and another policy under the running version is refused, naming the field;
+    // it used to be accepted silently and never applied.
+    let other = PolicySpec {
+        version: 2,
+        ..PolicySpec::default()
+    };
+    let conflict = dp
+        .publish_policy(Arc::new(other.build().unwrap()))
+        .unwrap_err();
+    assert!(
+        matches!(conflict, PublishError::VersionConflict { version: 2 }),
+        "{conflict:?}"
+    );
+    assert!(
+        conflict.to_string().contains("policy.version: 2"),
+        "{conflict}"
+    );
+    assert_eq!(
+        *dp.policy(),
+        v2.build().unwrap(),
+        "the running policy stays"
+    );
     drop(tx);
     dp.shutdown(StopMode::Drain).unwrap();
 }
