@@ -722,3 +722,67 @@ fn s11_producers_pushing_through_a_zero_drain_timeout_lose_nothing() {
         "(run, accepted packets not taken): {lost_runs:?}"
     );
 }
+
+/// Embedding-API red team: a stream config the scheduler refuses (weight 0) was
+/// accepted by `open`, which handed back a handle; the worker then counted the open as
+/// failed and the stream's packets as `unknown_stream`. `open` and `update` now check
+/// the config first and refuse it, naming the field; nothing reaches the worker.
+#[test]
+fn t2_an_invalid_stream_config_is_refused_at_the_producer_naming_the_field() {
+    use qos_dataplane::runtime::ControlError;
+    use qos_dataplane::sched::RateCap;
+    let (dp, mut ps) = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .build(|_| Sink::default())
+        .unwrap();
+    let mut tx = ps.pop().unwrap();
+    let cap = |rate_bps, burst_bytes| StreamConfig {
+        cap: Some(RateCap {
+            rate_bps,
+            burst_bytes,
+        }),
+        ..StreamConfig::with_priority(3)
+    };
+    let bad = [
+        (
+            StreamConfig {
+                weight: Some(0),
+                ..StreamConfig::with_priority(3)
+            },
+            "weight: 0",
+        ),
+        (cap(0, None), "cap.rate_bps: 0"),
+        (
+            cap(1_000_000, Some((1 << 30) + 1)),
+            "cap.burst_bytes: 1073741825",
+        ),
+    ];
+    for (config, says) in &bad {
+        let e = tx.open(7, *config).unwrap_err();
+        assert!(matches!(e, ControlError::InvalidConfig { .. }), "{e:?}");
+        assert!(e.to_string().starts_with(says), "{e} / {says}");
+    }
+    let h = tx.open(7, StreamConfig::with_priority(3)).unwrap();
+    for (config, says) in &bad {
+        let e = tx.update(h, *config).unwrap_err();
+        assert!(e.to_string().starts_with(says), "{e} / {says}");
+    }
+    // The edges are accepted: weight 1, a 1 bit/s cap, a 2^30-byte burst.
+    for ok in [
+        StreamConfig {
+            weight: Some(1),
+            ..StreamConfig::with_priority(3)
+        },
+        cap(1, None),
+        cap(1_000_000, Some(1 << 30)),
+    ] {
+        tx.update(h, ok).unwrap();
+    }
+    // The handle still works; the worker saw no failed open or update.
+    tx.enqueue(h, 1, 100).unwrap();
+    drop(tx);
+    let r = dp.shutdown(StopMode::Drain).unwrap();
+    assert_eq!((r.sent(), r.discarded()), (1, 0));
+    let w = &r.workers[0];
+    assert_eq!((w.open_failed, w.control_failed), (0, 0), "{w:?}");
+}

@@ -8,7 +8,7 @@ use thiserror::Error;
 
 use super::Shared;
 use super::sync::Arc;
-use crate::sched::StreamConfig;
+use crate::sched::{StreamConfig, StreamError};
 
 /// What travels on a ring.
 #[derive(Debug)]
@@ -115,6 +115,49 @@ pub enum ControlError {
         /// Worker count.
         workers: usize,
     },
+    /// The stream configuration is one the scheduler refuses
+    /// ([`StreamConfig::check`]); nothing was sent.
+    #[error("{field}: {value}, expected {expected}")]
+    InvalidConfig {
+        /// The field (`weight`, `cap.rate_bps`, `cap.burst_bytes`).
+        field: &'static str,
+        /// The value given.
+        value: u64,
+        /// What is accepted.
+        expected: &'static str,
+    },
+}
+
+impl ControlError {
+    /// Checks `config` as the worker's scheduler would, so that a bad one is refused
+    /// here, naming the field, rather than counted on the worker.
+    fn check(config: &StreamConfig) -> Result<(), Self> {
+        config.check().map_err(|e| match e {
+            StreamError::Cap {
+                field,
+                value,
+                expected,
+            } => Self::InvalidConfig {
+                field: if field == "rate_bps" {
+                    "cap.rate_bps"
+                } else {
+                    "cap.burst_bytes"
+                },
+                value,
+                expected,
+            },
+            StreamError::Weight => Self::InvalidConfig {
+                field: "weight",
+                value: 0,
+                expected: "1..=65535",
+            },
+            _ => Self::InvalidConfig {
+                field: "config",
+                value: 0,
+                expected: "a configuration StreamConfig::check accepts",
+            },
+        })
+    }
 }
 
 /// Local stream numbers of one (producer, worker) pair.
@@ -200,6 +243,7 @@ impl<P: Send> Producer<P> {
                 workers: self.rings.len(),
             });
         }
+        ControlError::check(&config)?;
         let l = &mut self.locals[worker];
         let local = match l.free.last() {
             Some(&local) => local,
@@ -224,6 +268,7 @@ impl<P: Send> Producer<P> {
     /// Changes a stream's priority, weight or cap (in order with its packets).
     pub fn update(&mut self, h: StreamHandle, config: StreamConfig) -> Result<(), ControlError> {
         self.check(h).map_err(|()| ControlError::StaleHandle)?;
+        ControlError::check(&config)?;
         self.send(
             h.worker(),
             Msg::Update {

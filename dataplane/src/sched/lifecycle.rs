@@ -78,10 +78,7 @@ impl<P> Scheduler<P> {
     }
 
     fn check_config(config: &StreamConfig) -> Result<(), StreamError> {
-        if config.weight == Some(0) {
-            return Err(StreamError::Weight);
-        }
-        Ok(())
+        config.check()
     }
 
     /// Index of the open (or disconnected) stream `id` names.

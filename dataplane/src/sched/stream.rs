@@ -76,6 +76,36 @@ impl StreamConfig {
             ..Self::default()
         }
     }
+
+    /// Checks what `open` and `update` would refuse in the configuration itself (not
+    /// the table's room): a weight of 0, a cap of 0 bit/s, a cap burst above 2^30
+    /// bytes. The error names the field.
+    pub fn check(&self) -> Result<(), super::StreamError> {
+        if self.weight == Some(0) {
+            return Err(super::StreamError::Weight);
+        }
+        if let Some(cap) = self.cap {
+            if cap.rate_bps == 0 {
+                return Err(super::StreamError::Cap {
+                    field: "rate_bps",
+                    value: 0,
+                    expected: "> 0",
+                });
+            }
+            if let Some(b) = cap.burst_bytes
+                && b > super::policy::MAX_BURST_BYTES
+            {
+                // A burst below one maximal packet is raised to it (`cap_burst`), under
+                // this policy and any later one, so it is not an error.
+                return Err(super::StreamError::Cap {
+                    field: "burst_bytes",
+                    value: b,
+                    expected: "at most 2^30",
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Slot states (low two bits of the flags).

@@ -96,26 +96,9 @@ impl Caps {
 }
 
 impl<P> Scheduler<P> {
-    /// Validates a cap and builds its bucket (full).
+    /// Builds a cap's bucket (full); the cap was checked with its config
+    /// ([`StreamConfig::check`](super::StreamConfig::check)).
     pub(super) fn cap_bucket(&self, spec: RateCap) -> Result<(RateCap, TokenBucket), StreamError> {
-        if spec.rate_bps == 0 {
-            return Err(StreamError::Cap {
-                field: "rate_bps",
-                value: 0,
-                expected: "> 0",
-            });
-        }
-        if let Some(b) = spec.burst_bytes
-            && b > MAX_BURST_BYTES
-        {
-            // A burst below one maximal packet is raised to it (`cap_burst`), under
-            // this policy and any later one, so it is not an error.
-            return Err(StreamError::Cap {
-                field: "burst_bytes",
-                value: b,
-                expected: "at most 2^30",
-            });
-        }
         Ok((
             spec,
             TokenBucket::new(spec.rate_bps, self.cap_burst(spec), self.now),
