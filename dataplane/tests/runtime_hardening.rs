@@ -786,3 +786,44 @@ fn t2_an_invalid_stream_config_is_refused_at_the_producer_naming_the_field() {
     let w = &r.workers[0];
     assert_eq!((w.open_failed, w.control_failed), (0, 0), "{w:?}");
 }
+
+/// Records the packets handed to `discard`, in the order they come.
+#[derive(Default)]
+struct DiscardOrder(Arc<Mutex<Vec<u64>>>);
+
+impl Egress<u64> for DiscardOrder {
+    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
+        while out.pop().is_some() {}
+    }
+    fn discard(&mut self, d: Discarded<u64>) {
+        self.0.lock().unwrap().push(d.packet);
+    }
+}
+
+/// Embedding-API red team: the refusals of one ingress burst reached `Egress::discard`
+/// in reverse order. An embedder recycling buffers or logging refusals sees them in the
+/// order they were pushed.
+#[test]
+fn s11_refusals_reach_discard_in_the_order_they_were_pushed() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let (dp, mut ps) = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .build(move |_| DiscardOrder(s.clone()))
+        .unwrap();
+    let mut tx = ps.pop().unwrap();
+    let h = tx.open(1, StreamConfig::with_priority(3)).unwrap();
+    // Zero-length packets are refused at the door (`invalid_length`); pushed quietly,
+    // several of them reach the worker in one burst.
+    for round in 0..20u64 {
+        for i in 0..50 {
+            tx.enqueue_quiet(h, round * 50 + i, 0).unwrap();
+        }
+        tx.flush();
+    }
+    drop(tx);
+    let r = dp.shutdown(StopMode::Drain).unwrap();
+    assert_eq!(r.discarded(), 1_000);
+    let seen = seen.lock().unwrap();
+    assert_eq!(*seen, (0..1_000).collect::<Vec<u64>>());
+}

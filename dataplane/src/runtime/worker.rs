@@ -638,13 +638,16 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         }
         self.sched
             .enqueue_burst(now, &mut self.burst, &mut self.rejected);
-        while let Some(r) = self.rejected.pop() {
+        // In arrival order; the scratch vector keeps its capacity.
+        let mut rejected = std::mem::take(&mut self.rejected);
+        for r in rejected.drain(..) {
             let reason = match r.reason {
                 Rejection::Refused(r) => DiscardReason::Refused(r),
                 Rejection::Dropped(r) => DiscardReason::Dropped(r),
             };
             self.discard(r.packet, None, reason);
         }
+        self.rejected = rejected;
     }
 
     /// Hands every packet the scheduler dropped to the egress. Returns whether any.
