@@ -173,9 +173,10 @@ impl WorkerShared {
     /// Marks the worker panicked, and gone for producers (their pushes to it return
     /// `Closed`): its thread unwound, or its egress panicked and it only discards now.
     pub(crate) fn mark_panicked(&self) {
-        // Release: as `mark_gone`.
-        self.panicked.store(true, Ordering::Release);
+        // Release: as `mark_gone`. Gone first: whoever reads the state as Panicked
+        // then finds the worker closed too.
         self.gone.store(true, Ordering::Release);
+        self.panicked.store(true, Ordering::Release);
     }
 }
 
@@ -183,9 +184,9 @@ impl Shared {
     /// `true` once producers must stop pushing to worker `w`.
     #[inline]
     pub(crate) fn is_closed(&self, w: usize) -> bool {
-        // Relaxed stop load: a producer that misses the flag by a moment pushes a packet
-        // the stopping worker still drains (it waits for producers to be dropped).
-        // Acquire gone load: partner of `mark_gone`.
+        // Relaxed stop load: producers call this inside their gate, after its SeqCst
+        // fence, which orders it against a stopping worker's last read (`gate.rs`).
+        // Acquire gone load: partner of `mark_gone` / `mark_panicked`.
         self.stop.load(Ordering::Relaxed) != RUNNING || self.workers[w].gone.load(Ordering::Acquire)
     }
 
@@ -236,7 +237,8 @@ pub enum WorkerState {
     Running,
     /// Its thread ended normally (after `shutdown`).
     Stopped,
-    /// Its thread panicked (in the embedder's egress, most likely).
+    /// Its egress panicked (the worker caught it, and only discards now, counted), or
+    /// its thread did.
     Panicked,
 }
 
@@ -244,7 +246,8 @@ pub enum WorkerState {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum RuntimeError {
-    /// A worker thread panicked; the report still holds every worker's last counters.
+    /// A worker's egress panicked (caught: its counters balance), or its thread did; the
+    /// report still holds every worker's last counters.
     #[error("worker {worker} panicked: {message}")]
     WorkerPanicked {
         /// Worker index.

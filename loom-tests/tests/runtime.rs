@@ -366,9 +366,9 @@ fn t6_ledger_racing_claims_never_pass_the_link() {
     });
 }
 
-/// A producer's burst of two `enqueue_quiet`s: each checks `closed` and pushes (a
-/// Release store of the ring's tail, as `rtrb` does) inside the gate, then the flush
-/// leaves it. Returns how many pushes it made ("accepted").
+/// A producer's bursts of `enqueue_quiet`s: each checks `closed` and pushes (a Release
+/// store of the ring's tail, as `rtrb` does) inside the gate, then the flush leaves
+/// it. Returns how many pushes it made ("accepted").
 fn spawn_burst(
     gate: &Arc<PushGate>,
     closed: &Arc<AtomicBool>,
@@ -377,16 +377,21 @@ fn spawn_burst(
     let (gate, closed, tail) = (gate.clone(), closed.clone(), tail.clone());
     thread::spawn(move || {
         let mut accepted = 0;
-        gate.enter();
-        for _ in 0..2 {
-            // Relaxed, as `Shared::is_closed`'s stop load: the gate's fence orders it.
-            if closed.load(Ordering::Relaxed) {
-                break;
+        // Two bursts, of two pushes and of one: the worker may sample the entry count
+        // in either, or between them.
+        for pushes in [2, 1] {
+            gate.enter();
+            for _ in 0..pushes {
+                // Relaxed, as `Shared::is_closed`'s stop load: the gate's fence orders
+                // it.
+                if closed.load(Ordering::Relaxed) {
+                    break;
+                }
+                accepted += 1;
+                tail.store(accepted, Ordering::Release);
             }
-            accepted += 1;
-            tail.store(accepted, Ordering::Release);
+            gate.leave();
         }
-        gate.leave();
         accepted
     })
 }

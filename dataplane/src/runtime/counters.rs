@@ -48,6 +48,11 @@ pub struct WorkerStats {
     /// queued ones are counted by the scheduler as dropped `closed`). The worker
     /// calls that egress no more.
     pub egress_failed: u64,
+    /// Producers whose burst (`enqueue_quiet` ... `flush`) was still open a second into
+    /// this worker's last read of their ring, when the worker gave up waiting: a packet
+    /// such a producer pushed afterwards can be left in the ring, never taken. Zero
+    /// when every producer flushes (or is dropped) before the stop.
+    pub gate_timeouts: u64,
     /// Stream opens the scheduler refused (table full, bad config).
     pub open_failed: u64,
     /// Stream updates or closes the scheduler refused.
@@ -172,7 +177,7 @@ impl Counters {
 
 fn encode(s: &WorkerStats, w: &mut [u64; WORDS]) {
     let scalars = [
-        0,
+        s.gate_timeouts,
         s.iterations,
         s.heartbeat_ns,
         s.taken,
@@ -245,8 +250,9 @@ fn decode(w: &[u64; WORDS]) -> WorkerStats {
         i += 1;
         w[i - 1]
     };
-    let _ = get();
+    let gate_timeouts = get();
     let mut s = WorkerStats {
+        gate_timeouts,
         iterations: get(),
         heartbeat_ns: get(),
         taken: get(),
@@ -344,6 +350,7 @@ mod tests {
         s.shm_rejected = next();
         s.link_rate_bps = next();
         s.egress_failed = next();
+        s.gate_timeouts = next();
         s.shard.events_lost = next();
         s.shard.descriptors_in_use = next() as u32;
         s.shard.descriptor_capacity = next() as u32;

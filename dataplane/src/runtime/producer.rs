@@ -292,7 +292,9 @@ impl<P: Send> Producer<P> {
     }
 
     /// Enqueues `packet` (of `len` bytes) on stream `h` and wakes its worker if it is
-    /// parked. On a full ring the packet comes back ([`EnqueueError::Full`]).
+    /// parked. On a full ring the packet comes back ([`EnqueueError::Full`]). A burst
+    /// of one: two SeqCst fences a packet (the stop handshake's and the wake-up's),
+    /// where [`Producer::enqueue_quiet`] + [`Producer::flush`] pay two a burst.
     #[inline]
     pub fn enqueue(&mut self, h: StreamHandle, packet: P, len: u32) -> Result<(), EnqueueError<P>> {
         self.enqueue_quiet(h, packet, len)?;
@@ -302,7 +304,10 @@ impl<P: Send> Producer<P> {
 
     /// As [`Producer::enqueue`], without waking the worker: call [`Producer::flush`]
     /// after a burst (one wake-up check per burst instead of per packet). A worker
-    /// left parked wakes by itself after its `park_timeout`.
+    /// left parked wakes by itself after its `park_timeout`, but flush before the
+    /// dataplane stops (or drop the producer): a stopping worker's last read of this
+    /// producer's rings waits up to a second for a burst that was never flushed, and
+    /// counts it in [`WorkerStats::gate_timeouts`](super::WorkerStats::gate_timeouts).
     #[inline]
     pub fn enqueue_quiet(
         &mut self,

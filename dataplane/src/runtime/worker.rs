@@ -707,11 +707,23 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     /// producer that passed its check just before the worker closed), until the
     /// dataplane stops.
     fn sink(&mut self, now: u64) {
+        // Not the last read: what arrives later is read by the next iterations, so no
+        // wait at the producers' gates.
+        self.drain_rings(now, false);
+        // Closed as by their producers: what they did since the last report walk goes
+        // to the next report's rest, so reports stay in order.
+        for table in std::mem::take(&mut self.tables) {
+            for id in table.into_iter().flatten() {
+                let _ = self.close_stream(id);
+            }
+        }
+        self.reclaim();
+        // Last, so that packets a bypassing worker put on offer just now count here.
         while let Some(d) = self.outbox.pop_front() {
             self.stats.egress_failed += 1;
             self.discard(d.packet, Some(d.stream), DiscardReason::EgressFailed);
         }
-        self.discard_everything(now);
+        self.forward_events();
         self.sunk = true;
         self.publish_all();
     }
@@ -1109,7 +1121,8 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         if self.sunk {
             // Its queues were discarded when the egress failed: a last pass over the
             // rings, then out.
-            self.drain_rings(now);
+            self.drain_rings(now, true);
+            self.last_shm_pass(now);
             return true;
         }
         let drained = self.outbox.is_empty() && self.sched.queued() == 0;
@@ -1127,16 +1140,20 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     /// ignoring the descriptor pool's room: each packet is queued, or discarded with
     /// its reason.
     ///
-    /// This is the worker's last read of those rings (or, after its egress panicked,
-    /// the first of its sink): producers are closed to it already, and it first waits
-    /// for each producer still inside its gate to finish its burst (`gate.rs`; at most
-    /// a second in all), so that no packet `enqueue` accepted is left behind.
-    fn drain_rings(&mut self, now: u64) {
+    /// With `last`, this is the worker's last read of those rings: producers are
+    /// closed to it already, and it first waits for each producer still inside its
+    /// gate to finish its burst (`gate.rs`), so that no packet `enqueue` accepted is
+    /// left behind. The wait is at most a second in all; a producer still inside then
+    /// is counted in `gate_timeouts`.
+    fn drain_rings(&mut self, now: u64, last: bool) {
         let clock = self.shared.clock;
         let give_up_at = clock.now_ns().saturating_add(1_000_000_000);
         for i in 0..self.inboxes.len() {
-            if !self.inboxes[i].rx.is_abandoned() {
-                self.shared.gates[i].wait_idle(|| clock.now_ns() >= give_up_at);
+            if last
+                && !self.inboxes[i].rx.is_abandoned()
+                && !self.shared.gates[i].wait_idle(|| clock.now_ns() >= give_up_at)
+            {
+                self.stats.gate_timeouts += 1;
             }
             while let Ok(msg) = self.inboxes[i].rx.pop() {
                 self.handle(i, now, msg);
@@ -1145,13 +1162,9 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         }
     }
 
-    /// Discards what is left: ring contents, queued packets (by closing every stream,
-    /// counted `closed` by the scheduler; the exit report still ranks and names those
-    /// streams) and the pending outbox.
-    fn discard_everything(&mut self, now: u64) {
-        self.drain_rings(now);
-        // One bounded pass over each shared-memory ring: a live peer never sees the
-        // stop flag and must not keep the worker here.
+    /// One bounded pass over each shared-memory ring, then none is read again: a live
+    /// peer never sees the stop flag and must not keep the worker here.
+    fn last_shm_pass(&mut self, now: u64) {
         let passes = self.shm.iter().map(|i| i.rx.capacity()).max().unwrap_or(0)
             / self.config.ingress_batch
             + 1;
@@ -1163,6 +1176,14 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         for inbox in &mut self.shm {
             inbox.done = true;
         }
+    }
+
+    /// Discards what is left: ring contents, queued packets (by closing every stream,
+    /// counted `closed` by the scheduler; the exit report still ranks and names those
+    /// streams) and the pending outbox.
+    fn discard_everything(&mut self, now: u64) {
+        self.drain_rings(now, true);
+        self.last_shm_pass(now);
         // A walk under way ends on the streams as they were; the exit report is then
         // built from the streams the stop closes (bounded by the report size).
         self.finish_pending_walk();
