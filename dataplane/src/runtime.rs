@@ -163,6 +163,12 @@ impl WorkerShared {
         self.gone.store(true, Ordering::Release);
     }
 
+    /// Whether the worker is closed to producers (ended, or failed and only sinking).
+    pub(crate) fn is_gone(&self) -> bool {
+        // Acquire: partner of `mark_gone` / `mark_panicked`.
+        self.gone.load(Ordering::Acquire)
+    }
+
     /// Records the rate the worker holds; returns the previous value.
     pub(crate) fn set_granted(&self, rate: u64) -> u64 {
         // Relaxed: only the worker writes it while alive; its exit guard swaps it on

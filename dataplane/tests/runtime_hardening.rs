@@ -870,3 +870,57 @@ fn s11_after_an_egress_panic_shm_records_are_still_taken_and_counted() {
     assert!(discards_add_up(w), "{w:?}");
     assert!(report.is_conserved());
 }
+
+/// Sends everything on worker 0; worker 1's egress panics on its first packet.
+struct FailsOnWorker1(usize);
+
+impl Egress<u64> for FailsOnWorker1 {
+    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
+        assert!(self.0 != 1 || out.is_empty(), "egress of worker 1 failed");
+        while out.pop().is_some() {}
+    }
+}
+
+/// T6: the link's slack (what no worker asks for) was split between all workers,
+/// including one whose egress had failed, which kept pacing at its part (44.5 Mbit/s)
+/// while sending nothing: the survivor, offering 24 of 100 Mbit/s, paced at 55 Mbit/s,
+/// and a burst above its measured demand could not use the rest of the link. A failed
+/// worker now gives its part back and the slack goes to the workers still running.
+#[test]
+fn t6_a_failed_worker_leaves_the_link_to_the_others() {
+    let link = 100_000_000;
+    let (dp, mut ps) = Dataplane::<u64>::builder()
+        .workers(2)
+        .pinning(Pinning::Off)
+        .policy(linked(link, 200_000))
+        .build(FailsOnWorker1)
+        .unwrap();
+    let mut tx = ps.pop().unwrap();
+    let h0 = tx.open_on(0, 0, StreamConfig::with_priority(3)).unwrap();
+    let h1 = tx.open_on(1, 1, StreamConfig::with_priority(3)).unwrap();
+    tx.enqueue(h1, 0, 1000).unwrap();
+    wait_panicked(&dp, 1);
+    // About 24 Mbit/s on worker 0 (3 packets of 1,000 bytes a millisecond), 400 ms.
+    let clock = Clock::start();
+    let mut rates = Vec::new();
+    while clock.now_ns() < 400_000_000 {
+        for i in 0..3 {
+            let _ = tx.enqueue(h0, i, 1000);
+        }
+        thread::sleep(Duration::from_millis(1));
+        if clock.now_ns() > 200_000_000 {
+            rates.push(dp.stats()[0].link_rate_bps);
+        }
+    }
+    rates.sort_unstable();
+    let median = rates[rates.len() / 2];
+    let stats = dp.stats();
+    assert_eq!(stats[1].link_rate_bps, 0, "the failed worker paces nothing");
+    assert!(
+        median >= link * 9 / 10,
+        "worker 0 paced at {median} bit/s (median of the last 200 ms); the link is {link}"
+    );
+    assert!(dp.link_granted_bps() <= link);
+    drop(tx);
+    assert!(dp.shutdown(StopMode::Discard).is_err(), "worker 1 panicked");
+}

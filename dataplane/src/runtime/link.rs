@@ -198,6 +198,7 @@ pub(crate) fn waterfill(
 /// Worker `w`'s part of the link: its pacing rate and its tiers' weights (both in
 /// bit/s), from every worker's demand. The same inputs give the same answer on every
 /// worker.
+#[cfg(test)]
 pub(crate) fn allocate(
     link_bps: u64,
     shares: &[u64],
@@ -205,8 +206,22 @@ pub(crate) fn allocate(
     w: usize,
     scratch: &mut Scratch,
 ) -> (u64, [u64; MAX_TIERS]) {
+    allocate_among(link_bps, shares, demands, w, demands.len(), scratch)
+}
+
+/// As [`allocate`], with `live` of the workers still running: the slack (what no one
+/// asks for) and the weight floor are split between those, not wasted on workers that
+/// ended (a stopped or failed worker publishes no demand, and paces nothing).
+pub(crate) fn allocate_among(
+    link_bps: u64,
+    shares: &[u64],
+    demands: &[[u64; MAX_TIERS]],
+    w: usize,
+    live: usize,
+    scratch: &mut Scratch,
+) -> (u64, [u64; MAX_TIERS]) {
     let tiers = shares.len();
-    let workers = demands.len() as u64;
+    let workers = live.clamp(1, demands.len().max(1)) as u64;
     let mut tier_demand = [0u64; MAX_TIERS];
     for d in demands {
         for t in 0..tiers {
@@ -351,6 +366,24 @@ mod tests {
             ]
         );
         assert_eq!(sc.tier_alloc.iter().sum::<u64>(), G);
+    }
+
+    #[test]
+    fn t6_the_slack_goes_to_the_live_workers_only() {
+        // Three workers, the third ended (no demand): the two live ones ask for 10% each.
+        // Split two ways, the slack fills the link; split three ways, a third of it was
+        // lost to the worker that ended.
+        let demands = [row(&[0, G / 10, 0]), row(&[0, G / 10, 0]), row(&[0, 0, 0])];
+        let shares = [25, 60, 15];
+        let mut sc = Scratch::new(3);
+        let live: u64 = (0..2)
+            .map(|w| allocate_among(G, &shares, &demands, w, 2, &mut sc).0)
+            .sum();
+        assert_eq!(live, G - (G - 2 * G / 10) % 2);
+        let all: u64 = (0..2)
+            .map(|w| allocate(G, &shares, &demands, w, &mut sc).0)
+            .sum();
+        assert_eq!(all, 2 * G / 10 + 2 * ((G - 2 * G / 10) / 3));
     }
 
     #[test]

@@ -322,8 +322,9 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     fn iteration(&mut self, now: u64) -> Progress {
         let now = self.adopt_policy(now);
         // A raised link rate applies from a fresh clock reading: the rest of the
-        // iteration (and the egress's timestamps) run at that time.
-        let now = self.share_link(now);
+        // iteration (and the egress's timestamps) run at that time. A worker whose
+        // egress failed sends nothing and takes no part of the link.
+        let now = if self.sunk { now } else { self.share_link(now) };
         self.shed_prios = self.shed_priorities();
         let mut busy = self.take_ingress(now);
         busy |= self.take_shm(now);
@@ -725,6 +726,14 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         }
         self.forward_events();
         self.sunk = true;
+        // Its part of the link goes back, and it asks for none: the others share it.
+        self.shared.link.publish(self.index, &[0; MAX_TIERS]);
+        if let Some(st) = self.link.take() {
+            self.shared.link.ledger.release(st.mine);
+        }
+        self.shared.workers[self.index].set_granted(0);
+        self.stats.link_rate_bps = 0;
+        self.stats.tier_alloc_bps = [0; MAX_TIERS];
         self.publish_all();
     }
 
@@ -936,11 +945,15 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         for (s, t) in shares.iter_mut().zip(self.adopted.tiers()) {
             *s = u64::from(t.share_percent);
         }
-        let (target, weights) = super::link::allocate(
+        // Workers that ended (or only sink after their egress failed) ask for nothing
+        // and pace nothing: the slack is split between the others.
+        let live = self.shared.workers.iter().filter(|w| !w.is_gone()).count();
+        let (target, weights) = super::link::allocate_among(
             link.rate_bps,
             &shares[..tiers],
             &st.demands,
             self.index,
+            live,
             &mut st.scratch,
         );
         st.weights = weights;
