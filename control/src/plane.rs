@@ -19,7 +19,7 @@ use ed25519_dalek::VerifyingKey;
 use hdrhistogram::Histogram;
 use qos_dataplane::runtime::{
     Dataplane, PublishError, RuntimeError, ShutdownReport, StopMode, StreamReport, WindowCounts,
-    WorkerHistograms, WorkerStats,
+    WorkerHistograms, WorkerState, WorkerStats,
 };
 use qos_dataplane::sched::policy::PRIORITIES;
 use qos_dataplane::sched::{Event, Policy, new_sojourn_histogram};
@@ -684,6 +684,7 @@ impl<P: Send + 'static> State<P> {
         let ring_full: u64 = dp.ring_full_events().iter().sum();
         let ring_delta = ring_full.saturating_sub(self.last_ring_full);
         self.last_ring_full = ring_full;
+        let states = dp.worker_states();
         let obs: Vec<WorkerObservation> = stats
             .iter()
             .enumerate()
@@ -695,6 +696,7 @@ impl<P: Send + 'static> State<P> {
                     pool_queued: u64::from(s.shard.descriptors_in_use),
                     pool_capacity: u64::from(s.shard.descriptor_capacity),
                     ring_full_events: if w == 0 { ring_delta } else { 0 },
+                    failed: states.get(w) == Some(&WorkerState::Panicked),
                 }
             })
             .collect();
@@ -1039,8 +1041,9 @@ impl<P: Send + 'static> State<P> {
         self.health.state()
     }
 
-    /// What fails beside the dataplane (metrics.db, the audit log): reported by
-    /// `/status` and `/healthz`, never a reason to shed traffic.
+    /// What fails beside the dataplane's traffic (metrics.db, the audit log, the .hlog),
+    /// never a reason to shed traffic, and a worker that failed (its egress panicked;
+    /// the health state is then `UNKNOWN`): reported by `/status` and `/healthz`.
     pub(crate) fn warnings(&self) -> Vec<String> {
         let store = self.store.as_ref().map(|s| s.status());
         self.warnings_with(store.as_ref().and_then(StoreStatus::failing))
@@ -1057,6 +1060,16 @@ impl<P: Send + 'static> State<P> {
         }
         if let Some(e) = &self.hlog_error {
             warnings.push(format!(".hlog failing: {e}"));
+        }
+        if let Some(dp) = self.dataplane.as_ref() {
+            for (w, st) in dp.worker_states().iter().enumerate() {
+                if *st == WorkerState::Panicked {
+                    warnings.push(format!(
+                        "worker {w} failed (its egress panicked): it discards everything it \
+                         receives, counted egress_failed; restart to recover"
+                    ));
+                }
+            }
         }
         warnings
     }

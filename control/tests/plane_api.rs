@@ -567,6 +567,49 @@ fn o5_health_follows_hazards_and_healthz_codes() {
     assert!(qos_control::audit::verify(&audit).unwrap().is_ok());
 }
 
+/// O5: a worker whose egress panicked keeps a fresh heartbeat (it runs on, discarding
+/// what it receives), so the health machine, which read only heartbeats, called the
+/// gateway NORMAL while every packet of that worker was discarded. A failed worker now
+/// makes the state UNKNOWN (503, hazard `worker_failed`), `/healthz` and `/status` name
+/// it, and the integrity report still balances.
+#[test]
+fn o5_a_failed_worker_makes_healthz_unknown_and_names_it() {
+    let dir = temp_dir("failed-worker");
+    let audit = dir.join("audit.jsonl");
+    let (plane, mut tx, sw) = start(
+        1,
+        2_000,
+        ControlConfig {
+            audit_log: Some(audit.clone()),
+            ..ControlConfig::default()
+        },
+    );
+    let addr = plane.addr();
+    wait_until("NORMAL", 5, || plane.health() == HealthState::Normal);
+    let h = tx.open(1, StreamConfig::with_priority(3)).unwrap();
+    push(&mut tx, h, 10);
+    sw.fail.store(true, Ordering::Relaxed);
+    let _ = tx.enqueue(h, 99, 500);
+    wait_until("UNKNOWN", 10, || plane.health() == HealthState::Unknown);
+    // It stays so: the worker's heartbeat is fresh, yet it is failed.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(plane.health(), HealthState::Unknown);
+    let (code, body) = http(addr, "GET", "/healthz", &[], b"");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("worker 0 failed"), "{body}");
+    let (_, status) = http(addr, "GET", "/status", &[], b"");
+    assert!(status.contains("worker 0 failed"), "{status}");
+    drop(tx);
+    let Err(qos_control::plane::ControlError::Runtime(_)) = plane.shutdown(StopMode::Drain) else {
+        panic!("the worker's panic is reported at shutdown");
+    };
+    let log = std::fs::read_to_string(&audit).unwrap();
+    assert!(
+        log.contains("\"to\":\"UNKNOWN\",\"reason\":\"worker_failed\""),
+        "{log}"
+    );
+}
+
 /// The API binds loopback unless told otherwise; a token guards every route but
 /// /healthz.
 #[test]

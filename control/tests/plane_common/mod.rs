@@ -10,11 +10,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use qos_dataplane::runtime::{Discarded, Egress, EnqueueError, Outbox, Producer, StreamHandle};
 
 /// Controls the test egress: while `hold` is set it refuses everything; a non-zero
-/// `stall_ms` makes its next call sleep that long (once).
+/// `stall_ms` makes its next call sleep that long (once); `fail` makes it panic when
+/// it is offered packets.
 #[derive(Clone, Default)]
 pub struct Switch {
     pub hold: Arc<AtomicBool>,
     pub stall_ms: Arc<AtomicU64>,
+    pub fail: Arc<AtomicBool>,
     pub discards: Arc<Mutex<Vec<String>>>,
 }
 
@@ -30,6 +32,10 @@ impl Egress<u64> for Wire {
         if self.0.hold.load(Ordering::Relaxed) {
             return;
         }
+        assert!(
+            out.is_empty() || !self.0.fail.load(Ordering::Relaxed),
+            "the test egress fails"
+        );
         while out.pop().is_some() {}
     }
     fn discard(&mut self, d: Discarded<u64>) {
