@@ -924,3 +924,44 @@ fn t6_a_failed_worker_leaves_the_link_to_the_others() {
     drop(tx);
     assert!(dp.shutdown(StopMode::Discard).is_err(), "worker 1 panicked");
 }
+
+/// S11: the stop's last pass over a shared-memory ring was skipped when the descriptor
+/// pool was nearly full (the ingress backpressure check), so records the peer had
+/// written, accepted by its ring, were never read nor counted. The last pass now reads
+/// them regardless; what cannot be queued is refused, counted.
+#[test]
+fn s11_the_last_shm_pass_reads_the_ring_even_with_a_full_pool() {
+    let (tx_ring, rx) = pair(RingConfig::for_records(1024, 64)).unwrap();
+    let mut tx = tx_ring;
+    // 64 descriptors and a 1 Mbit/s link: the pool fills and stays full.
+    let (dp, producers) = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .policy(linked(1_000_000, 64_000))
+        .scheduler(SchedulerConfig {
+            max_packets: 64,
+            ..SchedulerConfig::default()
+        })
+        .shm_ingress(0, rx, |_| 0)
+        .drain_timeout(Duration::ZERO)
+        .build(|_| Sink::default())
+        .unwrap();
+    drop(producers);
+    let mut b = [0u8; 64];
+    let n = encode_open(&mut b, 0, Priority::new(2).unwrap(), None);
+    tx.push(&b[..n]).unwrap();
+    for _ in 0..300 {
+        let n = encode_packet(&mut b, 0, 1000, &[]);
+        tx.push(&b[..n]).unwrap();
+    }
+    // The worker takes what its pool holds, then leaves the rest in the ring.
+    let clock = Clock::start();
+    while dp.stats()[0].shard.descriptors_in_use < 60 {
+        assert!(clock.now_ns() < 20_000_000_000, "{:?}", dp.stats()[0]);
+        thread::sleep(Duration::from_millis(1));
+    }
+    let report = dp.shutdown(StopMode::Discard).unwrap();
+    let w = &report.workers[0];
+    assert_eq!(w.taken, 300, "every record the peer wrote is read: {w:?}");
+    assert!(report.is_conserved());
+    drop(tx);
+}

@@ -327,7 +327,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         let now = if self.sunk { now } else { self.share_link(now) };
         self.shed_prios = self.shed_priorities();
         let mut busy = self.take_ingress(now);
-        busy |= self.take_shm(now);
+        busy |= self.take_shm(now, false);
         busy |= self.reclaim();
         self.forward_events();
         let (sent, wait_until) = self.send(now);
@@ -410,10 +410,13 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
 
     /// Takes at most `ingress_batch` records from each shared-memory ring. Bad
     /// records are counted (`shm_rejected`) and skipped. Returns whether any.
-    fn take_shm(&mut self, now: u64) -> bool {
+    ///
+    /// With `last` (the stop's last pass) it reads whatever the descriptor pool's room:
+    /// what it cannot queue is refused, counted, rather than left unread in the ring.
+    fn take_shm(&mut self, now: u64, last: bool) -> bool {
         let mut any = false;
         let max_local = self.config.scheduler.max_streams;
-        if self.ingress_room() < self.config.ingress_batch {
+        if !last && self.ingress_room() < self.config.ingress_batch {
             return false; // backpressure: the peer sees a full ring
         }
         for k in 0..self.shm.len() {
@@ -1182,7 +1185,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             / self.config.ingress_batch
             + 1;
         for _ in 0..passes {
-            if !self.take_shm(now) {
+            if !self.take_shm(now, true) {
                 break;
             }
         }
