@@ -12,7 +12,15 @@
 //!
 //! It binds loopback by default; another address needs `allow_remote` and a bearer
 //! token. With a token configured, every route but `/healthz` needs
-//! `Authorization: Bearer <token>` (401 otherwise).
+//! `Authorization: Bearer <token>` (401 otherwise; the scheme in any case).
+//!
+//! Clients cannot hold it: at most [`MAX_CONNECTIONS`] connections are served at once
+//! (more wait in the kernel's backlog), request headers and a policy's body must
+//! arrive within the client timeout ([`CLIENT_TIMEOUT`] by default), a body announced
+//! larger than a policy can be is refused (413) before it is read, one reload runs at
+//! a time (409 to the others), and a failing `accept` (out of file descriptors) is
+//! logged and backed off from rather than retried at once. `HEAD` is answered as `GET`
+//! without the body; a 405 names the allowed methods in `Allow`.
 
 use std::convert::Infallible;
 use std::net::TcpListener;
@@ -20,8 +28,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Bytes, Incoming};
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -33,14 +41,30 @@ use crate::policy::{MAX_DOCUMENT_BYTES, PolicyRejection};
 /// Header carrying a policy's detached signature (base64).
 pub const SIGNATURE_HEADER: &str = "x-qos-signature";
 
+/// Connections served at once; more wait in the listen backlog until one closes.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Default time a client has to send a request's headers (also how long a kept-alive
+/// connection may sit idle between requests) and a policy document's body.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the API thread is started with.
+pub(crate) struct Limits {
+    pub(crate) tick: Duration,
+    pub(crate) token: Option<String>,
+    pub(crate) client_timeout: Duration,
+}
+
+/// Pause after a failed `accept` (out of file descriptors, most likely).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
 type Shared<P> = Arc<Mutex<State<P>>>;
 
 /// The control thread's body: the API and the tick, until `stop` fires.
 pub(crate) fn run<P: Send + 'static>(
     state: Shared<P>,
     listener: TcpListener,
-    tick: Duration,
-    token: Option<String>,
+    limits: Limits,
     stop: tokio::sync::oneshot::Receiver<()>,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -54,16 +78,20 @@ pub(crate) fn run<P: Send + 'static>(
             return;
         }
     };
-    rt.block_on(serve(state, listener, tick, token, stop));
+    rt.block_on(serve(state, listener, limits, stop));
 }
 
 async fn serve<P: Send + 'static>(
     state: Shared<P>,
     listener: TcpListener,
-    tick: Duration,
-    token: Option<String>,
+    limits: Limits,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
+    let Limits {
+        tick,
+        token,
+        client_timeout,
+    } = limits;
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(l) => l,
         Err(e) => {
@@ -72,25 +100,55 @@ async fn serve<P: Send + 'static>(
         }
     };
     let token: Arc<Option<String>> = Arc::new(token);
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let reloads = Arc::new(tokio::sync::Semaphore::new(1));
+    let mut accept_errors: u64 = 0;
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             _ = &mut stop => return,
             _ = ticker.tick() => lock(&state).tick(),
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+            // At the connection cap, nothing is accepted until a connection ends (the
+            // next tick looks again).
+            accepted = listener.accept(), if connections.available_permits() > 0 => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, most likely: retrying at once spins
+                        // the thread. Logged on the first failure and every 100th.
+                        if accept_errors.is_multiple_of(100) {
+                            tracing::warn!(
+                                target: crate::logs::EVENT_TARGET,
+                                event = "control.accept_failed",
+                                error = %e,
+                                failures = accept_errors + 1,
+                            );
+                        }
+                        accept_errors += 1;
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = connections.clone().try_acquire_owned() else { continue };
                 let state = state.clone();
                 let token = token.clone();
+                let reloads = reloads.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |req| {
                         let state = state.clone();
                         let token = token.clone();
-                        async move { Ok::<_, Infallible>(route(&state, token.as_deref(), req).await) }
+                        let reloads = reloads.clone();
+                        async move {
+                            Ok::<_, Infallible>(route(&state, token.as_deref(), &reloads, client_timeout, req).await)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(client_timeout)
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
+                    drop(permit);
                 });
             }
         }
@@ -131,28 +189,63 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorized(token: Option<&str>, req: &Request<Incoming>) -> bool {
-    let Some(token) = token else { return true };
-    let Some(value) = req.headers().get(AUTHORIZATION) else {
-        return false;
+/// Whether the request carries the token: `Authorization: Bearer <token>`, the scheme
+/// in any case, spaces around the token ignored. `Err` names a malformed header (given
+/// twice).
+fn authorized(token: Option<&str>, req: &Request<Incoming>) -> Result<bool, &'static str> {
+    let Some(token) = token else { return Ok(true) };
+    let mut values = req.headers().get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(false);
     };
-    let Some(given) = value.as_bytes().strip_prefix(b"Bearer ") else {
-        return false;
+    if values.next().is_some() {
+        return Err("Authorization: given more than once, expected one `Bearer <token>`");
+    }
+    let value = value.as_bytes().trim_ascii();
+    let Some(space) = value.iter().position(|&b| b == b' ') else {
+        return Ok(false);
     };
-    same(given, token.as_bytes())
+    let (scheme, given) = value.split_at(space);
+    Ok(scheme.eq_ignore_ascii_case(b"bearer") && same(given.trim_ascii(), token.as_bytes()))
+}
+
+/// The methods each route answers, for `Allow`.
+fn allowed(path: &str) -> Option<&'static str> {
+    match path {
+        "/metrics" | "/healthz" | "/status" | "/integrity" => Some("GET, HEAD"),
+        "/policy" | "/reload" => Some("POST"),
+        _ => None,
+    }
 }
 
 async fn route<P: Send + 'static>(
     state: &Shared<P>,
     token: Option<&str>,
+    reloads: &Arc<tokio::sync::Semaphore>,
+    client_timeout: Duration,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
-    if path != "/healthz" && !authorized(token, &req) {
+    let auth = if path == "/healthz" {
+        Ok(true)
+    } else {
+        authorized(token, &req)
+    };
+    if let Err(error) = auth {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &ErrorBody {
+                error: error.into(),
+                field: Some("Authorization".into()),
+            },
+        );
+    }
+    if auth != Ok(true) {
         let mut r = json(
             StatusCode::UNAUTHORIZED,
             &ErrorBody {
-                error: "missing or wrong bearer token".into(),
+                error: "missing or wrong bearer token; expected `Authorization: Bearer <token>`"
+                    .into(),
                 field: Some("Authorization".into()),
             },
         );
@@ -160,7 +253,12 @@ async fn route<P: Send + 'static>(
             .insert("www-authenticate", HeaderValue::from_static("Bearer"));
         return r;
     }
-    match (req.method(), path.as_str()) {
+    // HEAD is GET without the body (hyper sends no body for it).
+    let method = match *req.method() {
+        Method::HEAD => Method::GET,
+        ref m => m.clone(),
+    };
+    match (&method, path.as_str()) {
         (&Method::GET, "/metrics") => {
             let openmetrics = req
                 .headers()
@@ -209,15 +307,24 @@ async fn route<P: Send + 'static>(
         }
         (&Method::GET, "/status") => json(StatusCode::OK, &lock(state).status()),
         (&Method::GET, "/integrity") => json(StatusCode::OK, &lock(state).integrity()),
-        (&Method::POST, "/policy") => post_policy(state, req).await,
-        (&Method::POST, "/reload") => post_reload(state).await,
-        (_, "/metrics" | "/healthz" | "/status" | "/integrity" | "/policy" | "/reload") => json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &ErrorBody {
-                error: format!("{} is not allowed on {path}", req.method()),
-                field: None,
-            },
-        ),
+        (&Method::POST, "/policy") => post_policy(state, client_timeout, req).await,
+        (&Method::POST, "/reload") => post_reload(state, reloads).await,
+        _ if allowed(&path).is_some() => {
+            let allow = allowed(&path).unwrap_or("");
+            let mut r = json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &ErrorBody {
+                    error: format!(
+                        "{} is not allowed on {path}; expected {allow}",
+                        req.method()
+                    ),
+                    field: None,
+                },
+            );
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+            r
+        }
         _ => json(
             StatusCode::NOT_FOUND,
             &ErrorBody {
@@ -231,8 +338,22 @@ async fn route<P: Send + 'static>(
 }
 
 /// C4: runs the embedder's reload hook (qosd: re-read the configuration file) off the
-/// runtime's thread and without the plane's lock, since the hook calls the plane.
-async fn post_reload<P: Send + 'static>(state: &Shared<P>) -> Response<Full<Bytes>> {
+/// runtime's thread and without the plane's lock, since the hook calls the plane. One
+/// at a time: a reload asked for while one runs is answered 409 at once, rather than
+/// holding a blocking thread in a queue.
+async fn post_reload<P: Send + 'static>(
+    state: &Shared<P>,
+    reloads: &Arc<tokio::sync::Semaphore>,
+) -> Response<Full<Bytes>> {
+    let Ok(running) = reloads.clone().try_acquire_owned() else {
+        return json(
+            StatusCode::CONFLICT,
+            &ErrorBody {
+                error: "a reload is already running; retry when it has answered".into(),
+                field: None,
+            },
+        );
+    };
     let Some(hook) = lock(state).reload.clone() else {
         return json(
             StatusCode::CONFLICT,
@@ -242,7 +363,12 @@ async fn post_reload<P: Send + 'static>(state: &Shared<P>) -> Response<Full<Byte
             },
         );
     };
-    let outcome = tokio::task::spawn_blocking(move || hook()).await;
+    let outcome = tokio::task::spawn_blocking(move || {
+        let answer = hook();
+        drop(running);
+        answer
+    })
+    .await;
     #[derive(Serialize)]
     struct Reloaded {
         reloaded: bool,
@@ -269,6 +395,7 @@ async fn post_reload<P: Send + 'static>(state: &Shared<P>) -> Response<Full<Byte
 
 async fn post_policy<P: Send + 'static>(
     state: &Shared<P>,
+    client_timeout: Duration,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let signature = match req.headers().get(SIGNATURE_HEADER).map(|v| v.to_str()) {
@@ -284,22 +411,35 @@ async fn post_policy<P: Send + 'static>(
             );
         }
     };
-    let body = match Limited::new(req.into_body(), MAX_DOCUMENT_BYTES)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    let too_large = |what: String| {
+        json(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &ErrorBody {
+                error: format!(
+                    "body: {what}; expected a policy document of at most {MAX_DOCUMENT_BYTES} bytes"
+                ),
+                field: None,
+            },
+        )
+    };
+    // Announced larger than a policy can be: refused before anything is read.
+    let announced = req.body().size_hint().lower();
+    if announced > MAX_DOCUMENT_BYTES as u64 {
+        return too_large(format!("Content-Length {announced}"));
+    }
+    let read = Limited::new(req.into_body(), MAX_DOCUMENT_BYTES).collect();
+    let body = match tokio::time::timeout(client_timeout, read).await {
+        Err(_) => {
             return json(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                StatusCode::REQUEST_TIMEOUT,
                 &ErrorBody {
-                    error: format!(
-                        "body: {e}; expected a policy document of at most {MAX_DOCUMENT_BYTES} bytes"
-                    ),
+                    error: format!("body: not received within {client_timeout:?}"),
                     field: None,
                 },
             );
         }
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => return too_large(e.to_string()),
     };
     let result = lock(state).apply_policy(&body, signature.as_deref(), "http");
     match result {

@@ -122,8 +122,9 @@ pub struct MetricsSnapshot {
     pub audit: [u64; 2],
     /// `.hlog` interval lines written and failed, when a log is configured.
     pub hlog: Option<[u64; 2]>,
-    /// Policies applied and rejected through the control plane.
-    pub policies: [u64; 2],
+    /// Policies applied, rejected, and re-applied unchanged (no-op, C2) through the
+    /// control plane.
+    pub policies: [u64; 3],
     /// The embedder's own families ([`ExtraMetrics`]).
     pub extra: Vec<ExtraFamily>,
 }
@@ -584,6 +585,7 @@ impl Collector for Snapshot {
             [
                 (vec![("outcome", "applied".into())], s.policies[0]),
                 (vec![("outcome", "rejected".into())], s.policies[1]),
+                (vec![("outcome", "noop".into())], s.policies[2]),
             ],
             counter,
             MetricType::Counter,

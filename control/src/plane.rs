@@ -74,6 +74,10 @@ pub struct ControlConfig {
     pub history_limit: usize,
     /// The embedder's own metric families, appended to `/metrics`.
     pub extra_metrics: Option<crate::metrics::ExtraMetrics>,
+    /// Time an API client has to send a request's headers (also how long a kept-alive
+    /// connection may sit idle) and a policy's body; a slower client is disconnected
+    /// (or answered 408). Default 10 s.
+    pub client_timeout: Duration,
 }
 
 impl Default for ControlConfig {
@@ -95,6 +99,7 @@ impl Default for ControlConfig {
             health: HealthConfig::default(),
             history_limit: 1000,
             extra_metrics: None,
+            client_timeout: crate::api::CLIENT_TIMEOUT,
         }
     }
 }
@@ -245,7 +250,7 @@ pub(crate) struct State<P> {
     open_backpressure: std::collections::HashMap<(usize, u64), usize>,
     degrade: std::collections::VecDeque<Interval>,
     policy_history: std::collections::VecDeque<PolicyRecord>,
-    policy_counts: [u64; 2],
+    policy_counts: [u64; 3],
     final_report: Option<IntegrityReport>,
 }
 
@@ -306,6 +311,15 @@ impl<P: Send + 'static> State<P> {
                 field: "tick",
                 value: format!("{:?}", config.tick),
                 expected: "1 ns ..= 10 s",
+            });
+        }
+        if config.client_timeout < Duration::from_millis(1)
+            || config.client_timeout > Duration::from_secs(3600)
+        {
+            return Err(ControlError::Setting {
+                field: "client_timeout",
+                value: format!("{:?}", config.client_timeout),
+                expected: "1 ms ..= 1 h",
             });
         }
         for (field, d) in [
@@ -382,7 +396,7 @@ impl<P: Send + 'static> State<P> {
             open_backpressure: std::collections::HashMap::new(),
             degrade: std::collections::VecDeque::new(),
             policy_history: std::collections::VecDeque::new(),
-            policy_counts: [0; 2],
+            policy_counts: [0; 3],
             final_report: None,
             config,
             dataplane: Some(dataplane),
@@ -489,6 +503,7 @@ impl<P: Send + 'static> State<P> {
                 })
             }
             Ok(Admitted::NoOp { version }) => {
+                self.policy_counts[2] += 1;
                 self.record_policy(PolicyRecord {
                     at_unix_ms: at,
                     outcome: "no-op".into(),
@@ -1268,14 +1283,17 @@ impl<P: Send + 'static> ControlPlane<P> {
         listener
             .set_nonblocking(true)
             .map_err(|source| ControlError::Bind { addr, source })?;
-        let tick = config.tick;
-        let token = config.bearer_token.clone();
+        let limits = crate::api::Limits {
+            tick: config.tick,
+            token: config.bearer_token.clone(),
+            client_timeout: config.client_timeout,
+        };
         let state = Arc::new(Mutex::new(State::new(dataplane, config)?));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let shared = state.clone();
         let thread = std::thread::Builder::new()
             .name("qos-control".into())
-            .spawn(move || crate::api::run(shared, listener, tick, token, stop_rx))
+            .spawn(move || crate::api::run(shared, listener, limits, stop_rx))
             .map_err(|e| ControlError::Thread(e.to_string()))?;
         Ok(Self {
             state,

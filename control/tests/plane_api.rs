@@ -471,6 +471,14 @@ fn c3_post_policy_signed_over_http_and_audited() {
     assert_eq!(code, 200);
     let status: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(status["policy_version"], 2);
+    // Every submission is counted by outcome, the unchanged re-post too (it was not).
+    let (_, metrics) = http(addr, "GET", "/metrics", &[], b"");
+    let updates: HashMap<String, f64> = series(&metrics, "qos_policy_updates_total")
+        .into_iter()
+        .map(|(labels, v)| (labels["outcome"].clone(), v))
+        .collect();
+    assert_eq!(updates["noop"], 1.0, "{updates:?}");
+    assert_eq!(updates["rejected"], 5.0, "{updates:?}");
     drop(tx);
     let (_, integrity) = plane.shutdown(StopMode::Drain).unwrap();
     let outcomes: Vec<&str> = integrity
@@ -698,5 +706,147 @@ fn c4_post_reload_answers_the_hook_s_outcome() {
     assert_eq!(http(addr, "GET", "/reload", &[], b"").0, 405);
     assert_eq!(calls.load(Ordering::Relaxed), 2);
     let plane = Arc::try_unwrap(plane).unwrap();
+    plane.shutdown(StopMode::Discard).unwrap();
+}
+
+/// Sends `request` as it is on a fresh connection, waits at most `wait` for the server
+/// to answer and close; returns what came back and how long it took.
+fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> (String, Duration) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    let start = Instant::now();
+    s.write_all(request).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    (String::from_utf8_lossy(&got).into_owned(), start.elapsed())
+}
+
+/// Control-API red team: a client that sent half a request, or nothing, held its
+/// connection (and up to ~400 KB of unfinished headers) for good, before any token
+/// check; a POST announcing 10 MB and sending nothing waited for ever; HEAD got 405
+/// and 405s had no `Allow`; `bearer` in lower case was refused. Each now has a bounded
+/// or standard answer.
+#[test]
+fn api_clients_cannot_hold_connections_and_requests_are_checked_up_front() {
+    let timeout = Duration::from_millis(300);
+    let (plane, tx, _) = start(
+        1,
+        1024,
+        ControlConfig {
+            bearer_token: Some("t0k".into()),
+            client_timeout: timeout,
+            ..ControlConfig::default()
+        },
+    );
+    let addr = plane.addr();
+    // Half a request, and nothing at all: closed after the client timeout.
+    for half in [&b"GET /metrics HTTP/1.1\r\nHost: x\r\n"[..], b""] {
+        let (got, took) = raw(addr, half, Duration::from_secs(10));
+        eprintln!("DBG {took:?} {got:?}");
+        assert!(
+            took < Duration::from_secs(5),
+            "held {took:?}; answered {got:?}"
+        );
+    }
+    // A body announced larger than any policy: 413 at once, nothing read.
+    let (got, took) = raw(
+        addr,
+        b"POST /policy HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\nContent-Length: 10000000\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+    assert!(took < timeout, "answered after {took:?}");
+    // A body that stops coming: 408 after the client timeout.
+    let (got, took) = raw(
+        addr,
+        b"POST /policy HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\nContent-Length: 100\r\n\r\nversion = ",
+        Duration::from_secs(10),
+    );
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(took >= timeout && took < Duration::from_secs(5), "{took:?}");
+    // HEAD is GET without a body; a 405 names what is allowed.
+    let (got, _) = raw(
+        addr,
+        b"HEAD /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    assert!(got.ends_with("\r\n\r\n"), "no body: {got}");
+    let (got, _) = raw(
+        addr,
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(got.starts_with("HTTP/1.1 405"), "{got}");
+    assert!(
+        got.to_ascii_lowercase().contains("allow: get, head"),
+        "{got}"
+    );
+    // The scheme is case-insensitive; the token is not; two headers are an error.
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            "/status",
+            &[("Authorization", "bearer t0k")],
+            b""
+        )
+        .0,
+        200
+    );
+    assert_eq!(
+        http(
+            addr,
+            "GET",
+            "/status",
+            &[("Authorization", "Bearer T0K")],
+            b""
+        )
+        .0,
+        401
+    );
+    let (code, body) = http(
+        addr,
+        "GET",
+        "/status",
+        &[
+            ("Authorization", "Bearer t0k"),
+            ("Authorization", "Bearer t0k"),
+        ],
+        b"",
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("more than once"), "{body}");
+    drop(tx);
+    plane.shutdown(StopMode::Discard).unwrap();
+}
+
+/// Control-API red team: every concurrent POST /reload held a blocking thread queued
+/// behind the one reload that can run. A reload asked for while one runs is now
+/// answered 409 at once.
+#[test]
+fn c4_a_reload_while_one_runs_is_refused_not_queued() {
+    let (plane, tx, _) = start(1, 1024, ControlConfig::default());
+    let addr = plane.addr();
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = calls.clone();
+    plane.set_reload_hook(Arc::new(move || {
+        c.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(600));
+        Ok(1)
+    }));
+    let first = std::thread::spawn(move || http(addr, "POST", "/reload", &[], b""));
+    wait_until("the first reload runs", 5, || {
+        calls.load(Ordering::Relaxed) == 1
+    });
+    let (code, body) = http(addr, "POST", "/reload", &[], b"");
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("already running"), "{body}");
+    assert_eq!(first.join().unwrap().0, 200);
+    // Once it has answered, the next one runs.
+    assert_eq!(http(addr, "POST", "/reload", &[], b"").0, 200);
+    assert_eq!(calls.load(Ordering::Relaxed), 2);
+    drop(tx);
     plane.shutdown(StopMode::Discard).unwrap();
 }

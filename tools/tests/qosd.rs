@@ -1010,3 +1010,54 @@ fn o4_hlog_write_failures_are_counted_and_leave_only_whole_lines() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// CPU time (user + system) of process `pid` so far, in clock ticks (100 a second).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("comm")
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// Control-API red team: out of file descriptors, the API's accept loop retried a
+/// failing `accept` at once, for ever: qosd burned a whole core (102 ticks of 100 in a
+/// second) while 80 connections were held against `ulimit -n 64`, and logged nothing.
+/// It now logs the failure and backs off; once the connections close, the API answers.
+#[test]
+fn the_api_backs_off_when_out_of_file_descriptors() {
+    let dir = tempdir("emfile");
+    let up = Sink::bind();
+    let path = dir.join("qosd.toml");
+    let text = config_text(
+        &[up.addr],
+        100,
+        "",
+        "[[rule]]\nname = \"all\"\nstream = \"header\"\nloadgen = true\nroute = { to = \"u0\" }\n",
+    );
+    std::fs::write(&path, text).expect("config");
+    let q = Qosd::spawn_under("ulimit -n 64", &path);
+    let pid = q.child.id();
+    let held: Vec<std::net::TcpStream> = (0..80)
+        .map(|_| std::net::TcpStream::connect(q.api).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let busy = cpu_ticks(pid) - before;
+    drop(held);
+    assert!(busy < 50, "{busy} ticks of 100 in a second: accept spins");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut logged = false;
+    while !logged && std::time::Instant::now() < deadline {
+        if let Ok(line) = q.stderr.recv_timeout(Duration::from_millis(100)) {
+            logged |= line.contains("control.accept_failed");
+        }
+    }
+    assert!(logged, "the accept failure is logged");
+    let (code, _) = http(q.api, "GET", "/healthz", &[], b"");
+    assert_eq!(code, 200, "the API answers once the connections are closed");
+}
