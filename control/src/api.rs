@@ -4,11 +4,11 @@
 //! | route | answer |
 //! | --- | --- |
 //! | `GET /metrics` | Prometheus text 0.0.4 (O1); OpenMetrics 1.0 when the `Accept` header asks for `application/openmetrics-text` |
-//! | `GET /healthz` | `{"state": ..., "healthy": ..., "warnings": [...]}`; 200 for NORMAL and DEGRADED (serving), 503 for SAFE and UNKNOWN; `warnings` names a failing metrics.db, audit log or `.hlog` |
+//! | `GET /healthz` | `{"state": ..., "healthy": ..., "warnings": [...]}`; 200 for NORMAL and DEGRADED (serving), 503 for SAFE and UNKNOWN, and 503 (not healthy) while a worker has failed; `warnings` names a failing metrics.db, audit log or `.hlog`, and a failed worker |
 //! | `GET /status` | policy version per worker, shard sizes, health, audit head, store state |
 //! | `GET /integrity` | the integrity report (O6) |
-//! | `POST /policy` | a policy document (TOML or JSON) in the body, its detached ed25519 signature (base64) in `X-Qos-Signature`; 200 applied or no-op, 400 invalid, 403 signature, 409 stale or conflicting version, 413 too large |
-//! | `POST /reload` | runs the embedder's reload hook ([`crate::plane::ControlPlane::set_reload_hook`]; qosd re-reads its configuration file, C4): 200 `{"reloaded": true, "policy_version": n}`, 409 refused (with the reason) or nothing to reload, 500 if the hook panicked |
+//! | `POST /policy` | a policy document (TOML or JSON) in the body, its detached ed25519 signature (base64) in `X-Qos-Signature`; 200 applied or no-op, 400 invalid, 403 signature, 408 body not received within the client timeout, 409 stale or conflicting version, 413 too large |
+//! | `POST /reload` | runs the embedder's reload hook ([`crate::plane::ControlPlane::set_reload_hook`]; qosd re-reads its configuration file, C4): 200 `{"reloaded": true, "policy_version": n}`, 409 refused (with the reason), nothing to reload, or a reload still running, 500 if the hook panicked |
 //!
 //! It binds loopback by default; another address needs `allow_remote` and a bearer
 //! token. With a token configured, every route but `/healthz` needs
@@ -16,7 +16,8 @@
 //!
 //! Clients cannot hold it: at most [`MAX_CONNECTIONS`] connections are served at once
 //! (more wait in the kernel's backlog), request headers and a policy's body must
-//! arrive within the client timeout ([`CLIENT_TIMEOUT`] by default), a body announced
+//! arrive within the client timeout ([`CLIENT_TIMEOUT`] by default), a connection lives
+//! at most [`LIFETIME_TIMEOUTS`] client timeouts, a body announced
 //! larger than a policy can be is refused (413) before it is read, one reload runs at
 //! a time (409 to the others), and a failing `accept` (out of file descriptors) is
 //! logged and backed off from rather than retried at once. `HEAD` is answered as `GET`
@@ -54,6 +55,10 @@ pub(crate) struct Limits {
     pub(crate) token: Option<String>,
     pub(crate) client_timeout: Duration,
 }
+
+/// A connection lives at most this many client timeouts (then it is shut down
+/// gracefully, with one more client timeout to finish).
+pub const LIFETIME_TIMEOUTS: u32 = 6;
 
 /// Pause after a failed `accept` (out of file descriptors, most likely).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
@@ -109,9 +114,14 @@ async fn serve<P: Send + 'static>(
         tokio::select! {
             _ = &mut stop => return,
             _ = ticker.tick() => lock(&state).tick(),
-            // At the connection cap, nothing is accepted until a connection ends (the
-            // next tick looks again).
-            accepted = listener.accept(), if connections.available_permits() > 0 => {
+            // At the connection cap, the next accept waits for a connection to end.
+            accepted = async {
+                let permit = connections.clone().acquire_owned().await;
+                (permit, listener.accept().await)
+            } => {
+                let (permit, accepted) = accepted;
+                // The semaphore is never closed.
+                let Ok(permit) = permit else { return };
                 let stream = match accepted {
                     Ok((stream, _)) => stream,
                     Err(e) => {
@@ -126,30 +136,67 @@ async fn serve<P: Send + 'static>(
                             );
                         }
                         accept_errors += 1;
+                        drop(permit);
                         tokio::time::sleep(ACCEPT_BACKOFF).await;
                         continue;
                     }
                 };
-                let Ok(permit) = connections.clone().try_acquire_owned() else { continue };
-                let state = state.clone();
-                let token = token.clone();
-                let reloads = reloads.clone();
+                let service = Service {
+                    state: state.clone(),
+                    token: token.clone(),
+                    reloads: reloads.clone(),
+                    client_timeout,
+                };
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        let state = state.clone();
-                        let token = token.clone();
-                        let reloads = reloads.clone();
-                        async move {
-                            Ok::<_, Infallible>(route(&state, token.as_deref(), &reloads, client_timeout, req).await)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .timer(hyper_util::rt::TokioTimer::new())
-                        .header_read_timeout(client_timeout)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    service.serve(stream).await;
                     drop(permit);
                 });
+            }
+        }
+    }
+}
+
+/// What one connection is served with.
+struct Service<P> {
+    state: Shared<P>,
+    token: Arc<Option<String>>,
+    reloads: Arc<tokio::sync::Semaphore>,
+    client_timeout: Duration,
+}
+
+impl<P: Send + 'static> Service<P> {
+    /// Serves one connection. Besides the header timeout (which also closes an idle
+    /// kept-alive connection), a connection lives at most [`LIFETIME_TIMEOUTS`] client
+    /// timeouts: a client that pipelines requests and never reads the answers stalls
+    /// hyper's writes, and with them its header timer. It then gets one more client
+    /// timeout to finish what is under way.
+    async fn serve(self, stream: tokio::net::TcpStream) {
+        let Self {
+            state,
+            token,
+            reloads,
+            client_timeout,
+        } = self;
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            let token = token.clone();
+            let reloads = reloads.clone();
+            async move {
+                let answer = route(&state, token.as_deref(), &reloads, client_timeout, req).await;
+                Ok::<_, Infallible>(answer)
+            }
+        });
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(client_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let mut connection = std::pin::pin!(connection);
+        let lifetime = client_timeout.saturating_mul(LIFETIME_TIMEOUTS);
+        tokio::select! {
+            _ = connection.as_mut() => {}
+            _ = tokio::time::sleep(lifetime) => {
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(client_timeout, connection).await;
             }
         }
     }
@@ -282,25 +329,31 @@ async fn route<P: Send + 'static>(
             }
         }
         (&Method::GET, "/healthz") => {
-            let (st, warnings) = {
+            let (st, warnings, failed) = {
                 let guard = lock(state);
-                (guard.health_state(), guard.warnings())
+                let failed = !guard.failed_workers().is_empty();
+                (guard.health_state(), guard.warnings(), failed)
             };
-            let code =
-                StatusCode::from_u16(st.http_status()).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            // A failed worker: 503 whatever the level (the warnings name it).
+            let code = match failed {
+                true => StatusCode::SERVICE_UNAVAILABLE,
+                false => StatusCode::from_u16(st.http_status())
+                    .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            };
             #[derive(Serialize)]
             struct Health {
                 state: crate::health::HealthState,
                 healthy: bool,
-                /// A failing metrics.db or audit log: reported, but the dataplane
-                /// serves on (the status code follows the dataplane's health only).
+                /// A failing metrics.db, audit log or .hlog (reported; the dataplane
+                /// serves on and the code follows its health), or a failed worker
+                /// (503).
                 warnings: Vec<String>,
             }
             json(
                 code,
                 &Health {
                     state: st,
-                    healthy: st.is_healthy(),
+                    healthy: st.is_healthy() && !failed,
                     warnings,
                 },
             )

@@ -14,7 +14,7 @@
 //! | `NORMAL` | no hazard | yes | 200 |
 //! | `DEGRADED` | a moderate hazard: the lowest tier is shed | yes (still serving; the body names the state) | 200 |
 //! | `SAFE` | a severe hazard: every tier but the highest is shed | no | 503 |
-//! | `UNKNOWN` | a worker's heartbeat is stale, a worker failed (its egress panicked), or no worker is observed: nothing can be vouched for | no, never | 503 |
+//! | `UNKNOWN` | a worker's heartbeat is stale (or no worker is observed): nothing can be vouched for | no, never | 503 |
 //!
 //! # Rules
 //!
@@ -30,10 +30,9 @@
 //!   state steps back *one* level after [`HealthConfig::recovery_hold_ns`] without the
 //!   hazard, and the hold starts again for the next step (`SAFE`, hold, `DEGRADED`, hold,
 //!   `NORMAL`). A hazard of the current level during the hold restarts it.
-//! * **Stale heartbeats and failed workers override everything**: any worker whose
-//!   heartbeat is at least [`HealthConfig::heartbeat_stale_ns`] old, a failed worker (a
-//!   caught egress panic; it stays failed until a restart), or an observation with no
-//!   worker makes the state `UNKNOWN`. While `UNKNOWN` the machine freezes: the observation is incomplete,
+//! * **Stale heartbeats override everything**: any worker whose heartbeat is at least
+//!   [`HealthConfig::heartbeat_stale_ns`] old (or an observation with no worker) makes the
+//!   state `UNKNOWN`. While `UNKNOWN` the machine freezes: the observation is incomplete,
 //!   so the shedding decided on the last complete one stays, and hold times and ring-full
 //!   streaks restart. When every heartbeat is fresh again the state becomes what the
 //!   hazards give: the level held before, or a higher one the current hazards call for
@@ -144,22 +143,19 @@ pub enum Hazard {
     WorkerStalled,
     /// A worker's heartbeat is stale (or no worker was observed).
     HeartbeatStale,
-    /// A worker failed (its egress panicked): it discards all it receives.
-    WorkerFailed,
     /// The hazard is gone: a step back toward `NORMAL`, or fresh heartbeats again.
     Recovered,
 }
 
 impl Hazard {
     /// `"pool_near_full"`, `"ingress_rings_full"`, `"worker_stalled"`,
-    /// `"heartbeat_stale"`, `"worker_failed"` or `"recovered"`.
+    /// `"heartbeat_stale"` or `"recovered"`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PoolNearFull => "pool_near_full",
             Self::IngressRingsFull => "ingress_rings_full",
             Self::WorkerStalled => "worker_stalled",
             Self::HeartbeatStale => "heartbeat_stale",
-            Self::WorkerFailed => "worker_failed",
             Self::Recovered => "recovered",
         }
     }
@@ -185,8 +181,6 @@ pub struct WorkerObservation {
     /// Times producers found one of this worker's ingress rings full since the
     /// previous tick.
     pub ring_full_events: u64,
-    /// The worker failed (its egress panicked): it runs on, discarding all it receives.
-    pub failed: bool,
 }
 
 /// One control tick's input.
@@ -466,11 +460,11 @@ impl HealthMachine {
         let now = obs.now_ns.max(self.latest_ns);
         self.latest_ns = now;
         let from = self.state();
-        if let Some((hazard, worker)) = self.unvouched(obs) {
+        if let Some(worker) = self.stale_worker(obs) {
             self.unknown = true;
             self.calm_since = None;
             self.ring_full_streak = 0;
-            return self.report(from, hazard, worker, now);
+            return self.report(from, Hazard::HeartbeatStale, worker, now);
         }
         let (observed, hazard, worker) = self.assess(obs);
         if self.unknown {
@@ -502,19 +496,15 @@ impl HealthMachine {
         self.report(from, Hazard::Recovered, None, now)
     }
 
-    /// Why nothing can be vouched for, if so: a failed worker, a stale heartbeat (with
-    /// the worker), or no worker observed.
-    fn unvouched(&self, obs: &Observation<'_>) -> Option<(Hazard, Option<usize>)> {
+    /// `Some(worker)` when a heartbeat is stale (`Some(None)`: no worker observed).
+    fn stale_worker(&self, obs: &Observation<'_>) -> Option<Option<usize>> {
         if obs.workers.is_empty() {
-            return Some((Hazard::HeartbeatStale, None));
-        }
-        if let Some(i) = obs.workers.iter().position(|w| w.failed) {
-            return Some((Hazard::WorkerFailed, Some(i)));
+            return Some(None);
         }
         obs.workers
             .iter()
             .position(|w| w.heartbeat_age_ns >= self.config.heartbeat_stale_ns)
-            .map(|i| (Hazard::HeartbeatStale, Some(i)))
+            .map(Some)
     }
 
     /// The level the hazards of this tick give, the hazard and the worker behind it.

@@ -235,6 +235,15 @@ pub enum ControlEvent {
         /// The policy version running after the reload.
         policy_version: u64,
     },
+    /// A worker failed: a panic in its egress (caught; the worker discards all it
+    /// receives) or in its thread. It stays failed until the process restarts.
+    #[serde(rename = "worker.failed")]
+    WorkerFailed {
+        /// The worker.
+        worker: usize,
+        /// What became of it.
+        reason: String,
+    },
     /// A configuration file was refused; the running configuration stays.
     #[serde(rename = "config.rejected")]
     ConfigRejected {
@@ -264,6 +273,7 @@ impl ControlEvent {
             ControlEvent::AuditTornTail { .. } => "audit.torn_tail",
             ControlEvent::ConfigReloaded { .. } => "config.reloaded",
             ControlEvent::ConfigRejected { .. } => "config.rejected",
+            ControlEvent::WorkerFailed { .. } => "worker.failed",
         }
     }
 
@@ -281,6 +291,7 @@ impl ControlEvent {
                 BackpressureSeverity::Warning => EventLevel::Warn,
                 BackpressureSeverity::Critical => EventLevel::Error,
             },
+            ControlEvent::WorkerFailed { .. } => EventLevel::Error,
             ControlEvent::HealthChanged { to, .. } if to.eq_ignore_ascii_case("normal") => {
                 EventLevel::Info
             }
@@ -549,6 +560,12 @@ pub fn emit(event: &ControlEvent) {
             event = name,
             trigger = trigger.as_str(),
             path = path.as_str(),
+            reason = reason.as_str()
+        ),
+        ControlEvent::WorkerFailed { worker, reason } => emit_at!(
+            level,
+            event = name,
+            worker = *worker,
             reason = reason.as_str()
         ),
     }

@@ -104,6 +104,16 @@ impl Default for ControlConfig {
     }
 }
 
+/// What a failed worker's `worker.failed` record says: with a fresh heartbeat it runs
+/// on (its egress panicked, caught), with a stale one its thread is gone.
+fn failure_reason(stale: bool) -> &'static str {
+    if stale {
+        "its thread panicked: what it held is lost, its streams get nothing"
+    } else {
+        "its egress panicked: it discards all it receives (counted egress_failed)"
+    }
+}
+
 /// Why the control plane could not start or stop.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -244,6 +254,8 @@ pub(crate) struct State<P> {
     db_period: DbPeriod,
     // health inputs
     last_stalls: Vec<u64>,
+    /// Workers announced as failed (`worker.failed`).
+    failed: Vec<bool>,
     last_ring_full: u64,
     // histories
     backpressure: std::collections::VecDeque<Interval>,
@@ -391,6 +403,7 @@ impl<P: Send + 'static> State<P> {
             tier_alloc_mbps: Vec::new(),
             db_period: DbPeriod::default(),
             last_stalls: vec![0; workers],
+            failed: vec![false; workers],
             last_ring_full: 0,
             backpressure: std::collections::VecDeque::new(),
             open_backpressure: std::collections::HashMap::new(),
@@ -699,7 +712,22 @@ impl<P: Send + 'static> State<P> {
         let ring_full: u64 = dp.ring_full_events().iter().sum();
         let ring_delta = ring_full.saturating_sub(self.last_ring_full);
         self.last_ring_full = ring_full;
-        let states = dp.worker_states();
+        // A worker that failed is announced once (log and audit); it stays failed until
+        // a restart, and `/healthz` answers 503 meanwhile. The health machine goes on
+        // judging every worker's heartbeat and pool, so shedding keeps following the
+        // load the others carry.
+        for (w, st) in dp.worker_states().iter().enumerate() {
+            if *st == WorkerState::Panicked && !self.failed.get(w).copied().unwrap_or(true) {
+                self.failed[w] = true;
+                let stale = stats.get(w).is_none_or(|s| {
+                    now_ns.saturating_sub(s.heartbeat_ns) >= self.config.health.heartbeat_stale_ns
+                });
+                self.record(&ControlEvent::WorkerFailed {
+                    worker: w,
+                    reason: failure_reason(stale).into(),
+                });
+            }
+        }
         let obs: Vec<WorkerObservation> = stats
             .iter()
             .enumerate()
@@ -711,7 +739,6 @@ impl<P: Send + 'static> State<P> {
                     pool_queued: u64::from(s.shard.descriptors_in_use),
                     pool_capacity: u64::from(s.shard.descriptor_capacity),
                     ring_full_events: if w == 0 { ring_delta } else { 0 },
-                    failed: states.get(w) == Some(&WorkerState::Panicked),
                 }
             })
             .collect();
@@ -1057,8 +1084,20 @@ impl<P: Send + 'static> State<P> {
     }
 
     /// What fails beside the dataplane's traffic (metrics.db, the audit log, the .hlog),
-    /// never a reason to shed traffic, and a worker that failed (its egress panicked;
-    /// the health state is then `UNKNOWN`): reported by `/status` and `/healthz`.
+    /// never a reason to shed traffic, and a worker that failed (`/healthz` then answers
+    /// 503): reported by `/status` and `/healthz`.
+    /// Workers that failed (a panic in their egress or their thread), by index.
+    pub(crate) fn failed_workers(&self) -> Vec<usize> {
+        self.dataplane.as_ref().map_or_else(Vec::new, |dp| {
+            dp.worker_states()
+                .iter()
+                .enumerate()
+                .filter(|(_, st)| **st == WorkerState::Panicked)
+                .map(|(w, _)| w)
+                .collect()
+        })
+    }
+
     pub(crate) fn warnings(&self) -> Vec<String> {
         let store = self.store.as_ref().map(|s| s.status());
         self.warnings_with(store.as_ref().and_then(StoreStatus::failing))
@@ -1076,15 +1115,12 @@ impl<P: Send + 'static> State<P> {
         if let Some(e) = &self.hlog_error {
             warnings.push(format!(".hlog failing: {e}"));
         }
-        if let Some(dp) = self.dataplane.as_ref() {
-            for (w, st) in dp.worker_states().iter().enumerate() {
-                if *st == WorkerState::Panicked {
-                    warnings.push(format!(
-                        "worker {w} failed (its egress panicked): it discards everything it \
-                         receives, counted egress_failed; restart to recover"
-                    ));
-                }
-            }
+        for w in self.failed_workers() {
+            warnings.push(format!(
+                "worker {w} failed: a panic in its egress (it discards all it receives, \
+                 counted egress_failed) or in its thread (what it held is lost); restart to \
+                 recover"
+            ));
         }
         warnings
     }

@@ -20,7 +20,6 @@ fn w(pool_pct: u64) -> WorkerObservation {
         pool_queued: pool_pct,
         pool_capacity: 100,
         ring_full_events: 0,
-        failed: false,
     }
 }
 
@@ -316,40 +315,6 @@ fn the_most_severe_hazard_is_named() {
         (t[0].to, t[0].hazard, t[0].worker),
         (Safe, Hazard::PoolNearFull, Some(1))
     );
-}
-
-/// A failed worker (its egress panicked) keeps a fresh heartbeat: the machine must not
-/// read it as healthy. UNKNOWN from any state, hazard `worker_failed`, and for as long
-/// as the worker stays failed; the shed set stays frozen.
-#[test]
-fn a_failed_worker_is_unknown_from_any_state_and_stays_so() {
-    let failed = |mut o: WorkerObservation| {
-        o.failed = true;
-        o
-    };
-    for (pool, level) in [(10, Normal), (85, Degraded), (97, Safe)] {
-        let mut m = normal(TierOrder::highest_first(3));
-        tick(&mut m, S, &[w(pool), w(pool)]);
-        let shed = m.shed_tiers();
-        let t = tick(&mut m, 2 * S, &[w(pool), failed(w(pool))]);
-        assert_eq!(
-            t,
-            [tr(
-                level,
-                Unknown,
-                Hazard::WorkerFailed,
-                Some(1),
-                &shed,
-                2 * S
-            )]
-        );
-        assert_eq!(Hazard::WorkerFailed.as_str(), "worker_failed");
-        for k in 3..20 {
-            assert!(tick(&mut m, k * S, &[w(10), failed(w(10))]).is_empty());
-            assert_eq!(m.state(), Unknown);
-            assert_eq!(m.shed_tiers(), shed);
-        }
-    }
 }
 
 #[test]

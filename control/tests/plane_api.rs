@@ -576,12 +576,13 @@ fn o5_health_follows_hazards_and_healthz_codes() {
 }
 
 /// O5: a worker whose egress panicked keeps a fresh heartbeat (it runs on, discarding
-/// what it receives), so the health machine, which read only heartbeats, called the
-/// gateway NORMAL while every packet of that worker was discarded. A failed worker now
-/// makes the state UNKNOWN (503, hazard `worker_failed`), `/healthz` and `/status` name
-/// it, and the integrity report still balances.
+/// what it receives), so `/healthz`, which followed the health machine's heartbeats
+/// and pools only, answered 200 NORMAL while every packet of that worker was
+/// discarded. A failed worker now makes `/healthz` answer 503 (not healthy) and name
+/// it, is audited once as `worker.failed`, and leaves the health machine judging the
+/// load (nothing is shed for the failure itself).
 #[test]
-fn o5_a_failed_worker_makes_healthz_unknown_and_names_it() {
+fn o5_a_failed_worker_makes_healthz_503_and_is_audited_once() {
     let dir = temp_dir("failed-worker");
     let audit = dir.join("audit.jsonl");
     let (plane, mut tx, sw) = start(
@@ -598,12 +599,18 @@ fn o5_a_failed_worker_makes_healthz_unknown_and_names_it() {
     push(&mut tx, h, 10);
     sw.fail.store(true, Ordering::Relaxed);
     let _ = tx.enqueue(h, 99, 500);
-    wait_until("UNKNOWN", 10, || plane.health() == HealthState::Unknown);
-    // It stays so: the worker's heartbeat is fresh, yet it is failed.
+    wait_until("/healthz 503", 10, || {
+        http(addr, "GET", "/healthz", &[], b"").0 == 503
+    });
+    // It stays so (the worker's heartbeat is fresh, yet it is failed). The state is the
+    // level the load gives (the panic's long iteration may count as a stall), not
+    // UNKNOWN: the machine is not frozen by the failure.
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(plane.health(), HealthState::Unknown);
     let (code, body) = http(addr, "GET", "/healthz", &[], b"");
     assert_eq!(code, 503, "{body}");
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["healthy"], false, "{body}");
+    assert_ne!(health["state"], "UNKNOWN", "{body}");
     assert!(body.contains("worker 0 failed"), "{body}");
     let (_, status) = http(addr, "GET", "/status", &[], b"");
     assert!(status.contains("worker 0 failed"), "{status}");
@@ -612,10 +619,13 @@ fn o5_a_failed_worker_makes_healthz_unknown_and_names_it() {
         panic!("the worker's panic is reported at shutdown");
     };
     let log = std::fs::read_to_string(&audit).unwrap();
-    assert!(
-        log.contains("\"to\":\"UNKNOWN\",\"reason\":\"worker_failed\""),
+    assert_eq!(
+        log.matches("\"event\":\"worker.failed\"").count(),
+        1,
         "{log}"
     );
+    assert!(log.contains("its egress panicked"), "{log}");
+    assert!(qos_control::audit::verify(&audit).unwrap().is_ok());
 }
 
 /// The API binds loopback unless told otherwise; a token guards every route but
@@ -743,7 +753,6 @@ fn api_clients_cannot_hold_connections_and_requests_are_checked_up_front() {
     // Half a request, and nothing at all: closed after the client timeout.
     for half in [&b"GET /metrics HTTP/1.1\r\nHost: x\r\n"[..], b""] {
         let (got, took) = raw(addr, half, Duration::from_secs(10));
-        eprintln!("DBG {took:?} {got:?}");
         assert!(
             took < Duration::from_secs(5),
             "held {took:?}; answered {got:?}"
@@ -756,7 +765,7 @@ fn api_clients_cannot_hold_connections_and_requests_are_checked_up_front() {
         Duration::from_secs(10),
     );
     assert!(got.starts_with("HTTP/1.1 413"), "{got}");
-    assert!(took < timeout, "answered after {took:?}");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
     // A body that stops coming: 408 after the client timeout.
     let (got, took) = raw(
         addr,
@@ -831,9 +840,15 @@ fn c4_a_reload_while_one_runs_is_refused_not_queued() {
     let addr = plane.addr();
     let calls = Arc::new(AtomicU64::new(0));
     let c = calls.clone();
+    // The first reload holds until the test lets it go.
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let held = std::sync::Mutex::new(Some(held));
     plane.set_reload_hook(Arc::new(move || {
         c.fetch_add(1, Ordering::Relaxed);
-        std::thread::sleep(Duration::from_millis(600));
+        let first = held.lock().unwrap().take();
+        if let Some(held) = first {
+            let _ = held.recv_timeout(Duration::from_secs(20));
+        }
         Ok(1)
     }));
     let first = std::thread::spawn(move || http(addr, "POST", "/reload", &[], b""));
@@ -843,10 +858,71 @@ fn c4_a_reload_while_one_runs_is_refused_not_queued() {
     let (code, body) = http(addr, "POST", "/reload", &[], b"");
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("already running"), "{body}");
+    release.send(()).unwrap();
     assert_eq!(first.join().unwrap().0, 200);
     // Once it has answered, the next one runs.
     assert_eq!(http(addr, "POST", "/reload", &[], b"").0, 200);
     assert_eq!(calls.load(Ordering::Relaxed), 2);
+    drop(tx);
+    plane.shutdown(StopMode::Discard).unwrap();
+}
+
+/// Control-API review: a client that pipelines requests and never reads the answers
+/// stalls hyper's writes, and with them the header timer: it held its connection (one
+/// of the 256) for good, without a token (`/metrics` here; `/healthz` needs none). A
+/// connection now lives at most a few client timeouts: the server closes it with most
+/// of the pipelined requests unanswered.
+#[test]
+fn api_a_client_that_never_reads_cannot_hold_its_connection() {
+    use std::io::{Read, Write};
+    let timeout = Duration::from_millis(300);
+    let (plane, tx, _) = start(
+        1,
+        1024,
+        ControlConfig {
+            client_timeout: timeout,
+            ..ControlConfig::default()
+        },
+    );
+    let addr = plane.addr();
+    let (_, metrics) = http(addr, "GET", "/metrics", &[], b"");
+    // Enough answers to fill both sockets' buffers many times over.
+    let n = (64 << 20) / metrics.len().max(1) + 1;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let writer = {
+        let mut s = s.try_clone().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..n {
+                if s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })
+    };
+    // Not reading for well past the lifetime (6 client timeouts) and its grace.
+    std::thread::sleep(timeout * 10);
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut answers = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    let mut carry = Vec::new();
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => {
+                carry.extend_from_slice(&buf[..k]);
+                answers += carry.windows(12).filter(|w| w == b"HTTP/1.1 200").count();
+                let keep = carry.len().saturating_sub(11);
+                carry.drain(..keep);
+            }
+        }
+    }
+    let _ = writer.join();
+    assert!(
+        answers < n,
+        "{answers} of {n} pipelined requests answered: the connection was never cut"
+    );
     drop(tx);
     plane.shutdown(StopMode::Discard).unwrap();
 }

@@ -914,6 +914,24 @@ fn t6_a_failed_worker_leaves_the_link_to_the_others() {
     }
     rates.sort_unstable();
     let median = rates[rates.len() / 2];
+    // A policy published after the failure is adopted by the failed worker too; it
+    // must not take a part of the link back with it.
+    dp.publish_policy({
+        let mut spec = (*linked(link, 200_000)).spec().clone();
+        spec.version = 2;
+        Arc::new(spec.build().unwrap())
+    })
+    .unwrap();
+    let clock = Clock::start();
+    while dp.policy_versions() != vec![2, 2] {
+        assert!(
+            clock.now_ns() < 10_000_000_000,
+            "{:?}",
+            dp.policy_versions()
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+    thread::sleep(Duration::from_millis(20));
     let stats = dp.stats();
     assert_eq!(stats[1].link_rate_bps, 0, "the failed worker paces nothing");
     assert!(

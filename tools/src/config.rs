@@ -230,6 +230,10 @@ pub struct ControlSection {
     /// Path of an ed25519 verifying key: policies posted to the API must be signed.
     #[serde(default)]
     pub verifying_key: Option<PathBuf>,
+    /// Time an API client has to send a request's headers (the idle limit of a
+    /// kept-alive connection too) and a policy's body, ms.
+    #[serde(default = "default_client_timeout_ms")]
+    pub client_timeout_ms: u64,
 }
 
 impl ControlSection {
@@ -247,6 +251,7 @@ impl ControlSection {
             metrics_db,
             series_limit,
             verifying_key,
+            client_timeout_ms,
         } = self;
         vec![
             ("control.listen", listen.to_string()),
@@ -261,6 +266,7 @@ impl ControlSection {
             ("control.metrics_db", metrics_db.to_string()),
             ("control.series_limit", series_limit.to_string()),
             ("control.verifying_key", format!("{verifying_key:?}")),
+            ("control.client_timeout_ms", client_timeout_ms.to_string()),
         ]
     }
 }
@@ -280,6 +286,9 @@ fn default_true() -> bool {
 fn default_series() -> usize {
     100
 }
+fn default_client_timeout_ms() -> u64 {
+    10_000
+}
 
 impl Default for ControlSection {
     fn default() -> Self {
@@ -293,6 +302,7 @@ impl Default for ControlSection {
             metrics_db: true,
             series_limit: default_series(),
             verifying_key: None,
+            client_timeout_ms: default_client_timeout_ms(),
         }
     }
 }
@@ -479,6 +489,13 @@ impl GatewayConfig {
         }
         if control.metrics_db_period_ms == 0 {
             return Err(invalid("control.metrics_db_period_ms", 0, "> 0"));
+        }
+        if !(1..=3_600_000).contains(&control.client_timeout_ms) {
+            return Err(invalid(
+                "control.client_timeout_ms",
+                control.client_timeout_ms,
+                "1..=3600000",
+            ));
         }
         let policy_text = toml::to_string(&file.policy)
             .map_err(|e| ConfigError::Parse(format!("policy: {e}")))?;

@@ -341,9 +341,9 @@ struct ErrorBody {
 ///
 /// # Errors
 /// [`CtlError::Refused`] with the server's status and reason (400 invalid, 401 token,
-/// 403 signature, 409 stale or conflicting version, 413 too large); [`CtlError::Http`]
-/// when the API cannot be reached; [`CtlError::Key`], [`CtlError::Read`],
-/// [`CtlError::BadSignatureFile`] for local files.
+/// 403 signature, 408 body too slow, 409 stale or conflicting version, 413 too large);
+/// [`CtlError::Http`] when the API cannot be reached; [`CtlError::Key`],
+/// [`CtlError::Read`], [`CtlError::BadSignatureFile`] for local files.
 pub fn apply_policy(
     api: &ApiClient,
     document: &Path,

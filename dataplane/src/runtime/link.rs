@@ -6,11 +6,13 @@
 //! 1. publishes, in its own single-writer [`DemandSlot`], its demand per tier: the
 //!    tier's recent arrival rate (an EWMA over periods, so traffic that AQM or tail drop trims still counts) plus its queued bytes spread
 //!    over [`QUEUE_HORIZON_NS`], so a backlogged tier asks for far more than a link;
-//! 2. reads every slot and runs the same deterministic [`allocate`] every worker runs:
-//!    tiers share the link by policy share, capped by their total demand (water
+//! 2. reads every slot and runs the same deterministic [`allocate_among`] every worker
+//!    runs: tiers share the link by policy share, capped by their total demand (water
 //!    filling, so an idle or light tier lends the rest, S2); each tier's allocation is
 //!    split equally between the workers that carry it, capped by their demand; what no
-//!    one asks for is spread evenly as slack;
+//!    one asks for is spread evenly as slack over the workers still running (a worker
+//!    that ended or failed asks for nothing and gets none; workers may count the live
+//!    ones a period apart, and the ledger below still bounds the sum);
 //! 3. moves its own pacing rate toward its allocation through the [`RateLedger`]: a
 //!    decrease is applied to its scheduler first and then returned to the ledger; an
 //!    increase is first claimed from the ledger (compare-and-swap, never beyond the

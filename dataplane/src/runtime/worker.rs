@@ -322,9 +322,8 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     fn iteration(&mut self, now: u64) -> Progress {
         let now = self.adopt_policy(now);
         // A raised link rate applies from a fresh clock reading: the rest of the
-        // iteration (and the egress's timestamps) run at that time. A worker whose
-        // egress failed sends nothing and takes no part of the link.
-        let now = if self.sunk { now } else { self.share_link(now) };
+        // iteration (and the egress's timestamps) run at that time.
+        let now = self.share_link(now);
         self.shed_prios = self.shed_priorities();
         let mut busy = self.take_ingress(now);
         busy |= self.take_shm(now, false);
@@ -908,6 +907,11 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     /// through the ledger (see `link.rs`).
     /// Returns the time the rest of the iteration runs at.
     fn share_link(&mut self, now: u64) -> u64 {
+        // A worker whose egress failed sends nothing and takes no part of the link
+        // (`sink` gave its part back), whatever policy it adopts later.
+        if self.sunk {
+            return now;
+        }
         let Some(link) = self.adopted.spec().link else {
             if let Some(st) = self.link.take() {
                 // Without a link this worker asks for nothing: a link set again later
