@@ -703,12 +703,13 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         }
     }
 
-    /// After the egress panicked: discards everything the worker holds as a
-    /// discarding stop does (queued packets dropped `closed` by the scheduler), except
-    /// that the dequeued, untaken ones count as `egress_failed`, and nothing goes to
-    /// the egress. The worker then runs on, discarding what still reaches it (a
-    /// producer that passed its check just before the worker closed), until the
-    /// dataplane stops.
+    /// After the egress panicked: takes what is in the rings, closes every stream (its
+    /// queue dropped `closed` by the scheduler, its report window carried into the next
+    /// report, as when a producer closes it), counts the dequeued, untaken packets as
+    /// `egress_failed`, gives its part of the link back, and hands nothing to the
+    /// egress. The worker then runs on, discarding what still reaches it (a producer
+    /// that passed its check just before the worker closed, a shared-memory peer),
+    /// until the dataplane stops.
     fn sink(&mut self, now: u64) {
         // Not the last read: what arrives later is read by the next iterations, so no
         // wait at the producers' gates.
