@@ -32,9 +32,11 @@
 //!
 //! Each append is one `write_all` of the whole line and its newline on an unbuffered
 //! file opened for appending, so a crash leaves at most one torn line: bytes after the
-//! last newline. [`AuditLog::open`] cuts such a tail off and appends an
-//! `audit.torn_tail` record with the torn bytes' offset, length and SHA-256, so the
-//! evidence stays in the chain while the chain itself stays intact. Anything else wrong
+//! last newline, at most one line long and beginning as the next record does.
+//! [`AuditLog::open`] cuts such a tail off and appends an `audit.torn_tail` record with
+//! the torn bytes' offset, length and SHA-256, so the evidence stays in the chain while
+//! the chain itself stays intact. A tail no crash of the writer can have left is refused
+//! ([`AuditError::ForeignTail`]) and left in place: it is someone else's. Anything else wrong
 //! with the file (a changed, missing or moved line) makes `open` refuse with
 //! [`AuditError::Corrupt`], naming the line: extending a broken chain would bless it.
 //!
@@ -53,6 +55,7 @@ mod verify;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -268,6 +271,22 @@ pub enum AuditError {
         /// The first problem, naming the line.
         report: VerifyReport,
     },
+    /// The bytes after the last complete line cannot have been left by a crash of the
+    /// writer (longer than one record, or not the start of record `next_seq`): the file
+    /// is not this writer's log, or someone wrote to it. `open` refuses to cut them.
+    #[error(
+        "audit log {path}: {bytes} bytes at byte {offset} after the last complete line are not a torn record (expected at most one line starting {{\"seq\":{next_seq},); refusing to cut them: is this the right file?"
+    )]
+    ForeignTail {
+        /// The log file.
+        path: PathBuf,
+        /// Where the bytes start.
+        offset: u64,
+        /// How many there are.
+        bytes: u64,
+        /// The seq a torn record would carry.
+        next_seq: u64,
+    },
     /// Another [`AuditLog`] (in this or another process) holds the file.
     #[error("audit log {path}: already open for writing elsewhere (flock held)")]
     Locked {
@@ -373,18 +392,34 @@ impl AuditLog {
             .map_err(|source| io_error(&path, "open", source))?;
         regular_file(&file, &path)?;
         lock(&file, &path)?;
-        let scan = verify::scan(BufReader::new(&file)).map_err(|e| io_error(&path, "read", e))?;
-        let report = verify::judge(&scan, anchor);
+        let checked =
+            verify::check(BufReader::new(&file), anchor).map_err(|e| io_error(&path, "read", e))?;
         if !matches!(
-            report,
+            checked.report,
             VerifyReport::Ok { .. } | VerifyReport::TornTail { .. }
         ) {
-            return Err(AuditError::Corrupt { path, report });
+            return Err(AuditError::Corrupt {
+                path,
+                report: checked.report,
+            });
         }
-        let (next_seq, last_hash) = scan.last().map_or((0, GENESIS), |(s, h)| (s + 1, h));
-        // From the scan, not a stat: bytes someone appended after the read must not be
+        let (next_seq, last_hash) = checked
+            .last
+            .map_or((0, GENESIS), |(s, h)| (s.saturating_add(1), h));
+        // Only what a crash of this writer can leave is cut: the start of the next
+        // record, at most one line long. Anything else (a file that is not an audit
+        // log, a tail someone wrote) is refused and left as it is.
+        if let Some(torn) = checked.torn.filter(|t| !t.could_be_record(next_seq)) {
+            return Err(AuditError::ForeignTail {
+                path,
+                offset: torn.offset,
+                bytes: torn.bytes,
+                next_seq,
+            });
+        }
+        // From the read, not a stat: bytes someone appended after the read must not be
         // counted as part of the chain.
-        let len = scan.complete_len;
+        let len = checked.complete_len;
         let mut log = AuditLog {
             path,
             file,
@@ -394,7 +429,7 @@ impl AuditLog {
             len,
             poisoned: false,
         };
-        if let Some(torn) = scan.torn {
+        if let Some(torn) = checked.torn {
             log.cut_torn_tail(torn)?;
         }
         Ok(log)
@@ -552,10 +587,17 @@ pub fn verify_with_anchor(
 }
 
 fn verify_inner(path: &Path, anchor: Option<Anchor>) -> Result<VerifyReport, AuditError> {
-    let file = File::open(path).map_err(|e| io_error(path, "open", e))?;
+    // Non-blocking: opening a FIFO for reading would otherwise wait for a writer, and
+    // the type check below would never run. Regular files ignore the flag.
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| io_error(path, "open", e))?;
     regular_file(&file, path)?;
-    let scan = verify::scan(BufReader::new(file)).map_err(|e| io_error(path, "read", e))?;
-    Ok(verify::judge(&scan, anchor))
+    let checked =
+        verify::check(BufReader::new(file), anchor).map_err(|e| io_error(path, "read", e))?;
+    Ok(checked.report)
 }
 
 /// The record a head anchors, or `None` for the empty head.

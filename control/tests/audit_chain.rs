@@ -788,3 +788,85 @@ fn directories_and_devices_are_refused_not_read_forever() {
         assert!(err.to_string().contains("/dev/zero"), "{err}");
     }
 }
+
+/// Audit red team: opening the writer on a file whose last bytes were not a torn record
+/// cut them, whatever they were: a 3 MiB file without a newline (not an audit log at
+/// all) was cut to nothing, and 5 MiB after a valid log were cut too, both "recorded"
+/// as a torn tail. Only what a crash of the writer can leave (at most one line, the
+/// start of the next record) is cut now; anything else is refused, the file untouched.
+#[test]
+fn opening_refuses_to_cut_a_tail_a_crash_cannot_have_left() {
+    let dir = TempDir::new("foreign");
+    let path = dir.path("not-audit.bin");
+    let junk = vec![b'A'; 3 << 20];
+    fs::write(&path, &junk).unwrap();
+    match AuditLog::open(&path, AuditOptions::default()) {
+        Err(e @ AuditError::ForeignTail { .. }) => {
+            assert!(e.to_string().contains("3145728 bytes at byte 0"), "{e}");
+        }
+        other => panic!("expected ForeignTail, got {other:?}"),
+    }
+    assert_eq!(fs::read(&path).unwrap(), junk, "the file is left as it was");
+    // A valid log, then 5 MiB without a newline.
+    let path = dir.path("audit.jsonl");
+    write_log(&path);
+    let mut bytes = fs::read(&path).unwrap();
+    bytes.extend(std::iter::repeat_n(b'x', 5 << 20));
+    fs::write(&path, &bytes).unwrap();
+    assert!(matches!(
+        AuditLog::open(&path, AuditOptions::default()),
+        Err(AuditError::ForeignTail { next_seq: 20, .. })
+    ));
+    assert_eq!(fs::read(&path).unwrap(), bytes);
+    // A short tail that is not the start of record 20 is refused too.
+    let mut short = fs::read(&path).unwrap();
+    short.truncate(short.len() - (5 << 20));
+    short.extend_from_slice(b"{\"seq\":7,");
+    fs::write(&path, &short).unwrap();
+    assert!(matches!(
+        AuditLog::open(&path, AuditOptions::default()),
+        Err(AuditError::ForeignTail { .. })
+    ));
+    // The start of record 20, cut anywhere, is still repaired.
+    for cut in [1, 5, 9, 40] {
+        let mut torn = short[..short.len() - 9].to_vec();
+        torn.extend_from_slice(&b"{\"seq\":20,\"ts_unix_ms\":1795429598686,\"pr"[..cut]);
+        fs::write(&path, &torn).unwrap();
+        let log = AuditLog::open(&path, AuditOptions::default()).unwrap();
+        assert_eq!(log.head().next_seq, 21, "cut {cut}");
+        drop(log);
+        assert!(verify(&path).unwrap().is_ok());
+        // Back to 20 records for the next cut.
+        let lines = lines_of(&path);
+        write_lines(&path, &lines[..20]);
+    }
+}
+
+/// Audit red team: `verify` opened a FIFO for reading, which waits for a writer, so
+/// `qos-ctl audit verify` on one hung for ever before its "not a regular file" check.
+#[test]
+fn verifying_a_fifo_is_refused_at_once() {
+    let dir = TempDir::new("fifo");
+    let fifo = dir.path("audit.jsonl");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(verify(&p).map(|_| ()).map_err(|e| e.to_string()));
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(Err(e)) => assert!(e.contains("not a regular file"), "{e}"),
+        Ok(Ok(())) => panic!("a FIFO verified as a log"),
+        Err(_) => {
+            // Unblock the stuck verifier so the test process can end, then fail.
+            let _w = fs::OpenOptions::new().write(true).open(&fifo);
+            panic!("verify blocked on a FIFO");
+        }
+    }
+}

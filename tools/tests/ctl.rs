@@ -909,3 +909,27 @@ fn hdr_print_and_plot_skip_a_torn_last_line_with_a_warning() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("the last line is incomplete"), "{err}");
 }
+
+/// Audit red team: the verifier kept 80 bytes for every line before judging, so a file
+/// of newlines took 80 times its size (8 MiB: 662 MB). It now judges while reading and
+/// stops at the first problem: a 64 MiB file of newlines (5 GB before) is refused at
+/// line 1 under a 256 MB address-space limit, and so is a valid log followed by them.
+#[test]
+fn audit_verify_of_a_hostile_file_fits_in_bounded_memory() {
+    let dir = TempDir::new("audit-newlines");
+    let path = dir.path("audit.jsonl");
+    std::fs::write(&path, vec![b'\n'; 64 << 20]).unwrap();
+    let out = Command::new("prlimit")
+        .arg(format!("--as={}", 256u64 << 20))
+        .arg(env!("CARGO_BIN_EXE_qos-ctl"))
+        .args(["audit", "verify", &s(&path)])
+        .output()
+        .expect("prlimit (util-linux) runs qos-ctl");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(ctl::EXIT_REFUSED)),
+        "{err}"
+    );
+    assert!(err.contains("line 1: tampered"), "{err}");
+}

@@ -1,8 +1,10 @@
-//! Reading an audit file into per-line chain facts ([`scan`]) and judging them
-//! ([`judge`]): the one place that decides which line is named.
+//! Reading an audit file and judging its chain in one streaming pass ([`check`]): the
+//! one place that decides which line is named.
 //!
-//! The scan streams the file and keeps 72 bytes per line (seq, prev, own hash), never
-//! the lines themselves, so a long log costs little memory. The judgement is pure.
+//! The pass keeps the previous line's seq and hash, never the lines: a log of any
+//! length, and a hostile file of millions of short lines, cost a few kilobytes. Where a
+//! link breaks, it reads ahead only as far as the judgement needs (the next line, or
+//! the rest of the file for the seq it expected) and stops at the first problem.
 
 use std::io::{self, BufRead, Read};
 
@@ -14,7 +16,7 @@ use crate::logs::hex;
 
 /// What the chain needs from one complete line.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum LineInfo {
+enum LineInfo {
     /// A JSON object with a numeric `seq`, a 64-hex-digit `prev` and a string `event`.
     Parsed {
         seq: u64,
@@ -35,25 +37,32 @@ pub(super) struct Torn {
     pub(super) bytes: u64,
     /// Their SHA-256.
     pub(super) sha256: [u8; 32],
+    /// Their first bytes (up to 32), and how many of those there are.
+    pub(super) head: [u8; 32],
+    pub(super) head_len: usize,
 }
 
-/// The whole file, line by line.
-#[derive(Debug, Default)]
-pub(super) struct Scan {
-    pub(super) lines: Vec<LineInfo>,
-    pub(super) torn: Option<Torn>,
+impl Torn {
+    /// Whether these bytes can be the start of the record the writer appends next
+    /// (`{"seq":N,...`): no longer than one record line, and beginning as one does.
+    /// Anything else was not torn by a crash of the writer.
+    pub(super) fn could_be_record(&self, next_seq: u64) -> bool {
+        let start = format!("{{\"seq\":{next_seq},");
+        let n = self.head_len.min(start.len());
+        self.bytes <= MAX_LINE_BYTES as u64 + 1 && self.head[..n] == start.as_bytes()[..n]
+    }
+}
+
+/// The judgement of a file, and what a writer continuing it needs.
+#[derive(Debug)]
+pub(super) struct Checked {
+    pub(super) report: VerifyReport,
+    /// Seq and hash of the last complete line (`None` for an empty file); meaningful
+    /// when the report is `Ok` or `TornTail`.
+    pub(super) last: Option<(u64, [u8; 32])>,
     /// Bytes of the complete lines (the offset of the torn tail, if any).
     pub(super) complete_len: u64,
-}
-
-impl Scan {
-    /// Seq and hash of the last complete line if it parsed (`None` for an empty file).
-    pub(super) fn last(&self) -> Option<(u64, [u8; 32])> {
-        match self.lines.last() {
-            Some(LineInfo::Parsed { seq, hash, .. }) => Some((*seq, *hash)),
-            _ => None,
-        }
-    }
+    pub(super) torn: Option<Torn>,
 }
 
 /// The record the chain was anchored at: `seq` must hash to `hash`.
@@ -74,50 +83,142 @@ struct ChainFields {
     event: String,
 }
 
-/// Reads every line of `reader`.
-pub(super) fn scan<R: BufRead>(mut reader: R) -> io::Result<Scan> {
-    let mut scan = Scan::default();
-    let mut offset = 0u64;
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
+/// One step of the reader.
+enum Item {
+    /// A complete line and its length with the newline.
+    Line(LineInfo, u64),
+    /// Bytes after the last newline.
+    Torn(Torn),
+}
+
+/// Reads lines one at a time, each at most [`MAX_LINE_BYTES`] in memory.
+struct Lines<R> {
+    reader: R,
+    offset: u64,
+    buf: Vec<u8>,
+}
+
+impl<R: BufRead> Lines<R> {
+    fn next(&mut self) -> io::Result<Option<Item>> {
+        self.buf.clear();
         let limit = MAX_LINE_BYTES as u64 + 1;
-        let n = reader.by_ref().take(limit).read_until(b'\n', &mut buf)?;
+        let n = self
+            .reader
+            .by_ref()
+            .take(limit)
+            .read_until(b'\n', &mut self.buf)? as u64;
         if n == 0 {
-            return Ok(scan);
+            return Ok(None);
         }
-        if let Some(content) = buf.strip_suffix(b"\n") {
-            scan.lines.push(parse_line(content));
-            offset += n as u64;
-            scan.complete_len = offset;
-        } else if n as u64 == limit {
+        let start = self.offset;
+        let mut head = [0u8; 32];
+        let head_len = self.buf.len().min(32);
+        head[..head_len].copy_from_slice(&self.buf[..head_len]);
+        if let Some(content) = self.buf.strip_suffix(b"\n") {
+            let info = parse_line(content);
+            self.offset += n;
+            return Ok(Some(Item::Line(info, n)));
+        }
+        if n == limit {
             // Longer than any line the writer produces: skip to its end.
             let mut hasher = Sha256::new();
-            hasher.update(&buf);
-            let (rest, ended) = skip_line(&mut reader, &mut hasher)?;
-            let bytes = n as u64 + rest;
+            hasher.update(&self.buf);
+            let (rest, ended) = skip_line(&mut self.reader, &mut hasher)?;
+            let bytes = n + rest;
             if ended {
-                scan.lines.push(LineInfo::Bad);
-                offset += bytes;
-                scan.complete_len = offset;
-            } else {
-                scan.torn = Some(Torn {
-                    offset,
-                    bytes,
-                    sha256: hasher.finalize().into(),
-                });
-                return Ok(scan);
+                self.offset += bytes;
+                return Ok(Some(Item::Line(LineInfo::Bad, bytes)));
             }
-        } else {
-            let sha256 = Sha256::digest(&buf).into();
-            scan.torn = Some(Torn {
-                offset,
-                bytes: n as u64,
-                sha256,
-            });
-            return Ok(scan);
+            return Ok(Some(Item::Torn(Torn {
+                offset: start,
+                bytes,
+                sha256: hasher.finalize().into(),
+                head,
+                head_len,
+            })));
         }
+        Ok(Some(Item::Torn(Torn {
+            offset: start,
+            bytes: n,
+            sha256: Sha256::digest(&self.buf).into(),
+            head,
+            head_len,
+        })))
     }
+}
+
+/// Reads `reader` to its end (or to the first problem) and judges the chain, checking
+/// the anchored record if there is one.
+///
+/// Walks the lines in order; at each, the link (`prev` against the previous line's
+/// hash, or [`GENESIS`] for line 1) and the seq (previous + 1, or 0) must hold. See
+/// [`classify_break`] for how a broken link is attributed.
+pub(super) fn check<R: BufRead>(reader: R, anchor: Option<Anchor>) -> io::Result<Checked> {
+    let mut lines = Lines {
+        reader,
+        offset: 0,
+        buf: Vec::new(),
+    };
+    let mut expected = (0u64, GENESIS);
+    let mut last = None;
+    let mut count = 0u64;
+    let mut torn = None;
+    let stop = |report: VerifyReport, lines: &Lines<R>, last| Checked {
+        report,
+        last,
+        complete_len: lines.offset,
+        torn: None,
+    };
+    while let Some(item) = lines.next()? {
+        let (info, _) = match item {
+            Item::Line(info, n) => (info, n),
+            Item::Torn(t) => {
+                torn = Some(t);
+                break;
+            }
+        };
+        count += 1;
+        let line = count;
+        let LineInfo::Parsed { seq, prev, hash } = info else {
+            return Ok(stop(VerifyReport::Tampered { line }, &lines, last));
+        };
+        let (expected_seq, expected_prev) = expected;
+        if prev != expected_prev {
+            let report = classify_break(&mut lines, line, seq, hash, expected_seq, anchor)?;
+            return Ok(stop(report, &lines, last));
+        }
+        if seq != expected_seq {
+            // The link into this line holds, so the line before is exactly what the
+            // writer wrote; the writer never skips a seq: this line was changed.
+            return Ok(stop(VerifyReport::Tampered { line }, &lines, last));
+        }
+        if anchor.is_some_and(|a| a.seq == seq && a.hash != hash) {
+            return Ok(stop(VerifyReport::Tampered { line }, &lines, last));
+        }
+        expected = (seq.saturating_add(1), hash);
+        last = Some((seq, hash));
+    }
+    let report = if let Some(a) = anchor.filter(|a| a.seq >= expected.0) {
+        VerifyReport::Truncated {
+            line: count + 1,
+            expected_seq: expected.0,
+            anchored_seq: a.seq,
+        }
+    } else if torn.is_some() {
+        VerifyReport::TornTail { line: count + 1 }
+    } else {
+        VerifyReport::Ok {
+            lines: count,
+            head_hash: hex(&expected.1),
+        }
+    };
+    let complete_len = torn.map_or(lines.offset, |t: Torn| t.offset);
+    Ok(Checked {
+        report,
+        last,
+        complete_len,
+        torn,
+    })
 }
 
 /// Consumes up to and including the next newline, hashing what it reads. Returns the
@@ -182,51 +283,8 @@ fn nibble(digit: u8) -> Option<u8> {
     }
 }
 
-/// Names the first problem of `scan`, checking the anchored record if there is one.
-///
-/// Walks the lines in order; at each, the link (`prev` against the previous line's
-/// hash, or [`GENESIS`] for line 1) and the seq (previous + 1, or 0) must hold. See
-/// [`classify_break`] for how a broken link is attributed.
-pub(super) fn judge(scan: &Scan, anchor: Option<Anchor>) -> VerifyReport {
-    let lines = &scan.lines;
-    let mut expected = (0u64, GENESIS);
-    for (index, info) in lines.iter().enumerate() {
-        let line = index as u64 + 1;
-        let LineInfo::Parsed { seq, prev, hash } = *info else {
-            return VerifyReport::Tampered { line };
-        };
-        let (expected_seq, expected_prev) = expected;
-        if prev != expected_prev {
-            return classify_break(lines, index, expected_seq, anchor);
-        }
-        if seq != expected_seq {
-            // The link into this line holds, so the line before is exactly what the
-            // writer wrote; the writer never skips a seq: this line was changed.
-            return VerifyReport::Tampered { line };
-        }
-        if anchor.is_some_and(|a| a.seq == seq && a.hash != hash) {
-            return VerifyReport::Tampered { line };
-        }
-        expected = (seq.saturating_add(1), hash);
-    }
-    let complete = lines.len() as u64;
-    if let Some(a) = anchor.filter(|a| a.seq >= expected.0) {
-        return VerifyReport::Truncated {
-            line: complete + 1,
-            expected_seq: expected.0,
-            anchored_seq: a.seq,
-        };
-    }
-    if scan.torn.is_some() {
-        return VerifyReport::TornTail { line: complete + 1 };
-    }
-    VerifyReport::Ok {
-        lines: complete,
-        head_hash: hex(&expected.1),
-    }
-}
-
-/// The link into `lines[index]` is broken (its `prev` is not the previous line's hash).
+/// The link into line `line` (seq `seq`, own hash `hash`) is broken: its `prev` is
+/// not the previous line's hash.
 ///
 /// * Same seq as expected: one of the two lines was changed. If the next line links to
 ///   this one, this one is intact and the line before was changed; if the next line
@@ -236,38 +294,40 @@ pub(super) fn judge(scan: &Scan, anchor: Option<Anchor>) -> VerifyReport {
 /// * The expected seq appears further down: lines were moved ([`VerifyReport::Reordered`]).
 /// * The seq jumps forward and the expected one is nowhere: [`VerifyReport::Missing`].
 /// * The seq goes backward (a duplicated or reinserted line): `Reordered`.
-fn classify_break(
-    lines: &[LineInfo],
-    index: usize,
+fn classify_break<R: BufRead>(
+    lines: &mut Lines<R>,
+    line: u64,
+    seq: u64,
+    hash: [u8; 32],
     expected_seq: u64,
     anchor: Option<Anchor>,
-) -> VerifyReport {
-    let line = index as u64 + 1;
-    let LineInfo::Parsed { seq, hash, .. } = lines[index] else {
-        return VerifyReport::Tampered { line };
-    };
+) -> io::Result<VerifyReport> {
     if seq == expected_seq {
-        if index == 0 {
+        if line == 1 {
             // There is no line before the first: its own `prev` was changed.
-            return VerifyReport::Tampered { line };
+            return Ok(VerifyReport::Tampered { line });
         }
-        return match lines.get(index + 1) {
-            Some(LineInfo::Parsed { prev, .. }) if *prev == hash => {
+        return Ok(match lines.next()? {
+            Some(Item::Line(LineInfo::Parsed { prev, .. }, _)) if prev == hash => {
                 VerifyReport::Tampered { line: line - 1 }
             }
-            Some(LineInfo::Parsed { .. }) => VerifyReport::Tampered { line },
-            Some(LineInfo::Bad) => VerifyReport::BrokenLink { line },
-            None => match anchor.filter(|a| a.seq == seq) {
+            Some(Item::Line(LineInfo::Parsed { .. }, _)) => VerifyReport::Tampered { line },
+            Some(Item::Line(LineInfo::Bad, _)) => VerifyReport::BrokenLink { line },
+            None | Some(Item::Torn(_)) => match anchor.filter(|a| a.seq == seq) {
                 Some(a) if a.hash == hash => VerifyReport::Tampered { line: line - 1 },
                 Some(_) => VerifyReport::Tampered { line },
                 None => VerifyReport::BrokenLink { line },
             },
-        };
+        });
     }
-    let found_later = lines[index + 1..]
-        .iter()
-        .any(|l| matches!(l, LineInfo::Parsed { seq, .. } if *seq == expected_seq));
-    if !found_later && seq > expected_seq {
+    let mut found_later = false;
+    while let Some(item) = lines.next()? {
+        if matches!(item, Item::Line(LineInfo::Parsed { seq, .. }, _) if seq == expected_seq) {
+            found_later = true;
+            break;
+        }
+    }
+    Ok(if !found_later && seq > expected_seq {
         VerifyReport::Missing {
             line,
             expected_seq,
@@ -279,5 +339,5 @@ fn classify_break(
             expected_seq,
             found_seq: seq,
         }
-    }
+    })
 }
