@@ -41,7 +41,8 @@
 //! [`AuditError::Corrupt`], naming the line: extending a broken chain would bless it.
 //!
 //! By default lines are handed to the kernel, not forced to disk: a power loss can lose
-//! the last appends (never corrupt the ones before). [`AuditOptions::fsync`] calls
+//! the last appends (never corrupt the ones before; a tail of zero bytes it may leave,
+//! at most one line long, is cut like a torn line). [`AuditOptions::fsync`] calls
 //! `fsync` (`sync_data`) after every line, at the cost of a disk flush per record.
 //!
 //! # One writer
@@ -178,7 +179,8 @@ pub enum VerifyReport {
         line: u64,
     },
     /// Line `line` is the bytes after the last newline: a write torn by a crash
-    /// ([`AuditLog::open`] repairs it). Not evidence of tampering by itself.
+    /// ([`AuditLog::open`] repairs it when it can be one: see
+    /// [`AuditError::ForeignTail`]). Not evidence of tampering by itself.
     TornTail {
         /// The torn line (the number of complete lines + 1).
         line: u64,
@@ -234,7 +236,7 @@ impl fmt::Display for VerifyReport {
             VerifyReport::TornTail { line } => {
                 write!(
                     f,
-                    "line {line}: torn (no final newline), left by an interrupted write"
+                    "line {line}: torn (no final newline), as an interrupted write leaves"
                 )
             }
             VerifyReport::Truncated {
@@ -368,12 +370,15 @@ impl AuditLog {
     /// Opens `path` for appending, creating it if absent, after verifying the whole
     /// chain (and the anchor, if [`AuditOptions::anchor`] is set).
     ///
-    /// A torn last line is cut off and an `audit.torn_tail` record appended (see the
-    /// [module docs](self)); the returned log continues the chain at the next seq.
+    /// A torn last line that a crash of the writer can have left is cut off and an
+    /// `audit.torn_tail` record appended (see the [module docs](self)); the returned
+    /// log continues the chain at the next seq.
     ///
     /// # Errors
     ///
-    /// [`AuditError::Corrupt`] naming the first bad line for any other problem,
+    /// [`AuditError::ForeignTail`] for bytes after the last newline that no crash of the
+    /// writer can have left (left in place), [`AuditError::Corrupt`] naming the first
+    /// bad line for any other problem,
     /// [`AuditError::Locked`] if another writer holds the file, [`AuditError::BadAnchor`]
     /// for a malformed anchor, [`AuditError::Io`] for file errors.
     pub fn open(path: impl AsRef<Path>, options: AuditOptions) -> Result<AuditLog, AuditError> {
@@ -558,8 +563,8 @@ impl AuditLog {
 
 /// Verifies the chain of the audit file at `path` and names its first problem.
 ///
-/// Reads the file once, streaming (memory: about 72 bytes per line), and changes
-/// nothing. A change to the body of the last line is not detectable here; see
+/// Reads the file once, streaming (memory: the previous line, whatever the length of
+/// the log), stops at the first problem, and changes nothing. A change to the body of the last line is not detectable here; see
 /// [`verify_with_anchor`].
 ///
 /// # Errors
@@ -588,13 +593,16 @@ pub fn verify_with_anchor(
 
 fn verify_inner(path: &Path, anchor: Option<Anchor>) -> Result<VerifyReport, AuditError> {
     // Non-blocking: opening a FIFO for reading would otherwise wait for a writer, and
-    // the type check below would never run. Regular files ignore the flag.
+    // the type check below would never run. Cleared again once the file is known to be
+    // regular (a leased or FUSE file could answer a non-blocking read with EAGAIN).
     let file = OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
         .open(path)
         .map_err(|e| io_error(path, "open", e))?;
     regular_file(&file, path)?;
+    rustix::fs::fcntl_setfl(&file, rustix::fs::OFlags::empty())
+        .map_err(|e| io_error(path, "fcntl", e.into()))?;
     let checked =
         verify::check(BufReader::new(file), anchor).map_err(|e| io_error(path, "read", e))?;
     Ok(checked.report)

@@ -827,8 +827,37 @@ fn opening_refuses_to_cut_a_tail_a_crash_cannot_have_left() {
         AuditLog::open(&path, AuditOptions::default()),
         Err(AuditError::ForeignTail { .. })
     ));
-    // The start of record 20, cut anywhere, is still repaired.
-    for cut in [1, 5, 9, 40] {
+    // A tail that begins as record 20 but is longer than any record line: refused, at
+    // the limit's edge too (a line has at most MAX_LINE_BYTES before its newline).
+    let base = short[..short.len() - 9].to_vec();
+    for len in [MAX_LINE_BYTES + 1, 3 * MAX_LINE_BYTES] {
+        let mut long = base.clone();
+        long.extend_from_slice(b"{\"seq\":20,");
+        long.resize(base.len() + len, b'x');
+        fs::write(&path, &long).unwrap();
+        assert!(
+            matches!(
+                AuditLog::open(&path, AuditOptions::default()),
+                Err(AuditError::ForeignTail { .. })
+            ),
+            "{len} bytes"
+        );
+        assert_eq!(fs::read(&path).unwrap(), long);
+    }
+    let mut at_limit = base.clone();
+    at_limit.extend_from_slice(b"{\"seq\":20,");
+    at_limit.resize(base.len() + MAX_LINE_BYTES, b'x');
+    fs::write(&path, &at_limit).unwrap();
+    drop(AuditLog::open(&path, AuditOptions::default()).unwrap());
+    write_lines(&path, &lines_of(&path)[..20]);
+    // Zero bytes, as a power loss without fsync can leave: repaired.
+    let mut zeros = base.clone();
+    zeros.extend_from_slice(&[0u8; 300]);
+    fs::write(&path, &zeros).unwrap();
+    drop(AuditLog::open(&path, AuditOptions::default()).unwrap());
+    write_lines(&path, &lines_of(&path)[..20]);
+    // The start of record 20, cut anywhere (inside its seq digits too), is repaired.
+    for cut in [1, 5, 8, 9, 40] {
         let mut torn = short[..short.len() - 9].to_vec();
         torn.extend_from_slice(&b"{\"seq\":20,\"ts_unix_ms\":1795429598686,\"pr"[..cut]);
         fs::write(&path, &torn).unwrap();
@@ -840,6 +869,22 @@ fn opening_refuses_to_cut_a_tail_a_crash_cannot_have_left() {
         let lines = lines_of(&path);
         write_lines(&path, &lines[..20]);
     }
+}
+
+/// An empty log torn in its very first record is repaired; the start of another
+/// record is not.
+#[test]
+fn a_torn_first_record_is_repaired_and_a_foreign_one_is_not() {
+    let dir = TempDir::new("first");
+    let path = dir.path("audit.jsonl");
+    fs::write(&path, b"{\"seq\":0,\"ts").unwrap();
+    drop(AuditLog::open(&path, AuditOptions::default()).unwrap());
+    assert!(verify(&path).unwrap().is_ok());
+    fs::write(&path, b"{\"seq\":3,\"ts").unwrap();
+    assert!(matches!(
+        AuditLog::open(&path, AuditOptions::default()),
+        Err(AuditError::ForeignTail { next_seq: 0, .. })
+    ));
 }
 
 /// Audit red team: `verify` opened a FIFO for reading, which waits for a writer, so

@@ -913,7 +913,7 @@ fn hdr_print_and_plot_skip_a_torn_last_line_with_a_warning() {
 /// Audit red team: the verifier kept 80 bytes for every line before judging, so a file
 /// of newlines took 80 times its size (8 MiB: 662 MB). It now judges while reading and
 /// stops at the first problem: a 64 MiB file of newlines (5 GB before) is refused at
-/// line 1 under a 256 MB address-space limit, and so is a valid log followed by them.
+/// line 1 under a 256 MB address-space limit.
 #[test]
 fn audit_verify_of_a_hostile_file_fits_in_bounded_memory() {
     let dir = TempDir::new("audit-newlines");

@@ -43,13 +43,17 @@ pub(super) struct Torn {
 }
 
 impl Torn {
-    /// Whether these bytes can be the start of the record the writer appends next
-    /// (`{"seq":N,...`): no longer than one record line, and beginning as one does.
-    /// Anything else was not torn by a crash of the writer.
+    /// Whether these bytes can be what a crash of the writer left: no longer than one
+    /// record line without its newline (the writer refuses longer ones), and beginning
+    /// as the record it appends next does (`{"seq":N,`), or with zero bytes (a power
+    /// loss can leave a file's new length on disk before its data). Anything else is
+    /// not this writer's.
     pub(super) fn could_be_record(&self, next_seq: u64) -> bool {
         let start = format!("{{\"seq\":{next_seq},");
         let n = self.head_len.min(start.len());
-        self.bytes <= MAX_LINE_BYTES as u64 + 1 && self.head[..n] == start.as_bytes()[..n]
+        let begins = self.head[..n] == start.as_bytes()[..n]
+            || self.head[..self.head_len].iter().all(|&b| b == 0);
+        self.bytes <= MAX_LINE_BYTES as u64 && begins
     }
 }
 
