@@ -5,7 +5,7 @@
 //! and pushes after the worker's last read of the ring; `enqueue` said yes, and the
 //! packet is never taken (an outside-in review lost 40 packets in about 180 runs of
 //! producers pushing through a zero drain timeout). The cure is the store-buffer pair
-//! again (as in the [doorbell](super::doorbell)), with one flag per producer:
+//! again (as in the [doorbell](super::doorbell)), with one entry count per producer:
 //!
 //! * producer: `seq` to odd (inside); fence(SeqCst); check "closed"; push ...; `seq`
 //!   to the next even value (Release). A burst of pushes (`enqueue_quiet` ... `flush`)
@@ -24,7 +24,7 @@
 //! sees them all. Waiting for a change rather than for "outside" means a producer
 //! entering and leaving back to back cannot starve the worker. The loom models
 //! `t5_gate_*` in `loom-tests/tests/runtime.rs` check this, and fail when either fence
-//! is removed.
+//! is removed or the entry's store is made Relaxed.
 
 use crossbeam_utils::CachePadded;
 
