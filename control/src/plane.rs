@@ -66,6 +66,10 @@ pub struct ControlConfig {
     pub audit_log: Option<PathBuf>,
     /// fsync every audit record.
     pub audit_fsync: bool,
+    /// A head of the audit log saved earlier (`/status` shows `audit_head`): at start,
+    /// a log whose record at that point is missing or changed is refused instead of
+    /// continued (continuing would vouch for an edited last line).
+    pub audit_anchor: Option<AuditHead>,
     /// With a key, only policies signed by it are accepted (C3).
     pub verifying_key: Option<VerifyingKey>,
     /// Health thresholds (O5).
@@ -95,6 +99,7 @@ impl Default for ControlConfig {
             hlog_period: Duration::from_secs(10),
             audit_log: None,
             audit_fsync: false,
+            audit_anchor: None,
             verifying_key: None,
             health: HealthConfig::default(),
             history_limit: 1000,
@@ -354,7 +359,7 @@ impl<P: Send + 'static> State<P> {
                 path,
                 AuditOptions {
                     fsync: config.audit_fsync,
-                    ..AuditOptions::default()
+                    anchor: config.audit_anchor.clone(),
                 },
             )?),
             None => None,

@@ -909,3 +909,85 @@ fn o4_a_header_only_hlog_does_not_replace_the_kept_one() {
     assert!(!read_hlog(&path).unwrap().is_empty(), "this run's log");
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// C5 (audit red team): the last record of an audit log is vouched for by no later
+/// line, so an edit to it while the daemon was down went unseen, and the restarted
+/// control plane continued the chain, vouching for the edit. A head saved earlier
+/// (`/status` shows `audit_head`) can now be given at start (`audit_anchor`): the
+/// edited log is refused, an intact one continues.
+#[test]
+fn c5_an_audit_anchor_at_start_refuses_an_edited_end() {
+    use qos_control::audit::{AuditHead, VerifyReport, verify};
+    let dir = temp_dir("audit-anchor");
+    let audit = dir.join("audit.jsonl");
+    let try_start = |anchor: Option<AuditHead>| {
+        let (dp, producers) = Dataplane::<u64>::builder()
+            .pinning(Pinning::Off)
+            .build(|_| Wire(Switch::default()))
+            .unwrap();
+        drop(producers);
+        ControlPlane::start(
+            dp,
+            ControlConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                audit_log: Some(audit.clone()),
+                audit_anchor: anchor,
+                ..ControlConfig::default()
+            },
+        )
+    };
+    let plane = try_start(None).unwrap();
+    wait_until("a record", 10, || {
+        std::fs::read_to_string(&audit).is_ok_and(|t| !t.is_empty())
+    });
+    plane.shutdown(StopMode::Discard).unwrap();
+    let VerifyReport::Ok { lines, head_hash } = verify(&audit).unwrap() else {
+        panic!("a fresh log verifies");
+    };
+    let head = AuditHead {
+        next_seq: lines,
+        last_hash: head_hash,
+    };
+    // An intact log continues under its anchor.
+    try_start(Some(head))
+        .unwrap()
+        .shutdown(StopMode::Discard)
+        .unwrap();
+    // The head as the operator would save it now: the last record.
+    let VerifyReport::Ok { lines, head_hash } = verify(&audit).unwrap() else {
+        panic!("the continued log verifies");
+    };
+    let head = AuditHead {
+        next_seq: lines,
+        last_hash: head_hash,
+    };
+    // Edit that last record (one digit of its timestamp): the file alone cannot tell,
+    // the anchor can.
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let mut lines_of: Vec<String> = text.lines().map(str::to_owned).collect();
+    let at = usize::try_from(head.next_seq - 1).unwrap();
+    let ts = lines_of[at].find("\"ts_unix_ms\":").unwrap() + 13;
+    let digit = lines_of[at].as_bytes()[ts];
+    let other = if digit == b'1' { "2" } else { "1" };
+    lines_of[at].replace_range(ts..=ts, other);
+    std::fs::write(&audit, lines_of.join("\n") + "\n").unwrap();
+    assert!(
+        verify(&audit).unwrap().is_ok(),
+        "an edited last line is invisible alone"
+    );
+    let before = std::fs::read(&audit).unwrap();
+    match try_start(Some(head)) {
+        Err(e) => assert!(
+            e.to_string()
+                .contains(&format!("line {}: tampered", at + 1)),
+            "{e}"
+        ),
+        Ok(_) => panic!("an edited anchored record was continued"),
+    }
+    assert_eq!(
+        std::fs::read(&audit).unwrap(),
+        before,
+        "the log is left as it was"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
+use qos_control::audit::AuditHead;
 use qos_control::policy::PolicyDocument;
 use qos_dataplane::sched::Policy;
 use serde::Deserialize;
@@ -57,6 +58,26 @@ fn invalid(key: impl Into<String>, value: impl ToString, expected: &str) -> Conf
         value: value.to_string(),
         expected: expected.into(),
     }
+}
+
+/// An audit anchor as `NEXT_SEQ:HASH` (the `audit_head` of `/status`), checked.
+pub(crate) fn anchor_head(text: &str) -> Result<AuditHead, ConfigError> {
+    let bad = || {
+        invalid(
+            "control.audit_anchor",
+            text,
+            "NEXT_SEQ:HASH as /status shows audit_head (a number, then 64 lowercase hex digits)",
+        )
+    };
+    let (seq, hash) = text.trim().split_once(':').ok_or_else(bad)?;
+    let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+    if hash.len() != 64 || !hash.chars().all(hex) {
+        return Err(bad());
+    }
+    Ok(AuditHead {
+        next_seq: seq.parse().map_err(|_| bad())?,
+        last_hash: hash.to_owned(),
+    })
 }
 
 /// Pinning of the dataplane workers.
@@ -234,6 +255,10 @@ pub struct ControlSection {
     /// kept-alive connection too) and a policy's body, ms.
     #[serde(default = "default_client_timeout_ms")]
     pub client_timeout_ms: u64,
+    /// A head of the audit log saved earlier, `NEXT_SEQ:HASH` as `/status` shows
+    /// `audit_head`: at start, a log changed or cut at that point is refused.
+    #[serde(default)]
+    pub audit_anchor: Option<String>,
 }
 
 impl ControlSection {
@@ -252,6 +277,7 @@ impl ControlSection {
             series_limit,
             verifying_key,
             client_timeout_ms,
+            audit_anchor,
         } = self;
         vec![
             ("control.listen", listen.to_string()),
@@ -267,6 +293,7 @@ impl ControlSection {
             ("control.series_limit", series_limit.to_string()),
             ("control.verifying_key", format!("{verifying_key:?}")),
             ("control.client_timeout_ms", client_timeout_ms.to_string()),
+            ("control.audit_anchor", format!("{audit_anchor:?}")),
         ]
     }
 }
@@ -303,6 +330,7 @@ impl Default for ControlSection {
             series_limit: default_series(),
             verifying_key: None,
             client_timeout_ms: default_client_timeout_ms(),
+            audit_anchor: None,
         }
     }
 }
@@ -489,6 +517,9 @@ impl GatewayConfig {
         }
         if control.metrics_db_period_ms == 0 {
             return Err(invalid("control.metrics_db_period_ms", 0, "> 0"));
+        }
+        if let Some(anchor) = &control.audit_anchor {
+            anchor_head(anchor)?;
         }
         if !(1..=3_600_000).contains(&control.client_timeout_ms) {
             return Err(invalid(
@@ -787,12 +818,24 @@ mod tests {
                 "gateway.stall_budget_ms",
             ),
             ("workers = 2", "workers = 2\nidle = \"sleep\"", "idle"),
+            (
+                "listen = \"127.0.0.1:9100\"",
+                "listen = \"127.0.0.1:9100\"\naudit_anchor = \"12:not-a-hash\"",
+                "control.audit_anchor",
+            ),
+            (
+                "listen = \"127.0.0.1:9100\"",
+                "listen = \"127.0.0.1:9100\"\nclient_timeout_ms = 0",
+                "control.client_timeout_ms",
+            ),
         ] {
             let text = base.replacen(from, to, 1);
             assert_ne!(text, base, "{from}");
             let e = GatewayConfig::from_toml(&text).expect_err(key).to_string();
             assert!(e.contains(key), "{key}: {e}");
         }
+        let good = format!("3:{}", "ab".repeat(32));
+        assert_eq!(anchor_head(&good).expect("a good anchor").next_seq, 3);
         let e = GatewayConfig::from_toml("[policy]\nversion = 1\n[[rule]]\nname = \"x\"\nsource = \"10.0.0.0/33\"\nroute = { to = \"a\" }\n")
             .expect_err("bad prefix");
         assert!(

@@ -243,6 +243,11 @@ fn control_config(
         hlog: file("sojourn.hlog"),
         hlog_period: Duration::from_millis(c.hlog_period_ms),
         audit_log: file("audit.jsonl"),
+        audit_anchor: c
+            .audit_anchor
+            .as_deref()
+            .map(crate::config::anchor_head)
+            .transpose()?,
         client_timeout: Duration::from_millis(c.client_timeout_ms),
         verifying_key,
         extra_metrics: Some(ExtraMetrics(Arc::new(move || counters.families()))),
