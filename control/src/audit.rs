@@ -95,6 +95,18 @@ pub struct AuditHead {
     pub last_hash: String,
 }
 
+impl AuditHead {
+    /// Checks the head as an anchor: 64 lowercase hex digits, [`GENESIS_HASH`] when
+    /// `next_seq` is 0.
+    ///
+    /// # Errors
+    ///
+    /// [`AuditError::BadAnchor`], as [`AuditLog::open`] and [`verify_with_anchor`] give.
+    pub fn check(&self) -> Result<(), AuditError> {
+        to_anchor(self).map(|_| ())
+    }
+}
+
 /// What [`AuditLog::append`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditRecordInfo {

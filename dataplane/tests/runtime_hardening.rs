@@ -983,3 +983,32 @@ fn s11_the_last_shm_pass_reads_the_ring_even_with_a_full_pool() {
     assert!(report.is_conserved());
     drop(tx);
 }
+
+/// S11 (the stop handshake's bound): a producer that leaves a burst open
+/// (`enqueue_quiet` without `flush`) while the dataplane stops holds its worker's last
+/// read for at most a second; the worker then reads on and counts the give-up. The
+/// packet pushed before the stop is still taken.
+#[test]
+fn s11_a_burst_left_open_at_the_stop_is_waited_for_a_second_and_counted() {
+    let (dp, mut ps) = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .drain_timeout(Duration::ZERO)
+        .build(|_| Sink::default())
+        .unwrap();
+    let mut tx = ps.pop().unwrap();
+    let h = tx.open(1, StreamConfig::with_priority(3)).unwrap();
+    tx.enqueue_quiet(h, 1, 100).unwrap(); // no flush: the burst stays open
+    let clock = Clock::start();
+    let stopping = thread::spawn(move || dp.shutdown(StopMode::Discard).unwrap());
+    let report = stopping.join().unwrap();
+    let took = clock.now_ns();
+    assert!(
+        took >= 900_000_000,
+        "the last read waited for the burst: {took} ns"
+    );
+    let w = &report.workers[0];
+    assert_eq!(w.gate_timeouts, 1, "{w:?}");
+    assert_eq!(w.taken, 1, "{w:?}");
+    assert!(report.is_conserved());
+    drop(tx);
+}

@@ -60,7 +60,8 @@ fn invalid(key: impl Into<String>, value: impl ToString, expected: &str) -> Conf
     }
 }
 
-/// An audit anchor as `NEXT_SEQ:HASH` (the `audit_head` of `/status`), checked.
+/// An audit anchor as `NEXT_SEQ:HASH` (the `audit_head` of `/status`), parsed as
+/// `qos-ctl audit verify --anchor` parses it and checked as the audit log checks it.
 pub(crate) fn anchor_head(text: &str) -> Result<AuditHead, ConfigError> {
     let bad = || {
         invalid(
@@ -69,15 +70,9 @@ pub(crate) fn anchor_head(text: &str) -> Result<AuditHead, ConfigError> {
             "NEXT_SEQ:HASH as /status shows audit_head (a number, then 64 lowercase hex digits)",
         )
     };
-    let (seq, hash) = text.trim().split_once(':').ok_or_else(bad)?;
-    let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
-    if hash.len() != 64 || !hash.chars().all(hex) {
-        return Err(bad());
-    }
-    Ok(AuditHead {
-        next_seq: seq.parse().map_err(|_| bad())?,
-        last_hash: hash.to_owned(),
-    })
+    let head = crate::ctl::parse_anchor(text).map_err(|_| bad())?;
+    head.check().map_err(|_| bad())?;
+    Ok(head)
 }
 
 /// Pinning of the dataplane workers.
