@@ -119,6 +119,16 @@ fn failure_reason(stale: bool) -> &'static str {
     }
 }
 
+/// The workers of `dp` that failed (a panic in their egress or their thread), by index.
+fn panicked_workers<P: Send + 'static>(dp: &Dataplane<P>) -> Vec<usize> {
+    dp.worker_states()
+        .iter()
+        .enumerate()
+        .filter(|(_, st)| **st == WorkerState::Panicked)
+        .map(|(w, _)| w)
+        .collect()
+}
+
 /// Why the control plane could not start or stop.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -721,8 +731,8 @@ impl<P: Send + 'static> State<P> {
         // a restart, and `/healthz` answers 503 meanwhile. The health machine goes on
         // judging every worker's heartbeat and pool, so shedding keeps following the
         // load the others carry.
-        for (w, st) in dp.worker_states().iter().enumerate() {
-            if *st == WorkerState::Panicked && !self.failed.get(w).copied().unwrap_or(true) {
+        for w in panicked_workers(dp) {
+            if !self.failed.get(w).copied().unwrap_or(true) {
                 self.failed[w] = true;
                 let stale = stats.get(w).is_none_or(|s| {
                     now_ns.saturating_sub(s.heartbeat_ns) >= self.config.health.heartbeat_stale_ns
@@ -1088,21 +1098,16 @@ impl<P: Send + 'static> State<P> {
         self.health.state()
     }
 
+    /// Workers that failed (a panic in their egress or their thread), by index.
+    pub(crate) fn failed_workers(&self) -> Vec<usize> {
+        self.dataplane
+            .as_ref()
+            .map_or_else(Vec::new, panicked_workers)
+    }
+
     /// What fails beside the dataplane's traffic (metrics.db, the audit log, the .hlog),
     /// never a reason to shed traffic, and a worker that failed (`/healthz` then answers
     /// 503): reported by `/status` and `/healthz`.
-    /// Workers that failed (a panic in their egress or their thread), by index.
-    pub(crate) fn failed_workers(&self) -> Vec<usize> {
-        self.dataplane.as_ref().map_or_else(Vec::new, |dp| {
-            dp.worker_states()
-                .iter()
-                .enumerate()
-                .filter(|(_, st)| **st == WorkerState::Panicked)
-                .map(|(w, _)| w)
-                .collect()
-        })
-    }
-
     pub(crate) fn warnings(&self) -> Vec<String> {
         let store = self.store.as_ref().map(|s| s.status());
         self.warnings_with(store.as_ref().and_then(StoreStatus::failing))
