@@ -157,11 +157,23 @@ async fn serve<P: Send + 'static>(
 }
 
 /// What one connection is served with.
+/// What every connection and every request of the API shares (cheap to clone).
 struct Service<P> {
     state: Shared<P>,
     token: Arc<Option<String>>,
     reloads: Arc<tokio::sync::Semaphore>,
     client_timeout: Duration,
+}
+
+impl<P> Clone for Service<P> {
+    fn clone(&self) -> Self {
+        Self {
+            state: self.state.clone(),
+            token: self.token.clone(),
+            reloads: self.reloads.clone(),
+            client_timeout: self.client_timeout,
+        }
+    }
 }
 
 impl<P: Send + 'static> Service<P> {
@@ -171,20 +183,10 @@ impl<P: Send + 'static> Service<P> {
     /// hyper's writes, and with them its header timer. It then gets one more client
     /// timeout to finish what is under way.
     async fn serve(self, stream: tokio::net::TcpStream) {
-        let Self {
-            state,
-            token,
-            reloads,
-            client_timeout,
-        } = self;
+        let client_timeout = self.client_timeout;
         let service = service_fn(move |req| {
-            let state = state.clone();
-            let token = token.clone();
-            let reloads = reloads.clone();
-            async move {
-                let answer = route(&state, token.as_deref(), &reloads, client_timeout, req).await;
-                Ok::<_, Infallible>(answer)
-            }
+            let this = self.clone();
+            async move { Ok::<_, Infallible>(this.route(req).await) }
         });
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
@@ -265,128 +267,133 @@ fn allowed(path: &str) -> Option<&'static str> {
     }
 }
 
-async fn route<P: Send + 'static>(
-    state: &Shared<P>,
-    token: Option<&str>,
-    reloads: &Arc<tokio::sync::Semaphore>,
-    client_timeout: Duration,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    let path = req.uri().path().to_owned();
-    let auth = if path == "/healthz" {
-        Ok(true)
-    } else {
-        authorized(token, &req)
-    };
-    if let Err(error) = auth {
-        return json(
-            StatusCode::BAD_REQUEST,
-            &ErrorBody {
-                error: error.into(),
-                field: Some("Authorization".into()),
-            },
-        );
-    }
-    if auth != Ok(true) {
-        let mut r = json(
-            StatusCode::UNAUTHORIZED,
-            &ErrorBody {
-                error: "missing or wrong bearer token; expected `Authorization: Bearer <token>`"
-                    .into(),
-                field: Some("Authorization".into()),
-            },
-        );
-        r.headers_mut()
-            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
-        return r;
-    }
-    // HEAD is GET without the body (hyper sends no body for it).
-    let method = match *req.method() {
-        Method::HEAD => Method::GET,
-        ref m => m.clone(),
-    };
-    match (&method, path.as_str()) {
-        (&Method::GET, "/metrics") => {
-            let openmetrics = req
-                .headers()
-                .get(hyper::header::ACCEPT)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.contains("application/openmetrics-text"));
-            let snapshot = lock(state).metrics_snapshot();
-            let text = crate::metrics::render(snapshot);
-            if openmetrics {
-                respond(
-                    StatusCode::OK,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    text,
-                )
-            } else {
-                respond(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    crate::metrics::to_prometheus_text(&text),
-                )
-            }
-        }
-        (&Method::GET, "/healthz") => {
-            let (st, warnings, failed) = {
-                let guard = lock(state);
-                let failed = !guard.failed_workers().is_empty();
-                (guard.health_state(), guard.warnings(), failed)
-            };
-            // A failed worker: 503 whatever the level (the warnings name it).
-            let code = match failed {
-                true => StatusCode::SERVICE_UNAVAILABLE,
-                false => StatusCode::from_u16(st.http_status())
-                    .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-            };
-            #[derive(Serialize)]
-            struct Health {
-                state: crate::health::HealthState,
-                healthy: bool,
-                /// A failing metrics.db, audit log or .hlog (reported; the dataplane
-                /// serves on and the code follows its health), or a failed worker
-                /// (503).
-                warnings: Vec<String>,
-            }
-            json(
-                code,
-                &Health {
-                    state: st,
-                    healthy: st.is_healthy() && !failed,
-                    warnings,
-                },
-            )
-        }
-        (&Method::GET, "/status") => json(StatusCode::OK, &lock(state).status()),
-        (&Method::GET, "/integrity") => json(StatusCode::OK, &lock(state).integrity()),
-        (&Method::POST, "/policy") => post_policy(state, client_timeout, req).await,
-        (&Method::POST, "/reload") => post_reload(state, reloads).await,
-        _ if allowed(&path).is_some() => {
-            let allow = allowed(&path).unwrap_or("");
-            let mut r = json(
-                StatusCode::METHOD_NOT_ALLOWED,
+impl<P: Send + 'static> Service<P> {
+    /// Answers one request: the token check, then the route.
+    async fn route(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let Self {
+            state,
+            token,
+            reloads,
+            client_timeout,
+        } = self;
+        let (token, client_timeout) = (token.as_deref(), *client_timeout);
+        let path = req.uri().path().to_owned();
+        let auth = if path == "/healthz" {
+            Ok(true)
+        } else {
+            authorized(token, &req)
+        };
+        if let Err(error) = auth {
+            return json(
+                StatusCode::BAD_REQUEST,
                 &ErrorBody {
-                    error: format!(
-                        "{} is not allowed on {path}; expected {allow}",
-                        req.method()
-                    ),
-                    field: None,
+                    error: error.into(),
+                    field: Some("Authorization".into()),
+                },
+            );
+        }
+        if auth != Ok(true) {
+            let mut r = json(
+                StatusCode::UNAUTHORIZED,
+                &ErrorBody {
+                    error:
+                        "missing or wrong bearer token; expected `Authorization: Bearer <token>`"
+                            .into(),
+                    field: Some("Authorization".into()),
                 },
             );
             r.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static(allow));
-            r
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            return r;
         }
-        _ => json(
-            StatusCode::NOT_FOUND,
-            &ErrorBody {
-                error: format!(
-                    "no route {path}; expected /metrics, /healthz, /status, /integrity, /policy or /reload"
-                ),
-                field: None,
-            },
-        ),
+        // HEAD is GET without the body (hyper sends no body for it).
+        let method = match *req.method() {
+            Method::HEAD => Method::GET,
+            ref m => m.clone(),
+        };
+        match (&method, path.as_str()) {
+            (&Method::GET, "/metrics") => {
+                let openmetrics = req
+                    .headers()
+                    .get(hyper::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("application/openmetrics-text"));
+                let snapshot = lock(state).metrics_snapshot();
+                let text = crate::metrics::render(snapshot);
+                if openmetrics {
+                    respond(
+                        StatusCode::OK,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        text,
+                    )
+                } else {
+                    respond(
+                        StatusCode::OK,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        crate::metrics::to_prometheus_text(&text),
+                    )
+                }
+            }
+            (&Method::GET, "/healthz") => {
+                let (st, warnings, failed) = {
+                    let guard = lock(state);
+                    let failed = !guard.failed_workers().is_empty();
+                    (guard.health_state(), guard.warnings(), failed)
+                };
+                // A failed worker: 503 whatever the level (the warnings name it).
+                let code = match failed {
+                    true => StatusCode::SERVICE_UNAVAILABLE,
+                    false => StatusCode::from_u16(st.http_status())
+                        .unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                };
+                #[derive(Serialize)]
+                struct Health {
+                    state: crate::health::HealthState,
+                    healthy: bool,
+                    /// A failing metrics.db, audit log or .hlog (reported; the dataplane
+                    /// serves on and the code follows its health), or a failed worker
+                    /// (503).
+                    warnings: Vec<String>,
+                }
+                json(
+                    code,
+                    &Health {
+                        state: st,
+                        healthy: st.is_healthy() && !failed,
+                        warnings,
+                    },
+                )
+            }
+            (&Method::GET, "/status") => json(StatusCode::OK, &lock(state).status()),
+            (&Method::GET, "/integrity") => json(StatusCode::OK, &lock(state).integrity()),
+            (&Method::POST, "/policy") => post_policy(state, client_timeout, req).await,
+            (&Method::POST, "/reload") => post_reload(state, reloads).await,
+            _ if allowed(&path).is_some() => {
+                let allow = allowed(&path).unwrap_or("");
+                let mut r = json(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &ErrorBody {
+                        error: format!(
+                            "{} is not allowed on {path}; expected {allow}",
+                            req.method()
+                        ),
+                        field: None,
+                    },
+                );
+                r.headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
+                r
+            }
+            _ => json(
+                StatusCode::NOT_FOUND,
+                &ErrorBody {
+                    error: format!(
+                        "no route {path}; expected /metrics, /healthz, /status, /integrity, /policy or /reload"
+                    ),
+                    field: None,
+                },
+            ),
+        }
     }
 }
 
