@@ -288,11 +288,15 @@ pub struct ShutdownReport {
 
 impl ShutdownReport {
     /// S11 across rings, schedulers and egress, for every worker: each packet taken
-    /// from a ring was sent or discarded with a counted reason; nothing is left queued.
+    /// from a ring was sent or discarded with a counted reason (handed to the egress);
+    /// nothing is left queued, pending or awaiting reclaim.
     pub fn is_conserved(&self) -> bool {
-        self.workers
-            .iter()
-            .all(|w| w.is_conserved() && w.shard.totals.queued == 0 && w.pending == 0)
+        self.workers.iter().all(|w| {
+            w.is_conserved()
+                && w.shard.totals.queued == 0
+                && w.pending == 0
+                && w.shard.awaiting_reclaim == 0
+        })
     }
 
     /// Packets taken from the rings, all workers.

@@ -1012,3 +1012,76 @@ fn s11_a_burst_left_open_at_the_stop_is_waited_for_a_second_and_counted() {
     assert!(report.is_conserved());
     drop(tx);
 }
+
+/// Counts what it sends and what it is asked to discard.
+#[derive(Default, Clone)]
+struct Tally {
+    sent: Arc<std::sync::atomic::AtomicU64>,
+    discarded: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Egress<u64> for Tally {
+    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
+        while out.pop().is_some() {
+            self.sent.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn discard(&mut self, _d: Discarded<u64>) {
+        self.discarded.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// qosd red team: a drain whose last batch dropped packets (AQM in qosd's runs; here
+/// the Low tier's expiry, which empties a queue paced behind a slow link in one
+/// decision) ended with those drops in the scheduler's reclaim list, never handed to
+/// `Egress::discard`: the gateway's own accounts came up short by 3-21 datagrams, while
+/// the shutdown report counted them as awaiting reclaim and called itself conserved.
+#[test]
+fn s11_drops_of_a_drain_s_last_batch_reach_the_egress() {
+    let tally = Tally::default();
+    // 1 Mbit/s: 400 packets of 1,000 bytes would take 3.2 s. Low-tier packets older
+    // than 1 ms + the 1 s grace expire, so about 1 s in the rest expire at once.
+    let policy = PolicySpec {
+        link: Some(LinkRate {
+            rate_bps: 1_000_000,
+            burst_bytes: 10_000,
+        }),
+        aging_timeout_ns: Some(1_000_000),
+        disconnect: false,
+        ..PolicySpec::default()
+    };
+    let egress = tally.clone();
+    let (dp, mut ps) = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .policy(Arc::new(policy.build().unwrap()))
+        .drain_timeout(Duration::from_secs(20))
+        .build(move |_| egress.clone())
+        .unwrap();
+    let mut tx = ps.pop().unwrap();
+    let h = tx.open(1, StreamConfig::with_priority(0)).unwrap();
+    for i in 0..400 {
+        while tx.enqueue(h, i, 1_000).is_err() {
+            thread::yield_now();
+        }
+    }
+    drop(tx);
+    // The drain is under way when the queue expires.
+    thread::sleep(Duration::from_millis(300));
+    let r = dp.shutdown(StopMode::Drain).unwrap();
+    let (sent, discarded) = (
+        tally.sent.load(Ordering::Relaxed),
+        tally.discarded.load(Ordering::Relaxed),
+    );
+    let expired = r.workers[0].priorities[0].dropped[DropReason::Expired as usize];
+    assert!(
+        expired > 100,
+        "the standing queue expired ({expired} drops)"
+    );
+    assert_eq!(
+        (sent, discarded),
+        (r.sent(), r.discarded()),
+        "the egress saw every packet the report counts"
+    );
+    assert_eq!(sent + discarded, 400);
+    assert!(r.is_conserved());
+}

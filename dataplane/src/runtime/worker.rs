@@ -315,6 +315,10 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
                 self.idle(&backoff, after, progress.wait_until);
             }
         }
+        // The last batch may have dropped packets (AQM, expiry) after this iteration's
+        // reclaim: they reach the egress before the worker ends, and so do its events.
+        self.reclaim();
+        self.forward_events();
         self.publish_all();
     }
 
