@@ -4,7 +4,7 @@
 //! expected, and a file that fails changes nothing (SIGHUP keeps the running one).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use ipnet::IpNet;
@@ -543,6 +543,7 @@ impl GatewayConfig {
                     "a name not used by another upstream",
                 ));
             }
+            validate_upstream(i, u.addr, &gateway.listen)?;
         }
         if file.rule.is_empty() {
             return Err(invalid("rule", "[]", "at least one [[rule]]"));
@@ -584,9 +585,67 @@ fn unreachable_default() -> GatewaySection {
     }
 }
 
+/// An upstream address datagrams can be sent to (a port, a host or multicast
+/// address), and not one qosd listens on: each datagram would come back to it,
+/// forever.
+fn validate_upstream(i: usize, addr: SocketAddr, listen: &[SocketAddr]) -> Result<(), ConfigError> {
+    let key = format!("upstream[{i}].addr");
+    let ip = addr.ip();
+    if addr.port() == 0 {
+        return Err(invalid(key, addr, "a port in 1..=65535"));
+    }
+    if ip.is_unspecified() {
+        return Err(invalid(
+            key,
+            addr,
+            "a host or multicast address (not 0.0.0.0 or ::)",
+        ));
+    }
+    if ip == IpAddr::V4(Ipv4Addr::BROADCAST) {
+        return Err(invalid(
+            key,
+            addr,
+            "a host or multicast address (qosd does not broadcast)",
+        ));
+    }
+    let loops = |l: &SocketAddr| {
+        l.port() == addr.port() && (l.ip() == ip || (l.ip().is_unspecified() && ip.is_loopback()))
+    };
+    if let Some(l) = listen.iter().find(|l| loops(l)) {
+        return Err(invalid(
+            key,
+            addr,
+            &format!(
+                "an address qosd does not listen on (gateway.listen has {l}: every datagram \
+                 would come back to qosd, forever)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn validate_gateway(g: &GatewaySection) -> Result<(), ConfigError> {
     if g.listen.is_empty() {
         return Err(invalid("gateway.listen", "[]", "at least one address"));
+    }
+    for (i, a) in g.listen.iter().enumerate() {
+        if g.listen[..i].contains(a) {
+            return Err(invalid(
+                format!("gateway.listen[{i}]"),
+                a,
+                "an address not listed twice",
+            ));
+        }
+    }
+    if !(g.max_datagram..=1 << 30).contains(&g.socket_buffer) {
+        return Err(invalid(
+            "gateway.socket_buffer",
+            g.socket_buffer,
+            &format!(
+                "{}..=1073741824 bytes (at least one datagram of gateway.max_datagram)",
+                g.max_datagram
+            ),
+        ));
     }
     if !(1..=64).contains(&g.workers) {
         return Err(invalid("gateway.workers", g.workers, "1..=64"));
@@ -837,5 +896,80 @@ mod tests {
             e.to_string().contains("rule[0].source") || e.to_string().contains("upstream"),
             "{e}"
         );
+    }
+
+    /// qosd red team: an upstream equal to a listen address was accepted, and one
+    /// datagram came back to qosd 97,000 times a second for as long as it ran; port 0
+    /// and the broadcast address passed `--check` and failed every send.
+    #[test]
+    fn s9_an_upstream_that_loops_or_cannot_be_sent_to_is_refused_naming_it() {
+        let base = DEFAULT_TOML;
+        let refused = |from: &str, to: &str, key: &str, says: &str| {
+            let text = base.replacen(from, to, 1);
+            assert_ne!(text, base, "{from}");
+            let e = GatewayConfig::from_toml(&text).expect_err(to).to_string();
+            assert!(e.contains(key) && e.contains(says), "{to}: {e}");
+        };
+        let upstream = "addr = \"127.0.0.1:7001\"";
+        refused(
+            upstream,
+            "addr = \"127.0.0.1:7000\"",
+            "upstream[0].addr",
+            "does not listen on",
+        );
+        refused(
+            upstream,
+            "addr = \"127.0.0.1:0\"",
+            "upstream[0].addr",
+            "a port",
+        );
+        refused(
+            upstream,
+            "addr = \"0.0.0.0:7001\"",
+            "upstream[0].addr",
+            "host or multicast",
+        );
+        refused(
+            upstream,
+            "addr = \"[::]:7001\"",
+            "upstream[0].addr",
+            "host or multicast",
+        );
+        refused(
+            upstream,
+            "addr = \"255.255.255.255:7001\"",
+            "upstream[0].addr",
+            "broadcast",
+        );
+        // A wildcard listen address receives what is sent to loopback on its port.
+        let wild = base.replacen(
+            "listen = [\"127.0.0.1:7000\"]",
+            "listen = [\"0.0.0.0:7001\"]",
+            1,
+        );
+        let e = GatewayConfig::from_toml(&wild)
+            .expect_err("wildcard loop")
+            .to_string();
+        assert!(
+            e.contains("upstream[0].addr") && e.contains("0.0.0.0:7001"),
+            "{e}"
+        );
+        refused(
+            "listen = [\"127.0.0.1:7000\"]",
+            "listen = [\"127.0.0.1:7000\", \"127.0.0.1:7000\"]",
+            "gateway.listen[1]",
+            "twice",
+        );
+        refused(
+            "workers = 2",
+            "workers = 2\nsocket_buffer = 0",
+            "gateway.socket_buffer",
+            "max_datagram",
+        );
+        // What stays allowed: another port of the same host, a multicast group, IPv6.
+        for ok in ["127.0.0.1:7002", "239.1.2.3:7001", "[::1]:7000"] {
+            let text = base.replacen(upstream, &format!("addr = \"{ok}\""), 1);
+            GatewayConfig::from_toml(&text).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
     }
 }
