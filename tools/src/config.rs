@@ -125,6 +125,11 @@ pub struct GatewaySection {
     /// A flow silent this long (ms) may be evicted and its stream closed.
     #[serde(default = "default_flow_idle_ms")]
     pub flow_idle_ms: u64,
+    /// Stream keys that get their own account (per-stream counters, 1..=16M); the
+    /// streams met after that are counted together in one overflow account, so a
+    /// sender choosing its stream ids cannot grow qosd's memory without bound.
+    #[serde(default = "default_stream_accounts")]
+    pub stream_accounts: usize,
     /// Datagrams per receive / send batch (1..=1024).
     #[serde(default = "default_batch")]
     pub batch: usize,
@@ -160,6 +165,7 @@ impl GatewaySection {
             max_datagram,
             flow_table,
             flow_idle_ms,
+            stream_accounts,
             batch,
             socket_buffer,
             ring_capacity,
@@ -174,6 +180,7 @@ impl GatewaySection {
             ("gateway.max_datagram", max_datagram.to_string()),
             ("gateway.flow_table", flow_table.to_string()),
             ("gateway.flow_idle_ms", flow_idle_ms.to_string()),
+            ("gateway.stream_accounts", stream_accounts.to_string()),
             ("gateway.batch", batch.to_string()),
             ("gateway.socket_buffer", socket_buffer.to_string()),
             ("gateway.ring_capacity", ring_capacity.to_string()),
@@ -195,6 +202,9 @@ fn default_max_datagram() -> usize {
 }
 fn default_flow_table() -> usize {
     65_536
+}
+fn default_stream_accounts() -> usize {
+    crate::gateway::DEFAULT_STREAM_ACCOUNTS
 }
 fn default_flow_idle_ms() -> u64 {
     30_000
@@ -576,6 +586,7 @@ fn unreachable_default() -> GatewaySection {
         max_datagram: default_max_datagram(),
         flow_table: default_flow_table(),
         flow_idle_ms: default_flow_idle_ms(),
+        stream_accounts: default_stream_accounts(),
         batch: default_batch(),
         socket_buffer: default_socket_buffer(),
         ring_capacity: default_ring(),
@@ -655,6 +666,13 @@ fn validate_gateway(g: &GatewaySection) -> Result<(), ConfigError> {
     }
     if !(1..=(1 << 24)).contains(&g.flow_table) {
         return Err(invalid("gateway.flow_table", g.flow_table, "1..=16777216"));
+    }
+    if !(1..=(1 << 24)).contains(&g.stream_accounts) {
+        return Err(invalid(
+            "gateway.stream_accounts",
+            g.stream_accounts,
+            "1..=16777216",
+        ));
     }
     if !(1..=10_000).contains(&g.stall_budget_ms) {
         return Err(invalid(
@@ -870,6 +888,11 @@ mod tests {
                 "workers = 2",
                 "workers = 2\nstall_budget_ms = 0",
                 "gateway.stall_budget_ms",
+            ),
+            (
+                "workers = 2",
+                "workers = 2\nstream_accounts = 0",
+                "gateway.stream_accounts",
             ),
             ("workers = 2", "workers = 2\nidle = \"sleep\"", "idle"),
             (

@@ -31,7 +31,9 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::{ConfigError, GatewayConfig, IdleConfig, PinningConfig};
 use classify::Classifier;
-pub use counters::{GatewayCounters, GatewayDrop, StreamAccount, StreamCounters};
+pub use counters::{
+    DEFAULT_STREAM_ACCOUNTS, GatewayCounters, GatewayDrop, StreamAccount, StreamCounters,
+};
 use egress::UdpEgress;
 use rx::{Rx, RxSettings};
 
@@ -281,7 +283,7 @@ impl Gateway {
             sockets.extend(socks);
         }
         let upstreams: Vec<SocketAddr> = config.upstreams.iter().map(|u| u.addr).collect();
-        let counters = Arc::new(GatewayCounters::default());
+        let counters = Arc::new(GatewayCounters::new(g.stream_accounts));
         let mut egresses = Vec::with_capacity(g.workers);
         for _ in 0..g.workers {
             let sock = egress_socket(&upstreams, g.socket_buffer)?;

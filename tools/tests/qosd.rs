@@ -211,6 +211,57 @@ fn s9_malformed_datagrams_are_counted_by_reason_not_fatal() {
     assert!(report.conserved, "{report:?}");
 }
 
+/// qosd red team: each stream id a sender chose kept its own account for good (RSS 12
+/// -> 367 MB for 1,000,000 ids, and a 118 MB drain report). With `stream_accounts`,
+/// the ids past the limit share one overflow account: the report stays small, the
+/// totals exact.
+#[test]
+fn s11_sender_chosen_stream_ids_cannot_grow_the_accounts_past_their_limit() {
+    let sink = Sink::bind();
+    let gw = start(&config_text(
+        &[sink.addr],
+        500,
+        "flow_table = 64\nflow_idle_ms = 0\nstream_accounts = 100",
+        "[[rule]]\nname = \"lg\"\nloadgen = true\nstream = \"header\"\nroute = { to = \"u0\" }\n",
+    ));
+    let to = gw.listen_addrs()[0];
+    let tx = sender();
+    send_paced(&tx, to, 2_000, |i| datagram(1_000 + i, 3, 0, 100));
+    let got = sink.drain(Duration::from_millis(300), Duration::from_secs(10));
+    let metrics = http(gw.api_addr(), "GET", "/metrics", &[], b"").1;
+    let report = gw.stop().expect("stop");
+    assert!(report.conserved, "{:?}", report.dropped);
+    assert_eq!(report.received, 2_000);
+    let overflow: Vec<_> = report.streams.iter().filter(|s| s.overflow).collect();
+    assert_eq!(overflow.len(), 1, "one overflow account");
+    assert_eq!(report.streams.len(), 101, "100 accounts and the overflow");
+    let own: u64 = report
+        .streams
+        .iter()
+        .filter(|s| !s.overflow)
+        .map(|s| s.received)
+        .sum();
+    assert_eq!((own, overflow[0].received), (100, 1_900));
+    assert_eq!(
+        report
+            .streams
+            .iter()
+            .map(|s| s.forwarded + s.dropped_total)
+            .sum::<u64>(),
+        2_000
+    );
+    assert_eq!(got.values().sum::<u64>(), report.forwarded);
+    assert_eq!(
+        metric(&metrics, "qosd_stream_accounts{}"),
+        Some(101.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "qosd_stream_accounts_overflowed_total{}"),
+        Some(1_900.0)
+    );
+}
+
 /// C4: SIGHUP and the control API's `POST /reload` re-read the file; a good one
 /// applies, a bad one changes nothing and says why (the API in its answer).
 #[test]

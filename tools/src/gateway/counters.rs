@@ -91,6 +91,9 @@ pub struct StreamCounters {
     pub priority: u8,
     /// Rule that formed it.
     pub rule: String,
+    /// The account of every stream met once the registry was full
+    /// (`gateway.stream_accounts`): their datagrams are counted here together.
+    pub overflow: bool,
     /// Datagrams of this stream read from the sockets.
     pub received: AtomicU64,
     /// Handed to the dataplane.
@@ -111,6 +114,7 @@ impl StreamCounters {
             index,
             priority,
             rule,
+            overflow: false,
             received: AtomicU64::new(0),
             enqueued: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
@@ -143,6 +147,7 @@ impl StreamCounters {
             stream_id: self.key,
             priority: self.priority,
             rule: self.rule.clone(),
+            overflow: self.overflow,
             received: self.received.load(Relaxed),
             enqueued: self.enqueued.load(Relaxed),
             forwarded: self.forwarded.load(Relaxed),
@@ -161,6 +166,10 @@ pub struct StreamAccount {
     pub priority: u8,
     /// Rule that formed it.
     pub rule: String,
+    /// The streams met once the registry was full, counted together (their
+    /// `stream_id`, `priority` and `rule` are those of the first one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overflow: bool,
     /// Datagrams read.
     pub received: u64,
     /// Handed to the dataplane.
@@ -195,20 +204,37 @@ pub struct GatewayCounters {
     pub copied_alone: AtomicU64,
     /// Configuration reloads applied and rejected.
     pub reloads: [AtomicU64; 2],
+    /// Streams opened once the registry was full, counted in its overflow account.
+    pub accounts_overflowed: AtomicU64,
     streams: Mutex<Registry>,
     dests: Mutex<Vec<Dest>>,
 }
 
 /// Every stream's counters: by key, and in creation order (the index a packet
-/// carries). Entries are never removed, so an index stays valid.
-#[derive(Debug, Default)]
+/// carries). Entries are never removed, so an index stays valid; at most `limit` keys
+/// get their own account, the streams met after that share one overflow account (a
+/// sender choosing stream ids must not grow qosd's memory without bound).
+#[derive(Debug)]
 struct Registry {
     by_key: HashMap<u64, u32>,
     list: Vec<Arc<StreamCounters>>,
+    limit: usize,
+    overflow: Option<Arc<StreamCounters>>,
 }
+
+/// Accounts kept by default (`gateway.stream_accounts`).
+pub const DEFAULT_STREAM_ACCOUNTS: usize = 131_072;
 
 impl Default for GatewayCounters {
     fn default() -> Self {
+        Self::new(DEFAULT_STREAM_ACCOUNTS)
+    }
+}
+
+impl GatewayCounters {
+    /// Counters keeping their own account for at most `stream_accounts` stream keys
+    /// (at least 1).
+    pub fn new(stream_accounts: usize) -> Self {
         Self {
             received: AtomicU64::new(0),
             received_bytes: AtomicU64::new(0),
@@ -219,13 +245,17 @@ impl Default for GatewayCounters {
             flows: AtomicU64::new(0),
             copied_alone: AtomicU64::new(0),
             reloads: [AtomicU64::new(0), AtomicU64::new(0)],
-            streams: Mutex::new(Registry::default()),
+            accounts_overflowed: AtomicU64::new(0),
+            streams: Mutex::new(Registry {
+                by_key: HashMap::new(),
+                list: Vec::new(),
+                limit: stream_accounts.max(1),
+                overflow: None,
+            }),
             dests: Mutex::new(Vec::new()),
         }
     }
-}
 
-impl GatewayCounters {
     /// Counts `n` drops of datagrams no stream owns.
     pub fn drops_unowned(&self, why: GatewayDrop, n: u64) {
         self.dropped[why.index()].fetch_add(n, Relaxed);
@@ -245,10 +275,22 @@ impl GatewayCounters {
         {
             return s.clone();
         }
-        // Saturates rather than wraps: 4 billion streams are not reached in practice.
-        // The registry keeps every stream key ever seen (a key seen again reuses its
-        // counters), so it grows with the distinct keys, not with the flow table.
+        // The registry keeps every stream key it gave an account (a key seen again
+        // reuses its counters) up to its limit; later keys share the overflow account.
+        // The list's length stays below the limit + 1, so the index fits a u32.
         let index = u32::try_from(reg.list.len()).unwrap_or(u32::MAX);
+        if reg.by_key.len() >= reg.limit {
+            self.accounts_overflowed.fetch_add(1, Relaxed);
+            if let Some(o) = &reg.overflow {
+                return o.clone();
+            }
+            let mut o = StreamCounters::new(key, index, priority, rule.to_string());
+            o.overflow = true;
+            let o = Arc::new(o);
+            reg.list.push(o.clone());
+            reg.overflow = Some(o.clone());
+            return o;
+        }
         let s = Arc::new(StreamCounters::new(key, index, priority, rule.to_string()));
         reg.list.push(s.clone());
         reg.by_key.insert(key, index);
@@ -388,6 +430,18 @@ impl GatewayCounters {
                 rows: vec![row(&[], self.copied_alone.load(Relaxed))],
             },
             ExtraFamily {
+                name: "qosd_stream_accounts".into(),
+                help: "Per-stream accounts held (at most gateway.stream_accounts, plus the overflow account).".into(),
+                counter: false,
+                rows: vec![row(&[], self.registry().list.len() as u64)],
+            },
+            ExtraFamily {
+                name: "qosd_stream_accounts_overflowed".into(),
+                help: "Streams opened once the per-stream accounts were full, counted together in the overflow account.".into(),
+                counter: true,
+                rows: vec![row(&[], self.accounts_overflowed.load(Relaxed))],
+            },
+            ExtraFamily {
                 name: "qosd_config_reloads".into(),
                 help: "Configuration reloads (SIGHUP or POST /reload), by outcome.".into(),
                 counter: true,
@@ -397,5 +451,56 @@ impl GatewayCounters {
                 ],
             },
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// qosd red team: every distinct stream key kept an account for good (about 355
+    /// bytes each: 1,000,000 header stream ids took qosd from 12 to 367 MB). Past the
+    /// limit, new keys share one overflow account; the totals stay exact.
+    #[test]
+    fn accounts_past_the_limit_share_the_overflow_account() {
+        let c = GatewayCounters::new(2);
+        let a = c.stream(10, 3, "r");
+        let b = c.stream(11, 3, "r");
+        let o1 = c.stream(12, 4, "r");
+        let o2 = c.stream(13, 5, "r");
+        assert!(Arc::ptr_eq(&o1, &o2), "one overflow account");
+        assert!(o1.overflow && !a.overflow && !b.overflow);
+        assert!(
+            Arc::ptr_eq(&a, &c.stream(10, 3, "r")),
+            "a known key keeps its account"
+        );
+        for (s, n) in [(&a, 1), (&b, 2), (&o1, 3), (&o2, 4)] {
+            s.received.fetch_add(n, Relaxed);
+            s.forwarded.fetch_add(n, Relaxed);
+        }
+        let accounts = c.streams();
+        assert_eq!(accounts.len(), 3);
+        assert_eq!(accounts.iter().map(|s| s.forwarded).sum::<u64>(), 10);
+        let o = accounts
+            .iter()
+            .find(|s| s.overflow)
+            .expect("overflow account");
+        assert_eq!((o.stream_id, o.received), (12, 7));
+        assert_eq!(c.accounts_overflowed.load(Relaxed), 2);
+        // The index a packet carries finds the account in a worker's cache.
+        let mut cache = Vec::new();
+        c.extend_streams(&mut cache);
+        assert!(Arc::ptr_eq(&cache[o1.index as usize], &o1));
+        // Many more keys: the registry does not grow.
+        for k in 100..10_100 {
+            c.stream(k, 0, "r");
+        }
+        assert_eq!(c.streams().len(), 3);
+        let text = serde_json::to_string(&accounts).expect("json");
+        assert_eq!(text.matches("\"overflow\":true").count(), 1, "{text}");
+        assert!(
+            !text.contains("\"overflow\":false"),
+            "absent when false: {text}"
+        );
     }
 }
