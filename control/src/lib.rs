@@ -4,6 +4,7 @@
 //! * [`policy`]: the serde-facing policy file (TOML, JSON), validated as a whole into
 //!   the dataplane's `Policy` (C1), versions (C2) and ed25519 signatures (C3).
 //! * [`audit`]: the append-only, hash-chained audit log and its verifier (C5).
+//! * [`files`]: opening the files an operator names without hanging on a FIFO.
 //! * [`logs`]: JSON-lines event logs through `tracing` (O3).
 //! * [`store`]: `metrics.db`, QoSMetrics rows in a real SQLite file (O2).
 //! * [`hlog`]: HdrHistogram interval logs (`.hlog`) of sojourn and cost (O4).
@@ -17,6 +18,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod files;
 pub mod health;
 pub mod hlog;
 pub mod integrity;

@@ -26,7 +26,7 @@ pub mod summary;
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use qos_control::audit::{self, AuditError, AuditHead, VerifyReport};
@@ -196,7 +196,7 @@ pub fn read_document(path: &Path) -> Result<Vec<u8>, CtlError> {
         path: path.to_owned(),
         source,
     };
-    let file = fs::File::open(path).map_err(read)?;
+    let file = qos_control::files::open_read(path).map_err(read)?;
     let mut bytes = Vec::new();
     file.take(MAX_DOCUMENT_BYTES as u64 + 1)
         .read_to_end(&mut bytes)
@@ -265,10 +265,12 @@ pub fn sign_policy(document: &Path, key: &Path) -> Result<String, CtlError> {
 /// # Errors
 /// [`CtlError::Write`].
 pub fn write_signature(path: &Path, signature: &str) -> Result<(), CtlError> {
-    fs::write(path, format!("{signature}\n")).map_err(|source| CtlError::Write {
-        path: path.to_owned(),
-        source,
-    })
+    qos_control::files::create_write(path)
+        .and_then(|mut f| f.write_all(format!("{signature}\n").as_bytes()))
+        .map_err(|source| CtlError::Write {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// Reads a signature file written by [`write_signature`] and checks that it is 64
@@ -282,7 +284,7 @@ pub fn read_signature(path: &Path) -> Result<String, CtlError> {
         source,
     };
     let mut text = String::new();
-    fs::File::open(path)
+    qos_control::files::open_read(path)
         .map_err(read)?
         .take(1024)
         .read_to_string(&mut text)

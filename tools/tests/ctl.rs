@@ -933,3 +933,93 @@ fn audit_verify_of_a_hostile_file_fits_in_bounded_memory() {
     );
     assert!(err.contains("line 1: tampered"), "{err}");
 }
+
+/// A FIFO at `path` (the `mkfifo` command, as an operator would make one).
+fn mkfifo(path: &Path) {
+    let ok = Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo runs");
+    assert!(ok.success());
+}
+
+/// Runs the real binary with `args`, killed after 10 s: (exit code, stderr, seconds).
+fn bounded(args: &[&str]) -> (Option<i32>, String, f64) {
+    let start = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_qos-ctl"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while child.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        start.elapsed().as_secs_f64(),
+    )
+}
+
+/// ctl red team: a FIFO given as a policy, key or signature to read, or as the
+/// signature or plot to write, hung qos-ctl for good (a plain open waits for the other
+/// end). Now a FIFO nobody writes reads as empty, and one nobody reads is refused, both
+/// at once.
+#[test]
+fn files_that_are_fifos_are_answered_at_once() {
+    let dir = TempDir::new("fifos");
+    let keys = dir.path("keys");
+    let (code, _, err) = ctl(&["keygen", "--out", &s(&keys)]);
+    assert_eq!(code, 0, "{err}");
+    let key = s(&keys.join(ctl::SIGNING_KEY_FILE));
+    let doc = dir.write("v2.toml", V2);
+    let log = dir.path("sojourn.hlog");
+    write_hlog(&log);
+    let fifo = dir.path("fifo");
+    mkfifo(&fifo);
+    let f = s(&fifo);
+    let (refused, failed) = (i32::from(ctl::EXIT_REFUSED), i32::from(ctl::EXIT_FAILED));
+    for (args, code, says) in [
+        (
+            vec!["policy", "validate", &f],
+            refused,
+            "missing field `version`",
+        ),
+        (
+            vec!["policy", "sign", &doc, "--key", &f],
+            failed,
+            "0 bytes of signing key",
+        ),
+        (
+            vec!["policy", "sign", &doc, "--key", &key, "--out", &f],
+            failed,
+            "nobody reads",
+        ),
+        (
+            vec![
+                "policy",
+                "apply",
+                &doc,
+                "--signature",
+                &f,
+                "--api",
+                "127.0.0.1:9",
+            ],
+            failed,
+            "signature",
+        ),
+        (
+            vec!["hdr", "plot", &s(&log), "--out", &f],
+            failed,
+            "nobody reads",
+        ),
+    ] {
+        let (got, err, secs) = bounded(&args);
+        assert!(secs < 5.0, "{args:?}: {secs:.1} s");
+        assert_eq!(got, Some(code), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

@@ -6,7 +6,7 @@
 //! signing (secret) key file holds the 32-byte seed. Key files are one line; leading
 //! and trailing whitespace is ignored when reading.
 
-use std::fs::{self, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -186,7 +186,7 @@ fn read_key_file<const N: usize>(path: &Path, what: &'static str) -> Result<[u8;
         source,
     };
     let mut text = String::new();
-    let file = fs::File::open(path).map_err(io)?;
+    let file = crate::files::open_read(path).map_err(io)?;
     file.take(MAX_KEY_FILE_BYTES + 1)
         .read_to_string(&mut text)
         .map_err(io)?;

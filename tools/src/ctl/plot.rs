@@ -234,10 +234,12 @@ pub fn plot_hlog(hlog: &Path, filters: &[String], out: &Path) -> Result<PlotSumm
                 message,
             }
         })?;
-    std::fs::write(out, svg).map_err(|source| CtlError::Write {
-        path: out.to_owned(),
-        source,
-    })?;
+    qos_control::files::create_write(out)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, svg.as_bytes()))
+        .map_err(|source| CtlError::Write {
+            path: out.to_owned(),
+            source,
+        })?;
     Ok(PlotSummary {
         path: out.to_owned(),
         curves: curves.iter().map(|c| (c.tag.clone(), c.count)).collect(),

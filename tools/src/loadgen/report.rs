@@ -418,10 +418,12 @@ pub fn send_table(report: &SendReport) -> String {
 /// # Errors
 /// [`LoadgenError::Write`] naming the file.
 pub fn write_file(path: &Path, text: &str) -> Result<(), LoadgenError> {
-    std::fs::write(path, text).map_err(|source| LoadgenError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+    qos_control::files::create_write(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+        .map_err(|source| LoadgenError::Write {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 #[cfg(test)]

@@ -31,6 +31,8 @@ pub const MAX_COUNT: u64 = 100_000;
 pub const MAX_PPS: f64 = 10_000_000.0;
 /// Longest run: one day.
 pub const MAX_DURATION_MS: u64 = 86_400_000;
+/// Largest scenario file read (a scenario is a few kilobytes).
+pub const MAX_SCENARIO_BYTES: u64 = 4 << 20;
 
 /// How the sender waits for its next deadline.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -358,10 +360,24 @@ impl Scenario {
     /// # Errors
     /// [`ScenarioError::Read`] or [`ScenarioError::Toml`], naming the file.
     pub fn from_file(path: &Path) -> Result<Self, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+        let read = |source| ScenarioError::Read {
             path: path.display().to_string(),
             source,
-        })?;
+        };
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(
+                qos_control::files::open_read(path).map_err(read)?,
+                MAX_SCENARIO_BYTES + 1,
+            ),
+            &mut text,
+        )
+        .map_err(read)?;
+        if text.len() as u64 > MAX_SCENARIO_BYTES {
+            return Err(read(std::io::Error::other(format!(
+                "larger than {MAX_SCENARIO_BYTES} bytes (is this a scenario file?)"
+            ))));
+        }
         Self::from_toml(&path.display().to_string(), &text)
     }
 
