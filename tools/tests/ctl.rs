@@ -1023,3 +1023,51 @@ fn files_that_are_fifos_are_answered_at_once() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// A server that answers each connection with `head`, then sends `drip` one byte every
+/// 100 ms for up to 30 s (or until the client leaves).
+fn trickling_server(head: &'static [u8], drip: &'static [u8]) -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in l.incoming().take(1) {
+            let mut c = conn.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut c, &mut buf);
+            let _ = std::io::Write::write_all(&mut c, head);
+            for _ in 0..300 {
+                for &b in drip {
+                    if std::io::Write::write_all(&mut c, &[b]).is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    });
+    addr
+}
+
+/// ctl red team: `--timeout` bounded each read, not the answer, so a server sending a
+/// byte a second (body or head), or interim `100 Continue` responses without end, held
+/// qos-ctl for as long as it liked (killed after 40 s). Now the whole answer has one
+/// deadline.
+#[test]
+fn a_trickling_server_is_cut_off_at_the_timeout() {
+    for (head, drip) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n"[..],
+            &b"x"[..],
+        ),
+        (&b"HTTP/1.1 200 OK\r\nX-Slow: "[..], &b"y"[..]),
+        (&b""[..], &b"HTTP/1.1 100 Continue\r\n\r\n"[..]),
+    ] {
+        let addr = trickling_server(head, drip);
+        let started = Instant::now();
+        let (code, _, err) = ctl(&["status", "--api", &addr, "--timeout", "1"]);
+        let took = started.elapsed();
+        assert_eq!(code, ctl::EXIT_FAILED, "{err}");
+        assert!(err.contains("timed out"), "{err}");
+        assert!(took < Duration::from_secs(3), "{took:?}: {err}");
+    }
+}

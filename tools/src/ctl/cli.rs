@@ -153,7 +153,7 @@ pub struct ApiArgs {
     /// Bearer token, when the control plane is configured with one.
     #[arg(long, env = "QOS_CTL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Connect, read and write timeout, in seconds.
+    /// Timeout in seconds: to connect, for each write, and for the whole answer.
     #[arg(long, value_name = "SECONDS", value_parser = parse_timeout, default_value = "5")]
     pub timeout: Duration,
 }

@@ -1,5 +1,6 @@
 //! A minimal HTTP/1.1 client for the control API: one request per connection over a
-//! std [`TcpStream`], with connect, read and write timeouts, an optional bearer token,
+//! std [`TcpStream`], with connect and write timeouts and one deadline for the whole
+//! answer, an optional bearer token,
 //! and responses framed by `Content-Length`, `Transfer-Encoding: chunked` or the end of
 //! the connection.
 //!
@@ -9,7 +10,7 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
@@ -250,7 +251,14 @@ impl ApiClient {
         writer.write_all(head.as_bytes()).map_err(send)?;
         writer.write_all(body).map_err(send)?;
         writer.flush().map_err(send)?;
-        read_response(BufReader::new(&stream), method == "HEAD").map_err(exchange)
+        // The timeout bounds the whole answer, not each read: a server trickling a
+        // byte at a time, or sending interim responses without end, is cut off there.
+        let reader = Deadline {
+            stream: &stream,
+            until: Instant::now() + self.timeout,
+            timeout: self.timeout,
+        };
+        read_response(BufReader::new(reader), method == "HEAD").map_err(exchange)
     }
 
     fn request_head(
@@ -307,6 +315,34 @@ impl ApiClient {
         Err(HttpError::Connect {
             addr: self.addr.clone(),
             source: last,
+        })
+    }
+}
+
+/// A socket whose reads all end by `until`.
+struct Deadline<'a> {
+    stream: &'a TcpStream,
+    until: Instant,
+    timeout: Duration,
+}
+
+impl Read for Deadline<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let timed_out = || {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("timed out: no complete answer within {:?}", self.timeout),
+            )
+        };
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        let mut reader = self.stream;
+        reader.read(buf).map_err(|e| match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => timed_out(),
+            _ => e,
         })
     }
 }
@@ -461,7 +497,9 @@ fn read_to_end<R: Read>(reader: &mut R) -> Result<Vec<u8>, ResponseError> {
 
 fn read_chunked<R: BufRead>(reader: &mut R) -> Result<Vec<u8>, ResponseError> {
     let mut body = Vec::new();
-    let mut budget = MAX_HEAD_BYTES;
+    // The framing lines (sizes, trailers) count against the body's limit: a body of
+    // many small chunks is valid.
+    let mut budget = MAX_BODY_BYTES;
     loop {
         let line =
             read_line(reader, &mut budget)?.ok_or(ResponseError::Closed("before a chunk size"))?;
