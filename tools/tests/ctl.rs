@@ -1071,3 +1071,58 @@ fn a_trickling_server_is_cut_off_at_the_timeout() {
         assert!(took < Duration::from_secs(3), "{took:?}: {err}");
     }
 }
+
+/// ctl red team: `hdr print` and `status` into a full disk exited 0 with their output
+/// lost: stdout is line-buffered, so the write of whole lines failed at once, unread,
+/// and the final flush had nothing left to fail on.
+#[test]
+fn a_failed_write_to_stdout_exits_3() {
+    let dir = TempDir::new("full");
+    let log = dir.path("sojourn.hlog");
+    write_hlog(&log);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qos-ctl"))
+        .args(["hdr", "print", &s(&log)])
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(i32::from(ctl::EXIT_FAILED)),
+        "{err}"
+    );
+    assert!(err.contains("qos-ctl: stdout: No space left"), "{err}");
+}
+
+/// ctl red team: the server's strings (health, warnings, errors; a metrics.db column
+/// name reached `/status` through the store's error) were printed raw, so escape
+/// sequences in them cleared the operator's screen and retitled the terminal. They are
+/// written as escapes now, on stdout and stderr.
+#[test]
+fn control_characters_from_the_server_reach_the_terminal_as_escapes() {
+    let body = "{\"error\":\"\\u001b[2J\\u001b]0;owned\\u0007\\u009b31m all good\",\"field\":null}";
+    let head: &'static [u8] = Box::leak(
+        format!(
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+        .into_boxed_slice(),
+    );
+    let addr = trickling_server(head, b"");
+    let (code, out, err) = ctl(&["status", "--api", &addr, "--timeout", "2"]);
+    assert_ne!(code, 0);
+    assert_eq!(out, "");
+    assert!(
+        !err.contains('\u{1b}') && !err.contains('\u{7}') && !err.contains('\u{9b}'),
+        "{err:?}"
+    );
+    assert!(
+        err.contains("\\x1b[2J\\x1b]0;owned\\x07\\u{009b}31m all good"),
+        "{err}"
+    );
+}

@@ -175,6 +175,14 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
 /// Runs `cli`, printing results to `out` and problems to `err`; returns the exit code
 /// (0, [`EXIT_REFUSED`] or [`EXIT_FAILED`]).
 pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
+    let out = &mut Tracked {
+        inner: out,
+        error: None,
+    };
+    let err = &mut Tracked {
+        inner: err,
+        error: None,
+    };
     match dispatch(cli.command, out, err) {
         Ok(None) => 0,
         Ok(Some(verdict)) => {
@@ -190,9 +198,68 @@ pub fn run(cli: Cli, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     .max(written(out, err))
 }
 
-/// [`EXIT_FAILED`] when stdout could not be flushed (a closed pipe), else 0.
-fn written(out: &mut dyn Write, err: &mut dyn Write) -> u8 {
-    match out.flush() {
+/// What qos-ctl writes to stdout and stderr. It keeps the first error of a write:
+/// stdout is line-buffered, so a write of whole lines fails at once (a full disk, a
+/// closed pipe) and the final flush then has nothing left to fail on. And it writes
+/// control characters as escapes: the text comes in part from the server (health,
+/// warnings, errors), which must not drive the operator's terminal.
+struct Tracked<'a> {
+    inner: &'a mut dyn Write,
+    error: Option<std::io::Error>,
+}
+
+impl Write for Tracked<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = match escape_controls(buf) {
+            Some(escaped) => self.inner.write_all(&escaped).map(|()| buf.len()),
+            None => self.inner.write(buf),
+        };
+        written.inspect_err(|e| {
+            if self.error.is_none() {
+                self.error = Some(std::io::Error::new(e.kind(), e.to_string()));
+            }
+        })
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// `buf` with its control characters (C0 but newline and tab, DEL, and C1 in UTF-8)
+/// written as `\xNN` / `\u{NNNN}`, or `None` when it has none.
+fn escape_controls(buf: &[u8]) -> Option<Vec<u8>> {
+    let control = |i: usize| {
+        let b = buf[i];
+        (b < 0x20 && b != b'\n' && b != b'\t')
+            || b == 0x7f
+            || (b == 0xc2 && buf.get(i + 1).is_some_and(|n| (0x80..0xa0).contains(n)))
+    };
+    if !(0..buf.len()).any(control) {
+        return None;
+    }
+    let mut v = Vec::with_capacity(buf.len() + 16);
+    let mut i = 0;
+    while i < buf.len() {
+        if !control(i) {
+            v.push(buf[i]);
+        } else if buf[i] == 0xc2 {
+            // U+0080..U+009F: the code point is the second byte.
+            let _ = write!(v, "\\u{{{:04x}}}", buf[i + 1]);
+            i += 1;
+        } else {
+            let _ = write!(v, "\\x{:02x}", buf[i]);
+        }
+        i += 1;
+    }
+    Some(v)
+}
+
+/// [`EXIT_FAILED`] when a write to stdout failed or it could not be flushed (a closed
+/// pipe, a full disk), else 0.
+fn written(out: &mut Tracked<'_>, err: &mut dyn Write) -> u8 {
+    let flushed = out.flush();
+    match out.error.take().map_or(flushed, Err) {
         Ok(()) => 0,
         Err(e) => {
             let _ = writeln!(err, "qos-ctl: stdout: {e}");
@@ -375,7 +442,7 @@ fn hdr_command(
 }
 
 fn print(out: &mut dyn Write, args: std::fmt::Arguments<'_>) {
-    // A failed write surfaces once, at the final flush (see `written`).
+    // A failed write surfaces once, at the end (see `written`).
     let _ = out.write_fmt(args);
 }
 
