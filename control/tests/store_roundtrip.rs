@@ -322,8 +322,8 @@ fn an_empty_batch_creates_the_table() {
 }
 
 /// O2, bad input: a `qos_metrics` table another program made (no `packets_dropped`)
-/// fails every batch with an error naming the missing column, and the store adds
-/// nothing to the user's file: no row, no index.
+/// fails every batch with an error naming the missing column, and the store changes
+/// nothing in the user's file: no row, no index, not a byte.
 #[test]
 fn a_foreign_qos_metrics_table_is_refused_and_left_untouched() {
     let dir = temp_dir("foreign");
@@ -346,6 +346,7 @@ fn a_foreign_qos_metrics_table_is_refused_and_left_untouched() {
         String::from_utf8(out.stdout).unwrap()
     };
     let before = schema(&db);
+    let bytes = std::fs::read(&db).unwrap();
     let mut store = TursoStore::new(&db).unwrap();
     for _ in 0..2 {
         let err = store.write_batch(&rows(0, 3)).unwrap_err();
@@ -364,6 +365,12 @@ fn a_foreign_qos_metrics_table_is_refused_and_left_untouched() {
         assert!(msg.contains("no column timestamp "), "{msg}");
     }
     assert_eq!(schema(&db), before, "no index or table added");
+    // Not even the header: opening the file read-write switched it to WAL (bytes 18
+    // and 19 from 1 to 2) before the table was refused (found by a red team).
+    assert!(
+        std::fs::read(&db).unwrap() == bytes,
+        "the file's bytes are unchanged"
+    );
     assert!(!before.contains("INDEX"), "{before}");
     assert_eq!(sqlite3_count(&db), 1, "the user's row only");
     std::fs::remove_dir_all(&dir).unwrap();

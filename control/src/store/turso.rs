@@ -104,11 +104,11 @@ impl TursoStore {
     }
 
     /// Opens the file, retrying while another process holds its lock.
-    fn open(&self) -> Result<Arc<Database>, StoreError> {
+    fn open(&self, flags: OpenFlags) -> Result<Arc<Database>, StoreError> {
         let mut retries = self.lock_retries;
         loop {
             let io: Arc<dyn IO> = Arc::new(PlatformIO::new().map_err(self.err(StoreStep::Io))?);
-            let options = OpenOptions::new(Arc::new(SqliteDialect));
+            let options = OpenOptions::new(Arc::new(SqliteDialect)).flags(flags);
             match Database::open(io, &self.path_str, options) {
                 Err(LimboError::LockingError(_)) if retries > 0 => {
                     retries -= 1;
@@ -138,7 +138,7 @@ impl TursoStore {
             .map_err(self.err(StoreStep::CreateSchema))?;
         // A `qos_metrics` table someone else made (or an older layout) is refused
         // before anything, the index included, is added to it.
-        self.check_columns(conn)?;
+        self.check_columns(conn, false)?;
         conn.execute(INDEX_SQL)
             .map_err(self.err(StoreStep::CreateSchema))?;
         conn.execute("BEGIN").map_err(self.err(StoreStep::Begin))?;
@@ -161,8 +161,25 @@ impl TursoStore {
         Ok(())
     }
 
-    /// Every column `INSERT_SQL` names is in the table.
-    fn check_columns(&self, conn: &Arc<Connection>) -> Result<(), StoreError> {
+    /// Before a read-write open, which changes the file (it switches a database to
+    /// WAL), a file that exists is opened read-only: one whose `qos_metrics` table is
+    /// someone else's is refused before a byte of it changes.
+    fn check_existing(&self) -> Result<(), StoreError> {
+        if std::fs::metadata(&self.path).map_or(true, |m| m.len() == 0) {
+            return Ok(());
+        }
+        let db = self.open(OpenFlags::ReadOnly)?;
+        let conn = db.connect().map_err(self.err(StoreStep::Connect))?;
+        let checked = self.check_columns(&conn, true);
+        let _ = conn.close();
+        drop(conn);
+        drop(db);
+        checked
+    }
+
+    /// Every column `INSERT_SQL` names is in the table (with `absent_ok`, also no
+    /// table at all: it is created later).
+    fn check_columns(&self, conn: &Arc<Connection>, absent_ok: bool) -> Result<(), StoreError> {
         let rows = conn
             .prepare(COLUMNS_SQL)
             .and_then(|mut stmt| stmt.run_collect_rows())
@@ -172,6 +189,9 @@ impl TursoStore {
             .iter()
             .filter_map(|r| r.get(1).and_then(Value::to_text).map(str::to_owned))
             .collect();
+        if absent_ok && names.is_empty() {
+            return Ok(());
+        }
         match COLUMNS
             .iter()
             .find(|c| !names.iter().any(|n| n.eq_ignore_ascii_case(c)))
@@ -231,7 +251,8 @@ impl TursoStore {
 impl MetricsStore for TursoStore {
     fn write_batch(&mut self, rows: &[QosMetricsRow]) -> Result<(), StoreError> {
         check_ranges(&self.path, rows)?;
-        let db = self.open()?;
+        self.check_existing()?;
+        let db = self.open(OpenFlags::default())?;
         let conn = db.connect().map_err(self.err(StoreStep::Connect))?;
         let inserted = self.insert_all(&conn, rows);
         let closed = conn.close().map_err(self.err(StoreStep::Close));
