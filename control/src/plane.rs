@@ -255,6 +255,8 @@ pub(crate) struct State<P> {
     db_window: Vec<Histogram<u64>>,
     hlog_started: SystemTime,
     db_started: u64,
+    /// Failed metrics.db batches already logged.
+    db_failed_logged: u64,
     // reports
     reports: Vec<Option<StreamReport>>,
     next_report_ns: u64,
@@ -409,6 +411,7 @@ impl<P: Send + 'static> State<P> {
             db_window: (0..PRIORITIES).map(|_| new_sojourn_histogram()).collect(),
             hlog_started: now,
             db_started: dataplane.now_ns(),
+            db_failed_logged: 0,
             reports: (0..workers).map(|_| None).collect(),
             next_report_ns: 0,
             top: Vec::new(),
@@ -918,6 +921,7 @@ impl<P: Send + 'static> State<P> {
     }
 
     fn tick_store(&mut self, now_ns: u64, wall: SystemTime, force: bool) {
+        self.log_store_failures();
         if self.store.is_none() {
             return;
         }
@@ -934,6 +938,22 @@ impl<P: Send + 'static> State<P> {
             && store.submit(rows).is_err()
         {
             tracing::warn!(target: crate::logs::EVENT_TARGET, event = "metrics_db.dropped", reason = "the store is behind; batch dropped");
+        }
+    }
+
+    /// Logs `metrics_db.failed` for the batches that failed since the last tick, with
+    /// the latest error: the error itself leaves `/status` once a batch is written
+    /// again, the log keeps it.
+    fn log_store_failures(&mut self) {
+        let Some(store) = self.store.as_ref() else {
+            return;
+        };
+        let st = store.status();
+        if st.batches_failed > self.db_failed_logged {
+            let failed = st.batches_failed - self.db_failed_logged;
+            self.db_failed_logged = st.batches_failed;
+            let error = st.last_error.as_deref().unwrap_or("unknown");
+            tracing::error!(target: crate::logs::EVENT_TARGET, event = "metrics_db.failed", batches = failed, error = %error);
         }
     }
 
@@ -1246,7 +1266,16 @@ impl<P: Send + 'static> State<P> {
         self.tick_hlog(wall, true);
         self.tick_store(end_ns, wall, true);
         if let Some(store) = self.store.take() {
-            let _ = store.stop(Duration::from_secs(5));
+            let stop = store.stop(Duration::from_secs(5));
+            // The last batches' failures, and batches the store never finished.
+            if stop.status.batches_failed > self.db_failed_logged {
+                let failed = stop.status.batches_failed - self.db_failed_logged;
+                let error = stop.status.last_error.as_deref().unwrap_or("unknown");
+                tracing::error!(target: crate::logs::EVENT_TARGET, event = "metrics_db.failed", batches = failed, error = %error);
+            }
+            if !stop.completed || stop.pending_batches > 0 {
+                tracing::error!(target: crate::logs::EVENT_TARGET, event = "metrics_db.failed", batches = stop.pending_batches, error = "the store did not finish within 5 s at shutdown; these batches are lost");
+            }
         }
         Ok(result?)
     }

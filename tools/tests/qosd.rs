@@ -1003,6 +1003,49 @@ fn datagrams_copied_alone_once_every_pooled_buffer_is_held_arrive_whole() {
     assert!(got == sent, "a datagram changed on its way");
 }
 
+/// O2, metrics.db red team: why the store failed was shown only while it failed
+/// (`/status` clears it at the next written batch) and never logged, and a batch lost at
+/// shutdown left no trace. Each failure is now logged as `metrics_db.failed` with its
+/// error, at run time and at the stop.
+#[test]
+fn o2_metrics_db_failures_are_logged_with_their_error() {
+    let dir = tempdir("db-failed");
+    let up = Sink::bind();
+    let path = dir.join("qosd.toml");
+    let state = dir.join("state");
+    // A directory where the database file should be: every batch fails.
+    std::fs::create_dir_all(state.join("metrics.db")).expect("state dir");
+    let text = config_text(
+        &[up.addr],
+        100,
+        "",
+        "[[rule]]\nname = \"all\"\nroute = { to = \"u0\" }\n",
+    )
+    .replace(
+        "[control]\n",
+        &format!(
+            "[control]\nstate_dir = \"{}\"\nmetrics_db = true\nmetrics_db_period_ms = 1000\n",
+            state.display()
+        ),
+    );
+    std::fs::write(&path, text).expect("config");
+    let q = Qosd::spawn(&path);
+    let line = q
+        .wait_line("metrics_db.failed", Duration::from_secs(10))
+        .expect("a metrics_db.failed line");
+    let event: serde_json::Value = serde_json::from_str(&line).expect("a JSON log line");
+    assert_eq!(event["event"], "metrics_db.failed", "{line}");
+    assert!(event["batches"].as_u64().is_some_and(|n| n >= 1), "{line}");
+    assert!(
+        event["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("metrics.db")),
+        "{line}"
+    );
+    let (_, exit) = q.terminate();
+    assert!(exit.success(), "{exit:?}");
+}
+
 /// O4 on a full disk: qosd runs with a 24 KB file-size limit (`ulimit -f`, SIGXFSZ
 /// ignored, so writes past it fail with EFBIG as on a full disk) and writes an `.hlog`
 /// every 250 ms. Once the limit is reached, the failed lines are counted in
