@@ -617,7 +617,8 @@ fn unreachable_default() -> GatewaySection {
 /// forever.
 fn validate_upstream(i: usize, addr: SocketAddr, listen: &[SocketAddr]) -> Result<(), ConfigError> {
     let key = format!("upstream[{i}].addr");
-    let ip = addr.ip();
+    // An IPv4-mapped IPv6 address is sent as IPv4 (the egress socket is dual stack).
+    let ip = addr.ip().to_canonical();
     if addr.port() == 0 {
         return Err(invalid(key, addr, "a port in 1..=65535"));
     }
@@ -635,8 +636,15 @@ fn validate_upstream(i: usize, addr: SocketAddr, listen: &[SocketAddr]) -> Resul
             "a host or multicast address (qosd does not broadcast)",
         ));
     }
+    // A wildcard listen address receives loopback of its own family (IPv6 listen
+    // sockets are v6-only).
     let loops = |l: &SocketAddr| {
-        l.port() == addr.port() && (l.ip() == ip || (l.ip().is_unspecified() && ip.is_loopback()))
+        let listen = l.ip().to_canonical();
+        l.port() == addr.port()
+            && (listen == ip
+                || (listen.is_unspecified()
+                    && ip.is_loopback()
+                    && listen.is_ipv4() == ip.is_ipv4()))
     };
     if let Some(l) = listen.iter().find(|l| loops(l)) {
         return Err(invalid(
@@ -1005,7 +1013,34 @@ mod tests {
             "gateway.socket_buffer",
             "max_datagram",
         );
-        // What stays allowed: another port of the same host, a multicast group, IPv6.
+        // IPv4-mapped IPv6 addresses are sent as IPv4: the same checks apply.
+        refused(
+            upstream,
+            "addr = \"[::ffff:127.0.0.1]:7000\"",
+            "upstream[0].addr",
+            "does not listen on",
+        );
+        refused(
+            upstream,
+            "addr = \"[::ffff:0.0.0.0]:7001\"",
+            "upstream[0].addr",
+            "host or multicast",
+        );
+        refused(
+            upstream,
+            "addr = \"[::ffff:255.255.255.255]:7001\"",
+            "upstream[0].addr",
+            "broadcast",
+        );
+        // What stays allowed: another port of the same host, a multicast group, IPv6,
+        // and loopback of the other family on a wildcard listen's port (IPv6 listen
+        // sockets are v6-only).
+        let wild6 = base.replacen(
+            "listen = [\"127.0.0.1:7000\"]",
+            "listen = [\"[::]:7001\"]",
+            1,
+        );
+        GatewayConfig::from_toml(&wild6).unwrap_or_else(|e| panic!("[::] and 127.0.0.1: {e}"));
         for ok in ["127.0.0.1:7002", "239.1.2.3:7001", "[::1]:7000"] {
             let text = base.replacen(upstream, &format!("addr = \"{ok}\""), 1);
             GatewayConfig::from_toml(&text).unwrap_or_else(|e| panic!("{ok}: {e}"));

@@ -1122,7 +1122,60 @@ fn control_characters_from_the_server_reach_the_terminal_as_escapes() {
         "{err:?}"
     );
     assert!(
-        err.contains("\\x1b[2J\\x1b]0;owned\\x07\\u{009b}31m all good"),
+        err.contains("\\u001b[2J\\u001b]0;owned\\u0007\\u009b31m all good"),
         "{err}"
+    );
+}
+
+/// Review finding: the escapes must keep `--json` output valid JSON. The server's JSON
+/// may hold DEL and C1 characters raw in its strings (serde_json escapes only C0);
+/// they come out as JSON escapes, so the printed JSON means the same.
+#[test]
+fn json_output_with_del_and_c1_stays_the_same_json() {
+    let value = serde_json::json!({"health": "a\u{7f}b\u{85}c\u{1b}d", "n": 1});
+    let body = serde_json::to_string(&value).unwrap();
+    assert!(
+        body.contains('\u{7f}') && body.contains('\u{85}'),
+        "raw in the body"
+    );
+    let head: &'static [u8] = Box::leak(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+        .into_boxed_slice(),
+    );
+    let addr = trickling_server(head, b"");
+    let (code, out, err) = ctl(&["status", "--api", &addr, "--json", "--timeout", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        !out.contains('\u{7f}') && !out.contains('\u{85}'),
+        "{out:?}"
+    );
+    let printed: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+    assert_eq!(printed, value);
+}
+
+/// Review finding: `--timeout 1e19` overflowed the answer's deadline (a panic); a
+/// timeout of a day or more is a usage error.
+#[test]
+fn a_timeout_of_a_day_or_more_is_a_usage_error() {
+    for t in ["1e19", "86400"] {
+        let parsed =
+            Cli::try_parse_from(["qos-ctl", "status", "--api", "127.0.0.1:9", "--timeout", t]);
+        let e = parsed.expect_err(t).to_string();
+        assert!(e.contains("under a day"), "{t}: {e}");
+    }
+    assert!(
+        Cli::try_parse_from([
+            "qos-ctl",
+            "status",
+            "--api",
+            "127.0.0.1:9",
+            "--timeout",
+            "86399"
+        ])
+        .is_ok()
     );
 }

@@ -168,8 +168,10 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     text.parse::<f64>()
         .ok()
         .and_then(|s| Duration::try_from_secs_f64(s).ok())
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| format!("{text:?}: expected a number of seconds > 0 (at least 1 ns)"))
+        .filter(|d| !d.is_zero() && d.as_secs() < 86_400)
+        .ok_or_else(|| {
+            format!("{text:?}: expected a number of seconds > 0 (at least 1 ns) and under a day")
+        })
 }
 
 /// Runs `cli`, printing results to `out` and problems to `err`; returns the exit code
@@ -227,7 +229,9 @@ impl Write for Tracked<'_> {
 }
 
 /// `buf` with its control characters (C0 but newline and tab, DEL, and C1 in UTF-8)
-/// written as `\xNN` / `\u{NNNN}`, or `None` when it has none.
+/// written as `\uNNNN`, or `None` when it has none. JSON's own escape: `--json`
+/// prints the server's JSON, whose strings may hold DEL and C1 raw, and stays valid
+/// JSON with the same meaning (it holds no raw C0: JSON does not allow it).
 fn escape_controls(buf: &[u8]) -> Option<Vec<u8>> {
     let control = |i: usize| {
         let b = buf[i];
@@ -245,10 +249,10 @@ fn escape_controls(buf: &[u8]) -> Option<Vec<u8>> {
             v.push(buf[i]);
         } else if buf[i] == 0xc2 {
             // U+0080..U+009F: the code point is the second byte.
-            let _ = write!(v, "\\u{{{:04x}}}", buf[i + 1]);
+            let _ = write!(v, "\\u{:04x}", buf[i + 1]);
             i += 1;
         } else {
-            let _ = write!(v, "\\x{:02x}", buf[i]);
+            let _ = write!(v, "\\u{:04x}", buf[i]);
         }
         i += 1;
     }

@@ -401,8 +401,8 @@ type Head = (u16, String, Vec<(String, String)>);
 
 fn read_head<R: BufRead>(reader: &mut R) -> Result<Head, ResponseError> {
     let mut budget = MAX_HEAD_BYTES;
-    let status_line =
-        read_line(reader, &mut budget)?.ok_or(ResponseError::Closed("before the status line"))?;
+    let status_line = read_line(reader, &mut budget, "head", MAX_HEAD_BYTES)?
+        .ok_or(ResponseError::Closed("before the status line"))?;
     let mut parts = status_line.splitn(3, ' ');
     let version = parts.next().unwrap_or_default();
     if !version.starts_with("HTTP/1.") {
@@ -424,8 +424,8 @@ fn read_head<R: BufRead>(reader: &mut R) -> Result<Head, ResponseError> {
     let reason = parts.next().unwrap_or_default().to_owned();
     let mut headers = Vec::new();
     loop {
-        let line =
-            read_line(reader, &mut budget)?.ok_or(ResponseError::Closed("in the headers"))?;
+        let line = read_line(reader, &mut budget, "head", MAX_HEAD_BYTES)?
+            .ok_or(ResponseError::Closed("in the headers"))?;
         if line.is_empty() {
             return Ok((status, reason, headers));
         }
@@ -436,11 +436,14 @@ fn read_head<R: BufRead>(reader: &mut R) -> Result<Head, ResponseError> {
     }
 }
 
-/// One CRLF- (or LF-) terminated line without its terminator, charged to `budget`;
-/// `None` at the end of the stream before any byte.
+/// One CRLF- (or LF-) terminated line without its terminator, charged to `budget`
+/// (`what`'s, of `limit_bytes` in all); `None` at the end of the stream before any
+/// byte.
 fn read_line<R: BufRead>(
     reader: &mut R,
     budget: &mut usize,
+    what: &'static str,
+    limit_bytes: usize,
 ) -> Result<Option<String>, ResponseError> {
     let mut buf = Vec::new();
     let limit = *budget as u64 + 1;
@@ -453,8 +456,8 @@ fn read_line<R: BufRead>(
     }
     if n as u64 == limit {
         return Err(ResponseError::TooLarge {
-            what: "head",
-            limit: MAX_HEAD_BYTES,
+            what,
+            limit: limit_bytes,
         });
     }
     *budget -= n;
@@ -503,18 +506,18 @@ fn read_to_end<R: Read>(reader: &mut R) -> Result<Vec<u8>, ResponseError> {
 
 fn read_chunked<R: BufRead>(reader: &mut R) -> Result<Vec<u8>, ResponseError> {
     let mut body = Vec::new();
-    // The framing lines (sizes, trailers) count against the body's limit: a body of
-    // many small chunks is valid.
+    // The framing lines (sizes, trailers) have a budget of the body's size, not the
+    // head's: a body of many small chunks is valid.
     let mut budget = MAX_BODY_BYTES;
     loop {
-        let line =
-            read_line(reader, &mut budget)?.ok_or(ResponseError::Closed("before a chunk size"))?;
+        let line = read_line(reader, &mut budget, "chunk framing", MAX_BODY_BYTES)?
+            .ok_or(ResponseError::Closed("before a chunk size"))?;
         let size_text = line.split(';').next().unwrap_or_default().trim();
         let size = usize::from_str_radix(size_text, 16)
             .map_err(|_| ResponseError::Malformed(format!("chunk size {:?}", cut(&line))))?;
         if size == 0 {
             // Trailers, if any, up to the empty line.
-            while !read_line(reader, &mut budget)?
+            while !read_line(reader, &mut budget, "chunk framing", MAX_BODY_BYTES)?
                 .ok_or(ResponseError::Closed("in the chunked trailer"))?
                 .is_empty()
             {}
@@ -534,7 +537,8 @@ fn read_chunked<R: BufRead>(reader: &mut R) -> Result<Vec<u8>, ResponseError> {
                 io::ErrorKind::UnexpectedEof => ResponseError::Closed("inside a chunk"),
                 _ => receive(e),
             })?;
-        let end = read_line(reader, &mut budget)?.ok_or(ResponseError::Closed("after a chunk"))?;
+        let end = read_line(reader, &mut budget, "chunk framing", MAX_BODY_BYTES)?
+            .ok_or(ResponseError::Closed("after a chunk"))?;
         if !end.is_empty() {
             return Err(ResponseError::Malformed(
                 "chunk longer than its size".into(),

@@ -204,7 +204,8 @@ pub struct GatewayCounters {
     pub copied_alone: AtomicU64,
     /// Configuration reloads applied and rejected.
     pub reloads: [AtomicU64; 2],
-    /// Streams opened once the registry was full, counted in its overflow account.
+    /// Streams opened (or opened again) once the registry was full, counted in its
+    /// overflow account.
     pub accounts_overflowed: AtomicU64,
     streams: Mutex<Registry>,
     dests: Mutex<Vec<Dest>>,
@@ -437,7 +438,7 @@ impl GatewayCounters {
             },
             ExtraFamily {
                 name: "qosd_stream_accounts_overflowed".into(),
-                help: "Streams opened once the per-stream accounts were full, counted together in the overflow account.".into(),
+                help: "Streams opened (or opened again after their flows were evicted) once the per-stream accounts were full: counted together in the overflow account.".into(),
                 counter: true,
                 rows: vec![row(&[], self.accounts_overflowed.load(Relaxed))],
             },

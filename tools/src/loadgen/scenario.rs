@@ -364,20 +364,22 @@ impl Scenario {
             path: path.display().to_string(),
             source,
         };
-        let mut text = String::new();
-        std::io::Read::read_to_string(
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(
             &mut std::io::Read::take(
                 qos_control::files::open_read(path).map_err(read)?,
                 MAX_SCENARIO_BYTES + 1,
             ),
-            &mut text,
+            &mut bytes,
         )
         .map_err(read)?;
-        if text.len() as u64 > MAX_SCENARIO_BYTES {
+        if bytes.len() as u64 > MAX_SCENARIO_BYTES {
             return Err(read(std::io::Error::other(format!(
                 "larger than {MAX_SCENARIO_BYTES} bytes (is this a scenario file?)"
             ))));
         }
+        let text = String::from_utf8(bytes)
+            .map_err(|e| read(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
         Self::from_toml(&path.display().to_string(), &text)
     }
 
