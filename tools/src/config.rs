@@ -691,6 +691,13 @@ fn validate_gateway(g: &GatewaySection) -> Result<(), ConfigError> {
     if !(1..=(1 << 24)).contains(&g.flow_table) {
         return Err(invalid("gateway.flow_table", g.flow_table, "1..=16777216"));
     }
+    if g.drain_ms > 600_000 {
+        return Err(invalid(
+            "gateway.drain_ms",
+            g.drain_ms,
+            "0..=600000 (SIGTERM waits this long, and a second signal does not cut it short)",
+        ));
+    }
     if !(1..=(1 << 24)).contains(&g.stream_accounts) {
         return Err(invalid(
             "gateway.stream_accounts",
@@ -917,6 +924,11 @@ mod tests {
                 "workers = 2",
                 "workers = 2\nstream_accounts = 0",
                 "gateway.stream_accounts",
+            ),
+            (
+                "workers = 2",
+                "workers = 2\ndrain_ms = 600001",
+                "gateway.drain_ms",
             ),
             ("workers = 2", "workers = 2\nidle = \"sleep\"", "idle"),
             (

@@ -211,13 +211,14 @@ pub struct GatewayCounters {
     dests: Mutex<Vec<Dest>>,
 }
 
-/// Every stream's counters: by key, and in creation order (the index a packet
-/// carries). Entries are never removed, so an index stays valid; at most `limit` keys
+/// Every stream's counters: by key and priority (a receive thread opens one stream
+/// for each; a header's stream id may come at several priorities), and in creation
+/// order (the index a packet carries). Entries are never removed, so an index stays valid; at most `limit` keys
 /// get their own account, the streams met after that share one overflow account (a
 /// sender choosing stream ids must not grow qosd's memory without bound).
 #[derive(Debug)]
 struct Registry {
-    by_key: HashMap<u64, u32>,
+    by_key: HashMap<(u64, u8), u32>,
     list: Vec<Arc<StreamCounters>>,
     limit: usize,
     overflow: Option<Arc<StreamCounters>>,
@@ -268,10 +269,11 @@ impl GatewayCounters {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The counters of stream `key`, created on first use (called on flow misses only).
+    /// The counters of stream `key` at `priority`, created on first use (called on
+    /// flow misses only).
     pub fn stream(&self, key: u64, priority: u8, rule: &str) -> Arc<StreamCounters> {
         let mut reg = self.registry();
-        if let Some(&i) = reg.by_key.get(&key)
+        if let Some(&i) = reg.by_key.get(&(key, priority))
             && let Some(s) = reg.list.get(i as usize)
         {
             return s.clone();
@@ -294,7 +296,7 @@ impl GatewayCounters {
         }
         let s = Arc::new(StreamCounters::new(key, index, priority, rule.to_string()));
         reg.list.push(s.clone());
-        reg.by_key.insert(key, index);
+        reg.by_key.insert((key, priority), index);
         s
     }
 
@@ -347,7 +349,7 @@ impl GatewayCounters {
     /// Every stream's accounting, by stream id.
     pub fn streams(&self) -> Vec<StreamAccount> {
         let mut v: Vec<_> = self.list().iter().map(|s| s.snapshot()).collect();
-        v.sort_by_key(|a| a.stream_id);
+        v.sort_by_key(|a| (a.stream_id, a.priority));
         v
     }
 
@@ -503,5 +505,25 @@ mod tests {
             !text.contains("\"overflow\":false"),
             "absent when false: {text}"
         );
+    }
+
+    /// qosd red team: the accounts were keyed by stream id only, while a receive thread
+    /// opens one stream per (id, priority): a header stream id sent at priorities 2 to
+    /// 6 was reported as one account at priority 2. Each priority has its own now.
+    #[test]
+    fn one_stream_id_at_two_priorities_has_two_accounts() {
+        let c = GatewayCounters::new(10);
+        let low = c.stream(7, 2, "r");
+        let high = c.stream(7, 6, "r");
+        assert!(!Arc::ptr_eq(&low, &high));
+        assert!(Arc::ptr_eq(&high, &c.stream(7, 6, "r")));
+        low.received.fetch_add(1, Relaxed);
+        high.received.fetch_add(2, Relaxed);
+        let accounts = c.streams();
+        let seen: Vec<_> = accounts
+            .iter()
+            .map(|a| (a.stream_id, a.priority, a.received))
+            .collect();
+        assert_eq!(seen, [(7, 2, 1), (7, 6, 2)]);
     }
 }
