@@ -175,10 +175,12 @@ fn tags_suffix(tags: &[String]) -> String {
 
 impl CtlError {
     /// The process exit code for this error: [`EXIT_REFUSED`] when the policy or the
-    /// request was refused, [`EXIT_USAGE`] for a malformed `--api` address,
-    /// [`EXIT_FAILED`] otherwise.
+    /// request was refused (a 4xx answer), [`EXIT_USAGE`] for a malformed `--api`
+    /// address, [`EXIT_FAILED`] otherwise (a 5xx answer included).
     pub fn exit_code(&self) -> u8 {
         match self {
+            // A server error is not an answer: the job could not be done.
+            Self::Refused { status, .. } if *status >= 500 => EXIT_FAILED,
             Self::PolicyRejected { .. } | Self::Refused { .. } => EXIT_REFUSED,
             Self::Http(HttpError::BadAddress { .. }) => EXIT_USAGE,
             _ => EXIT_FAILED,
@@ -374,10 +376,19 @@ pub fn apply_policy(
 }
 
 fn refused(api: &ApiClient, method: &'static str, path: &str, r: &http::Response) -> CtlError {
-    let (message, field) = match serde_json::from_slice::<ErrorBody>(&r.body) {
+    let (mut message, field) = match serde_json::from_slice::<ErrorBody>(&r.body) {
         Ok(b) => (b.error, b.field),
-        Err(_) => (r.text().trim().chars().take(500).collect(), None),
+        Err(_) => (r.text().trim().chars().take(500).collect::<String>(), None),
     };
+    if message.is_empty() {
+        message = match r.header("location") {
+            Some(to) => format!(
+                "redirected to {} (qos-ctl does not follow redirects: give --api the address it points to)",
+                to.chars().take(200).collect::<String>()
+            ),
+            None => r.reason.clone(),
+        };
+    }
     CtlError::Refused {
         addr: api.addr().to_owned(),
         method,

@@ -1179,3 +1179,26 @@ fn a_timeout_of_a_day_or_more_is_a_usage_error() {
         .is_ok()
     );
 }
+
+/// ctl red team: a 500 exited 1 ("refused", as a 403 does) and a redirect printed an
+/// empty reason. A server error exits 3; a redirect names where it points.
+#[test]
+fn a_server_error_exits_3_and_a_redirect_says_where() {
+    let addr = trickling_server(
+        b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n",
+        b"",
+    );
+    let (code, _, err) = ctl(&["status", "--api", &addr, "--timeout", "2"]);
+    assert_eq!(code, ctl::EXIT_FAILED, "{err}");
+    assert!(err.contains("(500): Internal Server Error"), "{err}");
+    let addr = trickling_server(
+        b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9200/status\r\nContent-Length: 0\r\n\r\n",
+        b"",
+    );
+    let (code, _, err) = ctl(&["status", "--api", &addr, "--timeout", "2"]);
+    assert_eq!(code, ctl::EXIT_REFUSED, "{err}");
+    assert!(
+        err.contains("redirected to http://127.0.0.1:9200/status"),
+        "{err}"
+    );
+}
