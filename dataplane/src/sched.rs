@@ -463,4 +463,11 @@ impl<P> Scheduler<P> {
     pub fn queued(&self) -> u64 {
         self.prio_stats.iter().map(|p| p.queued).sum()
     }
+
+    /// Packet descriptors free now: how many packets `enqueue` can take before it
+    /// refuses `pool_exhausted`. Queued packets hold one each, and so do dropped ones
+    /// until [`Scheduler::pop_reclaimed`] hands them back.
+    pub fn free_descriptors(&self) -> u32 {
+        self.pool.capacity().saturating_sub(self.pool.in_use())
+    }
 }

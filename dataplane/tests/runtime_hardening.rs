@@ -1085,3 +1085,106 @@ fn s11_drops_of_a_drain_s_last_batch_reach_the_egress() {
     assert_eq!(sent + discarded, 400);
     assert!(r.is_conserved());
 }
+
+/// Pushes `rec`, waiting while the ring is full (at most 10 s).
+fn push_waiting(tx: &mut qos_shm_ring::Producer, rec: &[u8]) {
+    let clock = Clock::start();
+    while let Err(e) = tx.push(rec) {
+        assert!(
+            matches!(e, qos_shm_ring::PushError::Full) && clock.now_ns() < 10_000_000_000,
+            "push: {e}"
+        );
+        thread::yield_now();
+    }
+}
+
+/// shm red team: the shared-memory rings were read only when the descriptor pool had a
+/// whole `ingress_batch` free, so with a pool smaller than a batch (32 < 64) the ring
+/// was never read while running: nothing was sent, and a drain waited out its whole
+/// timeout before discarding everything.
+#[test]
+fn t2_a_pool_smaller_than_a_batch_still_reads_the_shm_ring() {
+    let (mut tx, rx) = pair(RingConfig::for_records(1024, 64)).unwrap();
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let egress = Counted(sent.clone());
+    let (dp, producers) = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .scheduler(SchedulerConfig {
+            max_packets: 32,
+            ..SchedulerConfig::default()
+        })
+        .shm_ingress(0, rx, |_| 0)
+        .drain_timeout(Duration::from_secs(20))
+        .build(move |_| Counted(egress.0.clone()))
+        .unwrap();
+    drop(producers);
+    let mut b = [0u8; 64];
+    let n = encode_open(&mut b, 0, Priority::new(2).unwrap(), None);
+    push_waiting(&mut tx, &b[..n]);
+    for _ in 0..100 {
+        let n = encode_packet(&mut b, 0, 100, &[]);
+        push_waiting(&mut tx, &b[..n]);
+    }
+    let clock = Clock::start();
+    while sent.load(Ordering::Relaxed) < 100 {
+        assert!(clock.now_ns() < 10_000_000_000, "{:?}", dp.stats()[0]);
+        thread::sleep(Duration::from_millis(1));
+    }
+    // The peer leaves: the drain ends at once, not at its 20 s timeout.
+    drop(tx);
+    let stop = Clock::start();
+    let report = dp.shutdown(StopMode::Drain).unwrap();
+    assert!(stop.now_ns() < 5_000_000_000, "{} ns", stop.now_ns());
+    assert_eq!((report.sent(), report.discarded()), (100, 0));
+    assert!(report.is_conserved());
+}
+
+/// shm red team: the pool's room was checked once for all shared-memory rings, and
+/// each ring then read a whole batch: two peers overran a pool of 100 and 63-90 of
+/// their packets were refused `pool_exhausted` while running, where backpressure
+/// (a full ring) was due. The room also left out the descriptors of dropped packets
+/// awaiting reclaim (AQM drops here), which made it 374 once the first fix was in.
+#[test]
+fn t2_several_shm_rings_cannot_overrun_the_pool() {
+    let (mut tx1, rx1) = pair(RingConfig::for_records(1024, 64)).unwrap();
+    let (mut tx2, rx2) = pair(RingConfig::for_records(1024, 64)).unwrap();
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let r = reasons.clone();
+    let (dp, producers) = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .policy(linked(1_000_000, 64_000))
+        .scheduler(SchedulerConfig {
+            max_packets: 100,
+            ..SchedulerConfig::default()
+        })
+        .shm_ingress(0, rx1, |_| 0)
+        .shm_ingress(0, rx2, |_| 0)
+        .drain_timeout(Duration::ZERO)
+        .build(move |_| Sink(r.clone()))
+        .unwrap();
+    drop(producers);
+    let mut b = [0u8; 64];
+    for tx in [&mut tx1, &mut tx2] {
+        let n = encode_open(&mut b, 0, Priority::new(2).unwrap(), None);
+        push_waiting(tx, &b[..n]);
+        for _ in 0..600 {
+            let n = encode_packet(&mut b, 0, 1000, &[]);
+            // A full ring is the backpressure this test wants: stop there.
+            if tx.push(&b[..n]).is_err() {
+                break;
+            }
+        }
+    }
+    thread::sleep(Duration::from_millis(500));
+    let refused = reasons
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| matches!(r, DiscardReason::Refused(_)))
+        .count();
+    assert!(dp.stats()[0].taken > 100, "{:?}", dp.stats()[0]);
+    assert_eq!(refused, 0, "no refusal while running");
+    let report = dp.shutdown(StopMode::Discard).unwrap();
+    assert!(report.is_conserved());
+    drop((tx1, tx2));
+}

@@ -414,24 +414,35 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     /// Takes at most `ingress_batch` records from each shared-memory ring. Bad
     /// records are counted (`shm_rejected`) and skipped. Returns whether any.
     ///
-    /// With `last` (the stop's last pass) it reads whatever the descriptor pool's room:
-    /// what it cannot queue is refused, counted, rather than left unread in the ring.
+    /// Backpressure as for the in-process rings: no more records than the descriptor
+    /// pool has room for, spent ring by ring, so the peers see a full ring (a pool
+    /// smaller than a batch is still read, and several rings cannot overrun it). With
+    /// `last` (the stop's last pass) it reads whatever the pool's room: what it cannot
+    /// queue is refused, counted, rather than left unread in the ring.
     fn take_shm(&mut self, now: u64, last: bool) -> bool {
         let mut any = false;
         let max_local = self.config.scheduler.max_streams;
-        if !last && self.ingress_room() < self.config.ingress_batch {
-            return false; // backpressure: the peer sees a full ring
-        }
+        let mut room = if last {
+            usize::MAX
+        } else {
+            self.ingress_room()
+        };
         for k in 0..self.shm.len() {
+            let n = self.config.ingress_batch.min(room);
+            if n == 0 {
+                break; // backpressure: the peers see a full ring
+            }
             let mut msgs = std::mem::take(&mut self.msgs);
             let inbox = &mut self.shm[k];
             if inbox.done {
                 self.msgs = msgs;
                 continue;
             }
-            match inbox.rx.read(self.config.ingress_batch) {
+            match inbox.rx.read(n) {
                 Ok(mut batch) => {
+                    let mut read = 0;
                     while let Some(r) = batch.next_into(&mut inbox.buf) {
+                        read += 1;
                         // A local stream number must fit the stream table: a hostile
                         // peer must not make the worker allocate for `u32::MAX`.
                         let msg = r.ok().and_then(|n| {
@@ -445,6 +456,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
                             None => self.stats.shm_rejected += 1,
                         }
                     }
+                    room = room.saturating_sub(read);
                     any |= batch.release() > 0;
                 }
                 Err(qos_shm_ring::PopError::Empty) => {}
@@ -465,10 +477,11 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         any
     }
 
-    /// Free packet descriptors (what ingress may take this iteration).
+    /// Free packet descriptors (what ingress may take this iteration): the drops
+    /// awaiting reclaim hold theirs too (counting only the queued packets let ingress
+    /// take more than the pool could hold, refused `pool_exhausted`).
     fn ingress_room(&self) -> usize {
-        let max = u64::from(self.config.scheduler.max_packets);
-        usize::try_from(max.saturating_sub(self.sched.queued())).unwrap_or(usize::MAX)
+        self.sched.free_descriptors() as usize
     }
 
     fn handle(&mut self, inbox: usize, now: u64, msg: Msg<P>) {
