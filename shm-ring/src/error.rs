@@ -112,6 +112,13 @@ pub enum RegionError {
         /// The seals found (`F_GET_SEALS`), 0 when the file cannot be sealed.
         found: u32,
     },
+    /// The region lives on hugetlbfs (a `MFD_HUGETLB` memfd): its owner can punch a
+    /// hole in it while it is mapped, and when the host's huge-page pool is empty the
+    /// next access faults with SIGBUS, which the seals do not prevent.
+    #[error(
+        "the region is backed by huge pages (hugetlbfs), expected an ordinary memfd: its owner could take its pages away while it is mapped (SIGBUS)"
+    )]
+    HugePages,
     /// The side was already claimed by another handle.
     #[error("{role} side state is {state}, expected {expected} (free): the side is already taken", expected = crate::layout::STATE_FREE)]
     RoleTaken {

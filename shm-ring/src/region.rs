@@ -358,7 +358,8 @@ mod mapped {
         /// is given, the ring must also have exactly that shape.
         ///
         /// # Errors
-        /// [`RegionError::NotSealed`], [`RegionError::TooSmall`], [`RegionError::BadMagic`],
+        /// [`RegionError::NotSealed`], [`RegionError::HugePages`],
+        /// [`RegionError::TooSmall`], [`RegionError::BadMagic`],
         /// [`RegionError::BadVersion`], [`RegionError::BadHeaderLen`],
         /// [`RegionError::BadCapacity`], [`RegionError::BadSlotSize`],
         /// [`RegionError::BadRegionLen`], [`RegionError::ConfigMismatch`], or a failed
@@ -373,6 +374,14 @@ mod mapped {
                 return Err(RegionError::NotSealed {
                     found: seals.bits(),
                 });
+            }
+            // hugetlbfs: a hole punched by the owner is refilled on access from the
+            // host's huge-page pool, or faults with SIGBUS when the pool is empty.
+            const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+            let fs = rustix::fs::fstatfs(&fd).map_err(errno("fstatfs"))?;
+            #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+            if fs.f_type as i64 == HUGETLBFS_MAGIC {
+                return Err(RegionError::HugePages);
             }
             let stat = rustix::fs::fstat(&fd).map_err(errno("fstat"))?;
             let file_len = u64::try_from(stat.st_size).unwrap_or(0);

@@ -482,3 +482,28 @@ proptest! {
         }
     }
 }
+
+/// shm red team: a peer that creates the region as a huge-page memfd (`MFD_HUGETLB`,
+/// sealed against shrinking) passed `from_fd`'s checks, then could punch a hole in it
+/// while it was mapped: our next access took a fresh page from the host's huge-page
+/// pool, or would fault with SIGBUS with the pool empty. Such a region is refused
+/// before anything is read or mapped.
+#[test]
+fn a_huge_page_region_is_refused() {
+    let fd = match rustix::fs::memfd_create(
+        "hostile-huge",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING | MemfdFlags::HUGETLB,
+    ) {
+        Ok(fd) => fd,
+        // No hugetlbfs on this kernel: a peer cannot make such a region either.
+        Err(e) => {
+            eprintln!("memfd_create(MFD_HUGETLB): {e}; nothing to refuse here");
+            return;
+        }
+    };
+    rustix::fs::ftruncate(&fd, 2 << 20).unwrap();
+    rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+    let err = ShmRegion::from_fd(fd, None).unwrap_err();
+    assert!(matches!(err, RegionError::HugePages), "{err:?}");
+    assert!(err.to_string().contains("huge pages"), "{err}");
+}
