@@ -562,3 +562,159 @@ fn oversized_capacities_are_a_config_error_not_an_abort() {
         "{err}"
     );
 }
+
+/// Runs `f` on its own thread; fails if it does not return within `secs` seconds (a
+/// hang is a failure, not a stuck test run).
+fn within(secs: u64, f: impl FnOnce() + Send + 'static) {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        f();
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(std::time::Duration::from_secs(secs))
+        .expect("returned in time (a hang otherwise)");
+}
+
+/// Two rate-capped streams parked on the timing wheel, heads stamped at 0, the wheel
+/// advanced to `at`, then `set_policy(at, next)`.
+fn two_parked_then(prio: u8, rate_bps: u64, at: u64, next: PolicySpec) {
+    within(20, move || {
+        let mut s = sched(PolicySpec::default());
+        for _ in 0..2 {
+            let id = s
+                .open(StreamConfig {
+                    cap: Some(RateCap {
+                        rate_bps,
+                        burst_bytes: None,
+                    }),
+                    ..StreamConfig::with_priority(prio)
+                })
+                .unwrap();
+            for k in 0..3 {
+                s.enqueue(0, id, k, 9_216).unwrap();
+            }
+        }
+        assert!(matches!(s.dequeue(0), Next::Packet(_)));
+        assert!(matches!(s.dequeue(0), Next::Packet(_)));
+        assert!(matches!(s.dequeue(0), Next::Wait { .. }));
+        let _ = s.dequeue(at);
+        assert_eq!(s.queued(), 4, "both still parked at {at}");
+        s.set_policy(at, Arc::new(next.build().unwrap()));
+        // The Low tier's heads are past the new bound: dropped `expired` at once.
+        let _ = s.dequeue(at + 1);
+        let low = s.priority_stats(Priority::new(prio).unwrap());
+        assert!(low.is_conserved(), "{low:?}");
+    });
+}
+
+/// Policy red team: `set_policy` never returned when it moved the aging bound of two
+/// parked, capped Low-tier streams before the wheel's current tick (the default
+/// policy with its aging timeout cut from 10 s to 2 s, 5 s after the heads arrived):
+/// the walk compared the new time unclamped, found it earlier at every visit, and the
+/// two streams swapped places at a slot's tail for good.
+#[test]
+fn s9_a_shorter_aging_bound_under_parked_capped_streams_returns() {
+    two_parked_then(
+        0,
+        8_000,
+        5_000_000_000,
+        PolicySpec {
+            version: 2,
+            aging_timeout_ns: Some(2_000_000_000),
+            ..PolicySpec::default()
+        },
+    );
+}
+
+/// The same hang without any change to aging: a remap moves parked, capped P2 streams
+/// into the Low tier 15 s after their heads arrived (past Low's 11 s bound).
+#[test]
+fn s9_a_remap_of_parked_capped_streams_into_the_low_tier_returns() {
+    use qos_dataplane::sched::TierSpec;
+    two_parked_then(
+        2,
+        800,
+        15_000_000_000,
+        PolicySpec {
+            version: 2,
+            tiers: vec![
+                TierSpec::new("High", &[6, 7], 25),
+                TierSpec::new("Medium", &[3, 4, 5], 60),
+                TierSpec::new("Low", &[0, 1, 2], 15),
+            ],
+            ..PolicySpec::default()
+        },
+    );
+}
+
+/// Bytes served per tier (High, Medium, Low) over `packets` decisions, three greedy
+/// streams of 1,000-byte packets at priorities 7, 4 and 0, under link-share weights
+/// `weights` (bit/s) at a rate that never holds them back.
+fn tier_bytes_under(weights: [u64; 3], packets: usize) -> [u64; 3] {
+    let mut s = sched(PolicySpec {
+        aqm: false,
+        ..PolicySpec::default()
+    });
+    let mut tier_weights = [1; 8];
+    tier_weights[..3].copy_from_slice(&weights);
+    s.set_link_share(
+        0,
+        LinkShare {
+            rate_bps: u64::MAX,
+            burst_bytes: 1 << 30,
+            tier_weights,
+        },
+    );
+    let ids = [7u8, 4, 0].map(|p| s.open(StreamConfig::with_priority(p)).unwrap());
+    for (i, id) in ids.iter().enumerate() {
+        for k in 0..packets {
+            s.enqueue(0, *id, (i * packets + k) as u32, 1_000).unwrap();
+        }
+    }
+    let mut bytes = [0u64; 3];
+    let mut out = Vec::new();
+    let mut now = 0;
+    while out.len() < packets {
+        now += 1_000;
+        let _ = s.dequeue_batch(now, 64, &mut out);
+    }
+    for d in out.iter().take(packets) {
+        let t = match d.priority.get() {
+            6 | 7 => 0,
+            2..=5 => 1,
+            _ => 2,
+        };
+        bytes[t] += u64::from(d.len);
+    }
+    bytes
+}
+
+/// Policy red team (T6, S1): link-share weights are bit/s, and the tiers' inverse
+/// weights (2^40 / weight) lost their precision on a fast link: at 1 Tbit/s (weights
+/// 2.5e11 / 6e11 / 1.5e11) the inverses were 4, 1 and 7, and the tiers got about
+/// 17/70/10 % for 25/60/15. Above 2^63 the lane's doubled weight overflowed (a
+/// panic in debug builds). The weights are scaled together first.
+#[test]
+fn s1_tier_shares_hold_under_the_weights_of_a_terabit_link_and_beyond() {
+    let g = 1_000_000_000u64;
+    for weights in [
+        [25 * g / 100, 60 * g / 100, 15 * g / 100],
+        [250 * g, 600 * g, 150 * g],
+        [
+            u64::MAX / 100 * 25,
+            u64::MAX / 100 * 60,
+            u64::MAX / 100 * 15,
+        ],
+    ] {
+        let bytes = tier_bytes_under(weights, 9_000);
+        let total: u64 = bytes.iter().sum();
+        for (got, want) in bytes.iter().zip([0.25, 0.60, 0.15]) {
+            let share = *got as f64 / total as f64;
+            assert!(
+                (share - want).abs() < 0.002,
+                "{weights:?}: {bytes:?} ({share:.4} for {want})"
+            );
+        }
+    }
+}

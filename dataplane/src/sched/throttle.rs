@@ -188,7 +188,12 @@ impl<P> Scheduler<P> {
                 let ready = head.map_or(until, |len| {
                     now.saturating_add(cap.bucket.wait_for(now, len).unwrap_or(0))
                 });
-                let at = self.wake_by(s, until.min(ready));
+                // Never before the wheel's tick, as `put_on_wheel` stores it: a time in
+                // the past compared unclamped was "earlier" at every visit, and two such
+                // streams swapped places at a slot's tail for good (set_policy hung).
+                let at = self
+                    .wake_by(s, until.min(ready))
+                    .max(self.caps.tick << TICK_SHIFT);
                 if at < until {
                     // Moved to an earlier time: a later slot of this walk may meet it
                     // again, and leaves it where it is.

@@ -289,13 +289,23 @@ impl Wfq {
     /// Replaces the tiers' SFQ weights (any positive scale; 0 counts as 1) without
     /// touching membership or queues: link sharing across workers (T6) re-weights a
     /// worker's tiers to the part of each tier's share that worker carries.
+    ///
+    /// The weights come in bit/s. They are first shifted down together until the
+    /// largest fits in `WEIGHT_BITS` bits: an inverse is `2^FRAC_BITS / weight`, so
+    /// weights of 10^11 (a terabit link) gave inverses of 4 to 18, truncated by up to
+    /// 13%, and shares of 17/70/10 for 25/60/15; above 2^63, doubling the Low tier's
+    /// weight for the lane overflowed.
     pub(crate) fn set_weights(&mut self, weights: &[u64]) {
+        const WEIGHT_BITS: u32 = 24;
+        let weight = |t: usize| weights.get(t).copied().unwrap_or(1).max(1);
+        let max = (0..MAX_TIERS).map(weight).max().unwrap_or(1);
+        let shift = (u64::BITS - max.leading_zeros()).saturating_sub(WEIGHT_BITS);
+        let scaled = |t: usize| (weight(t) >> shift).max(1);
         for (t, class) in self.classes.iter_mut().take(MAX_TIERS).enumerate() {
-            class.inv = inverse(weights.get(t).copied().unwrap_or(1).max(1));
+            class.inv = inverse(scaled(t));
         }
-        let low = weights.get(self.low).copied().unwrap_or(1).max(1);
         self.classes[LANE].inv = self.classes[self.low].inv;
-        self.lane_inv_alone = inverse(2 * low);
+        self.lane_inv_alone = inverse(2 * scaled(self.low));
     }
 
     /// Moves every listed stream of a tier into the round of the tier it now belongs to.
