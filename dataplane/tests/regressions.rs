@@ -693,7 +693,7 @@ fn tier_bytes_under(weights: [u64; 3], packets: usize) -> [u64; 3] {
 /// Policy red team (T6, S1): link-share weights are bit/s, and the tiers' inverse
 /// weights (2^40 / weight) lost their precision on a fast link: at 1 Tbit/s (weights
 /// 2.5e11 / 6e11 / 1.5e11) the inverses were 4, 1 and 7, and the tiers got about
-/// 17/70/10 % for 25/60/15. Above 2^63 the lane's doubled weight overflowed (a
+/// 18/72/10 % for 25/60/15. Above 2^63 the lane's doubled weight overflowed (a
 /// panic in debug builds). The weights are scaled together first.
 #[test]
 fn s1_tier_shares_hold_under_the_weights_of_a_terabit_link_and_beyond() {

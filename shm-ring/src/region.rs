@@ -377,10 +377,11 @@ mod mapped {
             }
             // hugetlbfs: a hole punched by the owner is refilled on access from the
             // host's huge-page pool, or faults with SIGBUS when the pool is empty.
-            const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+            // Compared in 32 bits: `f_type` is a signed 32-bit field on some targets,
+            // where the magic reads negative.
+            const HUGETLBFS_MAGIC: u32 = 0x9584_58f6;
             let fs = rustix::fs::fstatfs(&fd).map_err(errno("fstatfs"))?;
-            #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
-            if fs.f_type as i64 == HUGETLBFS_MAGIC {
+            if fs.f_type as u32 == HUGETLBFS_MAGIC {
                 return Err(RegionError::HugePages);
             }
             let stat = rustix::fs::fstat(&fd).map_err(errno("fstat"))?;

@@ -125,9 +125,10 @@ pub struct GatewaySection {
     /// A flow silent this long (ms) may be evicted and its stream closed.
     #[serde(default = "default_flow_idle_ms")]
     pub flow_idle_ms: u64,
-    /// Stream keys that get their own account (per-stream counters, 1..=16M); the
-    /// streams met after that are counted together in one overflow account, so a
-    /// sender choosing its stream ids cannot grow qosd's memory without bound.
+    /// Streams (a stream key at a priority) that get their own account (per-stream
+    /// counters, 1..=16M); the streams met after that are counted together in one
+    /// overflow account, so a sender choosing its stream ids cannot grow qosd's
+    /// memory without bound.
     #[serde(default = "default_stream_accounts")]
     pub stream_accounts: usize,
     /// Datagrams per receive / send batch (1..=1024).

@@ -380,14 +380,14 @@ fn refused(api: &ApiClient, method: &'static str, path: &str, r: &http::Response
         Ok(b) => (b.error, b.field),
         Err(_) => (r.text().trim().chars().take(500).collect::<String>(), None),
     };
-    if message.is_empty() {
-        message = match r.header("location") {
-            Some(to) => format!(
-                "redirected to {} (qos-ctl does not follow redirects: give --api the address it points to)",
-                to.chars().take(200).collect::<String>()
-            ),
-            None => r.reason.clone(),
-        };
+    if let (300..=399, Some(to)) = (r.status, r.header("location")) {
+        // A redirect's body (often an HTML page) says less than where it points.
+        message = format!(
+            "redirected to {} (qos-ctl does not follow redirects: give --api the address it points to)",
+            to.chars().take(200).collect::<String>()
+        );
+    } else if message.is_empty() {
+        message = r.reason.clone();
     }
     CtlError::Refused {
         addr: api.addr().to_owned(),

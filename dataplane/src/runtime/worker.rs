@@ -329,7 +329,9 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         // iteration (and the egress's timestamps) run at that time.
         let now = self.share_link(now);
         self.shed_prios = self.shed_priorities();
-        let mut busy = self.take_ingress(now);
+        // The last batch's drops first: their descriptors are room for ingress.
+        let mut busy = self.reclaim();
+        busy |= self.take_ingress(now);
         busy |= self.take_shm(now, false);
         busy |= self.reclaim();
         self.forward_events();
@@ -381,9 +383,12 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
     /// the scheduler refusing them for want of descriptors.
     fn take_ingress(&mut self, now: u64) -> bool {
         let mut any = false;
-        // Room is spent ring by ring, so several producers cannot overrun the pool.
+        // Room is spent ring by ring, so several producers cannot overrun the pool; the
+        // first ring read changes each iteration, so none gets all of a scarce room.
         let mut room = self.ingress_room();
-        for i in 0..self.inboxes.len() {
+        let rings = self.inboxes.len();
+        let first = rotation(self.stats.iterations, rings);
+        for i in (first..rings).chain(0..first) {
             let n = self.inboxes[i]
                 .rx
                 .slots()
@@ -427,7 +432,9 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         } else {
             self.ingress_room()
         };
-        for k in 0..self.shm.len() {
+        let rings = self.shm.len();
+        let first = rotation(self.stats.iterations, rings);
+        for k in (first..rings).chain(0..first) {
             let n = self.config.ingress_batch.min(room);
             if n == 0 {
                 break; // backpressure: the peers see a full ring
@@ -1265,6 +1272,11 @@ fn event_stream(e: &Event) -> Option<StreamId> {
         | Event::Promoted { stream, .. } => Some(stream),
         _ => None,
     }
+}
+
+/// The ring read first in iteration `iteration` of `rings` (0 when there are none).
+fn rotation(iteration: u64, rings: usize) -> usize {
+    (iteration % (rings.max(1) as u64)) as usize
 }
 
 /// `d` in ns, saturating at `u64::MAX` (a cast would wrap a long timeout to nearly 0).

@@ -292,9 +292,10 @@ impl Wfq {
     ///
     /// The weights come in bit/s. They are first shifted down together until the
     /// largest fits in `WEIGHT_BITS` bits: an inverse is `2^FRAC_BITS / weight`, so
-    /// weights of 10^11 (a terabit link) gave inverses of 4 to 18, truncated by up to
-    /// 13%, and shares of 17/70/10 for 25/60/15; above 2^63, doubling the Low tier's
-    /// weight for the lane overflowed.
+    /// the weights of a terabit link (2.5e11, 6e11, 1.5e11) gave inverses of 4, 1 and
+    /// 7, and shares of 18/72/10 for 25/60/15; above 2^63, doubling the Low tier's
+    /// weight for the lane overflowed. Scaled, every inverse is at least 2^16, so a
+    /// ratio is off by at most 2^-16.
     pub(crate) fn set_weights(&mut self, weights: &[u64]) {
         const WEIGHT_BITS: u32 = 24;
         let weight = |t: usize| weights.get(t).copied().unwrap_or(1).max(1);
