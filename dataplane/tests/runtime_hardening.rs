@@ -943,27 +943,42 @@ fn t6_a_failed_worker_leaves_the_link_to_the_others() {
     assert!(dp.shutdown(StopMode::Discard).is_err(), "worker 1 panicked");
 }
 
+/// A dataplane of one worker fed by `rings` shared-memory rings (the peers' producers
+/// returned), with a pool of `max_packets` descriptors and a 1 Mbit/s link, stopping
+/// without a drain; its egress records the discard reasons in `reasons`.
+fn shm_pool_rings(
+    max_packets: u32,
+    rings: usize,
+    reasons: Arc<Mutex<Vec<DiscardReason>>>,
+) -> (Dataplane<u64>, Vec<qos_shm_ring::Producer>) {
+    let mut builder = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .policy(linked(1_000_000, 64_000))
+        .scheduler(SchedulerConfig {
+            max_packets,
+            ..SchedulerConfig::default()
+        })
+        .drain_timeout(Duration::ZERO);
+    let mut peers = Vec::new();
+    for _ in 0..rings {
+        let (tx, rx) = pair(RingConfig::for_records(1024, 64)).unwrap();
+        builder = builder.shm_ingress(0, rx, |_| 0);
+        peers.push(tx);
+    }
+    let (dp, producers) = builder.build(move |_| Sink(reasons.clone())).unwrap();
+    drop(producers);
+    (dp, peers)
+}
+
 /// S11: the stop's last pass over a shared-memory ring was skipped when the descriptor
 /// pool was nearly full (the ingress backpressure check), so records the peer had
 /// written, accepted by its ring, were never read nor counted. The last pass now reads
 /// them regardless; what cannot be queued is refused, counted.
 #[test]
 fn s11_the_last_shm_pass_reads_the_ring_even_with_a_full_pool() {
-    let (tx_ring, rx) = pair(RingConfig::for_records(1024, 64)).unwrap();
-    let mut tx = tx_ring;
     // 64 descriptors and a 1 Mbit/s link: the pool fills and stays full.
-    let (dp, producers) = Dataplane::<u64>::builder()
-        .pinning(Pinning::Off)
-        .policy(linked(1_000_000, 64_000))
-        .scheduler(SchedulerConfig {
-            max_packets: 64,
-            ..SchedulerConfig::default()
-        })
-        .shm_ingress(0, rx, |_| 0)
-        .drain_timeout(Duration::ZERO)
-        .build(|_| Sink::default())
-        .unwrap();
-    drop(producers);
+    let (dp, mut peers) = shm_pool_rings(64, 1, Arc::default());
+    let mut tx = peers.pop().unwrap();
     let mut b = [0u8; 64];
     let n = encode_open(&mut b, 0, Priority::new(2).unwrap(), None);
     tx.push(&b[..n]).unwrap();
@@ -1146,25 +1161,10 @@ fn t2_a_pool_smaller_than_a_batch_still_reads_the_shm_ring() {
 /// awaiting reclaim (AQM drops here), which made it 374 once the first fix was in.
 #[test]
 fn t2_several_shm_rings_cannot_overrun_the_pool() {
-    let (mut tx1, rx1) = pair(RingConfig::for_records(1024, 64)).unwrap();
-    let (mut tx2, rx2) = pair(RingConfig::for_records(1024, 64)).unwrap();
     let reasons = Arc::new(Mutex::new(Vec::new()));
-    let r = reasons.clone();
-    let (dp, producers) = Dataplane::<u64>::builder()
-        .pinning(Pinning::Off)
-        .policy(linked(1_000_000, 64_000))
-        .scheduler(SchedulerConfig {
-            max_packets: 100,
-            ..SchedulerConfig::default()
-        })
-        .shm_ingress(0, rx1, |_| 0)
-        .shm_ingress(0, rx2, |_| 0)
-        .drain_timeout(Duration::ZERO)
-        .build(move |_| Sink(r.clone()))
-        .unwrap();
-    drop(producers);
+    let (dp, mut peers) = shm_pool_rings(100, 2, reasons.clone());
     let mut b = [0u8; 64];
-    for tx in [&mut tx1, &mut tx2] {
+    for tx in &mut peers {
         let n = encode_open(&mut b, 0, Priority::new(2).unwrap(), None);
         push_waiting(tx, &b[..n]);
         for _ in 0..600 {
@@ -1186,7 +1186,7 @@ fn t2_several_shm_rings_cannot_overrun_the_pool() {
     assert_eq!(refused, 0, "no refusal while running");
     let report = dp.shutdown(StopMode::Discard).unwrap();
     assert!(report.is_conserved());
-    drop((tx1, tx2));
+    drop(peers);
 }
 
 /// Review finding: once the shm rings read up to the pool's room, the first ring read
@@ -1195,24 +1195,10 @@ fn t2_several_shm_rings_cannot_overrun_the_pool() {
 /// opened. The first ring read now changes each iteration.
 #[test]
 fn t2_a_busy_shm_peer_does_not_shut_out_another() {
-    let (mut tx1, rx1) = pair(RingConfig::for_records(1024, 64)).unwrap();
-    let (mut tx2, rx2) = pair(RingConfig::for_records(1024, 64)).unwrap();
-    let (dp, producers) = Dataplane::<u64>::builder()
-        .pinning(Pinning::Off)
-        .policy(linked(1_000_000, 64_000))
-        .scheduler(SchedulerConfig {
-            max_packets: 16,
-            ..SchedulerConfig::default()
-        })
-        .shm_ingress(0, rx1, |_| 0)
-        .shm_ingress(0, rx2, |_| 0)
-        .drain_timeout(Duration::ZERO)
-        .build(|_| Sink::default())
-        .unwrap();
-    drop(producers);
+    let (dp, mut peers) = shm_pool_rings(16, 2, Arc::default());
     let mut b = [0u8; 64];
     // Peer 1 at priority 3, peer 2 at priority 4 (both Medium): each fills its ring.
-    for (tx, p) in [(&mut tx1, 3), (&mut tx2, 4)] {
+    for (tx, p) in peers.iter_mut().zip([3, 4]) {
         let n = encode_open(&mut b, 0, Priority::new(p).unwrap(), None);
         push_waiting(tx, &b[..n]);
         loop {
@@ -1230,5 +1216,5 @@ fn t2_a_busy_shm_peer_does_not_shut_out_another() {
     assert!(p3 + p4 > 50, "{p3} + {p4}");
     assert!(p3 >= 15 && p4 >= 15, "both peers are served: {p3} and {p4}");
     assert!(report.is_conserved());
-    drop((tx1, tx2));
+    drop(peers);
 }
