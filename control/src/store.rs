@@ -226,6 +226,18 @@ pub enum StoreError {
         /// The table's columns.
         found: Vec<String>,
     },
+    /// The file is a SQLite database the engine cannot write (auto-vacuum on); nothing
+    /// was written to it.
+    #[error(
+        "metrics.db {}: {reason}: move the file aside or point the store elsewhere",
+        path.display()
+    )]
+    Unsupported {
+        /// The database file.
+        path: PathBuf,
+        /// What the engine does not support.
+        reason: &'static str,
+    },
     /// A stored value does not have the type or range of its column ([`read_rows`]).
     #[error(
         "metrics.db {}: row {row} column {column}: found {found}, expected {expected}",

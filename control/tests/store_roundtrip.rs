@@ -375,3 +375,40 @@ fn a_foreign_qos_metrics_table_is_refused_and_left_untouched() {
     assert_eq!(sqlite3_count(&db), 1, "the user's row only");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// metrics.db red team: a database with auto-vacuum on failed every batch with the
+/// engine's "attempt to write a readonly database", which sent the operator to check
+/// permissions. It is refused saying why, and left unchanged.
+#[test]
+fn an_auto_vacuum_database_is_refused_saying_why() {
+    let dir = temp_dir("autovacuum");
+    let db = dir.join("metrics.db");
+    let made = std::process::Command::new("sqlite3")
+        .arg(&db)
+        .arg("PRAGMA auto_vacuum = FULL; CREATE TABLE theirs (x INTEGER);")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let bytes = std::fs::read(&db).unwrap();
+    let err = TursoStore::new(&db)
+        .unwrap()
+        .write_batch(&rows(0, 3))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Unsupported { .. }), "{err:?}");
+    assert!(err.to_string().contains("auto_vacuum"), "{err}");
+    assert!(std::fs::read(&db).unwrap() == bytes, "unchanged");
+    // Without auto-vacuum, a database sqlite3 made is written as before.
+    let plain = dir.join("plain.db");
+    let made = std::process::Command::new("sqlite3")
+        .arg(&plain)
+        .arg("CREATE TABLE theirs (x INTEGER);")
+        .status()
+        .unwrap();
+    assert!(made.success());
+    TursoStore::new(&plain)
+        .unwrap()
+        .write_batch(&rows(0, 3))
+        .unwrap();
+    assert_eq!(sqlite3_count(&plain), 3);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

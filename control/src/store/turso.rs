@@ -168,6 +168,18 @@ impl TursoStore {
         if std::fs::metadata(&self.path).map_or(true, |m| m.len() == 0) {
             return Ok(());
         }
+        // Auto-vacuum (header bytes 52..56, the largest root page, non-zero): the
+        // engine refuses every write with "attempt to write a readonly database",
+        // which sends the operator to check permissions.
+        let mut header = [0u8; 56];
+        let read = std::fs::File::open(&self.path)
+            .and_then(|f| std::io::Read::read_exact(&mut std::io::Read::take(f, 56), &mut header));
+        if read.is_ok() && header.starts_with(b"SQLite format 3\0") && header[52..56] != [0; 4] {
+            return Err(StoreError::Unsupported {
+                path: self.path.clone(),
+                reason: "auto_vacuum is on, and the engine cannot write such a database",
+            });
+        }
         let db = self.open(OpenFlags::ReadOnly)?;
         let conn = db.connect().map_err(self.err(StoreStep::Connect))?;
         let checked = self.check_columns(&conn, true);
