@@ -24,6 +24,21 @@ pub fn open_read(path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
+/// Reads the whole of `path` (opened as [`open_read`] does) if it holds at most
+/// `limit` bytes: `Ok(None)` when it holds more, so a huge file or an endless device
+/// costs at most `limit + 1` bytes of memory.
+///
+/// # Errors
+/// What opening and reading return.
+pub fn read_limited(path: &Path, limit: usize) -> io::Result<Option<Vec<u8>>> {
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(
+        &mut io::Read::take(open_read(path)?, limit as u64 + 1),
+        &mut bytes,
+    )?;
+    Ok((bytes.len() <= limit).then_some(bytes))
+}
+
 /// Creates or truncates `path` for writing. A FIFO with no reader is an error at once
 /// instead of a wait for one.
 ///
@@ -115,6 +130,21 @@ mod tests {
         writer.write_all(b"signed\n").unwrap();
         drop(writer);
         assert_eq!(reader.join().unwrap(), "signed\n");
+    }
+
+    #[test]
+    fn read_limited_reads_up_to_the_limit_and_no_more() {
+        let dir = std::env::temp_dir().join(format!("qos-files-{}-limit", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        std::fs::write(&path, b"12345").unwrap();
+        assert_eq!(
+            read_limited(&path, 5).unwrap().as_deref(),
+            Some(&b"12345"[..])
+        );
+        assert_eq!(read_limited(&path, 4).unwrap(), None);
+        // A device without end costs at most the limit + 1.
+        assert_eq!(read_limited(Path::new("/dev/zero"), 1 << 10).unwrap(), None);
     }
 
     #[test]

@@ -945,10 +945,13 @@ impl<P: Send + 'static> State<P> {
     /// the latest error: the error itself leaves `/status` once a batch is written
     /// again, the log keeps it.
     fn log_store_failures(&mut self) {
-        let Some(store) = self.store.as_ref() else {
-            return;
-        };
-        let st = store.status();
+        if let Some(st) = self.store.as_ref().map(|s| s.status()) {
+            self.log_failures_in(&st);
+        }
+    }
+
+    /// Logs `metrics_db.failed` for the failures `st` counts that are not logged yet.
+    fn log_failures_in(&mut self, st: &StoreStatus) {
         if st.batches_failed > self.db_failed_logged {
             let failed = st.batches_failed - self.db_failed_logged;
             self.db_failed_logged = st.batches_failed;
@@ -1268,11 +1271,7 @@ impl<P: Send + 'static> State<P> {
         if let Some(store) = self.store.take() {
             let stop = store.stop(Duration::from_secs(5));
             // The last batches' failures, and batches the store never finished.
-            if stop.status.batches_failed > self.db_failed_logged {
-                let failed = stop.status.batches_failed - self.db_failed_logged;
-                let error = stop.status.last_error.as_deref().unwrap_or("unknown");
-                tracing::error!(target: crate::logs::EVENT_TARGET, event = "metrics_db.failed", batches = failed, error = %error);
-            }
+            self.log_failures_in(&stop.status);
             if !stop.completed || stop.pending_batches > 0 {
                 tracing::error!(target: crate::logs::EVENT_TARGET, event = "metrics_db.failed", batches = stop.pending_batches, error = "the store did not finish within 5 s at shutdown; these batches are lost");
             }

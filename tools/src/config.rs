@@ -501,22 +501,14 @@ impl GatewayConfig {
             ));
         }
         // Read through a bounded reader too: a FIFO or device reports no length.
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(
-                qos_control::files::open_read(path).map_err(io)?,
-                MAX_CONFIG_BYTES as u64 + 1,
-            ),
-            &mut bytes,
-        )
-        .map_err(io)?;
-        if bytes.len() > MAX_CONFIG_BYTES {
+        let Some(bytes) = qos_control::files::read_limited(path, MAX_CONFIG_BYTES).map_err(io)?
+        else {
             return Err(invalid(
                 "file size",
                 format!("over {MAX_CONFIG_BYTES} bytes"),
                 "at most 1 MiB (is this the config file?)",
             ));
-        }
+        };
         let text = std::str::from_utf8(&bytes)
             .map_err(|e| ConfigError::Parse(format!("not UTF-8: {e}")))?;
         Ok((Self::from_toml(text)?, bytes))

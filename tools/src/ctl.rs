@@ -198,18 +198,12 @@ pub fn read_document(path: &Path) -> Result<Vec<u8>, CtlError> {
         path: path.to_owned(),
         source,
     };
-    let file = qos_control::files::open_read(path).map_err(read)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_DOCUMENT_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read)?;
-    if bytes.len() > MAX_DOCUMENT_BYTES {
-        return Err(CtlError::TooLarge {
+    qos_control::files::read_limited(path, MAX_DOCUMENT_BYTES)
+        .map_err(read)?
+        .ok_or_else(|| CtlError::TooLarge {
             path: path.to_owned(),
             limit: MAX_DOCUMENT_BYTES,
-        });
-    }
-    Ok(bytes)
+        })
 }
 
 /// A policy that validated, with the SHA-256 of its document bytes (the `sha256` the

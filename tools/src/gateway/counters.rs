@@ -213,9 +213,10 @@ pub struct GatewayCounters {
 
 /// Every stream's counters: by key and priority (a receive thread opens one stream
 /// for each; a header's stream id may come at several priorities), and in creation
-/// order (the index a packet carries). Entries are never removed, so an index stays valid; at most `limit` keys
-/// get their own account, the streams met after that share one overflow account (a
-/// sender choosing stream ids must not grow qosd's memory without bound).
+/// order (the index a packet carries). Entries are never removed, so an index stays
+/// valid; at most `limit` streams get their own account, the streams met after that
+/// share one overflow account (a sender choosing stream ids must not grow qosd's
+/// memory without bound).
 #[derive(Debug)]
 struct Registry {
     by_key: HashMap<(u64, u8), u32>,

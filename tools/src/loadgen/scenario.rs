@@ -32,7 +32,7 @@ pub const MAX_PPS: f64 = 10_000_000.0;
 /// Longest run: one day.
 pub const MAX_DURATION_MS: u64 = 86_400_000;
 /// Largest scenario file read (a scenario is a few kilobytes).
-pub const MAX_SCENARIO_BYTES: u64 = 4 << 20;
+pub const MAX_SCENARIO_BYTES: usize = 4 << 20;
 
 /// How the sender waits for its next deadline.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -364,20 +364,13 @@ impl Scenario {
             path: path.display().to_string(),
             source,
         };
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(
-            &mut std::io::Read::take(
-                qos_control::files::open_read(path).map_err(read)?,
-                MAX_SCENARIO_BYTES + 1,
-            ),
-            &mut bytes,
-        )
-        .map_err(read)?;
-        if bytes.len() as u64 > MAX_SCENARIO_BYTES {
+        let Some(bytes) =
+            qos_control::files::read_limited(path, MAX_SCENARIO_BYTES).map_err(read)?
+        else {
             return Err(read(std::io::Error::other(format!(
                 "larger than {MAX_SCENARIO_BYTES} bytes (is this a scenario file?)"
             ))));
-        }
+        };
         let text = String::from_utf8(bytes)
             .map_err(|e| read(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
         Self::from_toml(&path.display().to_string(), &text)
