@@ -127,6 +127,8 @@ pub(crate) struct Shared {
     pub(crate) link: link::LinkBoard,
     stop: AtomicU64,
     stop_deadline: AtomicU64,
+    /// A [`DrainCut`] cut the stop's drain short.
+    drain_cut: AtomicBool,
     /// Tiers shed at ingress (bit `t` = tier `t` of the running policy; O5).
     shed_tiers: AtomicU64,
     /// Per producer: packets handed back because a ring was full.
@@ -220,8 +222,49 @@ impl Shared {
     }
 
     pub(crate) fn stop_deadline(&self) -> u64 {
-        // Relaxed: written before the Release store of `stop` that made us look.
+        // Relaxed: written before the Release store of `stop` that made us look, or
+        // lowered to 0 by a cut (a lone word: a worker reading it one iteration late
+        // only discards one iteration later).
         self.stop_deadline.load(Ordering::Relaxed)
+    }
+}
+
+/// Cuts a draining stop short from another thread: what a daemon's second SIGTERM
+/// does. From [`Dataplane::drain_cut`]; cloneable and `Send`.
+///
+/// [`DrainCut::cut`] moves the drain deadline to now: each worker then discards what
+/// it still holds (ring contents and queued packets, counted as [`StopMode::Drain`]
+/// counts them past its timeout) and ends; [`Dataplane::shutdown`] returns soon after,
+/// with [`ShutdownReport::drain_cut`] set. A cut before the stop makes the coming stop
+/// discard at once; on a running dataplane it changes nothing else.
+#[derive(Clone)]
+pub struct DrainCut {
+    shared: sync::Arc<Shared>,
+}
+
+impl std::fmt::Debug for DrainCut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DrainCut")
+            .field("cut", &self.is_cut())
+            .finish()
+    }
+}
+
+impl DrainCut {
+    /// Cuts the drain short (idempotent).
+    pub fn cut(&self) {
+        // Relaxed: the deadline is a lone word (see `Shared::stop_deadline`); the bells
+        // below wake parked workers to read it.
+        self.shared.drain_cut.store(true, Ordering::Relaxed);
+        self.shared.stop_deadline.store(0, Ordering::Relaxed);
+        for w in 0..self.shared.workers.len() {
+            self.shared.ring(w);
+        }
+    }
+
+    /// Whether [`DrainCut::cut`] was called.
+    pub fn is_cut(&self) -> bool {
+        self.shared.drain_cut.load(Ordering::Relaxed)
     }
 }
 
@@ -284,6 +327,8 @@ pub struct ShutdownReport {
     /// [`Egress`] is caught instead (see [`WorkerStats::egress_failed`]), and leaves
     /// both the counters and the reports whole.
     pub reports: Vec<Vec<StreamReport>>,
+    /// A [`DrainCut`] cut the drain short: what was still queued then was discarded.
+    pub drain_cut: bool,
 }
 
 impl ShutdownReport {
@@ -447,6 +492,14 @@ impl<P: Send + 'static> Dataplane<P> {
     /// Nanoseconds on the dataplane's clock (the time base of heartbeats and egress).
     pub fn now_ns(&self) -> u64 {
         self.shared.clock.now_ns()
+    }
+
+    /// A handle that cuts a draining stop short from another thread (a second signal
+    /// to a daemon already draining): see [`DrainCut`].
+    pub fn drain_cut(&self) -> DrainCut {
+        DrainCut {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Publishes `policy` (T3): every worker adopts it at its next batch boundary.
@@ -627,8 +680,11 @@ impl<P: Send + 'static> Dataplane<P> {
         let deadline = self
             .now_ns()
             .saturating_add(worker::duration_ns(self.drain_timeout));
-        // Relaxed: published by the Release store of `stop` just below.
-        self.shared.stop_deadline.store(deadline, Ordering::Relaxed);
+        // Relaxed: published by the Release store of `stop` just below. The minimum: a
+        // `DrainCut` may have set it to 0 already.
+        self.shared
+            .stop_deadline
+            .fetch_min(deadline, Ordering::Relaxed);
         let code = match mode {
             StopMode::Drain => DRAIN,
             StopMode::Discard => DISCARD,
@@ -684,6 +740,7 @@ impl<P: Send + 'static> Dataplane<P> {
             workers: self.stats(),
             histograms,
             reports,
+            drain_cut: self.shared.drain_cut.load(Ordering::Relaxed),
         };
         match panic {
             None => Ok(report),

@@ -1218,3 +1218,121 @@ fn t2_a_busy_shm_peer_does_not_shut_out_another() {
     assert!(report.is_conserved());
     drop(peers);
 }
+
+/// Stops `dp` draining on another thread; the report, or a failure after `limit`.
+fn shutdown_within(
+    dp: Dataplane<u64>,
+    limit: Duration,
+) -> (
+    std::sync::mpsc::Receiver<qos_dataplane::runtime::ShutdownReport>,
+    Duration,
+) {
+    let (done, report) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = done.send(dp.shutdown(StopMode::Drain).unwrap());
+    });
+    (report, limit)
+}
+
+/// Fills four P3 streams behind a 1 Mbit/s link with 4,000 packets of 1,000 bytes: a
+/// 32 s drain (no AQM: CoDel would drop most of it in the first 300 ms). Returns the
+/// dataplane (producers dropped) and the discard reasons.
+fn long_drain() -> (Dataplane<u64>, Arc<Mutex<Vec<DiscardReason>>>) {
+    let spec = PolicySpec {
+        link: Some(LinkRate {
+            rate_bps: 1_000_000,
+            burst_bytes: 20_000,
+        }),
+        aqm: false,
+        disconnect: false,
+        ..PolicySpec::default()
+    };
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let r = reasons.clone();
+    let (dp, mut ps) = Dataplane::<u64>::builder()
+        .workers(2)
+        .pinning(Pinning::Off)
+        .policy(Arc::new(spec.build().unwrap()))
+        .drain_timeout(Duration::from_secs(600))
+        .build(move |_| Sink(r.clone()))
+        .unwrap();
+    let mut tx = ps.pop().unwrap();
+    let streams: Vec<_> = (0..4)
+        .map(|k| tx.open(k, StreamConfig::with_priority(3)).unwrap())
+        .collect();
+    for i in 0..4_000u64 {
+        while tx.enqueue(streams[(i % 4) as usize], i, 1_000).is_err() {
+            thread::yield_now();
+        }
+    }
+    drop((tx, ps));
+    (dp, reasons)
+}
+
+/// A daemon's second SIGTERM: before, a drain ran its whole course (up to
+/// `drain_timeout`, 10 minutes in qosd) whatever the operator did. `DrainCut::cut`
+/// from another thread ends it: what is left is discarded, counted as `closed`, and
+/// the report says the drain was cut.
+#[test]
+fn s11_a_drain_cut_short_discards_the_rest_counted() {
+    let (dp, reasons) = long_drain();
+    let cut = dp.drain_cut();
+    assert!(!cut.is_cut());
+    let (report, limit) = shutdown_within(dp, Duration::from_secs(10));
+    // The drain is under way (32 s of packets at the link's pace).
+    assert!(
+        report.recv_timeout(Duration::from_millis(300)).is_err(),
+        "the drain ended before the cut"
+    );
+    cut.cut();
+    let r = report
+        .recv_timeout(limit)
+        .expect("the cut drain ended within 10 s (uncut: 32 s)");
+    assert!(r.drain_cut && cut.is_cut());
+    assert!(r.is_conserved());
+    assert_eq!(r.taken(), 4_000);
+    assert_eq!(r.sent() + r.discarded(), 4_000);
+    let reasons = reasons.lock().unwrap();
+    assert_eq!(
+        reasons.len() as u64,
+        r.discarded(),
+        "every discard reached the egress"
+    );
+    let closed = reasons
+        .iter()
+        .filter(|d| **d == DiscardReason::Dropped(DropReason::Closed))
+        .count();
+    // At most ~0.3 s of the link's 125 packets a second went out, and CoDel drops few
+    // in that time: most of the 4,000 were still queued at the cut.
+    assert!(closed > 3_000, "{closed} discarded as closed at the cut");
+}
+
+/// A cut before the stop makes the coming drain discard at once.
+#[test]
+fn s11_a_drain_cut_before_the_stop_discards_at_once() {
+    let (dp, _reasons) = long_drain();
+    dp.drain_cut().cut();
+    let (report, limit) = shutdown_within(dp, Duration::from_secs(10));
+    let r = report
+        .recv_timeout(limit)
+        .expect("the pre-cut drain ended within 10 s (uncut: 32 s)");
+    assert!(r.drain_cut && r.is_conserved());
+    assert_eq!(r.sent() + r.discarded(), 4_000);
+    assert!(r.discarded() > 3_000, "{} discarded", r.discarded());
+}
+
+/// A stop nobody cuts says so.
+#[test]
+fn s11_an_uncut_drain_reports_no_cut() {
+    let (dp, mut ps) = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .build(|_| Sink::default())
+        .unwrap();
+    let mut tx = ps.pop().unwrap();
+    let h = tx.open(1, StreamConfig::with_priority(3)).unwrap();
+    tx.enqueue(h, 1, 100).unwrap();
+    drop((tx, ps));
+    let r = dp.shutdown(StopMode::Drain).unwrap();
+    assert!(!r.drain_cut && r.is_conserved());
+    assert_eq!((r.sent(), r.discarded()), (1, 0));
+}

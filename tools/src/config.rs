@@ -688,7 +688,7 @@ fn validate_gateway(g: &GatewaySection) -> Result<(), ConfigError> {
         return Err(invalid(
             "gateway.drain_ms",
             g.drain_ms,
-            "0..=600000 (SIGTERM waits this long, and a second signal does not cut it short)",
+            "0..=600000 (SIGTERM waits this long at most; a second signal cuts it short)",
         ));
     }
     if !(1..=(1 << 24)).contains(&g.stream_accounts) {

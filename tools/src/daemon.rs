@@ -159,10 +159,42 @@ pub fn serve(
     // No reload runs from here on: a request still waiting gets "qosd is stopping" now,
     // before the control plane's runtime is shut down (it waits for its handlers).
     drop(reloads);
-    let report = gateway.stop()?;
+    eprintln!(
+        "qosd: stopping: draining the queues for up to {} ms (a second SIGTERM or SIGINT cuts it short)",
+        gateway.drain_ms()
+    );
+    // The drain runs at the policy's pace for up to `drain_ms`; a second SIGTERM or
+    // SIGINT cuts it short (what is left is dropped, counted), as operators expect of
+    // a second Ctrl-C.
+    let closer = signals.handle();
+    let cut = gateway.drain_cut();
+    let watcher = std::thread::Builder::new()
+        .name("qosd-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    eprintln!("qosd: SIGHUP ignored: stopping");
+                    continue;
+                }
+                eprintln!("qosd: second signal: the drain is cut short, the rest is dropped");
+                if let Some(cut) = &cut {
+                    cut.cut();
+                }
+                break;
+            }
+        })?;
+    let stopped = gateway.stop();
+    closer.close();
+    let _ = watcher.join();
+    let report = stopped?;
     println!("{}", serde_json::to_string(&report)?);
     eprintln!(
-        "qosd: stopped: {} received, {} forwarded, {} dropped {:?}; conserved: {}",
+        "qosd: stopped{}: {} received, {} forwarded, {} dropped {:?}; conserved: {}",
+        if report.drain_cut {
+            " (drain cut short)"
+        } else {
+            ""
+        },
         report.received,
         report.forwarded,
         report.dropped.values().sum::<u64>(),

@@ -25,7 +25,7 @@ use qos_control::logs::ControlEvent;
 use qos_control::metrics::ExtraMetrics;
 use qos_control::plane::{ControlConfig, ControlPlane};
 use qos_control::policy::sha256_hex;
-use qos_dataplane::runtime::{Dataplane, IdleStrategy, Pinning, RuntimeConfig, StopMode};
+use qos_dataplane::runtime::{Dataplane, DrainCut, IdleStrategy, Pinning, RuntimeConfig, StopMode};
 use serde::Serialize;
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -193,6 +193,10 @@ pub struct DrainReport {
     pub conserved: bool,
     /// The dataplane's own S11 check (every packet taken sent or discarded).
     pub dataplane_conserved: bool,
+    /// A second signal cut the drain short: what was still queued was dropped
+    /// (`closed`, or `shutdown` if already scheduled).
+    #[serde(default)]
+    pub drain_cut: bool,
     /// Per stream.
     pub streams: Vec<StreamAccount>,
 }
@@ -506,7 +510,25 @@ impl Gateway {
             .take()
             .ok_or_else(|| GatewayError::Thread(std::io::Error::other("gateway stopped")))?;
         let (report, _integrity) = plane.shutdown(StopMode::Drain)?;
-        Ok(self.account(report.is_conserved()))
+        let mut account = self.account(report.is_conserved());
+        account.drain_cut = report.drain_cut;
+        Ok(account)
+    }
+
+    /// How long [`Gateway::stop`] drains at most, ms (`gateway.drain_ms`, read once
+    /// at start: a reload cannot change it).
+    pub fn drain_ms(&self) -> u64 {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .gateway
+            .drain_ms
+    }
+
+    /// A handle that cuts [`Gateway::stop`]'s drain short from another thread (what
+    /// `qosd` does on a second SIGTERM or SIGINT): the rest is dropped, counted.
+    pub fn drain_cut(&self) -> Option<DrainCut> {
+        self.plane.as_ref()?.with_dataplane(|d| d.drain_cut())
     }
 
     /// The accounting now (in-flight packets make it inexact until the gateway stops).
@@ -534,6 +556,7 @@ impl Gateway {
             conserved: received == forwarded + total,
             dropped,
             dataplane_conserved,
+            drain_cut: false,
             streams,
         }
     }

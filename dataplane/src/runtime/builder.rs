@@ -8,7 +8,7 @@ use super::counters::Gauge;
 use super::producer::Producer;
 use super::report::StreamReport;
 use super::snapshot::SnapshotCell;
-use super::sync::{Arc, AtomicU64};
+use super::sync::{Arc, AtomicBool, AtomicU64};
 use super::worker::{self, Hists, ShmDecode, ShmInbox, WorkerParts};
 use super::{Dataplane, Egress, Exchange, PinningReport, Shared, WorkerShared, mailbox};
 use crate::sched::{Policy, Scheduler, SchedulerConfig};
@@ -157,6 +157,7 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
             link: super::link::LinkBoard::new(n),
             stop: AtomicU64::new(super::RUNNING),
             stop_deadline: AtomicU64::new(u64::MAX),
+            drain_cut: AtomicBool::new(false),
             shed_tiers: AtomicU64::new(0),
             ring_full: (0..config.producers).map(|_| Gauge::default()).collect(),
             gates: (0..config.producers)

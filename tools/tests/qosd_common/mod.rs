@@ -221,15 +221,27 @@ impl Qosd {
     }
 
     /// SIGTERM, then the drain report from stdout and the exit status.
-    pub fn terminate(mut self) -> (qos_tools::gateway::DrainReport, std::process::ExitStatus) {
+    pub fn terminate(self) -> (qos_tools::gateway::DrainReport, std::process::ExitStatus) {
         self.signal("TERM");
-        let mut out = String::new();
-        self.child
-            .stdout
-            .take()
-            .expect("stdout")
-            .read_to_string(&mut out)
-            .expect("read stdout");
+        self.finish(Duration::from_secs(120))
+    }
+
+    /// The drain report from stdout and the exit status, once qosd exits (a failure
+    /// if it has not within `limit`; it is killed then).
+    pub fn finish(
+        mut self,
+        limit: Duration,
+    ) -> (qos_tools::gateway::DrainReport, std::process::ExitStatus) {
+        let mut stdout = self.child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut out = String::new();
+            let _ = stdout.read_to_string(&mut out);
+            let _ = tx.send(out);
+        });
+        let out = rx
+            .recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("qosd did not exit within {limit:?}"));
         let status = self.child.wait().expect("wait");
         let report = serde_json::from_str(out.trim())
             .unwrap_or_else(|e| panic!("drain report {out:?}: {e}"));
