@@ -615,12 +615,16 @@ impl<P: Send + 'static> Dataplane<P> {
     /// all of them (and those of [`ShutdownReport::reports`]). Each
     /// worker walks its table 1,024 slots per loop iteration, so this costs a worker
     /// little even at a million streams; waits at most `timeout` (a worker still
-    /// walking gives `None`, and its report comes with a later call).
+    /// walking gives `None`, and its report comes with a later call). A `limit` at or
+    /// above the scheduler's `max_streams` names every stream (`usize::MAX` is fine).
     pub fn stream_reports(
         &mut self,
         limit: usize,
         timeout: Duration,
     ) -> Vec<Option<Box<StreamReport>>> {
+        // The memory is reserved up front: never for more streams than a worker holds
+        // (`usize::MAX` overflowed the reservation, 2^40 aborted the process).
+        let limit = limit.min(self.config.scheduler.max_streams as usize);
         Exchange::round(&mut self.reports, &self.shared, timeout, |w| {
             StreamReport::empty(w, limit)
         })

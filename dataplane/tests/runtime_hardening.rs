@@ -1336,3 +1336,136 @@ fn s11_an_uncut_drain_reports_no_cut() {
     assert!(!r.drain_cut && r.is_conserved());
     assert_eq!((r.sent(), r.discarded()), (1, 0));
 }
+
+/// Counts what the egress sends and discards.
+#[derive(Clone, Default)]
+struct Both(
+    Arc<std::sync::atomic::AtomicU64>,
+    Arc<std::sync::atomic::AtomicU64>,
+);
+
+impl Egress<u64> for Both {
+    fn send(&mut self, _now: u64, out: &mut Outbox<'_, u64>) {
+        while out.pop().is_some() {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    fn discard(&mut self, _d: Discarded<u64>) {
+        self.1.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Feeds a shm ring an open, a payload the decoder rejects (first byte 0xff) and a
+/// good one, beside 500 in-process packets paced behind a slow link; returns the
+/// report, the egress's (sent, discarded) and the in-process packets accepted.
+fn shm_decoder_run(checked: bool) -> (qos_dataplane::runtime::ShutdownReport, u64, u64, u64) {
+    let (mut shm_tx, shm_rx) = pair(RingConfig::for_records(1024, 64)).unwrap();
+    let egress = Both::default();
+    let e = egress.clone();
+    let builder = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .policy(linked(1_000_000, 64_000))
+        .drain_timeout(Duration::from_millis(200));
+    let builder = if checked {
+        builder.shm_ingress_checked(0, shm_rx, |p: &[u8]| {
+            (p.first() != Some(&0xff)).then_some(7)
+        })
+    } else {
+        builder.shm_ingress(0, shm_rx, |p: &[u8]| {
+            assert!(p.first() != Some(&0xff), "decoder: malformed payload");
+            7
+        })
+    };
+    let (dp, mut ps) = builder.build(move |_| e.clone()).unwrap();
+    let mut tx = ps.pop().unwrap();
+    let h = tx.open(1, StreamConfig::with_priority(3)).unwrap();
+    let mut accepted = 0;
+    for i in 0..500 {
+        if tx.enqueue(h, i, 1000).is_ok() {
+            accepted += 1;
+        }
+    }
+    let mut b = [0u8; 64];
+    let n = encode_open(&mut b, 0, Priority::new(6).unwrap(), None);
+    push_waiting(&mut shm_tx, &b[..n]);
+    let n = encode_packet(&mut b, 0, 100, &[0xff]);
+    push_waiting(&mut shm_tx, &b[..n]);
+    let n = encode_packet(&mut b, 0, 100, &[0x01]);
+    push_waiting(&mut shm_tx, &b[..n]);
+    // Until the worker has read the ring (the good record is taken).
+    for _ in 0..200 {
+        if dp.stats()[0].taken > accepted {
+            break;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(dp.worker_states(), [WorkerState::Running]);
+    drop((tx, ps, shm_tx));
+    let report = dp.shutdown(StopMode::Discard).unwrap();
+    (
+        report,
+        egress.0.load(Ordering::Relaxed),
+        egress.1.load(Ordering::Relaxed),
+        accepted,
+    )
+}
+
+/// Embedding-API red team: a shm decoder that panicked on a hostile payload unwound
+/// the worker: 434 of 500 in-process packets it held were neither sent nor discarded,
+/// and the report was not conserved. The decoder is embedder code run on the worker,
+/// like the egress: its panic is caught, the record counted rejected.
+#[test]
+fn s11_a_panicking_shm_decoder_rejects_the_record_and_loses_nothing() {
+    let (r, sent, discarded, accepted) = shm_decoder_run(false);
+    assert!(r.is_conserved());
+    assert_eq!(r.workers[0].shm_rejected, 1);
+    // The 500 in-process packets and the shm peer's good one.
+    assert_eq!(r.taken(), accepted + 1);
+    assert_eq!(sent + discarded, accepted + 1);
+    assert_eq!(r.workers[0].priorities[6].enqueued, 1);
+}
+
+/// A decoder that refuses a payload (`shm_ingress_checked`) gets it counted rejected;
+/// the ring stays open.
+#[test]
+fn t2_a_shm_payload_the_decoder_refuses_is_counted_rejected() {
+    let (r, sent, discarded, accepted) = shm_decoder_run(true);
+    assert!(r.is_conserved());
+    assert_eq!(r.workers[0].shm_rejected, 1);
+    assert_eq!(r.taken(), accepted + 1);
+    assert_eq!(sent + discarded, accepted + 1);
+    assert_eq!(r.workers[0].priorities[6].enqueued, 1);
+}
+
+/// Embedding-API red team: `stream_reports(usize::MAX, ..)`, "all streams", panicked
+/// with a capacity overflow, and 2^40 aborted the process (the memory is reserved up
+/// front). The limit is clamped to the stream table.
+#[test]
+fn o6_stream_reports_with_a_huge_limit_name_every_stream() {
+    let (mut dp, mut ps) = Dataplane::<u64>::builder()
+        .pinning(Pinning::Off)
+        .scheduler(SchedulerConfig {
+            max_streams: 1 << 20,
+            ..SchedulerConfig::default()
+        })
+        .build(|_| Sink::default())
+        .unwrap();
+    let mut tx = ps.pop().unwrap();
+    for k in 0..3 {
+        let h = tx.open(k, StreamConfig::with_priority(2)).unwrap();
+        tx.enqueue(h, k, 100).unwrap();
+    }
+    for limit in [usize::MAX, 1 << 40] {
+        let mut named = 0;
+        for _ in 0..100 {
+            let reports = dp.stream_reports(limit, Duration::from_secs(1));
+            named = reports.iter().flatten().map(|r| r.top.len()).sum::<usize>();
+            if named == 3 {
+                break;
+            }
+        }
+        assert_eq!(named, 3, "limit {limit}");
+    }
+    drop((tx, ps));
+    assert!(dp.shutdown(StopMode::Drain).unwrap().is_conserved());
+}

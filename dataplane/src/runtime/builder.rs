@@ -94,12 +94,29 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
     /// `worker` (T2; record format in [`shm`](super::shm)); `decode` turns a packet
     /// record's payload bytes into a packet. The worker owns the ring's streams like
     /// a producer's. A graceful stop waits for the peer to abandon the ring (or the
-    /// drain timeout).
+    /// drain timeout). A decoder that must refuse what a hostile peer wrote should
+    /// use [`DataplaneBuilder::shm_ingress_checked`]; a panic in `decode` is caught
+    /// and counted as there.
     pub fn shm_ingress(
+        self,
+        worker: usize,
+        consumer: qos_shm_ring::Consumer,
+        mut decode: impl FnMut(&[u8]) -> P + Send + 'static,
+    ) -> Self {
+        self.shm_ingress_checked(worker, consumer, move |payload| Some(decode(payload)))
+    }
+
+    /// As [`DataplaneBuilder::shm_ingress`], with a decoder that may refuse a payload
+    /// (`None`): the record is skipped and counted in
+    /// [`WorkerStats::shm_rejected`](super::WorkerStats), like a malformed record, and
+    /// the ring stays open. A panic in `decode` is caught and counted the same way (the
+    /// worker and the other rings' packets are not harmed); the default panic hook
+    /// still reports it on stderr.
+    pub fn shm_ingress_checked(
         mut self,
         worker: usize,
         consumer: qos_shm_ring::Consumer,
-        decode: impl FnMut(&[u8]) -> P + Send + 'static,
+        decode: impl FnMut(&[u8]) -> Option<P> + Send + 'static,
     ) -> Self {
         self.shm
             .push((worker, consumer, ShmDecodeDebug(Box::new(decode))));

@@ -59,7 +59,9 @@ pub struct WorkerStats {
     pub control_failed: u64,
     /// Scheduler events that did not fit the event ring.
     pub events_lost: u64,
-    /// Packet records from shared-memory ingress that failed to decode.
+    /// Records from shared-memory ingress that failed to decode: malformed, a stream
+    /// number beyond the table, or a payload the embedder's decoder refused (or
+    /// panicked on).
     pub shm_rejected: u64,
     /// Link rate the worker paces to under link sharing (T6), in bit/s (0: no link).
     pub link_rate_bps: u64,

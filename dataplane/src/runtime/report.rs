@@ -220,7 +220,7 @@ impl StreamReport {
             window_ns: 0,
             stats: super::WorkerStats::default(),
             limit,
-            heap: BinaryHeap::with_capacity(limit + 1),
+            heap: BinaryHeap::with_capacity(limit.saturating_add(1)),
             cursor: 0,
         })
     }

@@ -52,7 +52,8 @@ struct Inbox<P> {
 }
 
 /// Decodes a shared-memory packet payload into the embedder's packet type.
-pub(crate) type ShmDecode<P> = Box<dyn FnMut(&[u8]) -> P + Send>;
+/// A shared-memory ring's packet decoder: `None` refuses the payload (counted).
+pub(crate) type ShmDecode<P> = Box<dyn FnMut(&[u8]) -> Option<P> + Send>;
 
 /// A shared-memory ring from another process (T2).
 pub(crate) struct ShmInbox<P> {
@@ -456,7 +457,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
                             super::shm::decode(&inbox.buf[..n])
                                 .ok()
                                 .filter(|rec| rec.local() < max_local)
-                                .map(|rec| shm_msg(rec, &mut inbox.decode))
+                                .and_then(|rec| shm_msg(rec, &mut inbox.decode))
                         });
                         match msg {
                             Some(m) => msgs.push(m),
@@ -1118,8 +1119,10 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         // While stopping, wake-ups come from producers being dropped (they ring), the
         // pacing deadline, or the drain deadline.
         let stopping = self.shared.stop_mode().is_some();
+        // A `DrainCut` moves the deadline: a change after this reading is work.
+        let deadline = self.shared.stop_deadline();
         if stopping {
-            let left = self.shared.stop_deadline().saturating_sub(now);
+            let left = deadline.saturating_sub(now);
             timeout = timeout.min(std::time::Duration::from_nanos(left));
         }
         // Full rings are work only if the pool has room to take from them.
@@ -1137,6 +1140,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             timeout = timeout.min(std::time::Duration::from_micros(50));
         }
         let hist_in = &self.hist_in;
+        let report_in = &self.report_in;
         let adopted = &self.adopted;
         let policy = &mut self.policy;
         let bell = shared.workers[index]
@@ -1145,7 +1149,9 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             .expect("the worker set its doorbell before its first iteration");
         bell.sleep_unless(timeout, || {
             hist_in.is_waiting()
+                || report_in.is_waiting()
                 || (!stopping && shared.stop_mode().is_some())
+                || shared.stop_deadline() != deadline
                 || (can_take && (shm_pending || inboxes.iter().any(|i| !i.rx.is_empty())))
                 || !std::sync::Arc::ptr_eq(policy.load(), adopted)
         });
@@ -1302,10 +1308,13 @@ fn apply_share<P>(
     );
 }
 
-/// A decoded shared-memory record as a ring message.
-fn shm_msg<P>(rec: super::shm::ShmRecord<'_>, decode: &mut ShmDecode<P>) -> Msg<P> {
+/// A decoded shared-memory record as a ring message; `None` if the embedder's decoder
+/// refused the payload or panicked on it (the caller counts it rejected). The decoder
+/// is embedder code run on the worker, as the egress is: its panic must not unwind
+/// the worker and lose what the worker holds.
+fn shm_msg<P>(rec: super::shm::ShmRecord<'_>, decode: &mut ShmDecode<P>) -> Option<Msg<P>> {
     use super::shm::ShmRecord;
-    match rec {
+    Some(match rec {
         ShmRecord::Open { local, config } => Msg::Open {
             local,
             key: u64::from(local),
@@ -1320,7 +1329,9 @@ fn shm_msg<P>(rec: super::shm::ShmRecord<'_>, decode: &mut ShmDecode<P>) -> Msg<
         } => Msg::Packet {
             local,
             len,
-            packet: decode(payload),
+            packet: std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(payload)))
+                .ok()
+                .flatten()?,
         },
-    }
+    })
 }
