@@ -480,6 +480,7 @@ impl<P: Send + 'static> State<P> {
         source: &str,
     ) -> Result<Applied, PolicyRejection> {
         let at = unix_ms(wall_now());
+        let previous = self.dataplane.as_ref().map(Dataplane::policy);
         let result = self.gate.admit(document, signature).and_then(|admitted| {
             if let Admitted::Apply { policy, .. } = &admitted
                 && let Some(dp) = self.dataplane.as_ref()
@@ -520,6 +521,9 @@ impl<P: Send + 'static> State<P> {
                     sha256: sha256_hex.clone(),
                     signed,
                 });
+                if let Some(previous) = previous {
+                    self.reshed(&previous, &policy);
+                }
                 self.record_policy(PolicyRecord {
                     at_unix_ms: at,
                     outcome: "applied".into(),
@@ -732,8 +736,7 @@ impl<P: Send + 'static> State<P> {
         self.last_ring_full = ring_full;
         // A worker that failed is announced once (log and audit); it stays failed until
         // a restart, and `/healthz` answers 503 meanwhile. The health machine goes on
-        // judging every worker's heartbeat and pool, so shedding keeps following the
-        // load the others carry.
+        // judging the other workers, so shedding keeps following the load they carry.
         for w in panicked_workers(dp) {
             if !self.failed.get(w).copied().unwrap_or(true) {
                 self.failed[w] = true;
@@ -746,20 +749,7 @@ impl<P: Send + 'static> State<P> {
                 });
             }
         }
-        let obs: Vec<WorkerObservation> = stats
-            .iter()
-            .enumerate()
-            .map(|(w, s)| {
-                let stalled = s.stalls > self.last_stalls.get(w).copied().unwrap_or(0);
-                WorkerObservation {
-                    heartbeat_age_ns: now_ns.saturating_sub(s.heartbeat_ns),
-                    stalled,
-                    pool_queued: u64::from(s.shard.descriptors_in_use),
-                    pool_capacity: u64::from(s.shard.descriptor_capacity),
-                    ring_full_events: if w == 0 { ring_delta } else { 0 },
-                }
-            })
-            .collect();
+        let obs = observe(stats, &self.failed, &self.last_stalls, ring_delta, now_ns);
         self.last_stalls = stats.iter().map(|s| s.stalls).collect();
         let transitions = self.health.tick(&Observation {
             now_ns,
@@ -770,13 +760,43 @@ impl<P: Send + 'static> State<P> {
         }
     }
 
+    /// A policy was published while shedding: the dataplane's mask names tiers by
+    /// their index in the running policy, so the health machine's shed set (the lowest
+    /// tiers of the new order) is applied again. Without it, a policy listing its
+    /// tiers in another order made DEGRADED shed High and pass Low until the next
+    /// transition. A changed set of shed tier names is audited.
+    fn reshed(&mut self, previous: &Policy, policy: &Policy) {
+        let Some(dp) = self.dataplane.as_ref() else {
+            return;
+        };
+        let shed = self.health.shed_tiers();
+        let mask = shed_mask(&shed);
+        let before = dp.shed_tiers();
+        if mask != before {
+            dp.set_shed_tiers(mask);
+        }
+        let old: Vec<String> = (0..64)
+            .filter(|i| before & (1 << i) != 0)
+            .map(|i| tier_name(previous, i))
+            .collect();
+        let names: Vec<String> = shed.iter().map(|&i| tier_name(policy, i)).collect();
+        let mut sorted = (old, names.clone());
+        sorted.0.sort();
+        sorted.1.sort();
+        if sorted.0 != sorted.1 {
+            let state = self.health.state().as_str().to_string();
+            self.record(&ControlEvent::PerfDegradeApplied {
+                from: state.clone(),
+                to: state,
+                hazard: "policy_changed".into(),
+                shed_tiers: names,
+            });
+        }
+    }
+
     fn apply_transition(&mut self, dp: &Dataplane<P>, t: &Transition, wall: SystemTime) {
         self.health_transitions += 1;
-        let mask = t
-            .shed_tiers
-            .iter()
-            .filter(|&&i| i < 64)
-            .fold(0u64, |m, &i| m | (1 << i));
+        let mask = shed_mask(&t.shed_tiers);
         if mask != dp.shed_tiers() {
             dp.set_shed_tiers(mask);
         }
@@ -1307,6 +1327,53 @@ impl DegradeLevel {
     }
 }
 
+/// One tick's observation of every worker for the health machine. A failed worker
+/// carries no load and is seen as idle: a thread that panicked has a heartbeat that
+/// only ages, and judging it kept the machine UNKNOWN, its shedding frozen, until a
+/// restart. Its failure is reported apart (`worker.failed`, `/healthz` 503). The ring
+/// full events (all producers together) go to the first worker still running.
+fn observe(
+    stats: &[WorkerStats],
+    failed: &[bool],
+    last_stalls: &[u64],
+    ring_delta: u64,
+    now_ns: u64,
+) -> Vec<WorkerObservation> {
+    let is_failed = |w: usize| failed.get(w).copied().unwrap_or(false);
+    let ring_worker = (0..stats.len()).find(|&w| !is_failed(w)).unwrap_or(0);
+    stats
+        .iter()
+        .enumerate()
+        .map(|(w, s)| {
+            let ring_full_events = if w == ring_worker { ring_delta } else { 0 };
+            if is_failed(w) {
+                return WorkerObservation {
+                    heartbeat_age_ns: 0,
+                    stalled: false,
+                    pool_queued: 0,
+                    pool_capacity: 0,
+                    ring_full_events,
+                };
+            }
+            WorkerObservation {
+                heartbeat_age_ns: now_ns.saturating_sub(s.heartbeat_ns),
+                stalled: s.stalls > last_stalls.get(w).copied().unwrap_or(0),
+                pool_queued: u64::from(s.shard.descriptors_in_use),
+                pool_capacity: u64::from(s.shard.descriptor_capacity),
+                ring_full_events,
+            }
+        })
+        .collect()
+}
+
+/// The dataplane's shed mask for tier indices (bit `i` = tier `i`).
+fn shed_mask(tiers: &[usize]) -> u64 {
+    tiers
+        .iter()
+        .filter(|&&i| i < 64)
+        .fold(0u64, |m, &i| m | (1 << i))
+}
+
 fn tier_name(policy: &Policy, i: usize) -> String {
     policy
         .tiers()
@@ -1509,5 +1576,74 @@ mod tests {
             events(&[Degraded, Unknown, Safe]),
             [Some(Greater), None, Some(Greater)]
         );
+    }
+}
+
+#[cfg(test)]
+mod observe_tests {
+    use qos_dataplane::runtime::WorkerStats;
+
+    use super::observe;
+    use crate::health::{HealthConfig, HealthMachine, HealthState, Observation, TierOrder};
+
+    const MS: u64 = 1_000_000;
+
+    fn worker(heartbeat_ns: u64, pool_pct: u32) -> WorkerStats {
+        let mut s = WorkerStats {
+            heartbeat_ns,
+            ..WorkerStats::default()
+        };
+        s.shard.descriptor_capacity = 1_000;
+        s.shard.descriptors_in_use = pool_pct * 10;
+        s
+    }
+
+    /// Health red team: a worker whose thread panicked has a heartbeat that only ages.
+    /// Judged like the others, it kept the machine UNKNOWN, and the Low tier shed,
+    /// for as long as the process ran (an hour of ticks in the red team's run).
+    /// Failed workers are seen idle; the others' load decides.
+    #[test]
+    fn o5_a_dead_worker_does_not_freeze_shedding() {
+        let mut m = HealthMachine::new(
+            HealthConfig::default(),
+            TierOrder::new(vec![2, 1, 0]).unwrap(),
+        )
+        .unwrap();
+        let failed = [false, true];
+        let tick = |m: &mut HealthMachine, now: u64, stats: &[WorkerStats], failed: &[bool]| {
+            let obs = observe(stats, failed, &[0, 0], 0, now);
+            m.tick(&Observation {
+                now_ns: now,
+                workers: &obs,
+            });
+        };
+        // Worker 1's pool at 85% while it ran: DEGRADED, Low shed.
+        tick(&mut m, 0, &[worker(0, 0), worker(0, 85)], &[false, false]);
+        assert_eq!(m.state(), HealthState::Degraded);
+        // Its thread dies (heartbeat frozen at 0); worker 0 stays calm.
+        let mut now = 0;
+        for _ in 0..400 {
+            now += 250 * MS;
+            tick(&mut m, now, &[worker(now, 0), worker(0, 85)], &failed);
+        }
+        assert_eq!(m.state(), HealthState::Normal);
+        assert!(m.shed_tiers().is_empty());
+        // Judged as running, the same worker holds the machine UNKNOWN.
+        tick(
+            &mut m,
+            now + 250 * MS,
+            &[worker(now, 0), worker(0, 0)],
+            &[false, false],
+        );
+        assert_eq!(m.state(), HealthState::Unknown);
+    }
+
+    /// The producers' ring-full count goes to a worker still running.
+    #[test]
+    fn o5_ring_full_events_are_seen_on_a_running_worker() {
+        let stats = [worker(0, 0), worker(0, 0)];
+        let obs = observe(&stats, &[true, false], &[0, 0], 7, 0);
+        assert_eq!((obs[0].ring_full_events, obs[1].ring_full_events), (0, 7));
+        assert_eq!(observe(&stats, &[], &[], 7, 0)[0].ring_full_events, 7);
     }
 }

@@ -575,6 +575,82 @@ fn o5_health_follows_hazards_and_healthz_codes() {
     assert!(qos_control::audit::verify(&audit).unwrap().is_ok());
 }
 
+/// Health red team: the dataplane sheds tiers by their index in the running policy,
+/// and a policy applied while DEGRADED was not followed by the shed set: one listing
+/// its tiers Low, Medium, High made index 2 High, so every P7 packet was shed and P0
+/// passed until the next health transition. The shed set is applied again with the
+/// policy, and a change of the shed tiers' names is audited.
+#[test]
+fn o5_a_policy_applied_while_degraded_keeps_shedding_the_lowest_tier() {
+    let dir = temp_dir("reshed");
+    let audit = dir.join("audit.jsonl");
+    let (plane, mut tx, sw) = start(
+        1,
+        2_000,
+        ControlConfig {
+            audit_log: Some(audit.clone()),
+            health: HealthConfig {
+                recovery_hold_ns: 300_000_000,
+                heartbeat_stale_ns: 5_000_000_000,
+                ..HealthConfig::default()
+            },
+            ..ControlConfig::default()
+        },
+    );
+    wait_until("NORMAL", 5, || plane.health() == HealthState::Normal);
+    sw.hold.store(true, Ordering::Relaxed);
+    let mid = tx.open(2, StreamConfig::with_priority(3)).unwrap();
+    push(&mut tx, mid, 1_700);
+    wait_until("DEGRADED", 10, || plane.health() == HealthState::Degraded);
+    assert_eq!(plane.status().shed_tiers, ["Low"]);
+    let tiers = |low: &str| {
+        format!(
+            "preset = \"default\"\ndisconnect = false\n\
+             [[tiers]]\nname = \"{low}\"\npriorities = [0, 1]\nshare_percent = 15\n\
+             [[tiers]]\nname = \"Medium\"\npriorities = [2, 3, 4, 5]\nshare_percent = 60\n\
+             [[tiers]]\nname = \"High\"\npriorities = [6, 7]\nshare_percent = 25\n"
+        )
+    };
+    let reversed = format!("version = 2\n{}", tiers("Low"));
+    plane
+        .apply_policy(reversed.as_bytes(), None, "test")
+        .unwrap();
+    assert_eq!(plane.health(), HealthState::Degraded);
+    assert_eq!(plane.status().shed_tiers, ["Low"]);
+    let low = tx.open(1, StreamConfig::with_priority(0)).unwrap();
+    let high = tx.open(3, StreamConfig::with_priority(7)).unwrap();
+    push(&mut tx, low, 20);
+    push(&mut tx, high, 20);
+    wait_until("20 Low packets shed", 10, || {
+        plane.with_dataplane(|dp| dp.stats()[0].shed[0]).unwrap() == 20
+    });
+    let shed = plane.with_dataplane(|dp| dp.stats()[0].shed).unwrap();
+    assert_eq!(shed, [20, 0, 0, 0, 0, 0, 0, 0], "High is never shed");
+    // The lowest tier renamed: the shed set's names change, audited.
+    let renamed = format!("version = 3\n{}", tiers("Bulk"));
+    plane
+        .apply_policy(renamed.as_bytes(), None, "test")
+        .unwrap();
+    assert_eq!(plane.status().shed_tiers, ["Bulk"]);
+    sw.hold.store(false, Ordering::Relaxed);
+    drop(tx);
+    let (report, _) = plane.shutdown(StopMode::Drain).unwrap();
+    assert!(report.is_conserved());
+    let log = std::fs::read_to_string(&audit).unwrap();
+    let applied: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"event\":\"perf.degrade.applied\""))
+        .collect();
+    assert_eq!(applied.len(), 2, "{log}");
+    assert!(applied[0].contains("[\"Low\"]"), "{}", applied[0]);
+    assert!(
+        applied[1].contains("\"hazard\":\"policy_changed\"") && applied[1].contains("[\"Bulk\"]"),
+        "{}",
+        applied[1]
+    );
+    assert!(qos_control::audit::verify(&audit).unwrap().is_ok());
+}
+
 /// O5: a worker whose egress panicked keeps a fresh heartbeat (it runs on, discarding
 /// what it receives), so `/healthz`, which followed the health machine's heartbeats
 /// and pools only, answered 200 NORMAL while every packet of that worker was
