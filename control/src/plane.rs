@@ -828,8 +828,8 @@ impl<P: Send + 'static> State<P> {
             to: t.to.as_str().into(),
             reason: t.hazard.as_str().into(),
         });
-        match self.degrade_level.step(t.to) {
-            Some(std::cmp::Ordering::Greater) => {
+        match self.degrade_level.step(t.to, t.at_ns) {
+            Some((std::cmp::Ordering::Greater, _)) => {
                 self.record(&ControlEvent::PerfDegradeApplied {
                     from: t.from.as_str().into(),
                     to: t.to.as_str().into(),
@@ -837,11 +837,11 @@ impl<P: Send + 'static> State<P> {
                     shed_tiers: names,
                 });
             }
-            Some(std::cmp::Ordering::Less) => {
+            Some((std::cmp::Ordering::Less, held_ns)) => {
                 self.record(&ControlEvent::PerfDegradeRecovered {
                     from: t.from.as_str().into(),
                     to: t.to.as_str().into(),
-                    held_ms: self.config.health.recovery_hold_ns / 1_000_000,
+                    held_ms: held_ns / 1_000_000,
                 });
             }
             _ => {}
@@ -1305,25 +1305,39 @@ impl<P: Send + 'static> State<P> {
 /// escalation (it went unaudited while UNKNOWN ranked above SAFE), DEGRADED, UNKNOWN,
 /// DEGRADED nothing.
 #[derive(Clone, Copy, Debug)]
-struct DegradeLevel(HealthState);
+struct DegradeLevel {
+    level: HealthState,
+    /// When `level` was entered, ns on the health machine's clock.
+    since_ns: u64,
+}
 
 impl Default for DegradeLevel {
     fn default() -> Self {
-        Self(HealthState::Normal)
+        Self {
+            level: HealthState::Normal,
+            since_ns: 0,
+        }
     }
 }
 
 impl DegradeLevel {
-    /// Records a transition to `to`; returns `Greater` when it escalates the degrade
-    /// (`perf.degrade.applied`), `Less` when it eases it (`perf.degrade.recovered`),
+    /// Records a transition to `to` at `at_ns`; returns `Greater` when it escalates
+    /// the degrade (`perf.degrade.applied`), `Less` when it eases it
+    /// (`perf.degrade.recovered`), with how long the level left was held, in ns;
     /// `None` otherwise (UNKNOWN, or the same level).
-    fn step(&mut self, to: HealthState) -> Option<std::cmp::Ordering> {
+    fn step(&mut self, to: HealthState, at_ns: u64) -> Option<(std::cmp::Ordering, u64)> {
         if to == HealthState::Unknown {
             return None;
         }
         // Neither side is UNKNOWN here: the level holds only known states.
-        let before = std::mem::replace(&mut self.0, to);
-        Some(to.rank().cmp(&before.rank())).filter(|o| o.is_ne())
+        let order = to.rank().cmp(&self.level.rank());
+        if order.is_eq() {
+            return None;
+        }
+        let held = at_ns.saturating_sub(self.since_ns);
+        self.level = to;
+        self.since_ns = at_ns;
+        Some((order, held))
     }
 }
 
@@ -1549,7 +1563,10 @@ mod tests {
     /// The degrade events `apply_transition` records for a sequence of states.
     fn events(states: &[HealthState]) -> Vec<Option<std::cmp::Ordering>> {
         let mut level = DegradeLevel::default();
-        states.iter().map(|&to| level.step(to)).collect()
+        states
+            .iter()
+            .map(|&to| level.step(to, 0).map(|(o, _)| o))
+            .collect()
     }
 
     /// Found by a red-team review: a stall longer than the heartbeat threshold goes
@@ -1576,6 +1593,30 @@ mod tests {
             events(&[Degraded, Unknown, Safe]),
             [Some(Greater), None, Some(Greater)]
         );
+    }
+}
+
+#[cfg(test)]
+mod held_tests {
+    use super::DegradeLevel;
+    use crate::health::HealthState::{Degraded, Normal, Safe, Unknown};
+
+    const MS: u64 = 1_000_000;
+
+    /// Health red team: `perf.degrade.recovered.held_ms`, documented as how long the
+    /// state it left was held, was the configured recovery hold (300 where DEGRADED
+    /// had lasted 2,400 ms). It is the time since that level was entered; UNKNOWN in
+    /// between does not restart it.
+    #[test]
+    fn o5_recovered_held_ms_is_how_long_the_level_was_held() {
+        let mut level = DegradeLevel::default();
+        assert!(level.step(Degraded, 1_000 * MS).is_some());
+        assert_eq!(level.step(Unknown, 1_500 * MS), None);
+        assert_eq!(level.step(Degraded, 2_000 * MS), None);
+        let (_, held) = level.step(Safe, 3_400 * MS).unwrap();
+        assert_eq!(held, 2_400 * MS, "DEGRADED from 1,000 to 3,400 ms");
+        let (_, held) = level.step(Normal, 3_900 * MS).unwrap();
+        assert_eq!(held, 500 * MS);
     }
 }
 
