@@ -28,6 +28,11 @@
 //! verifying against it with [`verify_with_anchor`], or opening with
 //! [`AuditOptions::anchor`].
 //!
+//! The hash is unkeyed: it catches damage and edits that leave the chain as it was,
+//! not a writer who recomputes it. Anyone who can write the file can rewrite it from
+//! any line on, recomputing every later `prev`, and it verifies; only the records up to
+//! an anchor kept out of that writer's reach are protected.
+//!
 //! # Crash safety
 //!
 //! Each append is one `write_all` of the whole line and its newline on an unbuffered
@@ -376,6 +381,8 @@ pub struct AuditLog {
     /// Length of the file up to the end of the last complete line.
     len: u64,
     poisoned: bool,
+    /// The `audit.torn_tail` record `open` appended, until the caller takes it.
+    repair: Option<ControlEvent>,
 }
 
 impl AuditLog {
@@ -445,6 +452,7 @@ impl AuditLog {
             last_hash,
             len,
             poisoned: false,
+            repair: None,
         };
         if let Some(torn) = checked.torn {
             log.cut_torn_tail(torn)?;
@@ -465,7 +473,14 @@ impl AuditLog {
             sha256: hex(&torn.sha256),
         };
         self.append(&event)?;
+        self.repair = Some(event);
         Ok(())
+    }
+
+    /// The `audit.torn_tail` record [`AuditLog::open`] appended when it cut a torn
+    /// tail, once: for the caller to log (the JSON logs see only what it emits).
+    pub fn take_repair(&mut self) -> Option<ControlEvent> {
+        self.repair.take()
     }
 
     /// Appends `event`, stamped with the current wall-clock time.

@@ -7,8 +7,9 @@
 //!
 //! Policies go through [`ControlPlane::apply_policy`] (or `POST /policy`): validated
 //! as a whole, version-checked, signature-checked when a key is configured, published
-//! to the workers, audited, and only then recorded as running. A rejected policy
-//! changes nothing.
+//! to the workers, recorded as running, then audited. A rejected policy changes
+//! nothing. A failing audit log does not refuse a policy: the failure is counted and
+//! warned (`audit.failed`, `/healthz`), so an operator can still act on a full disk.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -366,7 +367,7 @@ impl<P: Send + 'static> State<P> {
         }
         let policy = dataplane.policy();
         let health = HealthMachine::new(config.health.clone(), TierOrder::from_policy(&policy))?;
-        let audit = match &config.audit_log {
+        let mut audit = match &config.audit_log {
             Some(path) => Some(AuditLog::open(
                 path,
                 AuditOptions {
@@ -376,6 +377,11 @@ impl<P: Send + 'static> State<P> {
             )?),
             None => None,
         };
+        // A torn tail cut at the open is in the audit log already; the JSON logs get
+        // it here (it never reached an operator's log before).
+        if let Some(repair) = audit.as_mut().and_then(AuditLog::take_repair) {
+            emit(&repair);
+        }
         let now = wall_now();
         let hlog = match &config.hlog {
             Some(path) => {

@@ -856,6 +856,18 @@ fn opening_refuses_to_cut_a_tail_a_crash_cannot_have_left() {
     fs::write(&path, &zeros).unwrap();
     drop(AuditLog::open(&path, AuditOptions::default()).unwrap());
     write_lines(&path, &lines_of(&path)[..20]);
+    // Audit red team: 32 zero bytes and then someone else's data were cut as a torn
+    // line (only the first 32 bytes were looked at). Refused, left as they are.
+    let mut foreign = base.clone();
+    foreign.extend_from_slice(&[0u8; 32]);
+    foreign.extend_from_slice(&b"SOMEONE ELSE'S DATA ".repeat(1_000));
+    fs::write(&path, &foreign).unwrap();
+    assert!(matches!(
+        AuditLog::open(&path, AuditOptions::default()),
+        Err(AuditError::ForeignTail { .. })
+    ));
+    assert_eq!(fs::read(&path).unwrap(), foreign);
+    fs::write(&path, &base).unwrap();
     // The start of record 20, cut anywhere (inside its seq digits too), is repaired.
     for cut in [1, 5, 8, 9, 40] {
         let mut torn = short[..short.len() - 9].to_vec();

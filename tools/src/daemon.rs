@@ -104,6 +104,14 @@ pub fn serve(
 ) -> Result<(), Box<dyn std::error::Error>> {
     // Register before starting, so a signal sent as soon as we are up is not lost.
     let mut signals = Signals::new([SIGHUP, SIGTERM, SIGINT])?;
+    // Past a file-size limit (RLIMIT_FSIZE) a write raises SIGXFSZ, which by default
+    // kills the process: with a handler the write fails with EFBIG instead, and the
+    // audit log, `.hlog` and metrics.db count and report it (`audit.failed`, the
+    // warnings of `/healthz`) while qosd goes on forwarding.
+    signal_hook::flag::register(
+        signal_hook::consts::SIGXFSZ,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    )?;
     let gateway = Gateway::start(config)?;
     eprintln!(
         "qosd: listening on {:?}, control API on http://{}",

@@ -286,7 +286,7 @@ fn sighup_and_post_reload_apply_a_good_file_and_a_bad_one_changes_nothing() {
         std::fs::write(&path, text).expect("write config");
     };
     write(1, "u0", "");
-    let q = Qosd::spawn(&path);
+    let mut q = Qosd::spawn(&path);
     let tx = sender();
     send_paced(&tx, q.listen, 20, |i| datagram(3, 4, i, 100));
     assert_eq!(
@@ -479,6 +479,101 @@ fn sigterm_drains_and_accounts_for_every_datagram_per_stream() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A qosd config on loopback with a state directory (audit log, `.hlog`), no metrics.db.
+fn state_config(dir: &std::path::Path, sink: std::net::SocketAddr) -> std::path::PathBuf {
+    let path = dir.join("qosd.toml");
+    let state = format!(
+        "state_dir = \"{}\"\nmetrics_db = false\n",
+        dir.join("state").display()
+    );
+    let rule =
+        "[[rule]]\nname = \"lg\"\nloadgen = true\nstream = \"header\"\nroute = { to = \"u0\" }\n";
+    let text =
+        config_text(&[sink], 10, "", rule).replace("[control]\n", &format!("[control]\n{state}"));
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// Health red team: a torn tail of the audit log, cut and recorded as
+/// `audit.torn_tail` when qosd opened the log, never reached its JSON logs.
+#[test]
+fn o3_a_torn_audit_tail_cut_at_start_is_logged() {
+    let dir = tempdir("torn-tail");
+    let sink = Sink::bind();
+    let path = state_config(&dir, sink.addr);
+    let (report, exit) = Qosd::spawn(&path).terminate();
+    assert!(exit.success() && report.conserved, "{report:?}");
+    let audit = dir.join("state/audit.jsonl");
+    let records = std::fs::read_to_string(&audit)
+        .expect("audit log")
+        .lines()
+        .count();
+    assert!(records > 0);
+    // What a crash in the middle of the next record leaves.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&audit)
+        .expect("open");
+    std::io::Write::write_all(&mut f, format!("{{\"seq\":{records},\"ts").as_bytes())
+        .expect("append");
+    drop(f);
+    let mut q = Qosd::spawn(&path);
+    let line = q
+        .wait_line("audit.torn_tail", Duration::from_secs(10))
+        .expect("the repair is logged");
+    assert!(
+        line.contains("\"bytes\":") && line.contains("\"offset\":"),
+        "{line}"
+    );
+    let (_, exit) = q.terminate();
+    assert!(exit.success());
+    let verdict = qos_control::audit::verify(&audit).expect("verify");
+    assert!(verdict.is_ok(), "{verdict:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Health red team: under a file-size limit (`ulimit -f`), the audit append that
+/// crossed it raised SIGXFSZ and killed qosd (exit 153, no accounting); the audit
+/// log's EFBIG handling never ran. qosd now handles the signal: the append fails,
+/// counted and warned, and qosd goes on.
+#[test]
+fn o5_a_file_size_limit_fails_audit_appends_instead_of_killing_qosd() {
+    let dir = tempdir("fsize");
+    let sink = Sink::bind();
+    let path = state_config(&dir, sink.addr);
+    // 64 KiB: the start fits, a few hundred policy records do not.
+    let q = Qosd::spawn_under("ulimit -f 64", &path);
+    let mut failed = false;
+    for version in 2..2_000u64 {
+        let doc = format!("version = {version}\npreset = \"default\"\ndisconnect = false\n");
+        let (code, body) = http(q.api, "POST", "/policy", &[], doc.as_bytes());
+        assert!(
+            code == 200,
+            "POST /policy v{version}: {code} {body} (0: no answer)"
+        );
+        let (_, health) = http(q.api, "GET", "/healthz", &[], b"");
+        if health.contains("audit") {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "the audit log reached the limit");
+    let mut q = q;
+    assert!(
+        q.child.try_wait().expect("try_wait").is_none(),
+        "qosd runs on"
+    );
+    let (_, metrics) = http(q.api, "GET", "/metrics", &[], b"");
+    assert!(
+        metric(&metrics, "qos_audit_records_total{outcome=\"failed\"}").unwrap_or(0.0) >= 1.0,
+        "counted"
+    );
+    let (report, exit) = q.terminate();
+    assert!(exit.success(), "{exit:?}");
+    assert!(report.conserved, "{report:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Before, a second SIGTERM during the drain did nothing: an operator pressing Ctrl-C
 /// twice waited out `drain_ms` (up to 10 minutes). Now it cuts the drain short: the
 /// rest is dropped `closed`, the report says `drain_cut` and still balances.
@@ -498,7 +593,7 @@ fn s11_a_second_sigterm_cuts_the_drain_short_and_accounts_for_the_rest() {
     .replace("drain_ms = 3000", "drain_ms = 120000")
     .replace("aqm = true", "aqm = false");
     std::fs::write(&path, text).expect("write");
-    let q = Qosd::spawn(&path);
+    let mut q = Qosd::spawn(&path);
     let tx = sender();
     for seq in 0..1_500 {
         for id in [21u64, 22] {
@@ -528,7 +623,6 @@ fn s11_a_second_sigterm_cuts_the_drain_short_and_accounts_for_the_rest() {
     q.wait_line("qosd: stopping: draining", Duration::from_secs(10))
         .expect("qosd says it drains");
     std::thread::sleep(Duration::from_millis(300));
-    let mut q = q;
     assert!(
         q.child.try_wait().expect("try_wait").is_none(),
         "the drain is under way"
@@ -1101,7 +1195,7 @@ fn o2_metrics_db_failures_are_logged_with_their_error() {
         ),
     );
     std::fs::write(&path, text).expect("config");
-    let q = Qosd::spawn(&path);
+    let mut q = Qosd::spawn(&path);
     let line = q
         .wait_line("metrics_db.failed", Duration::from_secs(10))
         .expect("a metrics_db.failed line");

@@ -40,6 +40,8 @@ pub(super) struct Torn {
     /// Their first bytes (up to 32), and how many of those there are.
     pub(super) head: [u8; 32],
     pub(super) head_len: usize,
+    /// Every one of them is a zero byte.
+    pub(super) all_zero: bool,
 }
 
 impl Torn {
@@ -51,8 +53,9 @@ impl Torn {
     pub(super) fn could_be_record(&self, next_seq: u64) -> bool {
         let start = format!("{{\"seq\":{next_seq},");
         let n = self.head_len.min(start.len());
-        let begins = self.head[..n] == start.as_bytes()[..n]
-            || self.head[..self.head_len].iter().all(|&b| b == 0);
+        // All of them zero, not only the first 32: 32 zero bytes followed by someone
+        // else's 680 KB were cut as a torn line.
+        let begins = self.head[..n] == start.as_bytes()[..n] || self.all_zero;
         self.bytes <= MAX_LINE_BYTES as u64 && begins
     }
 }
@@ -139,6 +142,8 @@ impl<R: BufRead> Lines<R> {
                 sha256: hasher.finalize().into(),
                 head,
                 head_len,
+                // Longer than a record: never the writer's, whatever its bytes.
+                all_zero: false,
             })));
         }
         Ok(Some(Item::Torn(Torn {
@@ -147,6 +152,7 @@ impl<R: BufRead> Lines<R> {
             sha256: Sha256::digest(&self.buf).into(),
             head,
             head_len,
+            all_zero: self.buf.iter().all(|&b| b == 0),
         })))
     }
 }

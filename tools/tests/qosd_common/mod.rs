@@ -124,6 +124,8 @@ pub struct Qosd {
     pub listen: SocketAddr,
     pub api: SocketAddr,
     pub stderr: mpsc::Receiver<String>,
+    /// Stderr lines printed before the "listening on" line, not yet looked at.
+    early: Vec<String>,
 }
 
 impl Qosd {
@@ -164,6 +166,7 @@ impl Qosd {
             listen: unset,
             api: unset,
             stderr: rx,
+            early: Vec::new(),
         };
         let stderr = stderr.expect("stderr");
         std::thread::spawn(move || {
@@ -193,6 +196,7 @@ impl Qosd {
                 q.api = api.trim().parse().expect("api");
                 return q;
             }
+            q.early.push(line);
         }
     }
 
@@ -206,8 +210,15 @@ impl Qosd {
         assert!(ok, "kill -{sig}");
     }
 
-    /// Waits for a stderr line containing `needle` (up to `timeout`).
-    pub fn wait_line(&self, needle: &str, timeout: Duration) -> Option<String> {
+    /// Waits for a stderr line containing `needle` (up to `timeout`), starting with
+    /// those printed before qosd was listening.
+    pub fn wait_line(&mut self, needle: &str, timeout: Duration) -> Option<String> {
+        if let Some(i) = self.early.iter().position(|l| l.contains(needle)) {
+            let found = self.early.remove(i);
+            self.early.drain(..i);
+            return Some(found);
+        }
+        self.early.clear();
         let deadline = Instant::now() + timeout;
         while let Ok(l) = self
             .stderr
