@@ -781,15 +781,15 @@ impl<P: Send + 'static> State<P> {
         if mask != before {
             dp.set_shed_tiers(mask);
         }
-        let old: Vec<String> = (0..64)
+        let mut was: Vec<String> = (0..64)
             .filter(|i| before & (1 << i) != 0)
             .map(|i| tier_name(previous, i))
             .collect();
         let names: Vec<String> = shed.iter().map(|&i| tier_name(policy, i)).collect();
-        let mut sorted = (old, names.clone());
-        sorted.0.sort();
-        sorted.1.sort();
-        if sorted.0 != sorted.1 {
+        let mut now = names.clone();
+        was.sort();
+        now.sort();
+        if was != now {
             let state = self.health.state().as_str().to_string();
             self.record(&ControlEvent::PerfDegradeApplied {
                 from: state.clone(),
@@ -1563,8 +1563,13 @@ impl<P: Send + 'static> Drop for ControlPlane<P> {
 mod tests {
     use std::cmp::Ordering::{Greater, Less};
 
-    use super::DegradeLevel;
+    use qos_dataplane::runtime::WorkerStats;
+
+    use super::{DegradeLevel, observe};
     use crate::health::HealthState::{self, Degraded, Normal, Safe, Unknown};
+    use crate::health::{HealthConfig, HealthMachine, Observation, TierOrder};
+
+    const MS: u64 = 1_000_000;
 
     /// The degrade events `apply_transition` records for a sequence of states.
     fn events(states: &[HealthState]) -> Vec<Option<std::cmp::Ordering>> {
@@ -1600,14 +1605,6 @@ mod tests {
             [Some(Greater), None, Some(Greater)]
         );
     }
-}
-
-#[cfg(test)]
-mod held_tests {
-    use super::DegradeLevel;
-    use crate::health::HealthState::{Degraded, Normal, Safe, Unknown};
-
-    const MS: u64 = 1_000_000;
 
     /// Health red team: `perf.degrade.recovered.held_ms`, documented as how long the
     /// state it left was held, was the configured recovery hold (300 where DEGRADED
@@ -1624,16 +1621,6 @@ mod held_tests {
         let (_, held) = level.step(Normal, 3_900 * MS).unwrap();
         assert_eq!(held, 500 * MS);
     }
-}
-
-#[cfg(test)]
-mod observe_tests {
-    use qos_dataplane::runtime::WorkerStats;
-
-    use super::observe;
-    use crate::health::{HealthConfig, HealthMachine, HealthState, Observation, TierOrder};
-
-    const MS: u64 = 1_000_000;
 
     fn worker(heartbeat_ns: u64, pool_pct: u32) -> WorkerStats {
         let mut s = WorkerStats {
@@ -1666,14 +1653,14 @@ mod observe_tests {
         };
         // Worker 1's pool at 85% while it ran: DEGRADED, Low shed.
         tick(&mut m, 0, &[worker(0, 0), worker(0, 85)], &[false, false]);
-        assert_eq!(m.state(), HealthState::Degraded);
+        assert_eq!(m.state(), Degraded);
         // Its thread dies (heartbeat frozen at 0); worker 0 stays calm.
         let mut now = 0;
         for _ in 0..400 {
             now += 250 * MS;
             tick(&mut m, now, &[worker(now, 0), worker(0, 85)], &failed);
         }
-        assert_eq!(m.state(), HealthState::Normal);
+        assert_eq!(m.state(), Normal);
         assert!(m.shed_tiers().is_empty());
         // Judged as running, the same worker holds the machine UNKNOWN.
         tick(
@@ -1682,7 +1669,7 @@ mod observe_tests {
             &[worker(now, 0), worker(0, 0)],
             &[false, false],
         );
-        assert_eq!(m.state(), HealthState::Unknown);
+        assert_eq!(m.state(), Unknown);
     }
 
     /// The producers' ring-full count goes to a worker still running.
