@@ -7,7 +7,7 @@
 //! | `GET /healthz` | `{"state": ..., "healthy": ..., "warnings": [...]}`; 200 for NORMAL and DEGRADED (serving), 503 for SAFE and UNKNOWN, and 503 (not healthy) while a worker has failed; `warnings` names a failing metrics.db, audit log or `.hlog`, and a failed worker |
 //! | `GET /status` | policy version per worker, shard sizes, health, audit head, store state |
 //! | `GET /integrity` | the integrity report (O6) |
-//! | `POST /policy` | a policy document (TOML or JSON) in the body, its detached ed25519 signature (base64) in `X-Qos-Signature`; 200 applied or no-op, 400 invalid, 403 signature, 408 body not received within the client timeout, 409 stale or conflicting version, 413 too large |
+//! | `POST /policy` | a policy document (TOML or JSON) in the body, its detached ed25519 signature (base64) in `X-Qos-Signature`; 200 applied or no-op, 400 invalid (a malformed or incomplete body, a signature header given twice), 403 signature, 408 body not received within the client timeout, 409 stale or conflicting version, 413 too large |
 //! | `POST /reload` | runs the embedder's reload hook ([`crate::plane::ControlPlane::set_reload_hook`]; qosd re-reads its configuration file, C4): 200 `{"reloaded": true, "policy_version": n}`, 409 refused (with the reason), nothing to reload, or a reload still running, 500 if the hook panicked |
 //!
 //! It binds loopback by default; another address needs `allow_remote` and a bearer
@@ -28,7 +28,7 @@ use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Bytes, Incoming};
 use hyper::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::service::service_fn;
@@ -458,6 +458,23 @@ async fn post_policy<P: Send + 'static>(
     client_timeout: Duration,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
+    if req
+        .headers()
+        .get_all(SIGNATURE_HEADER)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        // Which one would be meant? (The first was taken: a good one then garbage was
+        // applied, the reverse refused.)
+        return json(
+            StatusCode::BAD_REQUEST,
+            &ErrorBody {
+                error: format!("{SIGNATURE_HEADER}: given more than once, expected one"),
+                field: Some(SIGNATURE_HEADER.into()),
+            },
+        );
+    }
     let signature = match req.headers().get(SIGNATURE_HEADER).map(|v| v.to_str()) {
         None => None,
         Some(Ok(s)) => Some(s.trim().to_owned()),
@@ -499,7 +516,20 @@ async fn post_policy<P: Send + 'static>(
             );
         }
         Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(e)) => return too_large(e.to_string()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            return too_large(e.to_string());
+        }
+        // Bad chunk framing, a body cut short by the client: not a size problem (they
+        // were all answered 413 "too large").
+        Ok(Err(e)) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &ErrorBody {
+                    error: format!("body: malformed or incomplete: {e}"),
+                    field: None,
+                },
+            );
+        }
     };
     let result = lock(state).apply_policy(&body, signature.as_deref(), "http");
     match result {

@@ -850,6 +850,43 @@ fn api_clients_cannot_hold_connections_and_requests_are_checked_up_front() {
     );
     assert!(got.starts_with("HTTP/1.1 408"), "{got}");
     assert!(took >= timeout && took < Duration::from_secs(5), "{took:?}");
+    // Control-API red team: bad chunk framing and a body cut short were answered 413
+    // "too large"; they are malformed (400). A body really over the limit stays 413.
+    let (got, _) = raw(
+        addr,
+        b"POST /policy HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nversion = 1\n\r\n0\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    assert!(got.contains("malformed or incomplete"), "{got}");
+    {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"POST /policy HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\nContent-Length: 100\r\n\r\nversion = 2\n")
+            .unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut got = String::new();
+        let _ = s.read_to_string(&mut got);
+        assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    }
+    let mut big = b"POST /policy HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..20 {
+        big.extend_from_slice(b"1000\r\n");
+        big.extend_from_slice(&[b'#'; 0x1000]);
+        big.extend_from_slice(b"\r\n");
+    }
+    big.extend_from_slice(b"0\r\n\r\n");
+    let (got, _) = raw(addr, &big, Duration::from_secs(10));
+    assert!(got.starts_with("HTTP/1.1 413"), "{got}");
+    // A signature given twice: which one? Refused (the first was used).
+    let (got, _) = raw(
+        addr,
+        b"POST /policy HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t0k\r\nX-Qos-Signature: AAAA\r\nX-Qos-Signature: BBBB\r\nContent-Length: 12\r\nConnection: close\r\n\r\nversion = 2\n",
+        Duration::from_secs(10),
+    );
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    assert!(got.contains("more than once"), "{got}");
     // HEAD is GET without a body; a 405 names what is allowed.
     let (got, _) = raw(
         addr,
