@@ -1099,3 +1099,88 @@ fn an_hlog_failing_mid_run_keeps_the_counts_and_the_report() {
     assert!(!intervals.is_empty());
     let _ = std::fs::remove_file(&hlog);
 }
+
+/// `qos-loadgen run` with `--json json` on 127.0.0.1: (exit code, stderr), or a
+/// failure if it has not exited within 15 s (it is killed then).
+fn loadgen_json(json: &std::path::Path) -> (Option<i32>, String) {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_qos-loadgen"))
+        .args([
+            "run",
+            "--duration",
+            "300ms",
+            "--quiet",
+            "--sink",
+            "127.0.0.1:0",
+        ])
+        .args(["--stream", "id=1,prio=7,size=100,rate=100pps", "--json"])
+        .arg(json)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn qos-loadgen");
+    for _ in 0..1_500 {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut err = String::new();
+            let _ = child
+                .stderr
+                .take()
+                .expect("stderr")
+                .read_to_string(&mut err);
+            return (status.code(), err);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("qos-loadgen did not exit within 15 s");
+}
+
+fn mkfifo(path: &std::path::Path) {
+    let _ = std::fs::remove_file(path);
+    let ok = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("mkfifo runs")
+        .success();
+    assert!(ok, "mkfifo {}", path.display());
+}
+
+/// Control-API red team: `--json` naming a FIFO nobody reads hung qos-loadgen in
+/// `open` before the run, and SIGTERM or SIGINT could not end it (only SIGKILL). It
+/// is refused at once; a FIFO with a reader gets the whole report.
+#[test]
+fn a_json_report_to_a_fifo_is_refused_without_a_reader_and_written_with_one() {
+    let fifo = temp_path("report.fifo");
+    mkfifo(&fifo);
+    let (code, err) = loadgen_json(&fifo);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("nobody reads"), "{err}");
+    // With a reader: it must see the report, not the end of its input at the check.
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            std::io::Read::read_to_string(
+                &mut std::fs::File::open(&fifo).expect("open for reading"),
+                &mut text,
+            )
+            .expect("read");
+            text
+        })
+    };
+    let mut outcome = (None, String::new());
+    for _ in 0..100 {
+        outcome = loadgen_json(&fifo);
+        if outcome.0 == Some(0) {
+            break;
+        }
+        // The reader has not opened its end yet.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(outcome.0, Some(0), "{}", outcome.1);
+    let text = reader.join().expect("reader");
+    let report: serde_json::Value = serde_json::from_str(&text).expect("a whole JSON report");
+    assert!(report.get("streams").is_some(), "{text}");
+    let _ = std::fs::remove_file(&fifo);
+}

@@ -2,6 +2,7 @@
 //! The binary parses [`Cli`] and calls [`main`]; everything else is here.
 
 use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -140,16 +141,15 @@ pub fn main(cli: Cli) -> Result<(), LoadgenError> {
     match cli.command {
         Command::Send(args) => {
             let plan = plan(&args.streams)?;
-            writable(args.json.as_deref())?;
+            let json = JsonOut::check(args.json.as_deref())?;
             let target = plan.target.ok_or_else(|| ScenarioError::Missing {
                 field: "--target".into(),
                 expected: "an address to send to (or `target` in the scenario file)".into(),
             })?;
             let sent = super::send(&plan, target, !args.quiet, stop)?;
             print!("{}", report::send_table(&sent));
-            if let Some(path) = &args.json {
-                let json = serde_json::to_string_pretty(&sent).unwrap_or_default();
-                report::write_file(path, &json)?;
+            if let Some(out) = json {
+                out.write(&serde_json::to_string_pretty(&sent).unwrap_or_default())?;
             }
             Ok(())
         }
@@ -162,19 +162,19 @@ pub fn main(cli: Cli) -> Result<(), LoadgenError> {
                 }
                 .into());
             }
-            writable(args.output.json.as_deref())?;
+            let json = JsonOut::check(args.output.json.as_deref())?;
             let config = sink_config(args.sink, args.duration, &args.output);
             let (report, _) = super::receive(config, !args.output.quiet, stop)?;
-            output(&report, args.output.json.as_deref())
+            output(&report, json)
         }
         Command::Run(args) => {
             let plan = plan(&args.streams)?;
-            writable(args.output.json.as_deref())?;
+            let json = JsonOut::check(args.output.json.as_deref())?;
             let mut options = RunOptions::new(sink_config(args.sink, plan.duration, &args.output));
             options.drain = args.drain;
             options.progress = !args.output.quiet;
             let outcome = super::run(&plan, options, stop)?;
-            output(&outcome.report, args.output.json.as_deref())
+            output(&outcome.report, json)
         }
     }
 }
@@ -186,31 +186,70 @@ fn sink_config(bind: SocketAddr, duration: Duration, output: &OutputArgs) -> Sin
     config
 }
 
-/// Fails now, before the run, if `path` cannot be written (a file the run would create
-/// is removed again).
-fn writable(path: Option<&Path>) -> Result<(), LoadgenError> {
-    let Some(path) = path else { return Ok(()) };
-    let existed = path.exists();
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(|source| LoadgenError::Write {
+/// Where the JSON report goes, checked before the run.
+struct JsonOut {
+    path: PathBuf,
+    /// A FIFO is opened at the check and kept: opening it waits for a reader (for
+    /// good, signals or not, if nobody reads), and a check that opened and closed it
+    /// would end the reader's input before the report.
+    fifo: Option<std::fs::File>,
+}
+
+impl JsonOut {
+    /// Fails now, before the run, if `path` cannot be written (a file the run would
+    /// create is removed again; a FIFO nobody reads is refused at once).
+    fn check(path: Option<&Path>) -> Result<Option<Self>, LoadgenError> {
+        let Some(path) = path else { return Ok(None) };
+        let error = |source| LoadgenError::Write {
             path: path.to_path_buf(),
             source,
-        })?;
-    if !existed {
-        let _ = std::fs::remove_file(path);
+        };
+        let is_fifo = std::fs::metadata(path)
+            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));
+        if is_fifo {
+            let file = qos_control::files::create_write(path).map_err(error)?;
+            return Ok(Some(Self {
+                path: path.to_path_buf(),
+                fifo: Some(file),
+            }));
+        }
+        let existed = path.exists();
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(path)
+            .map_err(error)?;
+        if !existed {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(Some(Self {
+            path: path.to_path_buf(),
+            fifo: None,
+        }))
     }
-    Ok(())
+
+    fn write(self, text: &str) -> Result<(), LoadgenError> {
+        match self.fifo {
+            Some(mut file) => {
+                std::io::Write::write_all(&mut file, text.as_bytes()).map_err(|source| {
+                    LoadgenError::Write {
+                        path: self.path,
+                        source,
+                    }
+                })
+            }
+            None => report::write_file(&self.path, text),
+        }
+    }
 }
 
 /// Prints the table and writes the JSON; then a failed `.hlog` makes the command fail
 /// (exit 1), after the report is out.
-fn output(report: &Report, json: Option<&Path>) -> Result<(), LoadgenError> {
+fn output(report: &Report, json: Option<JsonOut>) -> Result<(), LoadgenError> {
     print!("{}", report.table());
-    if let Some(path) = json {
-        report.write_json(path)?;
+    if let Some(out) = json {
+        out.write(&report.to_json())?;
     }
     match &report.hlog_error {
         Some(e) => Err(LoadgenError::HlogIncomplete(e.clone())),

@@ -263,14 +263,6 @@ impl Report {
         // A struct of numbers, strings and maps with string keys always serializes.
         serde_json::to_string_pretty(self).unwrap_or_default()
     }
-
-    /// Writes [`to_json`](Self::to_json) to `path`.
-    ///
-    /// # Errors
-    /// [`LoadgenError::Write`] naming the file.
-    pub fn write_json(&self, path: &Path) -> Result<(), LoadgenError> {
-        write_file(path, &self.to_json())
-    }
 }
 
 /// `kind=n kind=n ...`.
