@@ -325,6 +325,18 @@ fn scenario_errors_name_the_field() {
             ),
             "streams[1].id",
         ),
+        // Red team: 20 entries of 100,000 copies built 2M streams (1.4 GB).
+        (
+            (0..11)
+                .map(|i| {
+                    format!(
+                        "[[streams]]\nid = {}\npriority = 1\nsize = 32\nrate = \"1pps\"\ncount = 100000\n",
+                        i * 100_000
+                    )
+                })
+                .fold("duration_ms = 1\n".to_owned(), |a, b| a + &b),
+            "streams",
+        ),
     ];
     for (text, field) in cases {
         let err = Scenario::from_toml("t", &text)
