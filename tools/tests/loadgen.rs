@@ -325,6 +325,9 @@ fn scenario_errors_name_the_field() {
             ),
             "streams[1].id",
         ),
+        // Red team: a target of port 0 "sent" without an error.
+        (format!("target = \"127.0.0.1:0\"\n{base}priority = 1\n"), "target"),
+        (format!("target = \"[::]:7000\"\n{base}priority = 1\n"), "target"),
         // Red team: 20 entries of 100,000 copies built 2M streams (1.4 GB).
         (
             (0..11)

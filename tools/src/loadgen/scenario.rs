@@ -410,6 +410,17 @@ impl Scenario {
                 expected: "at least one [[streams]] entry or --stream flag".into(),
             });
         }
+        // Port 0 and 0.0.0.0 / :: name no receiver (the kernel sent to port 0 without
+        // an error: "sent 1, errors 0").
+        if let Some(t) = self.target
+            && (t.port() == 0 || t.ip().to_canonical().is_unspecified())
+        {
+            return Err(invalid(
+                "target".into(),
+                t,
+                "a host address and a port in 1..=65535",
+            ));
+        }
         // Before any copy is made: 20 entries of 100,000 took 1.4 GB, and nothing
         // bounded the number of entries.
         let total = self
