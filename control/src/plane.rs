@@ -486,7 +486,11 @@ impl<P: Send + 'static> State<P> {
         source: &str,
     ) -> Result<Applied, PolicyRejection> {
         let at = unix_ms(wall_now());
-        let previous = self.dataplane.as_ref().map(Dataplane::policy);
+        // What is shed now, by the running policy's tier indices (for the audit).
+        let shed_before = self
+            .dataplane
+            .as_ref()
+            .map(|dp| (dp.policy(), dp.shed_tiers()));
         let result = self.gate.admit(document, signature).and_then(|admitted| {
             if let Admitted::Apply { policy, .. } = &admitted
                 && let Some(dp) = self.dataplane.as_ref()
@@ -508,6 +512,14 @@ impl<P: Send + 'static> State<P> {
                         expected: "a burst that holds one largest packet per worker".into(),
                     },
                 })?;
+                // The shed mask names tiers by their index in the running policy: the
+                // shed set of the new order goes out at once, before the audit write
+                // (until then workers adopting the policy read the old mask).
+                self.health.set_tier_order(TierOrder::from_policy(policy));
+                let mask = shed_mask(&self.health.shed_tiers());
+                if mask != dp.shed_tiers() {
+                    dp.set_shed_tiers(mask);
+                }
             }
             self.gate.commit(&admitted)?;
             Ok(admitted)
@@ -527,8 +539,8 @@ impl<P: Send + 'static> State<P> {
                     sha256: sha256_hex.clone(),
                     signed,
                 });
-                if let Some(previous) = previous {
-                    self.reshed(&previous, &policy);
+                if let Some((previous, before)) = shed_before {
+                    self.audit_reshed(&previous, before, &policy);
                 }
                 self.record_policy(PolicyRecord {
                     at_unix_ms: at,
@@ -766,21 +778,12 @@ impl<P: Send + 'static> State<P> {
         }
     }
 
-    /// A policy was published while shedding: the dataplane's mask names tiers by
-    /// their index in the running policy, so the health machine's shed set (the lowest
-    /// tiers of the new order) is applied again. Without it, a policy listing its
-    /// tiers in another order made DEGRADED shed High and pass Low until the next
-    /// transition. A changed set of shed tier names is audited.
-    fn reshed(&mut self, previous: &Policy, policy: &Policy) {
-        let Some(dp) = self.dataplane.as_ref() else {
-            return;
-        };
+    /// A policy was published while shedding (`apply_policy` applied the shed set of
+    /// its tier order at once: without it, a policy listing its tiers in another order
+    /// made DEGRADED shed High and pass Low until the next transition). If the names
+    /// of the tiers shed changed, that is audited.
+    fn audit_reshed(&mut self, previous: &Policy, before: u64, policy: &Policy) {
         let shed = self.health.shed_tiers();
-        let mask = shed_mask(&shed);
-        let before = dp.shed_tiers();
-        if mask != before {
-            dp.set_shed_tiers(mask);
-        }
         let mut was: Vec<String> = (0..64)
             .filter(|i| before & (1 << i) != 0)
             .map(|i| tier_name(previous, i))

@@ -1416,20 +1416,20 @@ fn shm_decoder_run(checked: bool) -> (qos_dataplane::runtime::ShutdownReport, u6
 /// like the egress: its panic is caught, the record counted rejected.
 #[test]
 fn s11_a_panicking_shm_decoder_rejects_the_record_and_loses_nothing() {
-    let (r, sent, discarded, accepted) = shm_decoder_run(false);
-    assert!(r.is_conserved());
-    assert_eq!(r.workers[0].shm_rejected, 1);
-    // The 500 in-process packets and the shm peer's good one.
-    assert_eq!(r.taken(), accepted + 1);
-    assert_eq!(sent + discarded, accepted + 1);
-    assert_eq!(r.workers[0].priorities[6].enqueued, 1);
+    one_shm_record_rejected(false);
 }
 
 /// A decoder that refuses a payload (`shm_ingress_checked`) gets it counted rejected;
 /// the ring stays open.
 #[test]
 fn t2_a_shm_payload_the_decoder_refuses_is_counted_rejected() {
-    let (r, sent, discarded, accepted) = shm_decoder_run(true);
+    one_shm_record_rejected(true);
+}
+
+/// [`shm_decoder_run`]: the bad record counted rejected, everything else taken and
+/// sent or discarded (the 500 in-process packets and the peer's good one).
+fn one_shm_record_rejected(checked: bool) {
+    let (r, sent, discarded, accepted) = shm_decoder_run(checked);
     assert!(r.is_conserved());
     assert_eq!(r.workers[0].shm_rejected, 1);
     assert_eq!(r.taken(), accepted + 1);
