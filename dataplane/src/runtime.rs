@@ -222,10 +222,17 @@ impl Shared {
     }
 
     pub(crate) fn stop_deadline(&self) -> u64 {
-        // Relaxed: written before the Release store of `stop` that made us look, or
-        // lowered to 0 by a cut (a lone word: a worker reading it one iteration late
-        // only discards one iteration later).
-        self.stop_deadline.load(Ordering::Relaxed)
+        // Acquire: partner of `DrainCut::cut`'s Release store (its flag is then seen by
+        // `drain_was_cut`); the deadline `shutdown` sets is published by its Release
+        // store of `stop`. A worker reading a cut one iteration late only discards one
+        // iteration later.
+        self.stop_deadline.load(Ordering::Acquire)
+    }
+
+    /// Whether a `DrainCut` was made (read after `stop_deadline` saw its deadline).
+    pub(crate) fn drain_was_cut(&self) -> bool {
+        // Relaxed: ordered by the Acquire load of the deadline before it.
+        self.drain_cut.load(Ordering::Relaxed)
     }
 }
 
@@ -253,10 +260,10 @@ impl std::fmt::Debug for DrainCut {
 impl DrainCut {
     /// Cuts the drain short (idempotent).
     pub fn cut(&self) {
-        // Relaxed: the deadline is a lone word (see `Shared::stop_deadline`); the bells
-        // below wake parked workers to read it.
+        // Release: a worker that sees the deadline (Acquire) sees the flag too; the
+        // bells below wake parked workers to read it.
         self.shared.drain_cut.store(true, Ordering::Relaxed);
-        self.shared.stop_deadline.store(0, Ordering::Relaxed);
+        self.shared.stop_deadline.store(0, Ordering::Release);
         for w in 0..self.shared.workers.len() {
             self.shared.ring(w);
         }
@@ -327,7 +334,9 @@ pub struct ShutdownReport {
     /// [`Egress`] is caught instead (see [`WorkerStats::egress_failed`]), and leaves
     /// both the counters and the reports whole.
     pub reports: Vec<Vec<StreamReport>>,
-    /// A [`DrainCut`] cut the drain short: what was still queued then was discarded.
+    /// A [`DrainCut`] cut the drain short: a worker still holding packets (or reading
+    /// its rings) discarded them before its drain timeout. `false` when the cut came
+    /// after every drain had finished, or the stop was a [`StopMode::Discard`].
     pub drain_cut: bool,
 }
 
@@ -696,6 +705,7 @@ impl<P: Send + 'static> Dataplane<P> {
         // Release: partner of `stop_mode`'s Acquire load.
         self.shared.stop.store(code, Ordering::Release);
         let mut panic = None;
+        let mut drain_cut = false;
         let mut histograms = Vec::with_capacity(self.threads.len());
         let mut reports = Vec::with_capacity(self.threads.len());
         for w in 0..self.threads.len() {
@@ -707,6 +717,7 @@ impl<P: Send + 'static> Dataplane<P> {
                     if let Some(payload) = exit.egress_panic.take() {
                         panic.get_or_insert((w, panic_message(payload.as_ref())));
                     }
+                    drain_cut |= exit.cut;
                     Some(exit)
                 }
                 Some(Ok(None)) => None,
@@ -744,7 +755,7 @@ impl<P: Send + 'static> Dataplane<P> {
             workers: self.stats(),
             histograms,
             reports,
-            drain_cut: self.shared.drain_cut.load(Ordering::Relaxed),
+            drain_cut,
         };
         match panic {
             None => Ok(report),

@@ -1302,8 +1302,8 @@ fn s11_a_drain_cut_short_discards_the_rest_counted() {
         .iter()
         .filter(|d| **d == DiscardReason::Dropped(DropReason::Closed))
         .count();
-    // At most ~0.3 s of the link's 125 packets a second went out, and CoDel drops few
-    // in that time: most of the 4,000 were still queued at the cut.
+    // At most ~0.3 s of the link's 125 packets a second (and its 20-packet burst) went
+    // out: most of the 4,000 were still queued at the cut.
     assert!(closed > 3_000, "{closed} discarded as closed at the cut");
 }
 
@@ -1319,6 +1319,16 @@ fn s11_a_drain_cut_before_the_stop_discards_at_once() {
     assert!(r.drain_cut && r.is_conserved());
     assert_eq!(r.sent() + r.discarded(), 4_000);
     assert!(r.discarded() > 3_000, "{} discarded", r.discarded());
+}
+
+/// A cut before a discarding stop cut no drain: the report says so.
+#[test]
+fn s11_a_cut_of_a_discarding_stop_is_no_drain_cut() {
+    let (dp, _reasons) = long_drain();
+    dp.drain_cut().cut();
+    let r = dp.shutdown(StopMode::Discard).unwrap();
+    assert!(r.is_conserved() && r.discarded() > 3_000);
+    assert!(!r.drain_cut);
 }
 
 /// A stop nobody cuts says so.

@@ -179,23 +179,41 @@ pub fn serve(
     let watcher = std::thread::Builder::new()
         .name("qosd-signals".into())
         .spawn(move || {
+            let mut cut_made = false;
             for sig in signals.forever() {
                 if sig == SIGHUP {
                     eprintln!("qosd: SIGHUP ignored: stopping");
                     continue;
                 }
-                eprintln!("qosd: second signal: the drain is cut short, the rest is dropped");
+                if cut_made {
+                    // The stop itself is stuck (an upstream send, a full disk): the
+                    // operator asked three times.
+                    eprintln!("qosd: third signal: exiting now, without the drain report");
+                    std::process::exit(130);
+                }
+                eprintln!(
+                    "qosd: second signal: the drain is cut short, the rest is dropped \
+                     (a third signal exits at once, without the drain report)"
+                );
                 if let Some(cut) = &cut {
                     cut.cut();
                 }
-                break;
+                cut_made = true;
             }
         })?;
     let stopped = gateway.stop();
     closer.close();
     let _ = watcher.join();
     let report = stopped?;
-    println!("{}", serde_json::to_string(&report)?);
+    // Not `println!`, which panics when stdout cannot be written (a full disk, a
+    // file-size limit): the error ends qosd with a message instead.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", serde_json::to_string(&report)?)
+            .and_then(|()| out.flush())
+            .map_err(|e| format!("writing the drain report to stdout: {e}"))?;
+    }
     eprintln!(
         "qosd: stopped{}: {} received, {} forwarded, {} dropped {:?}; conserved: {}",
         if report.drain_cut {

@@ -635,9 +635,10 @@ fn s11_a_second_sigterm_cuts_the_drain_short_and_accounts_for_the_rest() {
     assert!(report.drain_cut, "{report:?}");
     assert!(report.conserved && report.dataplane_conserved, "{report:?}");
     let closed = report.dropped.get("closed").copied().unwrap_or(0);
-    // At most ~0.3 s of the link (about 40 datagrams) went out before the cut.
+    // The link's burst and 125 datagrams a second since the first arrived (a second or
+    // two on a loaded host) went out before the cut: most were still queued.
     assert!(
-        closed as f64 > last - 200.0,
+        closed as f64 > last / 2.0,
         "{closed} dropped at the cut of {last}: {report:?}"
     );
     let _ = std::fs::remove_dir_all(&dir);

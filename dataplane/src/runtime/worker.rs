@@ -44,6 +44,8 @@ pub(crate) struct Exit {
     pub(crate) reports: Vec<StreamReport>,
     /// The payload of a panic the egress raised (caught; `shutdown` reports it).
     pub(crate) egress_panic: Option<Box<dyn std::any::Any + Send>>,
+    /// A `DrainCut` ended its drain before it was done.
+    pub(crate) cut: bool,
 }
 
 /// One ring from one producer.
@@ -134,6 +136,8 @@ struct Worker<P, E> {
     egress_panic: Option<Box<dyn std::any::Any + Send>>,
     /// The worker has discarded what it held after its egress panicked.
     sunk: bool,
+    /// A `DrainCut` ended its drain before it was done.
+    cut: bool,
 }
 
 /// A worker's side of link sharing (T6, see `link.rs`).
@@ -206,6 +210,7 @@ pub(crate) fn run<P: Send + 'static, E: Egress<P>>(parts: WorkerParts<P, E>) -> 
         hists: w.final_histograms(),
         reports,
         egress_panic: w.egress_panic.take(),
+        cut: w.cut,
     })
 }
 
@@ -277,6 +282,7 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
             link: None,
             egress_panic: None,
             sunk: false,
+            cut: false,
         }
     }
 
@@ -1183,6 +1189,8 @@ impl<P: Send + 'static, E: Egress<P>> Worker<P, E> {
         if mode == StopMode::Drain && !deadline {
             return false;
         }
+        // A drain with something left that ends before its timeout was cut.
+        self.cut = mode == StopMode::Drain && self.shared.drain_was_cut();
         self.discard_everything(now);
         true
     }
