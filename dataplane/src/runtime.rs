@@ -624,18 +624,27 @@ impl<P: Send + 'static> Dataplane<P> {
     /// all of them (and those of [`ShutdownReport::reports`]). Each
     /// worker walks its table 1,024 slots per loop iteration, so this costs a worker
     /// little even at a million streams; waits at most `timeout` (a worker still
-    /// walking gives `None`, and its report comes with a later call). A `limit` at or
-    /// above the scheduler's `max_streams` names every stream (`usize::MAX` is fine).
+    /// walking gives `None`, and its report comes with a later call). The memory is
+    /// reserved up front, on this thread: a `limit` above a worker's open streams is
+    /// reduced to them plus 1,024 (streams opened since), so `usize::MAX` asks for
+    /// every stream.
     pub fn stream_reports(
         &mut self,
         limit: usize,
         timeout: Duration,
     ) -> Vec<Option<Box<StreamReport>>> {
-        // The memory is reserved up front: never for more streams than a worker holds
-        // (`usize::MAX` overflowed the reservation, 2^40 aborted the process).
-        let limit = limit.min(self.config.scheduler.max_streams as usize);
+        // Bounded by what a worker holds, not by its table's size: `usize::MAX`
+        // overflowed the reservation, 2^40 aborted the process, and a table of 2^31
+        // slots would still ask for hundreds of GB.
+        let open: Vec<usize> = self
+            .stats()
+            .iter()
+            .map(|s| s.shard.open_streams as usize)
+            .collect();
+        let max_streams = self.config.scheduler.max_streams as usize;
         Exchange::round(&mut self.reports, &self.shared, timeout, |w| {
-            StreamReport::empty(w, limit)
+            let held = open.get(w).copied().unwrap_or(0).saturating_add(1_024);
+            StreamReport::empty(w, limit.min(held).min(max_streams))
         })
     }
 
