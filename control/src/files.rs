@@ -52,22 +52,19 @@ pub fn create_write(path: &Path) -> io::Result<File> {
         .truncate(true)
         .custom_flags(OFlags::NONBLOCK.bits() as i32)
         .open(path)
-        .map_err(|e| {
-            let fifo = || {
-                std::fs::metadata(path)
-                    .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()))
-            };
-            match e.raw_os_error() {
-                Some(code) if code == rustix::io::Errno::NXIO.raw_os_error() && fifo() => {
-                    io::Error::other(
-                        "a FIFO that nobody reads (writing to it would wait for a reader)",
-                    )
-                }
-                _ => e,
+        .map_err(|e| match e.raw_os_error() {
+            Some(code) if code == rustix::io::Errno::NXIO.raw_os_error() && is_fifo(path) => {
+                io::Error::other("a FIFO that nobody reads (writing to it would wait for a reader)")
             }
+            _ => e,
         })?;
     rustix::fs::fcntl_setfl(&file, OFlags::empty())?;
     Ok(file)
+}
+
+/// Whether `path` names a FIFO (following symlinks).
+pub fn is_fifo(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()))
 }
 
 #[cfg(test)]

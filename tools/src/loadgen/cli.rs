@@ -204,9 +204,7 @@ impl JsonOut {
             path: path.to_path_buf(),
             source,
         };
-        let is_fifo = std::fs::metadata(path)
-            .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));
-        if is_fifo {
+        if qos_control::files::is_fifo(path) {
             let file = qos_control::files::create_write(path).map_err(error)?;
             return Ok(Some(Self {
                 path: path.to_path_buf(),
