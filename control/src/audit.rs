@@ -431,9 +431,13 @@ impl AuditLog {
             .last
             .map_or((0, GENESIS), |(s, h)| (s.saturating_add(1), h));
         // Only what a crash of this writer can leave is cut: the start of the next
-        // record, at most one line long. Anything else (a file that is not an audit
-        // log, a tail someone wrote) is refused and left as it is.
-        if let Some(torn) = checked.torn.filter(|t| !t.could_be_record(next_seq)) {
+        // record (its header names this seq and the last line's hash), at most one
+        // line long. Anything else (a file that is not an audit log, a tail someone
+        // wrote) is refused and left as it is.
+        if let Some(torn) = checked
+            .torn
+            .filter(|t| !t.could_be_record(next_seq, &last_hash))
+        {
             return Err(AuditError::ForeignTail {
                 path,
                 offset: torn.offset,

@@ -827,12 +827,22 @@ fn opening_refuses_to_cut_a_tail_a_crash_cannot_have_left() {
         AuditLog::open(&path, AuditOptions::default()),
         Err(AuditError::ForeignTail { .. })
     ));
+    // The start of record 20 as the writer writes it: its header names the hash of
+    // line 20.
+    let base = short[..short.len() - 9].to_vec();
+    fs::write(&path, &base).unwrap();
+    let head = AuditLog::open(&path, AuditOptions::default())
+        .unwrap()
+        .head();
+    let record20 = format!(
+        "{{\"seq\":20,\"ts_unix_ms\":1795429598686,\"prev\":\"{}\",\"event\":\"health.changed\",\"from\":\"",
+        head.last_hash
+    );
     // A tail that begins as record 20 but is longer than any record line: refused, at
     // the limit's edge too (a line has at most MAX_LINE_BYTES before its newline).
-    let base = short[..short.len() - 9].to_vec();
     for len in [MAX_LINE_BYTES + 1, 3 * MAX_LINE_BYTES] {
         let mut long = base.clone();
-        long.extend_from_slice(b"{\"seq\":20,");
+        long.extend_from_slice(record20.as_bytes());
         long.resize(base.len() + len, b'x');
         fs::write(&path, &long).unwrap();
         assert!(
@@ -845,10 +855,39 @@ fn opening_refuses_to_cut_a_tail_a_crash_cannot_have_left() {
         assert_eq!(fs::read(&path).unwrap(), long);
     }
     let mut at_limit = base.clone();
-    at_limit.extend_from_slice(b"{\"seq\":20,");
+    at_limit.extend_from_slice(record20.as_bytes());
     at_limit.resize(base.len() + MAX_LINE_BYTES, b'x');
     fs::write(&path, &at_limit).unwrap();
     drop(AuditLog::open(&path, AuditOptions::default()).unwrap());
+    write_lines(&path, &lines_of(&path)[..20]);
+    // A review: `{"seq":20,` then someone else's text was cut as a torn record, as was
+    // a header naming another hash; and a control byte is never in a record line.
+    let wrong_prev = record20.replace(&head.last_hash, &"0".repeat(64));
+    for tail in [
+        format!("{{\"seq\":20,{}", "SOMEONE ELSE'S DATA ".repeat(1_000)),
+        wrong_prev,
+        format!("{record20}\u{1}"),
+    ] {
+        let mut foreign = base.clone();
+        foreign.extend_from_slice(tail.as_bytes());
+        fs::write(&path, &foreign).unwrap();
+        assert!(
+            matches!(
+                AuditLog::open(&path, AuditOptions::default()),
+                Err(AuditError::ForeignTail { .. })
+            ),
+            "{}",
+            &tail[..40]
+        );
+        assert_eq!(fs::read(&path).unwrap(), foreign);
+    }
+    // A torn record 20 and the zeros of a length that reached the disk first: repaired.
+    let mut torn = base.clone();
+    torn.extend_from_slice(&record20.as_bytes()[..100]);
+    torn.extend_from_slice(&[0u8; 200]);
+    fs::write(&path, &torn).unwrap();
+    drop(AuditLog::open(&path, AuditOptions::default()).unwrap());
+    assert!(verify(&path).unwrap().is_ok());
     write_lines(&path, &lines_of(&path)[..20]);
     // Zero bytes, as a power loss without fsync can leave: repaired.
     let mut zeros = base.clone();

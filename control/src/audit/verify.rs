@@ -37,26 +37,51 @@ pub(super) struct Torn {
     pub(super) bytes: u64,
     /// Their SHA-256.
     pub(super) sha256: [u8; 32],
-    /// Their first bytes (up to 32), and how many of those there are.
-    pub(super) head: [u8; 32],
+    /// Their first bytes (up to [`TORN_HEAD`]), and how many of those there are.
+    pub(super) head: [u8; TORN_HEAD],
     pub(super) head_len: usize,
-    /// Every one of them is a zero byte.
-    pub(super) all_zero: bool,
+    /// They are text (no byte below 0x20), then only zero bytes (either part may be
+    /// empty): what a torn append leaves, possibly followed by the zeros of a length
+    /// that reached the disk before the data.
+    pub(super) text_then_zeros: bool,
 }
 
+/// Bytes of a torn tail kept to check it against the record header (`{"seq":N,
+/// "ts_unix_ms":T,"prev":"<64 hex>","event":"`, at most 141 bytes).
+const TORN_HEAD: usize = 192;
+
 impl Torn {
-    /// Whether these bytes can be what a crash of the writer left: no longer than one
-    /// record line without its newline (the writer refuses longer ones), and beginning
-    /// as the record it appends next does (`{"seq":N,`), or with zero bytes (a power
+    /// Whether these bytes can be what a crash of the writer left after the line
+    /// hashing to `last_hash`: no longer than one record line without its newline (the
+    /// writer refuses longer ones), text then zero bytes, the text beginning as the
+    /// record the writer appends next does (`{"seq":N,"ts_unix_ms":T,"prev":"<that
+    /// hash>","event":"`, as far as it goes). Only zero bytes are allowed too (a power
     /// loss can leave a file's new length on disk before its data). Anything else is
-    /// not this writer's.
-    pub(super) fn could_be_record(&self, next_seq: u64) -> bool {
-        let start = format!("{{\"seq\":{next_seq},");
-        let n = self.head_len.min(start.len());
-        // All of them zero, not only the first 32: 32 zero bytes followed by someone
-        // else's 680 KB were cut as a torn line.
-        let begins = self.head[..n] == start.as_bytes()[..n] || self.all_zero;
-        self.bytes <= MAX_LINE_BYTES as u64 && begins
+    /// not this writer's: checking only `{"seq":N,` (and, for zeros, the first 32
+    /// bytes) cut someone else's 680 KB behind such a start.
+    pub(super) fn could_be_record(&self, next_seq: u64, last_hash: &[u8; 32]) -> bool {
+        if self.bytes > MAX_LINE_BYTES as u64 || !self.text_then_zeros {
+            return false;
+        }
+        let head = &self.head[..self.head_len];
+        let text = &head[..head.iter().position(|&b| b == 0).unwrap_or(head.len())];
+        let start = format!("{{\"seq\":{next_seq},\"ts_unix_ms\":");
+        let n = text.len().min(start.len());
+        if text[..n] != start.as_bytes()[..n] {
+            return false;
+        }
+        let rest = &text[n..];
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if digits == rest.len() {
+            return digits <= 20;
+        }
+        if digits == 0 || digits > 20 {
+            return false;
+        }
+        let rest = &rest[digits..];
+        let link = format!(",\"prev\":\"{}\",\"event\":\"", hex(last_hash));
+        let n = rest.len().min(link.len());
+        rest[..n] == link.as_bytes()[..n]
     }
 }
 
@@ -118,8 +143,8 @@ impl<R: BufRead> Lines<R> {
             return Ok(None);
         }
         let start = self.offset;
-        let mut head = [0u8; 32];
-        let head_len = self.buf.len().min(32);
+        let mut head = [0u8; TORN_HEAD];
+        let head_len = self.buf.len().min(TORN_HEAD);
         head[..head_len].copy_from_slice(&self.buf[..head_len]);
         if let Some(content) = self.buf.strip_suffix(b"\n") {
             let info = parse_line(content);
@@ -143,7 +168,7 @@ impl<R: BufRead> Lines<R> {
                 head,
                 head_len,
                 // Longer than a record: never the writer's, whatever its bytes.
-                all_zero: false,
+                text_then_zeros: false,
             })));
         }
         Ok(Some(Item::Torn(Torn {
@@ -152,9 +177,15 @@ impl<R: BufRead> Lines<R> {
             sha256: Sha256::digest(&self.buf).into(),
             head,
             head_len,
-            all_zero: self.buf.iter().all(|&b| b == 0),
+            text_then_zeros: text_then_zeros(&self.buf),
         })))
     }
+}
+
+/// Text (no byte below 0x20), then only zero bytes.
+fn text_then_zeros(bytes: &[u8]) -> bool {
+    let text = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    bytes[..text].iter().all(|&b| b >= 0x20) && bytes[text..].iter().all(|&b| b == 0)
 }
 
 /// Reads `reader` to its end (or to the first problem) and judges the chain, checking
