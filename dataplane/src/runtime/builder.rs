@@ -110,8 +110,9 @@ impl<P: Send + 'static> DataplaneBuilder<P> {
     /// (`None`): the record is skipped and counted in
     /// [`WorkerStats::shm_rejected`](super::WorkerStats), like a malformed record, and
     /// the ring stays open. A panic in `decode` is caught and counted the same way (the
-    /// worker and the other rings' packets are not harmed); the default panic hook
-    /// still reports it on stderr.
+    /// worker and the other rings' packets are not harmed); the panic hook still runs
+    /// for it (by default a message on stderr), which costs the worker far more than a
+    /// refusal: a decoder facing a hostile peer should refuse, not panic.
     pub fn shm_ingress_checked(
         mut self,
         worker: usize,
