@@ -609,11 +609,16 @@ pub fn parse_rate(rate: &str, size: usize) -> Result<f64, String> {
         )
     };
     let text = rate.trim().to_ascii_lowercase();
-    let split = text
-        .find(|c: char| c.is_ascii_alphabetic())
+    // The unit is the suffix (longest first), so a number such as `1e7` keeps its `e`.
+    let (number, unit) = ["kpps", "kbps", "mbps", "gbps", "pps", "bps"]
+        .iter()
+        .find_map(|u| text.strip_suffix(u).map(|n| (n, *u)))
         .ok_or_else(expected)?;
-    let (number, unit) = text.split_at(split);
-    let value: f64 = number.trim().parse().map_err(|_| expected())?;
+    let number = number.trim();
+    if number.is_empty() || number.ends_with(|c: char| c.is_ascii_alphabetic()) {
+        return Err(expected());
+    }
+    let value: f64 = number.parse().map_err(|_| expected())?;
     let bits_per_datagram = (size * 8) as f64;
     let pps = match unit {
         "pps" => value,
@@ -791,6 +796,10 @@ mod tests {
         assert_eq!(parse_rate("8 Mbps", 1000), Ok(1000.0));
         assert_eq!(parse_rate("1.5kpps", 64), Ok(1500.0));
         assert_eq!(parse_rate("800bps", 100), Ok(1.0));
+        // Red team: the unit was split at the first letter, so `1e7pps` was refused.
+        assert_eq!(parse_rate("1e3pps", 100), Ok(1000.0));
+        assert_eq!(parse_rate("2.5E6bps", 1000), Ok(312.5));
+        assert_eq!(parse_rate("1e7pps", 100), Ok(1e7));
         for bad in [
             "",
             "2",
@@ -799,7 +808,10 @@ mod tests {
             "0pps",
             "2 furlongs",
             "nanpps",
+            "infpps",
             "1e9pps",
+            "1mpps",
+            "1epps",
         ] {
             assert!(parse_rate(bad, 100).is_err(), "{bad}");
         }
