@@ -479,6 +479,65 @@ fn sigterm_drains_and_accounts_for_every_datagram_per_stream() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Operator red team: a reload that moved a flow to another rule at the same
+/// priority routed it by the new rule, but its datagrams stayed counted under the old
+/// one (1,200 under `default`, none under `bulk`). Each rule's account gets its own.
+#[test]
+fn s11_a_flow_a_reload_moves_to_another_rule_is_counted_under_it() {
+    let dir = tempdir("rehome");
+    let (a, b) = (Sink::bind(), Sink::bind());
+    let path = dir.join("qosd.toml");
+    let write = |version: u64, bulk: bool| {
+        let bulk = if bulk {
+            "[[rule]]\nname = \"bulk\"\nsource = \"127.0.0.1\"\npriority = 2\nroute = { to = \"u1\" }\n"
+        } else {
+            ""
+        };
+        let rules = format!(
+            "{bulk}[[rule]]\nname = \"default\"\npriority = 2\nroute = {{ to = \"u0\" }}\n"
+        );
+        let text = config_text(&[a.addr, b.addr], 100, "", &rules)
+            .replace("version = 1\n", &format!("version = {version}\n"));
+        std::fs::write(&path, text).expect("write config");
+    };
+    write(1, false);
+    let mut q = Qosd::spawn(&path);
+    let tx = sender();
+    send_paced(&tx, q.listen, 100, |_| vec![7u8; 64]);
+    assert_eq!(
+        a.drain(Duration::from_millis(300), Duration::from_secs(5))
+            .values()
+            .sum::<u64>(),
+        100
+    );
+    write(2, true);
+    q.signal("HUP");
+    assert!(q.wait_line("reloaded", Duration::from_secs(10)).is_some());
+    send_paced(&tx, q.listen, 60, |_| vec![7u8; 64]);
+    assert_eq!(
+        b.drain(Duration::from_millis(300), Duration::from_secs(5))
+            .values()
+            .sum::<u64>(),
+        60
+    );
+    let (report, exit) = q.terminate();
+    assert!(exit.success() && report.conserved, "{report:?}");
+    let by_rule = |rule: &str| -> u64 {
+        report
+            .streams
+            .iter()
+            .filter(|s| s.rule == rule)
+            .map(|s| s.received)
+            .sum()
+    };
+    assert_eq!(
+        (by_rule("default"), by_rule("bulk")),
+        (100, 60),
+        "{report:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A qosd config on loopback with a state directory (audit log, `.hlog`), no metrics.db.
 fn state_config(dir: &std::path::Path, sink: std::net::SocketAddr) -> std::path::PathBuf {
     let path = dir.join("qosd.toml");

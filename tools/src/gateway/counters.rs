@@ -211,15 +211,16 @@ pub struct GatewayCounters {
     dests: Mutex<Vec<Dest>>,
 }
 
-/// Every stream's counters: by key and priority (a receive thread opens one stream
-/// for each; a header's stream id may come at several priorities), and in creation
+/// Every stream's counters: by key, priority and rule (a receive thread opens one
+/// stream for each key and priority; a header's stream id may come at several
+/// priorities, and a reload may move a flow to another rule), and in creation
 /// order (the index a packet carries). Entries are never removed, so an index stays
 /// valid; at most `limit` streams get their own account, the streams met after that
 /// share one overflow account (a sender choosing stream ids must not grow qosd's
 /// memory without bound).
 #[derive(Debug)]
 struct Registry {
-    by_key: HashMap<(u64, u8), u32>,
+    by_key: HashMap<(u64, u8, u64), u32>,
     list: Vec<Arc<StreamCounters>>,
     limit: usize,
     overflow: Option<Arc<StreamCounters>>,
@@ -270,11 +271,18 @@ impl GatewayCounters {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The counters of stream `key` at `priority`, created on first use (called on
-    /// flow misses only).
+    /// The counters of stream `key` at `priority` under `rule`, created on first use
+    /// (called on flow misses only). A flow a reload moves to another rule gets an
+    /// account of that rule (it stayed counted under the old one).
     pub fn stream(&self, key: u64, priority: u8, rule: &str) -> Arc<StreamCounters> {
+        let rule_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::hash::DefaultHasher::new();
+            rule.hash(&mut h);
+            h.finish()
+        };
         let mut reg = self.registry();
-        if let Some(&i) = reg.by_key.get(&(key, priority))
+        if let Some(&i) = reg.by_key.get(&(key, priority, rule_key))
             && let Some(s) = reg.list.get(i as usize)
         {
             return s.clone();
@@ -297,7 +305,7 @@ impl GatewayCounters {
         }
         let s = Arc::new(StreamCounters::new(key, index, priority, rule.to_string()));
         reg.list.push(s.clone());
-        reg.by_key.insert((key, priority), index);
+        reg.by_key.insert((key, priority, rule_key), index);
         s
     }
 
@@ -526,5 +534,18 @@ mod tests {
             .map(|a| (a.stream_id, a.priority, a.received))
             .collect();
         assert_eq!(seen, [(7, 2, 1), (7, 6, 2)]);
+    }
+
+    /// Operator red team: a flow a reload moved to another rule at the same priority
+    /// stayed counted under its old rule (1,200 datagrams under `default`, none under
+    /// `bulk`, though 619 went out by bulk's route). Accounts are per rule too.
+    #[test]
+    fn one_stream_under_two_rules_has_two_accounts() {
+        let c = GatewayCounters::new(10);
+        let before = c.stream(7, 2, "default");
+        let after = c.stream(7, 2, "bulk");
+        assert!(!Arc::ptr_eq(&before, &after));
+        assert!(Arc::ptr_eq(&after, &c.stream(7, 2, "bulk")));
+        assert_eq!((&*before.rule, &*after.rule), ("default", "bulk"));
     }
 }

@@ -447,7 +447,10 @@ impl Rx {
             }
         }
         let slot = match self.by_key.get(&(class.stream_key, class.priority)) {
-            Some(&i) => i,
+            Some(&i) => {
+                self.rehome(i, &class);
+                i
+            }
             None => self.open(&class, now_ms)?,
         };
         let dest = self.counters.dest_index(&class.dest);
@@ -463,6 +466,21 @@ impl Rx {
             self.counters.flows.fetch_add(1, Relaxed);
         }
         Ok((slot, dest))
+    }
+
+    /// A reload moved the stream of slot `i` (same key and priority) to another rule:
+    /// its datagrams from now on count in an account of that rule (they stayed under
+    /// the old rule's). Packets already queued keep the account they carry; the next
+    /// datagram starts a tally of the new account.
+    fn rehome(&mut self, i: usize, class: &Class) {
+        if let Some(s) = self.slots.get_mut(i).and_then(Option::as_mut)
+            && *s.counters.rule != *class.rule_name
+        {
+            s.counters = self
+                .counters
+                .stream(class.stream_key, class.priority, &class.rule_name);
+            s.tally_batch = 0;
+        }
     }
 
     fn open(&mut self, class: &Class, now_ms: u64) -> Result<usize, GatewayDrop> {
