@@ -516,10 +516,7 @@ impl<P: Send + 'static> State<P> {
                 // shed set of the new order goes out at once, before the audit write
                 // (until then workers adopting the policy read the old mask).
                 self.health.set_tier_order(TierOrder::from_policy(policy));
-                let mask = shed_mask(&self.health.shed_tiers());
-                if mask != dp.shed_tiers() {
-                    dp.set_shed_tiers(mask);
-                }
+                set_shed(dp, &self.health.shed_tiers());
             }
             self.gate.commit(&admitted)?;
             Ok(admitted)
@@ -532,7 +529,6 @@ impl<P: Send + 'static> State<P> {
                 signed,
             }) => {
                 self.policy_counts[0] += 1;
-                self.health.set_tier_order(TierOrder::from_policy(&policy));
                 self.record(&ControlEvent::PolicyApplied {
                     version,
                     source: source.into(),
@@ -805,10 +801,7 @@ impl<P: Send + 'static> State<P> {
 
     fn apply_transition(&mut self, dp: &Dataplane<P>, t: &Transition, wall: SystemTime) {
         self.health_transitions += 1;
-        let mask = shed_mask(&t.shed_tiers);
-        if mask != dp.shed_tiers() {
-            dp.set_shed_tiers(mask);
-        }
+        set_shed(dp, &t.shed_tiers);
         let policy = dp.policy();
         let names: Vec<String> = t
             .shed_tiers
@@ -1389,12 +1382,16 @@ fn observe(
         .collect()
 }
 
-/// The dataplane's shed mask for tier indices (bit `i` = tier `i`).
-fn shed_mask(tiers: &[usize]) -> u64 {
-    tiers
+/// Sheds `tiers` (indices in the running policy) at the dataplane's ingress, if that
+/// is not what it sheds already.
+fn set_shed<P: Send + 'static>(dp: &Dataplane<P>, tiers: &[usize]) {
+    let mask = tiers
         .iter()
         .filter(|&&i| i < 64)
-        .fold(0u64, |m, &i| m | (1 << i))
+        .fold(0u64, |m, &i| m | (1 << i));
+    if mask != dp.shed_tiers() {
+        dp.set_shed_tiers(mask);
+    }
 }
 
 fn tier_name(policy: &Policy, i: usize) -> String {

@@ -53,8 +53,8 @@ struct Inbox<P> {
     rx: rtrb::Consumer<Msg<P>>,
 }
 
-/// Decodes a shared-memory packet payload into the embedder's packet type.
-/// A shared-memory ring's packet decoder: `None` refuses the payload (counted).
+/// Decodes a shared-memory packet payload into the embedder's packet type; `None`
+/// refuses it (counted `shm_rejected`).
 pub(crate) type ShmDecode<P> = Box<dyn FnMut(&[u8]) -> Option<P> + Send>;
 
 /// A shared-memory ring from another process (T2).

@@ -275,12 +275,7 @@ impl GatewayCounters {
     /// (called on flow misses only). A flow a reload moves to another rule gets an
     /// account of that rule (it stayed counted under the old one).
     pub fn stream(&self, key: u64, priority: u8, rule: &str) -> Arc<StreamCounters> {
-        let rule_key = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::hash::DefaultHasher::new();
-            rule.hash(&mut h);
-            h.finish()
-        };
+        let rule_key = super::classify::stable_hash(rule);
         let mut reg = self.registry();
         if let Some(&i) = reg.by_key.get(&(key, priority, rule_key))
             && let Some(s) = reg.list.get(i as usize)
